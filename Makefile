@@ -1,0 +1,97 @@
+# The commands the README documents. Every target that needs Python or npm packages
+# installs them first, so `make test` works on a fresh clone with nothing installed.
+
+PYTHON ?= python3
+VENV = .venv
+NPM ?= npm
+NODE ?= node
+# Extra arguments for pytest, e.g. `make test PYTEST_ARGS="-x -k wheel"` (.ci/run passes
+# --junitxml through this).
+PYTEST_ARGS ?=
+
+BIN = $(VENV)/bin
+VENV_STAMP = $(VENV)/.installed
+NODE_STAMP = node_modules/.installed
+# Tests and the demo call the `keeper` console script and may spawn `python`: the
+# project's venv comes first on PATH, as if it were activated.
+VENV_PATH = PATH="$(CURDIR)/$(BIN):$$PATH"
+
+.DEFAULT_GOAL := help
+
+.PHONY: help venv .venv node_modules contracts test lint format demo bench bench-gas \
+	clean distclean
+
+help:
+	@echo "make test       run the whole test suite (installs everything first)"
+	@echo "make lint       ruff check, ruff format --check, mypy --strict"
+	@echo "make demo       run the keeper against a local anvil chain"
+	@echo "make contracts  compile contracts/ into abis/*.json"
+	@echo "make bench      run the benchmarks"
+	@echo "make clean      remove build output and caches (distclean: also .venv, node_modules)"
+
+# --- installation -----------------------------------------------------------------------
+
+venv .venv: $(VENV_STAMP)
+
+$(VENV_STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test,dev]'
+	touch $@
+
+node_modules: $(NODE_STAMP)
+
+# `npm ci` installs exactly what package-lock.json pins; without a lockfile (first setup)
+# `npm install` resolves the pins in package.json and writes one, to be committed.
+# `npm ci` also refuses a lockfile that lacks anvil's binary packages for other platforms,
+# which happens when it was written against a registry that does not serve them all: then
+# `npm install` installs the same locked versions (and completes the lockfile if it can;
+# commit that change; .ci/run warns when installation changed the lockfile).
+$(NODE_STAMP): package.json $(wildcard package-lock.json)
+	if [ ! -f package-lock.json ]; then $(NPM) install --no-audit --no-fund; \
+	elif ! $(NPM) ci --no-audit --no-fund; then \
+		echo "make: npm ci failed (see above); retrying with npm install" >&2; \
+		$(NPM) install --no-audit --no-fund; \
+	fi
+	touch $@
+
+# --- build ------------------------------------------------------------------------------
+
+contracts: $(NODE_STAMP)
+	$(NODE) contracts/compile.js
+
+# --- checks -----------------------------------------------------------------------------
+
+test: $(VENV_STAMP) $(NODE_STAMP)
+	$(VENV_PATH) $(BIN)/pytest $(PYTEST_ARGS)
+
+lint: $(VENV_STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+format: $(VENV_STAMP)
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+# --- running ----------------------------------------------------------------------------
+
+demo: $(VENV_STAMP) $(NODE_STAMP)
+	$(VENV_PATH) $(BIN)/keeper demo
+
+bench: bench-gas
+
+bench-gas: $(VENV_STAMP) $(NODE_STAMP)
+	$(VENV_PATH) $(BIN)/python tests/bench/bench_gas.py
+
+# --- cleanup ----------------------------------------------------------------------------
+
+# abis/*.json are committed build products and are never removed here.
+clean:
+	rm -rf build dist .eggs *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis \
+		junit*.xml
+	find . -path ./$(VENV) -prune -o -path ./node_modules -prune -o \
+		-name __pycache__ -type d -prune -exec rm -rf {} +
+
+distclean: clean
+	rm -rf $(VENV) node_modules

@@ -1,0 +1,389 @@
+"""The `keeper` command line: argument parsing and output only; the work is done elsewhere.
+
+Each subcommand is a `cmd_<name>(args) -> exit status` function. A `KeeperError` becomes a
+one-paragraph message on stderr (with its help line) and exit status 1; a usage error is
+argparse's exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import structlog
+
+from keeper import __version__
+from keeper.errors import KeeperError
+
+DATABASE_URL_ENV = "KEEPER_DATABASE_URL"
+MAX_FEE_BPS = 1000  # StreamManager.MAX_FEE_BPS: checked here so a bad value fails before gas
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+# --------------------------------------------------------------------------- argument types
+
+
+def _address(text: str) -> str:
+    from eth_utils import is_address, to_checksum_address
+
+    if not is_address(text):
+        raise argparse.ArgumentTypeError(f"not an Ethereum address: {text!r}")
+    return str(to_checksum_address(text))
+
+
+def _fee_bps(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if not 0 <= value <= MAX_FEE_BPS:
+        raise argparse.ArgumentTypeError(f"must be between 0 and {MAX_FEE_BPS} basis points")
+    return value
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError("must be between 0 and 65535")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError("must not be negative")
+    return value
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    """Deploy the contracts with an operator's key and write the deployment file."""
+    from keeper import keys
+    from keeper.deploy import DeployError, deploy_all
+    from keeper.devchain import connection_text
+
+    if args.keystore is not None and args.password_file is None:
+        raise KeeperError("--keystore needs --password-file", help="put the password in a file")
+    if args.password_file is not None and args.keystore is None:
+        raise KeeperError("--password-file only goes with --keystore")
+    if args.key_file is not None:
+        key = keys.load_key_file(args.key_file)
+    elif args.key_env is not None:
+        key = keys.load_key_env(args.key_env)
+    else:
+        key = keys.load_keystore(args.keystore, args.password_file)
+    print(f"deploying to {args.rpc_url} as {key.address}", file=sys.stderr, flush=True)
+    try:
+        deployment = deploy_all(
+            args.rpc_url,
+            key.reveal_hex(),
+            oracle=args.oracle,
+            fee_recipient=args.fee_recipient,
+            fee_bps=args.fee_bps,
+            token_address=args.token,
+        )
+    except KeeperError:
+        raise
+    except Exception as exc:
+        # Node errors (insufficient funds, reverts) as a message, not a traceback. They hold
+        # transaction fields at most: the key itself never leaves this process.
+        raise DeployError(f"deploying to {args.rpc_url} failed: {exc}") from exc
+    out: Path = args.out.resolve()
+    deployment.write(out)
+    print(connection_text(args.rpc_url, deployment, out).split("\nroles")[0])
+    print(f"deployer        {deployment.deployer}")
+    print(f"oracle          {deployment.oracle}")
+    print(f"fee recipient   {deployment.fee_recipient} ({deployment.fee_bps} bps)")
+    return 0
+
+
+def cmd_devchain(args: argparse.Namespace) -> int:
+    """Run anvil with the contracts deployed until interrupted."""
+    from keeper.devchain import run_devchain
+
+    return run_devchain(host=args.host, port=args.port, block_time=args.block_time, out=args.out)
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    """Apply the database migrations."""
+    import anyio
+
+    from keeper.db import redact_dsn
+    from keeper.migrations import migrate
+
+    dsn = _database_url(args)
+    applied = anyio.run(migrate, dsn)
+    for name in applied:
+        print(f"applied {name}")
+    if not applied:
+        print(f"{redact_dsn(dsn)} is up to date")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Set up a local chain, database and workload, and keep them running."""
+    from keeper.demo import DemoOptions, run_demo
+
+    return run_demo(
+        DemoOptions(
+            port=args.port,
+            host=args.host,
+            block_time=args.block_time,
+            database_url=args.database_url,
+            rpc_url=args.rpc_url,
+            data_dir=args.data_dir,
+            wait=not args.no_wait,
+        )
+    )
+
+
+def _database_url(args: argparse.Namespace) -> str:
+    dsn: str | None = args.database_url or os.environ.get(DATABASE_URL_ENV)
+    if not dsn:
+        raise KeeperError(
+            "no database URL",
+            help="pass --database-url postgresql://user:password@host/db "
+            f"or set {DATABASE_URL_ENV}",
+        )
+    return dsn
+
+
+# --------------------------------------------------------------------------- the parser
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Keep the descriptions' line breaks; show the options' defaults where there is one."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.option_strings and action.default not in (None, False, argparse.SUPPRESS):
+            text += " (default: %(default)s)"
+        return text
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `keeper` argument parser with all its subcommands."""
+    parser = argparse.ArgumentParser(
+        prog="keeper",
+        formatter_class=_Formatter,
+        description=(
+            "Keeps on-chain payment streams, escrows and usage billing settled.\n\n"
+            "Commands:\n"
+            "  deploy    deploy the contracts to a chain and write a deployment file\n"
+            "  devchain  run a local anvil chain with the contracts deployed\n"
+            "  migrate   apply the database migrations\n"
+            "  demo      local chain + database + example workload, to try things out\n\n"
+            "Run `keeper <command> --help` for a command's options."
+        ),
+    )
+    parser.add_argument("--version", action="version", version=f"keeper {__version__}")
+    parser.add_argument(
+        "--log-level",
+        default="info",
+        choices=["debug", "info", "warning", "error"],
+        help="lowest level of log lines written to stderr",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="<command>", required=True)
+
+    deploy = sub.add_parser(
+        "deploy",
+        formatter_class=_Formatter,
+        help="deploy the contracts and write a deployment file",
+        description=(
+            "Deploy TestToken (unless --token is given), StreamManager and EscrowVault with\n"
+            "one key, grant the oracle its role, and write the deployment file the keeper's\n"
+            "configuration points at. The deployer becomes admin and pauser. The key is\n"
+            "read from exactly one of --key-file, --key-env or --keystore and is never\n"
+            "printed."
+        ),
+    )
+    deploy.add_argument("--rpc-url", required=True, metavar="URL", help="JSON-RPC endpoint")
+    source = deploy.add_mutually_exclusive_group(required=True)
+    source.add_argument(
+        "--key-file",
+        type=Path,
+        metavar="FILE",
+        help="file holding the deployer's private key as hex (0x optional)",
+    )
+    source.add_argument(
+        "--key-env",
+        metavar="VAR",
+        help="name of the environment variable holding the private key as hex",
+    )
+    source.add_argument(
+        "--keystore",
+        type=Path,
+        metavar="FILE",
+        help="encrypted keystore JSON file (V3, as geth or cast write); needs --password-file",
+    )
+    deploy.add_argument(
+        "--password-file", type=Path, metavar="FILE", help="file holding the keystore's password"
+    )
+    deploy.add_argument(
+        "--oracle",
+        type=_address,
+        metavar="ADDR",
+        help="account granted ORACLE_ROLE (may report usage); default: the deployer",
+    )
+    deploy.add_argument(
+        "--fee-recipient",
+        type=_address,
+        metavar="ADDR",
+        help="account credited the platform fee; default: the deployer",
+    )
+    deploy.add_argument(
+        "--fee-bps",
+        type=_fee_bps,
+        default=250,
+        metavar="N",
+        help=f"platform fee in basis points (0-{MAX_FEE_BPS})",
+    )
+    deploy.add_argument(
+        "--token",
+        type=_address,
+        metavar="ADDR",
+        help="existing ERC-20 token to use; default: deploy a TestToken (6 decimals)",
+    )
+    deploy.add_argument(
+        "--out", type=Path, required=True, metavar="FILE", help="deployment file to write"
+    )
+    deploy.set_defaults(handler=cmd_deploy)
+
+    devchain = sub.add_parser(
+        "devchain",
+        formatter_class=_Formatter,
+        help="run a local anvil chain with the contracts deployed",
+        description=(
+            "Start anvil from the project's node_modules, deploy the contracts with anvil's\n"
+            "dev account 0 (oracle: account 1, fee recipient: account 2), write the\n"
+            "deployment file, print the RPC URL, the addresses and how to configure a\n"
+            "keeper for it, and run until Ctrl-C or SIGTERM (then stop anvil, exit 0).\n"
+            "The deployment file is written last, once the chain is ready."
+        ),
+    )
+    _chain_options(devchain)
+    devchain.add_argument(
+        "--out",
+        type=Path,
+        default=Path(".keeper/devchain/deployment.json"),
+        metavar="FILE",
+        help="deployment file to write (anvil's log goes next to it)",
+    )
+    devchain.set_defaults(handler=cmd_devchain)
+
+    migrate = sub.add_parser(
+        "migrate",
+        formatter_class=_Formatter,
+        help="apply the database migrations",
+        description=(
+            "Apply the migrations this keeper ships that the database lacks, each in its own\n"
+            "transaction, and print their names. Safe to run while other keepers start: a\n"
+            "lock serialises concurrent runs."
+        ),
+    )
+    migrate.add_argument(
+        "--database-url",
+        metavar="DSN",
+        help="PostgreSQL URL (postgresql://user:password@host:port/db); "
+        f"default: ${DATABASE_URL_ENV}",
+    )
+    migrate.set_defaults(handler=cmd_migrate)
+
+    demo = sub.add_parser(
+        "demo",
+        formatter_class=_Formatter,
+        help="local chain + database + example workload, to try things out",
+        description=(
+            "Start anvil and an embedded PostgreSQL (pgserver, from `pip install 'keeper[dev]'`)\n"
+            "in the data directory, migrate, deploy, record the deployment in the database,\n"
+            "then create a workload with anvil's dev accounts: streams at several rates (one\n"
+            "about to deplete), usage prices, escrows (one about to expire, one released), a\n"
+            "usage report batch and a settlement batch. Print what was done and how to\n"
+            "connect, then run until Ctrl-C or SIGTERM (then stop everything, exit 0).\n"
+            "The embedded database is recreated on every run."
+        ),
+    )
+    _chain_options(demo)
+    demo.add_argument(
+        "--database-url",
+        metavar="DSN",
+        help="use this PostgreSQL instead of the embedded one (it is migrated, not emptied)",
+    )
+    demo.add_argument(
+        "--rpc-url",
+        metavar="URL",
+        help="use this running anvil node (with anvil's default dev accounts) instead of "
+        "starting one; --port, --host and --block-time are then ignored",
+    )
+    demo.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path(".keeper/demo"),
+        metavar="DIR",
+        help="where the embedded PostgreSQL, anvil's log and the deployment file live",
+    )
+    demo.add_argument(
+        "--no-wait",
+        action="store_true",
+        help="set everything up, print it, stop it all and exit (for scripts and tests)",
+    )
+    demo.set_defaults(handler=cmd_demo)
+    return parser
+
+
+def _chain_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--port", type=_port, default=8545, metavar="N", help="anvil's port (0: any free port)"
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address anvil listens on")
+    parser.add_argument(
+        "--block-time",
+        type=_seconds,
+        default=1.0,
+        metavar="S",
+        help="seconds between blocks once set up (0: a block per transaction)",
+    )
+
+
+def _configure_logging(level: str) -> None:
+    # stderr, so that a command's stdout carries only its result; the daemon sets up its own
+    # logging (JSON under systemd) when it starts.
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso"),
+            structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty()),
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        cache_logger_on_first_use=False,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the `keeper` command line; return the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _configure_logging(args.log_level)
+    handler: Handler = args.handler
+    try:
+        return handler(args)
+    except KeeperError as exc:
+        print(f"keeper {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130

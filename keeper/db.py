@@ -1,0 +1,79 @@
+"""Connecting to PostgreSQL.
+
+asyncpg's connection errors are wrapped here, where they enter the keeper, into
+`DatabaseUnavailable`, which tells the operator what to check; the DSN in the message has its
+password masked.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+
+from keeper.errors import KeeperError
+
+_HELP = (
+    "check that PostgreSQL is running and reachable from this host, and that the database URL "
+    "(host, port, user, password, database name) is right"
+)
+
+# What asyncpg raises when it cannot get a working session: the server is down or unreachable
+# (OSError, which includes timeouts), refuses us, or the database does not exist.
+_CONNECT_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InvalidCatalogNameError,
+    asyncpg.InvalidAuthorizationSpecificationError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.ClientConfigurationError,
+)
+
+
+class DatabaseUnavailable(KeeperError):
+    """Cannot connect to PostgreSQL."""
+
+    def __init__(self, message: str | None = None, *, dsn: str = "", help: str = _HELP) -> None:  # noqa: A002
+        super().__init__(message, help=help)
+        self.dsn = dsn
+
+
+def redact_dsn(dsn: str) -> str:
+    """The DSN with any password replaced by `***`, fit for logs and error messages."""
+    dsn = re.sub(r"(password=)[^&\s]*", r"\1***", dsn)
+    parts = urlsplit(dsn)
+    if parts.scheme and parts.password is not None:
+        host = parts.netloc.rpartition("@")[2]
+        parts = parts._replace(netloc=f"{parts.username or ''}:***@{host}")
+        return urlunsplit(parts)
+    return dsn
+
+
+def _unavailable(dsn: str, exc: BaseException) -> DatabaseUnavailable:
+    safe = redact_dsn(dsn)
+    return DatabaseUnavailable(f"cannot connect to PostgreSQL at {safe}: {exc}", dsn=safe)
+
+
+async def connect(dsn: str, **kwargs: Any) -> asyncpg.Connection:
+    """Open one connection (`kwargs` go to `asyncpg.connect`), or raise `DatabaseUnavailable`."""
+    try:
+        return await asyncpg.connect(dsn, **kwargs)
+    except _CONNECT_ERRORS as exc:
+        raise _unavailable(dsn, exc) from exc
+
+
+async def create_pool(
+    dsn: str, *, min_size: int = 1, max_size: int = 10, **kwargs: Any
+) -> asyncpg.Pool:
+    """Open a connection pool (`kwargs` go to `asyncpg.create_pool`).
+
+    The first `min_size` connections are opened here, so a wrong URL or a server that is down
+    fails at start-up with `DatabaseUnavailable` rather than at the first query.
+    """
+    try:
+        return await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, **kwargs)
+    except _CONNECT_ERRORS as exc:
+        raise _unavailable(dsn, exc) from exc

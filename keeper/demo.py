@@ -1,0 +1,522 @@
+"""`keeper demo`: a local chain and database with a small workload to look at.
+
+Starts anvil (see `keeper.devchain`) and, unless a database URL is given, an embedded
+PostgreSQL (pgserver) under the data directory; migrates the database, deploys the contracts,
+records the deployment in `chains`/`deployments`, then has anvil's dev accounts open streams,
+set usage prices, create escrows, report usage through the oracle and settle a batch. It
+prints what it did and how to connect, and serves until SIGINT/SIGTERM.
+
+The embedded database `keeper_demo` is dropped and created afresh on every run, because the
+chain it describes is new on every run too; the server's files stay in the data directory, so
+a second run starts faster.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import anyio
+
+from keeper import db
+from keeper.anvil import Anvil, rpc
+from keeper.deploy import Deployer, Deployment, contract, receipt_logs
+from keeper.devchain import (
+    DEFAULT_BLOCK_TIME,
+    DEFAULT_PORT,
+    DEV_ROLES,
+    StopRequested,
+    connection_text,
+    deploy_dev,
+    hold_stop_signals,
+    set_interval_mining,
+    start_dev_anvil,
+    stop_on_signals,
+    wait_until_stopped,
+)
+from keeper.errors import KeeperError
+from keeper.keys import dev_key
+from keeper.migrations import migrate
+
+DEFAULT_DATA_DIR = Path(".keeper/demo")
+DEMO_DATABASE = "keeper_demo"
+CHAIN_NAME = "anvil-demo"
+
+# These statements belong in sql/queries.sql (named blocks) once the deployments are written
+# by more than the demo; the demo cannot add to that file, so they live here for now.
+_UPSERT_CHAIN = """
+INSERT INTO chains (chain_id, name) VALUES ($1, $2)
+ON CONFLICT (chain_id) DO UPDATE SET name = EXCLUDED.name
+"""
+# A dev chain restarted from genesis reuses its chain id: the new deployment replaces the old.
+_UPSERT_DEPLOYMENT = """
+INSERT INTO deployments (chain_id, name, address, deployment_block) VALUES ($1, $2, $3, $4)
+ON CONFLICT (chain_id, name) DO UPDATE
+SET address = EXCLUDED.address, deployment_block = EXCLUDED.deployment_block, deployed_at = now()
+"""
+_DEPLOYMENT_ROWS = """
+SELECT name, address, deployment_block FROM deployments WHERE chain_id = $1 ORDER BY name
+"""
+
+# anvil dev accounts used by the workload, after the ones DEV_ROLES takes (0-2).
+PAYERS = {"payer-a": 3, "payer-b": 4, "payer-c": 5}
+PAYEES = {"payee-x": 6, "payee-y": 7, "payee-z": 8}
+
+UNIT = 10**6  # one whole token of the dev token (6 decimals)
+MINT_PER_PAYER = 10_000 * UNIT
+
+
+class DemoError(KeeperError):
+    """The demo could not be set up."""
+
+
+class PgserverMissing(DemoError):
+    """The embedded PostgreSQL (the `pgserver` package) is not installed."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            help="install the dev extra: pip install 'keeper[dev]' (`make demo` does), "
+            "or pass --database-url to use a PostgreSQL you run yourself",
+        )
+
+
+def format_units(amount: int, decimals: int) -> str:
+    """An integer amount of base units as a decimal string: (1_500_000, 6) -> "1.5".
+
+    Integer arithmetic only: a float would round money.
+    """
+    sign = "-" if amount < 0 else ""
+    whole, frac = divmod(abs(amount), 10**decimals)
+    if frac == 0:
+        return f"{sign}{whole}"
+    return f"{sign}{whole}.{str(frac).rjust(decimals, '0').rstrip('0')}"
+
+
+# --------------------------------------------------------------------------- Postgres
+
+
+@dataclass
+class EmbeddedPostgres:
+    """A pgserver-managed PostgreSQL running from files under the demo's data directory."""
+
+    server: Any
+    dsn: str
+    psql: Path
+
+    def stop(self) -> None:
+        """Stop the server (its files stay, so the next start is quick)."""
+        self.server.cleanup()
+
+
+def start_embedded_postgres(data_dir: Path) -> EmbeddedPostgres:
+    """Start (initialising on first use) a PostgreSQL in `data_dir/pgdata`; fresh demo DB."""
+    try:
+        with warnings.catch_warnings():
+            # platformdirs warns at import when XDG_RUNTIME_DIR is unset (containers, CI).
+            warnings.simplefilter("ignore")
+            from pgserver._commands import POSTGRES_BIN_PATH
+            from pgserver.postgres_server import get_server
+    except ImportError:
+        raise PgserverMissing() from None
+    data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        server = get_server(data_dir / "pgdata", cleanup_mode="stop")
+    except Exception as exc:
+        raise DemoError(
+            f"the embedded PostgreSQL in {data_dir / 'pgdata'} did not start: {exc}",
+            help=f"see {data_dir / 'pgdata' / 'log'}; deleting {data_dir} starts from scratch",
+        ) from exc
+    try:
+        anyio.run(_recreate_database, str(server.get_uri()), DEMO_DATABASE)
+    except BaseException:
+        server.cleanup()
+        raise
+    return EmbeddedPostgres(
+        server=server,
+        dsn=str(server.get_uri(database=DEMO_DATABASE)),
+        psql=Path(POSTGRES_BIN_PATH) / "psql",
+    )
+
+
+async def _recreate_database(server_dsn: str, name: str) -> None:
+    conn = await db.connect(server_dsn)
+    try:
+        # `name` is our constant, not input: identifiers cannot be bound as parameters.
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+
+
+async def prepare_database(dsn: str, deployment: Deployment, chain_name: str) -> list[str]:
+    """Migrate the database at `dsn` and record `deployment`; return the migrations applied."""
+    applied = await migrate(dsn)
+    conn = await db.connect(dsn)
+    try:
+        async with conn.transaction():
+            await conn.execute(_UPSERT_CHAIN, deployment.chain_id, chain_name)
+            for name, address in deployment_addresses(deployment).items():
+                await conn.execute(
+                    _UPSERT_DEPLOYMENT,
+                    deployment.chain_id,
+                    name,
+                    bytes.fromhex(address[2:]),
+                    deployment.deployment_block,
+                )
+    finally:
+        await conn.close()
+    return applied
+
+
+async def deployment_rows(dsn: str, chain_id: int) -> list[tuple[str, str, int]]:
+    """The `deployments` rows of `chain_id` as (name, 0x-address, deployment block)."""
+    conn = await db.connect(dsn)
+    try:
+        rows = await conn.fetch(_DEPLOYMENT_ROWS, chain_id)
+    finally:
+        await conn.close()
+    return [(r["name"], "0x" + bytes(r["address"]).hex(), r["deployment_block"]) for r in rows]
+
+
+def deployment_addresses(deployment: Deployment) -> dict[str, str]:
+    """The contract addresses under the names the `deployments` table uses."""
+    return {
+        "token": deployment.token,
+        "stream_manager": deployment.stream_manager,
+        "escrow_vault": deployment.escrow_vault,
+    }
+
+
+# --------------------------------------------------------------------------- workload
+
+
+@dataclass(frozen=True)
+class StreamPlan:
+    """A stream the demo opens."""
+
+    payer: str
+    payee: str
+    rate: int  # base units per second
+    deposit: int
+    usage_price: int = 0  # base units per usage unit; 0: no usage pricing
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class EscrowPlan:
+    """An escrow the demo creates."""
+
+    payer: str
+    payee: str
+    amount: int
+    timeout: int  # seconds
+    release: bool = False
+    note: str = ""
+
+
+STREAMS = (
+    StreamPlan("payer-a", "payee-x", 1_000, 500 * UNIT, 100),
+    StreamPlan("payer-a", "payee-y", 250, 100 * UNIT),
+    StreamPlan("payer-b", "payee-x", 10_000, 1_000 * UNIT, 2_500),
+    StreamPlan("payer-b", "payee-z", 5_000, 1_500_000, 0, "small deposit: depletes soon"),
+    StreamPlan("payer-c", "payee-z", 2_000, 250 * UNIT, 50),
+)
+ESCROWS = (
+    EscrowPlan("payer-a", "payee-x", 100 * UNIT, 7 * 24 * 3600),
+    EscrowPlan("payer-b", "payee-y", 50 * UNIT, 60, note="short timeout: the keeper refunds it"),
+    EscrowPlan("payer-c", "payee-z", 25 * UNIT, 24 * 3600, release=True),
+)
+# (stream index into STREAMS, units): each report is its stream's usage seq 1. The batch
+# ends with a replay of the first report, which the contract skips: exactly once per seq.
+USAGE = ((0, 1_200), (2, 40), (4, 10_000))
+# Chain time the streams run for between opening and the usage and settlement batches.
+STREAMING_SECONDS = 120
+
+
+@dataclass
+class StreamResult:
+    """A stream the demo opened, with what happened to it."""
+
+    id: int
+    plan: StreamPlan
+    usage_seq: int = 0
+    usage_units: int = 0
+    usage_charged: int = 0
+    settled: int = 0
+    fee: int = 0
+    balance: int = 0
+
+
+@dataclass
+class EscrowResult:
+    """An escrow the demo created."""
+
+    id: int
+    plan: EscrowPlan
+    expires_at: int
+    status: str
+
+
+@dataclass
+class Workload:
+    """Everything the demo did on chain."""
+
+    accounts: dict[str, str]
+    symbol: str
+    decimals: int
+    streams: list[StreamResult] = field(default_factory=list)
+    escrows: list[EscrowResult] = field(default_factory=list)
+    replays_skipped: int = 0
+    settle_block: int = 0
+    head_block: int = 0
+    head_timestamp: int = 0
+
+
+def create_workload(rpc_url: str, deployment: Deployment) -> Workload:
+    """Open streams, create escrows, report usage and settle a batch with the dev accounts."""
+    from web3 import Web3
+
+    w3 = Web3(Web3.HTTPProvider(rpc_url, request_kwargs={"timeout": 30}))
+    keys = {name: dev_key(i) for name, i in {**PAYERS, **PAYEES}.items()}
+    senders = {name: Deployer(w3, key.account()) for name, key in keys.items() if name in PAYERS}
+    admin = Deployer(w3, dev_key(DEV_ROLES.deployer).account())
+    oracle = Deployer(w3, dev_key(DEV_ROLES.oracle).account())
+    token = contract(w3, "TestToken", deployment.token)
+    manager = contract(w3, "StreamManager", deployment.stream_manager)
+    vault = contract(w3, "EscrowVault", deployment.escrow_vault)
+    work = Workload(
+        accounts={name: key.address for name, key in keys.items()},
+        symbol=str(token.functions.symbol().call()),
+        decimals=deployment.token_decimals,
+    )
+    addr = work.accounts
+
+    for name, sender in senders.items():
+        admin.call(token.functions.mint(addr[name], MINT_PER_PAYER))
+        for spender in (manager.address, vault.address):
+            sender.call(token.functions.approve(spender, 2**256 - 1))
+
+    for sp in STREAMS:
+        receipt = senders[sp.payer].call(
+            manager.functions.openStream(addr[sp.payee], sp.rate, sp.deposit)
+        )
+        (opened,) = receipt_logs(manager, receipt, "StreamOpened")
+        stream = StreamResult(id=int(opened["id"]), plan=sp, balance=sp.deposit)
+        if sp.usage_price:
+            senders[sp.payer].call(manager.functions.setUsagePrice(stream.id, sp.usage_price))
+        work.streams.append(stream)
+
+    # Let the streams run for a while before usage and settlement, so both have something to
+    # move. Only a dev node's clock is moved, and only forward.
+    rpc(rpc_url, "evm_increaseTime", [STREAMING_SECONDS])
+    reports = [(work.streams[i], units, 1) for i, units in USAGE]
+    reports.append(reports[0])  # the replay
+    receipt = oracle.call(
+        manager.functions.recordUsageBatch(
+            [s.id for s, _, _ in reports], [u for _, u, _ in reports], [q for _, _, q in reports]
+        )
+    )
+    by_id = {s.id: s for s in work.streams}
+    for ev in receipt_logs(manager, receipt, "UsageRecorded"):
+        s = by_id[int(ev["id"])]
+        s.usage_seq, s.usage_units = int(ev["seq"]), int(ev["units"])
+        s.usage_charged, s.balance = int(ev["charged"]), int(ev["balanceAfter"])
+    work.replays_skipped = len(receipt_logs(manager, receipt, "UsageSkipped"))
+
+    # Settled by the admin account here; in operation the keeper's signers send this.
+    receipt = admin.call(manager.functions.settleStreams([s.id for s in work.streams]))
+    for ev in receipt_logs(manager, receipt, "StreamSettled"):
+        s = by_id[int(ev["id"])]
+        s.settled, s.fee, s.balance = int(ev["amount"]), int(ev["fee"]), int(ev["balanceAfter"])
+    work.settle_block = int(receipt["blockNumber"])
+    for ep in ESCROWS:
+        sender = senders[ep.payer]
+        sender.call(vault.functions.deposit(ep.amount))
+        receipt = sender.call(vault.functions.createEscrow(addr[ep.payee], ep.amount, ep.timeout))
+        (created,) = receipt_logs(vault, receipt, "EscrowCreated")
+        escrow = EscrowResult(
+            id=int(created["id"]), plan=ep, expires_at=int(created["expiresAt"]), status="open"
+        )
+        if ep.release:
+            sender.call(vault.functions.releaseEscrow(escrow.id))
+            escrow.status = "released"
+        work.escrows.append(escrow)
+    head = w3.eth.get_block("latest")
+    work.head_block, work.head_timestamp = int(head["number"]), int(head["timestamp"])
+    return work
+
+
+def format_duration(seconds: int) -> str:
+    """A duration in its two largest units: 90061 -> "1d 1h", 75 -> "1m 15s"."""
+    if seconds <= 0:
+        return "0s"
+    parts = []
+    for unit, size in (("d", 86_400), ("h", 3_600), ("m", 60), ("s", 1)):
+        count, seconds = divmod(seconds, size)
+        if count:
+            parts.append(f"{count}{unit}")
+    return " ".join(parts[:2])
+
+
+def workload_text(work: Workload, deployment: Deployment) -> str:
+    """A readable account of the workload (amounts as exact decimal strings)."""
+
+    def amount(value: int) -> str:
+        return f"{format_units(value, work.decimals)} {work.symbol}"
+
+    def note(text: str) -> str:
+        return f"  <- {text}" if text else ""
+
+    lines = ["accounts (anvil dev accounts; keys are not printed)"]
+    for name, index in {**PAYERS, **PAYEES}.items():
+        lines.append(f"  {name:<8} {work.accounts[name]}  (account {index})")
+    lines += [
+        f"  each payer was minted {amount(MINT_PER_PAYER)}",
+        "",
+        f"streams (StreamManager {deployment.stream_manager}), "
+        f"then {format_duration(STREAMING_SECONDS)} of chain time passed",
+    ]
+    for s in work.streams:
+        p = s.plan
+        usage = f", usage {amount(p.usage_price)}/unit" if p.usage_price else ""
+        lines.append(
+            f"  #{s.id}  {p.payer} -> {p.payee}  {amount(p.rate)}/s, "
+            f"deposit {amount(p.deposit)}{usage}"
+        )
+        runway = f", runs dry in {format_duration(s.balance // p.rate)}" if p.rate else ""
+        lines.append(
+            f"      settled {amount(s.settled)} (fee {amount(s.fee)}); "
+            f"balance {amount(s.balance)}{runway}{note(p.note)}"
+        )
+    lines += ["", f"usage reports (recordUsageBatch by the oracle {deployment.oracle})"]
+    for s in work.streams:
+        if s.usage_seq:
+            lines.append(
+                f"  stream #{s.id}  seq {s.usage_seq}  {s.usage_units} units "
+                f"x {amount(s.plan.usage_price)} = {amount(s.usage_charged)} charged"
+            )
+    if work.replays_skipped:
+        lines.append(
+            f"  + {work.replays_skipped} replay of an applied seq, skipped (exactly once per seq)"
+        )
+    lines += [
+        f"settlement: one settleStreams call for streams "
+        f"{', '.join(f'#{s.id}' for s in work.streams)} in block {work.settle_block}",
+        "",
+        f"escrows (EscrowVault {deployment.escrow_vault})",
+    ]
+    for e in work.escrows:
+        ep = e.plan
+        if e.status == "open":
+            left = format_duration(e.expires_at - work.head_timestamp)
+            state = f"open, expires in {left} (chain time {e.expires_at})"
+        else:
+            state = f"{e.status} to {ep.payee}"
+        lines.append(
+            f"  #{e.id}  {ep.payer} -> {ep.payee}  {amount(ep.amount)}  {state}{note(ep.note)}"
+        )
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- the command
+
+
+@dataclass
+class DemoOptions:
+    """What `keeper demo` was asked to do."""
+
+    port: int = DEFAULT_PORT
+    host: str = "127.0.0.1"
+    block_time: float = DEFAULT_BLOCK_TIME
+    database_url: str | None = None
+    rpc_url: str | None = None
+    data_dir: Path = DEFAULT_DATA_DIR
+    wait: bool = True
+
+
+def run_demo(options: DemoOptions, stdout: TextIO | None = None) -> int:
+    """`keeper demo`: set everything up, print it, serve until SIGINT/SIGTERM (or not).
+
+    Returns the exit status: 0 when done (`wait=False`) or stopped by a signal.
+    """
+    out = stdout or sys.stdout
+
+    def say(*parts: str) -> None:
+        print(*parts, file=out, flush=True)
+
+    data_dir = options.data_dir.resolve()
+    deployment_file = data_dir / "deployment.json"
+    with stop_on_signals():
+        node: Anvil | None = None
+        pg: EmbeddedPostgres | None = None
+        try:
+            data_dir.mkdir(parents=True, exist_ok=True)
+            deployment_file.unlink(missing_ok=True)
+            if options.database_url:
+                dsn = options.database_url
+            else:
+                say(f"starting the embedded PostgreSQL in {data_dir / 'pgdata'}")
+                pg = start_embedded_postgres(data_dir)
+                dsn = pg.dsn
+            if options.rpc_url:
+                rpc_url = options.rpc_url
+            else:
+                node = start_dev_anvil(
+                    host=options.host, port=options.port, log_path=data_dir / "anvil.log"
+                )
+                rpc_url = node.url
+            say(f"chain: {rpc_url}; deploying the contracts")
+            deployment = deploy_dev(rpc_url)
+            deployment.write(deployment_file)
+            applied = anyio.run(prepare_database, dsn, deployment, CHAIN_NAME)
+            say(f"database migrated ({', '.join(applied) or 'already up to date'})")
+            say("deployment recorded in the chains and deployments tables")
+            work = create_workload(rpc_url, deployment)
+            if node is not None and options.wait:
+                set_interval_mining(rpc_url, options.block_time)
+            say()
+            say(connection_text(rpc_url, deployment, deployment_file))
+            say()
+            say(workload_text(work, deployment))
+            say()
+            say(_connect_text(dsn, pg, data_dir))
+            if options.wait:
+                if node is None:
+                    say("\nPress Ctrl-C to stop.")
+                    _wait_forever()
+                else:
+                    say("\nPress Ctrl-C to stop anvil and the database.")
+                    wait_until_stopped(node)
+        except StopRequested:
+            say("stopping the demo")
+        finally:
+            hold_stop_signals()
+            if node is not None:
+                node.stop()
+            if pg is not None:
+                pg.stop()
+    return 0
+
+
+def _wait_forever() -> None:
+    while True:
+        time.sleep(3600)
+
+
+def _connect_text(dsn: str, pg: EmbeddedPostgres | None, data_dir: Path) -> str:
+    # The embedded server trusts local connections (no password), and masking its empty
+    # password would break the psql line; a URL the operator gave us may hold a real one.
+    safe = dsn if pg is not None else db.redact_dsn(dsn)
+    psql = str(pg.psql) if pg is not None else "psql"
+    lines = [
+        "connect",
+        f"  PostgreSQL      {safe}",
+        f"  psql            {psql} '{safe}'",
+        "  e.g.            SELECT chain_id, name, encode(address, 'hex') FROM deployments;",
+        f"  data directory  {data_dir}",
+    ]
+    return "\n".join(lines)

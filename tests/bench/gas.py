@@ -1,0 +1,162 @@
+"""Gas per item of the keeper-driven batch calls, measured on a fresh anvil.
+
+Shared by `make bench-gas` (prints the figures) and the gas snapshot test (fails when a figure
+rises above the committed snapshot). Every figure is the receipt's gasUsed of one whole batch
+transaction divided by the number of items, in the steady state: payees (and the fee recipient)
+have been credited once before, as they are for a keeper that has been running.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from eth_utils import to_checksum_address
+from web3 import Web3
+from web3.contract import Contract
+from web3.logs import DISCARD
+
+from keeper.anvil import DEV_MNEMONIC, rpc
+from keeper.deploy import contract, deploy_all
+
+# anvil's account 0 for DEV_MNEMONIC; a public, well-known development key.
+DEV_KEY0 = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80"
+assert DEV_MNEMONIC  # the key above belongs to this mnemonic
+
+SETTLE_SIZES = (1, 10, 100, 200)
+RATE = 1_000  # base units per second
+DEPOSIT = 10**12
+
+
+def synthetic_address(tag: int, i: int) -> str:
+    """A deterministic address nobody holds a key for (payees need none to be credited)."""
+    return to_checksum_address(f"0x{tag:04x}{i:036x}")
+
+
+@dataclass
+class Env:
+    """A deployed set of contracts and helpers to drive them by impersonation."""
+
+    w3: Web3
+    url: str
+    token: Contract
+    manager: Contract
+    vault: Contract
+    admin: str
+
+    def send(self, fn: Any, sender: str, gas: int = 30_000_000) -> dict[str, Any]:
+        """Send a contract call as `sender` (impersonated) and return its receipt."""
+        tx_hash = fn.transact({"from": sender, "gas": gas})
+        # anvil automines: the receipt is there almost at once, so poll tightly.
+        receipt = dict(self.w3.eth.wait_for_transaction_receipt(tx_hash, poll_latency=0.005))
+        if receipt["status"] != 1:
+            raise AssertionError(f"transaction reverted: {fn}")
+        return receipt
+
+    def fund(self, who: str, amount: int) -> None:
+        """Give `who` ETH for gas and `amount` tokens, approved to both contracts."""
+        rpc(self.url, "anvil_setBalance", [who, hex(10**20)])
+        self.send(self.token.functions.mint(who, amount), self.admin)
+        self.send(self.token.functions.approve(self.manager.address, 2**256 - 1), who)
+        self.send(self.token.functions.approve(self.vault.address, 2**256 - 1), who)
+
+    def advance(self, seconds: int) -> None:
+        """Move chain time forward and mine a block."""
+        rpc(self.url, "evm_increaseTime", [seconds])
+        rpc(self.url, "evm_mine", [])
+
+
+def setup(url: str) -> Env:
+    """Deploy the contracts on the node at `url` and switch on auto-impersonation."""
+    dep = deploy_all(url, DEV_KEY0)
+    w3 = Web3(Web3.HTTPProvider(url, request_kwargs={"timeout": 60}))
+    rpc(url, "anvil_autoImpersonateAccount", [True])
+    return Env(
+        w3=w3,
+        url=url,
+        token=contract(w3, "TestToken", dep.token),
+        manager=contract(w3, "StreamManager", dep.stream_manager),
+        vault=contract(w3, "EscrowVault", dep.escrow_vault),
+        admin=dep.deployer,
+    )
+
+
+def _open_streams(env: Env, payer: str, payees: list[str]) -> list[int]:
+    first = int(env.manager.functions.nextStreamId().call())
+    for payee in payees:
+        env.send(env.manager.functions.openStream(payee, RATE, DEPOSIT), payer)
+    return list(range(first, first + len(payees)))
+
+
+def _per_item(receipt: dict[str, Any], n: int) -> int:
+    return int(receipt["gasUsed"]) // n
+
+
+def settle_gas(env: Env, n: int, *, shared: bool, tag: int) -> int:
+    """Gas per stream of settleStreams over `n` streams, one payee or `n` distinct payees."""
+    payer = synthetic_address(0xFA00 + tag, 0)
+    env.fund(payer, DEPOSIT * n)
+    payees = [synthetic_address(tag, 0 if shared else i) for i in range(n)]
+    ids = _open_streams(env, payer, payees)
+    env.advance(60)
+    env.send(env.manager.functions.settleStreams(ids), env.admin)  # payees credited once
+    env.advance(60)
+    receipt = env.send(env.manager.functions.settleStreams(ids), env.admin)
+    settled = env.manager.events.StreamSettled().process_receipt(receipt, errors=DISCARD)
+    assert len(settled) == n, "every stream must have been settled"
+    return _per_item(receipt, n)
+
+
+def refund_gas(env: Env, n: int) -> int:
+    """Gas per escrow of refundExpired over `n` expired escrows of distinct payers."""
+    payee = synthetic_address(0xE5C0, 0)
+    ids = []
+    for i in range(n):
+        payer = synthetic_address(0xE5C1, i)
+        env.fund(payer, 2_000_000)
+        env.send(env.vault.functions.deposit(2_000_000), payer)
+        env.send(env.vault.functions.createEscrow(payee, 1_000_000, 3600), payer)
+        ids.append(int(env.vault.functions.nextEscrowId().call()) - 1)
+    env.advance(3601)
+    receipt = env.send(env.vault.functions.refundExpired(ids), env.admin)
+    refunded = env.vault.events.EscrowRefunded().process_receipt(receipt, errors=DISCARD)
+    assert len(refunded) == n, "every escrow must have been refunded"
+    return _per_item(receipt, n)
+
+
+def usage_gas(env: Env, n: int) -> int:
+    """Gas per report of recordUsageBatch over `n` streams of one payee (second report each)."""
+    payer = synthetic_address(0xA5E0, 0)
+    env.fund(payer, DEPOSIT * n)
+    payee = synthetic_address(0xA5E1, 0)
+    ids = _open_streams(env, payer, [payee] * n)
+    for sid in ids:
+        env.send(env.manager.functions.setUsagePrice(sid, 25), payer)
+    oracle = env.admin
+    env.send(env.manager.functions.recordUsageBatch(ids, [10] * n, [1] * n), oracle)
+    receipt = env.send(env.manager.functions.recordUsageBatch(ids, [7] * n, [2] * n), oracle)
+    recorded = env.manager.events.UsageRecorded().process_receipt(receipt, errors=DISCARD)
+    assert len(recorded) == n, "every report must have been recorded"
+    return _per_item(receipt, n)
+
+
+def measure(url: str, progress: Callable[[str], None] | None = None) -> dict[str, int]:
+    """Deploy on the (fresh) node at `url` and measure every figure of the snapshot."""
+    env = setup(url)
+    figures: dict[str, int] = {}
+    tag = 1
+    for shared in (True, False):
+        for n in SETTLE_SIZES:
+            key = f"settle_{'shared' if shared else 'distinct'}_{n}"
+            figures[key] = settle_gas(env, n, shared=shared, tag=tag)
+            tag += 1
+            if progress:
+                progress(f"{key}: {figures[key]}")
+    figures["refund_100"] = refund_gas(env, 100)
+    if progress:
+        progress(f"refund_100: {figures['refund_100']}")
+    figures["usage_100"] = usage_gas(env, 100)
+    if progress:
+        progress(f"usage_100: {figures['usage_100']}")
+    return figures
