@@ -82,7 +82,7 @@ demo: $(VENV_STAMP) $(NODE_STAMP)
 bench: bench-gas
 
 bench-gas: $(VENV_STAMP) $(NODE_STAMP)
-	$(VENV_PATH) $(BIN)/python tests/bench/bench_gas.py
+	$(VENV_PATH) $(BIN)/python -m tests.bench.bench_gas
 
 # --- cleanup ----------------------------------------------------------------------------
 

@@ -103,10 +103,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         raise DeployError(f"deploying to {args.rpc_url} failed: {exc}") from exc
     out: Path = args.out.resolve()
     deployment.write(out)
-    print(connection_text(args.rpc_url, deployment, out).split("\nroles")[0])
-    print(f"deployer        {deployment.deployer}")
-    print(f"oracle          {deployment.oracle}")
-    print(f"fee recipient   {deployment.fee_recipient} ({deployment.fee_bps} bps)")
+    print(connection_text(args.rpc_url, deployment, out, dev_accounts=False))
     return 0
 
 

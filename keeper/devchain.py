@@ -153,10 +153,23 @@ def wait_until_stopped(node: Anvil, poll: float = 0.5) -> None:
         time.sleep(poll)
 
 
-def connection_text(node_url: str, deployment: Deployment, deployment_file: Path) -> str:
-    """What an operator needs to point a keeper at this chain, as printable text."""
+def connection_text(
+    node_url: str, deployment: Deployment, deployment_file: Path, *, dev_accounts: bool = True
+) -> str:
+    """What an operator needs to point a keeper at this chain, as printable text.
+
+    `dev_accounts` adds which anvil dev account plays each role (dev chains only).
+    """
     d = deployment
-    roles = DEV_ROLES
+
+    def account(index: int) -> str:
+        return f"  (account {index})" if dev_accounts else ""
+
+    roles_title = (
+        "roles (anvil's dev mnemonic, keeper.anvil.DEV_MNEMONIC; keys are not printed)"
+        if dev_accounts
+        else "roles"
+    )
     return "\n".join(
         [
             f"RPC URL          {node_url}",
@@ -169,11 +182,11 @@ def connection_text(node_url: str, deployment: Deployment, deployment_file: Path
             f"  StreamManager   {d.stream_manager}",
             f"  EscrowVault     {d.escrow_vault}",
             "",
-            "roles (anvil's dev mnemonic, keeper.anvil.DEV_MNEMONIC; keys are not printed)",
-            f"  admin/deployer  {d.deployer}  (account {roles.deployer})",
-            f"  oracle          {d.oracle}  (account {roles.oracle})",
-            f"  fee recipient   {d.fee_recipient}  (account {roles.fee_recipient}, "
-            f"{d.fee_bps} bps)",
+            roles_title,
+            f"  admin/deployer  {d.deployer}{account(DEV_ROLES.deployer)}",
+            f"  oracle          {d.oracle}{account(DEV_ROLES.oracle)}",
+            f"  fee recipient   {d.fee_recipient}{account(DEV_ROLES.fee_recipient)}",
+            f"  platform fee    {d.fee_bps} bps",
             "",
             "Point a keeper configuration at it:",
             "  [chain]",

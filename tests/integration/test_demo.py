@@ -17,7 +17,17 @@ import pytest
 from web3 import Web3
 
 from keeper.anvil import Anvil, free_port
-from keeper.demo import ESCROWS, PAYEES, PAYERS, STREAMS, USAGE, format_duration, format_units
+from keeper.demo import (
+    ESCROWS,
+    PAYEES,
+    PAYERS,
+    STREAMS,
+    USAGE,
+    PgserverMissing,
+    format_duration,
+    format_units,
+    start_embedded_postgres,
+)
 from keeper.deploy import Deployment, contract
 from keeper.keys import dev_key
 
@@ -48,6 +58,18 @@ def test_format_duration() -> None:
     assert format_duration(75) == "1m 15s"
     assert format_duration(180) == "3m"
     assert format_duration(90_061) == "1d 1h"
+
+
+def test_missing_pgserver_says_how_to_install_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # A None entry in sys.modules makes `import pgserver` raise ImportError, as if absent.
+    for name in ("pgserver", "pgserver._commands", "pgserver.postgres_server"):
+        monkeypatch.setitem(sys.modules, name, None)
+    with pytest.raises(PgserverMissing) as info:
+        start_embedded_postgres(tmp_path)
+    assert "pip install 'keeper[dev]'" in str(info.value)
+    assert "--database-url" in str(info.value)
 
 
 def section(lines: list[str], pattern: re.Pattern[str]) -> list[re.Match[str]]:
