@@ -32,6 +32,13 @@ function findImport(importPath) {
   return { error: `import not found: ${importPath}` };
 }
 
+// `node contracts/compile.js [--out DIR]`: DIR defaults to abis/ (the test suite compiles into a
+// temporary directory and compares).
+function outDir() {
+  const i = process.argv.indexOf("--out");
+  return i >= 0 ? path.resolve(process.argv[i + 1]) : path.join(ROOT, "abis");
+}
+
 function main() {
   const sources = {};
   for (const name of CONTRACTS) {
@@ -58,7 +65,8 @@ function main() {
       .join("")
   );
 
-  fs.mkdirSync(path.join(ROOT, "abis"), { recursive: true });
+  const out_dir = outDir();
+  fs.mkdirSync(out_dir, { recursive: true });
   for (const name of CONTRACTS) {
     const out = output.contracts[`contracts/${name}.sol`][name];
     const artifact = {
@@ -71,10 +79,10 @@ function main() {
       sources: used,
       sourcesSha256: combined,
     };
-    const dest = path.join(ROOT, "abis", `${name}.json`);
+    const dest = path.join(out_dir, `${name}.json`);
     fs.writeFileSync(dest, JSON.stringify(artifact, null, 2) + "\n");
     const size = out.evm.deployedBytecode.object.length / 2;
-    console.log(`${name}: ${size} bytes runtime -> abis/${name}.json`);
+    console.log(`${name}: ${size} bytes runtime -> ${path.relative(ROOT, dest)}`);
   }
 }
 

@@ -1,0 +1,24 @@
+"""Gas is deterministic: no figure may rise above the committed snapshot or the goals.
+
+After a change that makes the contracts cheaper, lower the snapshot with
+`python -m tests.bench.bench_gas --update-snapshot` and commit it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+
+from keeper.anvil import Anvil
+from tests.bench.gas import GOALS, SNAPSHOT_PATH, measure
+
+
+def test_gas_per_item_does_not_rise(anvil_factory: Callable[..., Anvil]) -> None:
+    snapshot: dict[str, int] = json.loads(SNAPSHOT_PATH.read_text())
+    node = anvil_factory()  # a node of its own: the figures depend on the ids it hands out
+    figures = measure(node.url)
+    assert set(figures) == set(snapshot)
+    risen = {k: (snapshot[k], v) for k, v in figures.items() if v > snapshot[k]}
+    assert not risen, f"gas per item rose above the snapshot (was, now): {risen}"
+    over = {k: (goal, figures[k]) for k, goal in GOALS.items() if figures[k] > goal}
+    assert not over, f"gas per item over the DESIGN goals (goal, now): {over}"
