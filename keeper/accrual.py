@@ -85,7 +85,7 @@ class UsageCharged:
 
 
 def accrued(balance: int, rate: int, settled_at: int, now: int) -> int:
-    """The accrual formula: min(balance, rate × elapsed), elapsed never negative."""
+    """The accrual formula: min(balance, rate * elapsed), elapsed never negative."""
     elapsed = now - settled_at
     if elapsed <= 0 or rate <= 0 or balance <= 0:
         return 0
@@ -158,7 +158,7 @@ def usage_check(stream: Stream, seq: int, units: int) -> UsageSkip | None:
 
 
 def charge_usage(stream: Stream, seq: int, units: int, fee_bps: int) -> UsageCharged | UsageSkip:
-    """Apply one usage report: charge units × price, or what is left of the balance."""
+    """Apply one usage report: charge units * price, or what is left of the balance."""
     skip = usage_check(stream, seq, units)
     if skip is not None:
         return skip

@@ -16,7 +16,7 @@ from eth_account.signers.local import LocalAccount
 from eth_utils import to_checksum_address
 from web3 import Web3
 from web3.contract import Contract
-from web3.types import TxReceipt
+from web3.types import Nonce, TxReceipt
 
 from keeper.errors import KeeperError
 from keeper.resources import load_artifact
@@ -100,7 +100,7 @@ class Deployer:
         self.w3 = w3
         self.account = account
         self.timeout = timeout
-        self._nonce = w3.eth.get_transaction_count(account.address, "pending")
+        self._nonce: int = int(w3.eth.get_transaction_count(account.address, "pending"))
 
     def __repr__(self) -> str:
         return f"Deployer(address={self.account.address})"
@@ -109,7 +109,7 @@ class Deployer:
         """Fill nonce/chain/fees, sign, send and wait; raise `DeployError` on revert."""
         tx = dict(tx)
         tx.setdefault("from", self.account.address)
-        tx["nonce"] = self._nonce
+        tx["nonce"] = Nonce(self._nonce)
         tx["chainId"] = self.w3.eth.chain_id
         if "gas" not in tx:
             tx["gas"] = int(self.w3.eth.estimate_gas(tx) * 12 // 10)  # type: ignore[arg-type]

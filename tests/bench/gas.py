@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from eth_utils import to_checksum_address
+from hexbytes import HexBytes
 from web3 import Web3
 from web3.contract import Contract
 from web3.logs import DISCARD
@@ -59,7 +60,9 @@ class Env:
         """Wait until the last setup call is mined (anvil mines in arrival order, so then all
         earlier ones are too) and check it succeeded."""
         if self.last_fired is not None:
-            receipt = self.w3.eth.wait_for_transaction_receipt(self.last_fired, poll_latency=0.005)
+            receipt = self.w3.eth.wait_for_transaction_receipt(
+                HexBytes(self.last_fired), poll_latency=0.005
+            )
             if receipt["status"] != 1:
                 raise AssertionError("a setup transaction reverted")
             self.last_fired = None
@@ -70,7 +73,9 @@ class Env:
         tx_hash = self.fire(fn, sender, gas)
         self.last_fired = None
         # anvil automines: the receipt is there almost at once, so poll tightly.
-        receipt = dict(self.w3.eth.wait_for_transaction_receipt(tx_hash, poll_latency=0.005))
+        receipt = dict(
+            self.w3.eth.wait_for_transaction_receipt(HexBytes(tx_hash), poll_latency=0.005)
+        )
         if receipt["status"] != 1:
             raise AssertionError(f"transaction reverted: {fn}")
         return receipt

@@ -135,8 +135,9 @@ class Chain:
         self.tx(self.token.functions.approve(self.manager.address, 2**256 - 1), who)
         self.tx(self.token.functions.approve(self.vault.address, 2**256 - 1), who)
 
-    def open(self, rate: int, deposit: int, *, payer: str | None = None,
-             payee: str | None = None) -> tuple[int, dict[str, Any]]:
+    def open(
+        self, rate: int, deposit: int, *, payer: str | None = None, payee: str | None = None
+    ) -> tuple[int, dict[str, Any]]:
         """Open a stream and return (id, receipt)."""
         receipt = self.tx(
             self.manager.functions.openStream(payee or self.payee, rate, deposit),
@@ -145,8 +146,9 @@ class Chain:
         (opened,) = self.events(self.manager, receipt, "StreamOpened")
         return int(opened["id"]), receipt
 
-    def create_escrow(self, amount: int, timeout: int, *, payer: str | None = None,
-                      payee: str | None = None) -> tuple[int, dict[str, Any]]:
+    def create_escrow(
+        self, amount: int, timeout: int, *, payer: str | None = None, payee: str | None = None
+    ) -> tuple[int, dict[str, Any]]:
         """Deposit `amount` and escrow it; return (id, receipt of createEscrow)."""
         payer = payer or self.payer
         self.tx(self.vault.functions.deposit(amount), payer)
@@ -181,7 +183,7 @@ def _revert_data(exc: Exception) -> str:
 @pytest.fixture
 def chain(anvil: Anvil) -> Iterator[Chain]:
     """Fresh contracts on the session anvil, with funded actors."""
-    accounts = Web3(Web3.HTTPProvider(anvil.url)).eth.accounts
+    accounts: list[str] = list(Web3(Web3.HTTPProvider(anvil.url)).eth.accounts)
     admin, oracle, fee_recipient, payer, payee, other, payer2, payee2 = accounts[:8]
     deployment = deploy_all(
         anvil.url, DEV_KEY0, oracle=oracle, fee_recipient=fee_recipient, fee_bps=FEE_BPS

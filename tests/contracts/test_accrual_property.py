@@ -54,7 +54,11 @@ def _check(chain: Chain, sid: int, model: accrual.Stream, credited: int, now: in
     steps=st.lists(st.tuples(actions, gaps), min_size=1, max_size=8),
 )
 def test_python_accrual_equals_contract(
-    chain: Chain, anvil: Anvil, rate: int, deposit: int, price: int,
+    chain: Chain,
+    anvil: Anvil,
+    rate: int,
+    deposit: int,
+    price: int,
     steps: list[tuple[tuple[str, int], int]],
 ) -> None:
     m = chain.manager.functions

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from eth_utils import keccak
+from hexbytes import HexBytes
 
 from keeper import accrual
 from keeper.accrual import SettleSkip, UsageSkip
@@ -118,8 +119,8 @@ def test_settling_twice_in_one_block_settles_once(chain: Chain) -> None:
         chain.mine()
     finally:
         chain.automine(True)
-    r1 = dict(chain.w3.eth.wait_for_transaction_receipt(h1))
-    r2 = dict(chain.w3.eth.wait_for_transaction_receipt(h2))
+    r1 = dict(chain.w3.eth.wait_for_transaction_receipt(HexBytes(h1)))
+    r2 = dict(chain.w3.eth.wait_for_transaction_receipt(HexBytes(h2)))
     assert r1["blockNumber"] == r2["blockNumber"]
     assert r1["status"] == r2["status"] == 1
     (first,) = chain.events(chain.manager, r1, "StreamSettled")
@@ -160,8 +161,10 @@ def test_rate_zero_accrues_nothing(chain: Chain) -> None:
 
 
 def test_settle_folds_one_payee_and_separates_payees(chain: Chain) -> None:
-    ids = [chain.open(rate=2, deposit=10**6, payee=p)[0]
-           for p in (chain.payee, chain.payee, chain.payee2, chain.payee)]
+    ids = [
+        chain.open(rate=2, deposit=10**6, payee=p)[0]
+        for p in (chain.payee, chain.payee, chain.payee2, chain.payee)
+    ]
     chain.advance(20)
     starts = [int(chain.stream(i)["settled_at"]) for i in ids]
     receipt = chain.tx(chain.manager.functions.settleStreams(ids), chain.other)
@@ -326,10 +329,24 @@ def test_usage_charges_units_times_price_exactly_once(chain: Chain) -> None:
     receipt = chain.tx(m.recordUsageBatch([sid, sid], [10, 5], [1, 2]), chain.oracle)
     recorded = chain.events(chain.manager, receipt, "UsageRecorded")
     assert recorded == [
-        {"id": sid, "seq": 1, "units": 10, "charged": 300, "fee": fee(300), "shortfall": 0,
-         "balanceAfter": 100_000 - 300},
-        {"id": sid, "seq": 2, "units": 5, "charged": 150, "fee": fee(150), "shortfall": 0,
-         "balanceAfter": 100_000 - 450},
+        {
+            "id": sid,
+            "seq": 1,
+            "units": 10,
+            "charged": 300,
+            "fee": fee(300),
+            "shortfall": 0,
+            "balanceAfter": 100_000 - 300,
+        },
+        {
+            "id": sid,
+            "seq": 2,
+            "units": 5,
+            "charged": 150,
+            "fee": fee(150),
+            "shortfall": 0,
+            "balanceAfter": 100_000 - 450,
+        },
     ]
     assert chain.stream(sid)["usage_seq"] == 2
     assert chain.credited(chain.payee) == (300 - fee(300)) + (150 - fee(150))
@@ -360,7 +377,10 @@ def test_usage_skips_unknown_closed_and_bad_units(chain: Chain) -> None:
         m.recordUsageBatch([404, closed, sid, sid], [1, 1, 0, 2**64], [1, 1, 1, 1]), chain.oracle
     )
     assert [e["reason"] for e in chain.events(chain.manager, receipt, "UsageSkipped")] == [
-        UsageSkip.UNKNOWN, UsageSkip.CLOSED, UsageSkip.BAD_UNITS, UsageSkip.BAD_UNITS
+        UsageSkip.UNKNOWN,
+        UsageSkip.CLOSED,
+        UsageSkip.BAD_UNITS,
+        UsageSkip.BAD_UNITS,
     ]
     assert chain.events(chain.manager, receipt, "UsageRecorded") == []
     assert chain.stream(sid)["usage_seq"] == 0 and chain.stream(sid)["balance"] == 10_000
@@ -370,8 +390,15 @@ def test_usage_shortfall_charges_what_is_left_and_depletes(chain: Chain) -> None
     sid = _priced_stream(chain, price=100, deposit=250, rate=1)
     receipt = chain.tx(chain.manager.functions.recordUsageBatch([sid], [4], [1]), chain.oracle)
     (rec,) = chain.events(chain.manager, receipt, "UsageRecorded")
-    assert rec == {"id": sid, "seq": 1, "units": 4, "charged": 250, "fee": fee(250),
-                   "shortfall": 150, "balanceAfter": 0}
+    assert rec == {
+        "id": sid,
+        "seq": 1,
+        "units": 4,
+        "charged": 250,
+        "fee": fee(250),
+        "shortfall": 150,
+        "balanceAfter": 0,
+    }
     assert chain.manager.functions.accruedOf(sid).call() == 0
     # A depleted stream still advances its sequence: the report is consumed, fully short.
     receipt = chain.tx(chain.manager.functions.recordUsageBatch([sid], [1], [2]), chain.oracle)
@@ -382,8 +409,9 @@ def test_usage_shortfall_charges_what_is_left_and_depletes(chain: Chain) -> None
 def test_usage_is_oracle_only_and_lengths_must_match(chain: Chain) -> None:
     sid = _priced_stream(chain, price=1, deposit=10)
     m = chain.manager.functions
-    chain.reverts(m.recordUsageBatch([sid], [1], [1]), chain.other,
-                  "AccessControlUnauthorizedAccount")
+    chain.reverts(
+        m.recordUsageBatch([sid], [1], [1]), chain.other, "AccessControlUnauthorizedAccount"
+    )
     chain.reverts(m.recordUsageBatch([sid], [1, 2], [1]), chain.oracle, "LengthMismatch")
     assert chain.manager.functions.hasRole(ORACLE_ROLE, chain.oracle).call()
     assert not chain.manager.functions.hasRole(ORACLE_ROLE, chain.other).call()
