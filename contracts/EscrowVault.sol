@@ -167,6 +167,7 @@ contract EscrowVault is AccessControl, Pausable {
         _accounts[msg.sender].locked -= uint120(amount);
         Account storage p = _accounts[payee];
         uint256 available = uint256(p.available) + amount;
+        if (available > type(uint128).max) revert AmountTooLarge();
         p.available = uint128(available);
         p.active = true;
         emit EscrowReleased(id, payee, amount, available);
@@ -294,6 +295,7 @@ contract EscrowVault is AccessControl, Pausable {
         e.held = 0;
         Account storage a = _accounts[payer];
         uint256 available = uint256(a.available) + amount;
+        if (available > type(uint128).max) revert AmountTooLarge();
         unchecked {
             a.locked -= uint120(amount); // this escrow's amount is part of `locked`
         }

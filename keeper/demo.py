@@ -41,26 +41,11 @@ from keeper.devchain import (
 from keeper.errors import KeeperError
 from keeper.keys import dev_key
 from keeper.migrations import migrate
+from keeper.queries import load_queries
 
 DEFAULT_DATA_DIR = Path(".keeper/demo")
 DEMO_DATABASE = "keeper_demo"
 CHAIN_NAME = "anvil-demo"
-
-# These statements belong in sql/queries.sql (named blocks) once the deployments are written
-# by more than the demo; the demo cannot add to that file, so they live here for now.
-_UPSERT_CHAIN = """
-INSERT INTO chains (chain_id, name) VALUES ($1, $2)
-ON CONFLICT (chain_id) DO UPDATE SET name = EXCLUDED.name
-"""
-# A dev chain restarted from genesis reuses its chain id: the new deployment replaces the old.
-_UPSERT_DEPLOYMENT = """
-INSERT INTO deployments (chain_id, name, address, deployment_block) VALUES ($1, $2, $3, $4)
-ON CONFLICT (chain_id, name) DO UPDATE
-SET address = EXCLUDED.address, deployment_block = EXCLUDED.deployment_block, deployed_at = now()
-"""
-_DEPLOYMENT_ROWS = """
-SELECT name, address, deployment_block FROM deployments WHERE chain_id = $1 ORDER BY name
-"""
 
 # anvil dev accounts used by the workload, after the ones DEV_ROLES takes (0-2).
 PAYERS = {"payer-a": 3, "payer-b": 4, "payer-c": 5}
@@ -155,13 +140,14 @@ async def _recreate_database(server_dsn: str, name: str) -> None:
 async def prepare_database(dsn: str, deployment: Deployment, chain_name: str) -> list[str]:
     """Migrate the database at `dsn` and record `deployment`; return the migrations applied."""
     applied = await migrate(dsn)
+    queries = load_queries()
     conn = await db.connect(dsn)
     try:
         async with conn.transaction():
-            await conn.execute(_UPSERT_CHAIN, deployment.chain_id, chain_name)
+            await conn.execute(queries["upsert_chain"], deployment.chain_id, chain_name)
             for name, address in deployment_addresses(deployment).items():
                 await conn.execute(
-                    _UPSERT_DEPLOYMENT,
+                    queries["upsert_deployment"],
                     deployment.chain_id,
                     name,
                     bytes.fromhex(address[2:]),
@@ -176,7 +162,7 @@ async def deployment_rows(dsn: str, chain_id: int) -> list[tuple[str, str, int]]
     """The `deployments` rows of `chain_id` as (name, 0x-address, deployment block)."""
     conn = await db.connect(dsn)
     try:
-        rows = await conn.fetch(_DEPLOYMENT_ROWS, chain_id)
+        rows = await conn.fetch(load_queries()["deployment_rows"], chain_id)
     finally:
         await conn.close()
     return [(r["name"], "0x" + bytes(r["address"]).hex(), r["deployment_block"]) for r in rows]

@@ -123,3 +123,17 @@ SELECT 'trigger', r.qualified || '.' || quote_ident(tg.tgname), pg_get_triggerde
 FROM pg_trigger tg
 JOIN user_relations r ON r.oid = tg.tgrelid
 WHERE NOT tg.tgisinternal;
+
+-- name: upsert_chain
+-- A chain by id, with a human name for the views.
+INSERT INTO chains (chain_id, name) VALUES ($1, $2)
+ON CONFLICT (chain_id) DO UPDATE SET name = EXCLUDED.name;
+
+-- name: upsert_deployment
+-- A dev chain restarted from genesis reuses its chain id: the new deployment replaces the old.
+INSERT INTO deployments (chain_id, name, address, deployment_block) VALUES ($1, $2, $3, $4)
+ON CONFLICT (chain_id, name) DO UPDATE
+SET address = EXCLUDED.address, deployment_block = EXCLUDED.deployment_block, deployed_at = now();
+
+-- name: deployment_rows
+SELECT name, address, deployment_block FROM deployments WHERE chain_id = $1 ORDER BY name;
