@@ -131,7 +131,8 @@ contract EscrowVault is AccessControl, Pausable {
         whenNotPaused
         returns (uint256 id)
     {
-        if (payee == address(0)) revert ZeroAddress();
+        // An escrow released to this contract's own address could never be withdrawn.
+        if (payee == address(0) || payee == address(this)) revert ZeroAddress();
         if (amount == 0) revert ZeroAmount();
         if (amount > type(uint88).max) revert AmountTooLarge();
         if (timeout == 0) timeout = DEFAULT_TIMEOUT;

@@ -141,7 +141,8 @@ contract StreamManager is AccessControl {
         whenNotPaused
         returns (uint256 id)
     {
-        if (payee == address(0)) revert ZeroAddress();
+        // Money credited to this contract's own address could never be claimed.
+        if (payee == address(0) || payee == address(this)) revert ZeroAddress();
         if (ratePerSecond > type(uint64).max) revert RateTooLarge();
         if (deposit > type(uint96).max) revert AmountTooLarge();
         id = nextStreamId++;
@@ -234,7 +235,9 @@ contract StreamManager is AccessControl {
         //   credit due - fee to the payee, folding runs of one payee into one ledger write
         //   emit StreamSettled(id, due, fee, balance)
         // No overflow is possible: rate < 2^64 and elapsed < 2^40; credits are bounded by the
-        // tokens this contract holds.
+        // tokens this contract holds. Block timestamps only grow and stay below 2^40 (the
+        // settledAt field) until the year 36812, so neither the subtraction nor the shift into
+        // settledAt needs a guard.
         assembly ("memory-safe") {
             let buf := mload(0x40) // scratch for event data; never allocated
             let curPayee := 0
@@ -375,7 +378,7 @@ contract StreamManager is AccessControl {
     }
 
     function setFeeRecipient(address recipient) external onlyRole(DEFAULT_ADMIN_ROLE) {
-        if (recipient == address(0)) revert ZeroAddress();
+        if (recipient == address(0) || recipient == address(this)) revert ZeroAddress();
         feeRecipient = recipient;
         emit FeeRecipientUpdated(recipient);
     }

@@ -47,6 +47,8 @@ def test_open_stream_refuses_bad_arguments(chain: Chain) -> None:
     m = chain.manager.functions
     zero = "0x" + "00" * 20
     chain.reverts(m.openStream(zero, 1, 1), chain.payer, "ZeroAddress")
+    # Credit to the contract's own address could never be claimed.
+    chain.reverts(m.openStream(chain.manager.address, 1, 1), chain.payer, "ZeroAddress")
     chain.reverts(m.openStream(chain.payee, 2**64, 1), chain.payer, "RateTooLarge")
     chain.reverts(m.openStream(chain.payee, 1, 2**96), chain.payer, "AmountTooLarge")
 
@@ -428,6 +430,7 @@ def test_fee_admin_is_admin_only_and_capped(chain: Chain) -> None:
     assert chain.events(chain.manager, receipt, "FeeUpdated") == [{"feeBps": 0}]
     chain.reverts(m.setFeeRecipient(chain.other), chain.other, "AccessControlUnauthorizedAccount")
     chain.reverts(m.setFeeRecipient("0x" + "00" * 20), chain.admin, "ZeroAddress")
+    chain.reverts(m.setFeeRecipient(chain.manager.address), chain.admin, "ZeroAddress")
     chain.tx(m.setFeeRecipient(chain.other), chain.admin)
     assert m.feeRecipient().call() == chain.other
     sid, _ = chain.open(rate=10, deposit=10**6)
