@@ -397,9 +397,7 @@ def test_create_escrow_argument_errors(chain: Chain) -> None:
     f = chain.vault.functions
     expect_revert(chain, f.createEscrow(ZERO_ADDRESS, TOKEN, 0), chain.payer, "ZeroAddress")
     # An escrow released to the vault itself could never be withdrawn.
-    expect_revert(
-        chain, f.createEscrow(chain.vault.address, TOKEN, 0), chain.payer, "ZeroAddress"
-    )
+    expect_revert(chain, f.createEscrow(chain.vault.address, TOKEN, 0), chain.payer, "ZeroAddress")
     expect_revert(chain, f.createEscrow(chain.payee, 0, 0), chain.payer, "ZeroAmount")
     expect_revert(
         chain, f.createEscrow(chain.payee, UINT88_MAX + 1, 0), chain.payer, "AmountTooLarge"
