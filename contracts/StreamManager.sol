@@ -131,6 +131,10 @@ contract StreamManager is AccessControl {
         feeBps = feeBps_;
         _grantRole(DEFAULT_ADMIN_ROLE, admin);
         _grantRole(PAUSER_ROLE, admin);
+        // The initial fee settings are announced like later changes, so an indexer learns
+        // them from the logs alone.
+        emit FeeRecipientUpdated(feeRecipient_);
+        emit FeeUpdated(feeBps_);
     }
 
     // ------------------------------------------------------------------ payer actions
