@@ -8,7 +8,7 @@ password masked.
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, TypeAlias
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -77,3 +77,18 @@ async def create_pool(
         return await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, **kwargs)
     except _CONNECT_ERRORS as exc:
         raise _unavailable(dsn, exc) from exc
+
+
+def to_int(value: Any) -> int:
+    """A numeric(78,0) value read from Postgres (asyncpg gives `Decimal`) as an exact `int`.
+
+    Money and ids are integers; an integral Decimal converts exactly, anything else is a bug.
+    """
+    result = int(value)
+    if result != value:
+        raise ValueError(f"expected an integral numeric, got {value!r}")
+    return result
+
+
+# What the keeper's queries run on: a plain connection or one borrowed from a pool.
+Conn: TypeAlias = "asyncpg.Connection[Any] | asyncpg.pool.PoolConnectionProxy[Any]"

@@ -109,7 +109,7 @@ RAW_EVENTS = {
     "Unpaused",
 }
 RAW_TABLE = "contract_events"
-RAW_COLUMNS = COMMON_COLUMNS + ("contract", "event", "topics", "data")
+RAW_COLUMNS = (*COMMON_COLUMNS, "contract", "event", "topics", "data")
 
 INDEXED_CONTRACTS = ("StreamManager", "EscrowVault")
 
@@ -213,7 +213,9 @@ class Decoder:
                 return spec.copy_columns
         raise KeyError(table)
 
-    def decode(self, logs: Iterable[Mapping[str, Any]], timestamps: Mapping[int, int]) -> DecodedBatch:
+    def decode(
+        self, logs: Iterable[Mapping[str, Any]], timestamps: Mapping[int, int]
+    ) -> DecodedBatch:
         """Decode `logs`; `timestamps` gives block times for logs that do not carry one."""
         rows: dict[str, list[tuple[Any, ...]]] = {}
         blocks: dict[int, tuple[str, int | None]] = {}
@@ -243,7 +245,9 @@ class Decoder:
                     contract = self.contract_of.get(log["address"].lower())
                     if contract is None:
                         continue  # not one of ours (a filter should not return it)
-                    name = self.raw.get(topics[0], (contract, "unknown"))[1] if topics else "anonymous"
+                    name = (
+                        self.raw.get(topics[0], (contract, "unknown"))[1] if topics else "anonymous"
+                    )
                     row = (
                         *head,
                         contract,

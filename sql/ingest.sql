@@ -13,7 +13,7 @@ FROM ingest_cursor WHERE chain_id = $1;
 -- name: init_cursor
 -- First start: nothing indexed yet, the next block to read is start_block.
 INSERT INTO ingest_cursor (chain_id, start_block, indexed_block)
-VALUES ($1, $2, $2 - 1)
+VALUES ($1, $2::bigint, $2::bigint - 1)
 ON CONFLICT (chain_id) DO NOTHING;
 
 -- name: advance_cursor
@@ -47,6 +47,10 @@ SELECT number, hash, parent_hash, timestamp FROM blocks WHERE chain_id = $1 AND 
 -- Stored blocks at or above $2, newest first (the reorg walk-back compares them one by one).
 SELECT number, hash, parent_hash, timestamp FROM blocks
 WHERE chain_id = $1 AND number >= $2 ORDER BY number DESC;
+
+-- name: delete_events_after
+-- delete_events_after() (migration 0002) knows every event table; returns the rows removed.
+SELECT delete_events_after($1, $2);
 
 -- name: delete_blocks_after
 DELETE FROM blocks WHERE chain_id = $1 AND number > $2;

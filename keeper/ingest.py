@@ -1,0 +1,396 @@
+"""Follow the contracts' logs into Postgres: backfill in wide ranges, then the head block by block.
+
+Two zones. At or below the finalized block (the node's `finalized` tag, else head minus a
+configured depth) nothing can change: logs are read in wide `eth_getLogs` ranges that adapt to
+the provider's limits and are written with COPY, the next range prefetched while the current one
+is written. Above it, blocks are taken in order and each one's parent hash is checked against the
+block stored before it; a mismatch (or the stored head no longer being canonical) walks back to
+the common ancestor, re-checks, and rolls the database back in one transaction. A reorg below
+the finalized block is fatal: the process stops with `EXIT_FATAL_REORG` rather than guess.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+import asyncpg
+import structlog
+from anyio.abc import TaskStatus
+
+from keeper import metrics
+from keeper.db import DatabaseUnavailable
+from keeper.errors import KeeperError
+from keeper.events import DecodedBatch, Decoder
+from keeper.rpc import BlockHeader, ChainClient, RangeTooLarge, RpcUnavailable
+from keeper.store import Cursor, Store
+
+log = structlog.get_logger(__name__)
+
+EXIT_FATAL_REORG = 3
+
+
+class FatalReorg(KeeperError):
+    """The chain reorganised below the finalized block: the index cannot be trusted."""
+
+    exit_code = EXIT_FATAL_REORG
+
+
+class ChainMismatch(KeeperError):
+    """The RPC serves another chain than the one configured."""
+
+
+@dataclass(frozen=True)
+class IngestSettings:
+    """Tuning of backfill and follow (the configuration file's `[ingest]` section)."""
+
+    poll_interval: float = 1.0
+    finality_depth: int = 64
+    initial_range: int = 2_000
+    min_range: int = 1
+    max_range: int = 200_000
+    target_logs: int = 20_000  # grow the range while responses stay under this many logs
+    max_follow_step: int = 256  # unfinalized blocks taken per poll
+    progress_interval: float = 5.0
+    recheck_delay: float = 0.25
+    keep_blocks: int = 256  # block rows kept below the finalized block
+
+
+@dataclass
+class _Range:
+    start: int
+    end: BlockHeader
+    logs: list[dict[str, Any]]
+    timestamps: dict[int, int]
+
+
+class Indexer:
+    """Keeps one chain's contract events and projections in Postgres up to date."""
+
+    def __init__(
+        self,
+        client: ChainClient,
+        pool: asyncpg.Pool,
+        *,
+        chain_id: int,
+        addresses: dict[str, str],
+        start_block: int,
+        settings: IngestSettings | None = None,
+    ) -> None:
+        self.client = client
+        self.pool = pool
+        self.chain_id = chain_id
+        self.addresses = [a for a in addresses.values()]
+        self.start_block = start_block
+        self.settings = settings or IngestSettings()
+        self.decoder = Decoder(chain_id, addresses)
+        self.store = Store(chain_id, self.decoder)
+        self.range = self.settings.initial_range
+        self.log = log.bind(chain_id=chain_id)
+
+    # ------------------------------------------------------------------ entry points
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Check the chain, then poll forever (started with `await tg.start(indexer.run)`)."""
+        actual = await self.client.chain_id()
+        if actual != self.chain_id:
+            raise ChainMismatch(
+                f"the RPC serves chain {actual}, the configuration says {self.chain_id}",
+                help="point chain.rpc_url at the right network or fix chain.chain_id",
+            )
+        task_status.started()
+        failures = 0
+        while True:
+            try:
+                advanced = await self.sync_once()
+            except (
+                RpcUnavailable,
+                DatabaseUnavailable,
+                OSError,
+                asyncpg.PostgresConnectionError,
+            ) as exc:
+                # Outages are reported and waited out; the poll resumes from the cursor.
+                failures += 1
+                delay = min(self.settings.poll_interval * 2**failures, 60.0)
+                self.log.error("sync_failed", error=str(exc), retry_in_s=delay, failures=failures)
+                await anyio.sleep(delay)
+                continue
+            failures = 0
+            if advanced == 0:
+                await anyio.sleep(self.settings.poll_interval)
+
+    async def sync_once(self) -> int:
+        """One poll: catch up as far as the node allows; return the number of blocks advanced."""
+        async with self.pool.acquire() as conn:
+            cursor = await self.store.cursor(conn, self.start_block)
+        head, finalized, at_cursor = await self._observe(cursor)
+        async with self.pool.acquire() as conn:
+            await self.store.observe_head(conn, head, finalized)
+        metrics.HEAD_BLOCK.set(head.number)
+        metrics.FINALIZED_BLOCK.set(finalized)
+        if cursor.indexed_timestamp is not None:
+            metrics.LAG_SECONDS.set(max(0, head.timestamp - cursor.indexed_timestamp))
+
+        # Is what we indexed last still canonical? (The node may have reorged, even while
+        # we were down, or been rolled back below it.)
+        if cursor.indexed_hash is not None and (
+            at_cursor is None or at_cursor.hash != cursor.indexed_hash
+        ):
+            await self._reorg(cursor)
+            return 1
+
+        advanced = 0
+        if cursor.indexed_block < finalized:
+            advanced += await self.backfill(cursor, finalized)
+            async with self.pool.acquire() as conn:
+                cursor = await self.store.cursor(conn, self.start_block)
+        if cursor.indexed_block < head.number:
+            advanced += await self._follow(cursor, head)
+        if advanced:
+            async with self.pool.acquire() as conn:
+                await self.store.prune_blocks(conn, finalized - self.settings.keep_blocks)
+        return advanced
+
+    # ------------------------------------------------------------------ backfill
+
+    async def backfill(self, cursor: Cursor, target: int) -> int:
+        """Index (cursor, target] in wide ranges; target must be final. Returns blocks done."""
+        first = cursor.indexed_block + 1
+        if first > target:
+            return 0
+        total_blocks = target - first + 1
+        done_blocks = 0
+        done_events = 0
+        started = last_report = time.monotonic()
+        self.log.info("backfill_started", from_block=first, to_block=target)
+        send, receive = anyio.create_memory_object_stream[_Range](2)
+
+        async def produce() -> None:
+            async with send:
+                start = first
+                while start <= target:
+                    fetched = await self._fetch_range(start, target)
+                    await send.send(fetched)
+                    start = fetched.end.number + 1
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(produce)
+            async with receive:
+                async for fetched in receive:
+                    batch = self.decoder.decode(fetched.logs, fetched.timestamps)
+                    done = fetched.end.number >= target
+                    async with self.pool.acquire() as conn:
+                        await self.store.write_range(
+                            conn, batch, fetched.start, fetched.end, backfill_done=done
+                        )
+                    done_blocks += fetched.end.number - fetched.start + 1
+                    done_events += batch.count
+                    now = time.monotonic()
+                    if now - last_report >= self.settings.progress_interval or done:
+                        elapsed = max(now - started, 1e-9)
+                        rate = done_blocks / elapsed
+                        self.log.info(
+                            "backfill_progress",
+                            block=fetched.end.number,
+                            blocks_per_s=round(rate, 1),
+                            events_per_s=round(done_events / elapsed, 1),
+                            events=done_events,
+                            range=self.range,
+                            eta_s=round((total_blocks - done_blocks) / rate, 1) if rate else None,
+                        )
+                        last_report = now
+        async with self.pool.acquire() as conn:
+            await self.store.prune_blocks(conn, target - self.settings.keep_blocks)
+        return done_blocks
+
+    async def _fetch_range(self, start: int, target: int) -> _Range:
+        """Logs of the widest range from `start` the provider accepts (adapting self.range)."""
+        while True:
+            end = min(start + self.range - 1, target)
+            try:
+                logs = await self.client.get_logs(self.addresses, start, end)
+            except RangeTooLarge as exc:
+                self.range = self._shrunk(start, end, exc)
+                metrics.BACKFILL_RANGE.set(self.range)
+                self.log.debug("range_shrunk", from_block=start, to_block=end, range=self.range)
+                continue
+            header = await self.client.header(end)
+            if header is None:
+                raise KeeperError(f"the node has no block {end} though it reported it final")
+            timestamps = await self._missing_timestamps(logs)
+            if len(logs) < self.settings.target_logs // 2:
+                self.range = min(self.range * 2, self.settings.max_range)
+            elif len(logs) > self.settings.target_logs:
+                self.range = max(self.range // 2, self.settings.min_range)
+            metrics.BACKFILL_RANGE.set(self.range)
+            return _Range(start, header, logs, timestamps)
+
+    def _shrunk(self, start: int, end: int, exc: RangeTooLarge) -> int:
+        size = end - start + 1
+        if exc.suggested_to is not None and start <= exc.suggested_to < end:
+            return max(exc.suggested_to - start + 1, self.settings.min_range)
+        if exc.max_blocks is not None and exc.max_blocks < size:
+            return max(exc.max_blocks, self.settings.min_range)
+        if size <= self.settings.min_range:
+            raise exc  # cannot split further: a single block the provider refuses
+        return max(size // 2, self.settings.min_range)
+
+    async def _missing_timestamps(self, logs: Sequence[dict[str, Any]]) -> dict[int, int]:
+        """Block timestamps for logs whose node did not include `blockTimestamp`."""
+        missing = sorted(
+            {int(lg["blockNumber"], 16) for lg in logs if not lg.get("blockTimestamp")}
+        )
+        if not missing:
+            return {}
+        headers = await self.client.headers(missing)
+        return {h.number: h.timestamp for h in headers if h is not None}
+
+    # ------------------------------------------------------------------ follow
+
+    async def _observe(self, cursor: Cursor) -> tuple[BlockHeader, int, BlockHeader | None]:
+        """Head, finalized block number and the node's block at the cursor, in one batch."""
+        calls: list[tuple[str, Sequence[Any]]] = [
+            ("eth_getBlockByNumber", ["latest", False]),
+            ("eth_getBlockByNumber", ["finalized", False]),
+        ]
+        if cursor.indexed_hash is not None:
+            calls.append(("eth_getBlockByNumber", [hex(cursor.indexed_block), False]))
+        try:
+            results = await self.client.batch(calls)
+        except KeeperError:
+            # Some nodes refuse the `finalized` tag with an error: ask separately.
+            head = await self.client.head()
+            finalized = await self.client.finalized(head, self.settings.finality_depth)
+            at_cursor = (
+                await self.client.header(cursor.indexed_block)
+                if cursor.indexed_hash is not None
+                else None
+            )
+            return head, finalized, at_cursor
+        head = BlockHeader.from_rpc(results[0])
+        if results[1]:
+            finalized = min(int(results[1]["number"], 16), head.number)
+        else:
+            finalized = max(head.number - self.settings.finality_depth, -1)
+        at_cursor = None
+        if len(results) > 2 and results[2]:
+            at_cursor = BlockHeader.from_rpc(results[2])
+        return head, finalized, at_cursor
+
+    async def _follow(self, cursor: Cursor, head: BlockHeader) -> int:
+        """Take the blocks after the cursor, up to the head, checking the parent-hash chain."""
+        first = cursor.indexed_block + 1
+        last = min(head.number, first + self.settings.max_follow_step - 1)
+        headers = await self.client.headers(list(range(first, last + 1)))
+        chain: list[BlockHeader] = []
+        parent = cursor.indexed_hash
+        for header in headers:
+            if header is None:
+                break  # the node's head moved back while we read: take what is consistent
+            if parent is not None and header.parent_hash != parent:
+                if not chain:
+                    # The block after our cursor does not build on it: a reorg.
+                    await self._reorg(cursor)
+                    return 1
+                break
+            chain.append(header)
+            parent = header.hash
+        if not chain:
+            return 0
+        logs = await self.client.get_logs(self.addresses, chain[0].number, chain[-1].number)
+        by_number = {h.number: h for h in chain}
+        for lg in logs:
+            expected = by_number.get(int(lg["blockNumber"], 16))
+            if expected is None or lg["blockHash"] != expected.hash:
+                # The chain moved between the headers and the logs: read again next poll.
+                self.log.info("follow_raced_reorg", block=int(lg["blockNumber"], 16))
+                return 0
+        timestamps = {h.number: h.timestamp for h in chain}
+        batch: DecodedBatch = self.decoder.decode(logs, timestamps)
+        async with self.pool.acquire() as conn:
+            await self.store.write_range(
+                conn, batch, chain[0].number, chain[-1], blocks=chain[:-1], backfill_done=True
+            )
+        self.log.debug(
+            "blocks_indexed",
+            from_block=chain[0].number,
+            to_block=chain[-1].number,
+            events=batch.count,
+        )
+        return len(chain)
+
+    # ------------------------------------------------------------------ reorgs
+
+    async def _reorg(self, cursor: Cursor) -> None:
+        """Walk back to the common ancestor, re-check, and roll back to it."""
+        ancestor = await self._common_ancestor(cursor)
+        if ancestor is None:
+            raise FatalReorg(
+                f"chain {self.chain_id}: no stored block below {cursor.indexed_block} is "
+                "canonical any more",
+                help="the chain reorganised below the finalized block; re-index from scratch "
+                "after checking the RPC node",
+            )
+        # Never trust one lagging answer: ask again after a pause.
+        await anyio.sleep(self.settings.recheck_delay)
+        again = await self._common_ancestor(cursor)
+        if again is None or again.number != ancestor.number or again.hash != ancestor.hash:
+            self.log.warning("reorg_unconfirmed", first=ancestor.number)
+            return
+        finalized = cursor.finalized_block
+        if finalized is not None and ancestor.number < min(finalized, cursor.indexed_block):
+            raise FatalReorg(
+                f"chain {self.chain_id}: reorg back to block {ancestor.number}, below the "
+                f"finalized block {finalized}",
+                help="the node rewrote finalized history; the index stops rather than guess. "
+                "Check the RPC node, then re-index (drop the chain's rows) if it is right",
+            )
+        async with self.pool.acquire() as conn:
+            old_head = await self.store.stored_block(conn, cursor.indexed_block)
+            old = old_head or BlockHeader(
+                cursor.indexed_block, cursor.indexed_hash or "0x" + "00" * 32, "0x" + "00" * 32, 0
+            )
+            current = await self.client.head()
+            removed = await self.store.rollback_to(conn, ancestor, old, current)
+        depth = cursor.indexed_block - ancestor.number
+        metrics.REORGS.inc()
+        metrics.REORG_DEPTH.observe(depth)
+        self.log.warning(
+            "reorg_handled",
+            depth=depth,
+            ancestor=ancestor.number,
+            old_head=cursor.indexed_hash,
+            new_head=current.hash,
+            events_removed=removed,
+        )
+
+    async def _common_ancestor(self, cursor: Cursor) -> BlockHeader | None:
+        """The newest stored block the node still has at the same height with the same hash."""
+        async with self.pool.acquire() as conn:
+            rows = await conn.fetch(self.store.q["blocks_from"], self.chain_id, 0)
+        stored = [
+            BlockHeader(
+                r["number"],
+                "0x" + bytes(r["hash"]).hex(),
+                "0x" + bytes(r["parent_hash"]).hex(),
+                r["timestamp"],
+            )
+            for r in rows
+            if r["number"] <= cursor.indexed_block
+        ]
+        for i in range(0, len(stored), 64):
+            group = stored[i : i + 64]
+            node = await self.client.headers([b.number for b in group])
+            for mine, theirs in zip(group, node, strict=True):
+                if theirs is not None and theirs.hash == mine.hash:
+                    return mine
+        # Nothing stored matches. If everything indexed is still unfinalized, the whole index is
+        # on the orphaned branch: start again from just before the deployment block.
+        if cursor.finalized_block is None or cursor.finalized_block < cursor.start_block:
+            if cursor.start_block == 0:
+                return BlockHeader(-1, "0x" + "00" * 32, "0x" + "00" * 32, 0)
+            return await self.client.header(cursor.start_block - 1)
+        return None

@@ -1,0 +1,73 @@
+"""Prometheus metrics of the keeper (one registry, bounded label sets).
+
+Names follow the house convention: `keeper_<thing>_total` counters, `_seconds` histograms,
+`_timestamp` gauges. The health port (a later stage) serves `REGISTRY`.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+RPC_REQUESTS = Counter(
+    "keeper_rpc_requests_total", "JSON-RPC requests sent, by method.", ["method"], registry=REGISTRY
+)
+RPC_ERRORS = Counter(
+    "keeper_rpc_errors_total",
+    "JSON-RPC requests that failed, by method and error kind.",
+    ["method", "kind"],
+    registry=REGISTRY,
+)
+RPC_LATENCY = Histogram(
+    "keeper_rpc_latency_seconds",
+    "JSON-RPC round-trip time, by method.",
+    ["method"],
+    registry=REGISTRY,
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+DB_LATENCY = Histogram(
+    "keeper_db_latency_seconds",
+    "Time of the indexer's database transactions, by kind.",
+    ["kind"],
+    registry=REGISTRY,
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+EVENTS_INDEXED = Counter(
+    "keeper_events_indexed_total", "Contract events written to the database.", registry=REGISTRY
+)
+BLOCKS_INDEXED = Counter(
+    "keeper_blocks_indexed_total", "Blocks covered by the indexer.", registry=REGISTRY
+)
+REORGS = Counter("keeper_reorgs_total", "Chain reorganisations handled.", registry=REGISTRY)
+REORG_DEPTH = Histogram(
+    "keeper_reorg_depth_blocks",
+    "Depth of handled reorganisations, in blocks.",
+    registry=REGISTRY,
+    buckets=(1, 2, 3, 5, 8, 13, 21, 34, 64, 128),
+)
+HEAD_BLOCK = Gauge("keeper_head_block", "The node's latest block number.", registry=REGISTRY)
+INDEXED_BLOCK = Gauge("keeper_indexed_block", "Last block fully indexed.", registry=REGISTRY)
+FINALIZED_BLOCK = Gauge("keeper_finalized_block", "The node's finalized block.", registry=REGISTRY)
+LAG_SECONDS = Gauge(
+    "keeper_index_lag_seconds",
+    "Head block timestamp minus the indexed block's timestamp.",
+    registry=REGISTRY,
+)
+INDEXED_TIMESTAMP = Gauge(
+    "keeper_indexed_block_timestamp", "Timestamp of the last indexed block.", registry=REGISTRY
+)
+BACKFILL_RANGE = Gauge(
+    "keeper_backfill_range_blocks", "Current eth_getLogs range of the backfill.", registry=REGISTRY
+)
+
+
+def redact_url(url: str) -> str:
+    """An RPC or database URL safe to log: scheme, host and port only (paths and query strings
+    of hosted RPCs carry API keys)."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{host}{port}" if parts.scheme else "<url>"

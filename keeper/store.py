@@ -1,0 +1,241 @@
+"""The indexer's writes: events, projections, blocks and the cursor, one transaction each.
+
+`write_range` stores what a block range emitted and moves the cursor in the same transaction,
+so a crash at any moment leaves the database at a range boundary and a restart continues from
+there without writing anything twice. `rollback_to` undoes everything after a common ancestor
+(events, blocks, projections, ledger) in one transaction and records the reorg.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from keeper import metrics
+from keeper.db import Conn
+from keeper.events import DecodedBatch, Decoder
+from keeper.queries import Queries, load_queries
+from keeper.rpc import BlockHeader
+
+STREAM_TABLES = frozenset(
+    {
+        "stream_opened",
+        "stream_settled",
+        "stream_topped_up",
+        "stream_rate_updated",
+        "stream_closed",
+        "usage_price_set",
+        "usage_recorded",
+    }
+)
+ESCROW_TABLES = frozenset({"escrow_created", "escrow_released", "escrow_refunded"})
+# table -> column position (in the COPY row) of the vault account the event names
+ACCOUNT_COLUMNS = {
+    "vault_deposited": 5,
+    "vault_withdrawn": 5,
+    "escrow_created": 6,
+    "escrow_released": 6,
+    "escrow_refunded": 6,
+}
+LEDGER_TABLES = frozenset({"stream_settled", "usage_recorded", "fees_credited", "claimed"})
+PARAM_TABLES = frozenset({"fee_updated", "fee_recipient_updated", "contract_events"})
+ID_COLUMN = 5  # stream_id / escrow_id follow the five common columns
+
+
+def _hex_bytes(value: str) -> bytes:
+    return bytes.fromhex(value[2:])
+
+
+@dataclass(frozen=True)
+class Cursor:
+    """The `ingest_cursor` row of one chain."""
+
+    start_block: int
+    indexed_block: int
+    indexed_hash: str | None
+    indexed_timestamp: int | None
+    head_block: int | None
+    finalized_block: int | None
+    backfill_done: bool
+
+
+@dataclass(frozen=True)
+class Touched:
+    """Entities whose projections must be recomputed."""
+
+    streams: list[int]
+    escrows: list[int]
+    accounts: list[bytes]
+    params: bool
+
+    @classmethod
+    def from_batch(cls, batch: DecodedBatch) -> Touched:
+        """What the rows of `batch` touch."""
+        streams: set[int] = set()
+        escrows: set[int] = set()
+        accounts: set[bytes] = set()
+        for table, rows in batch.rows.items():
+            if table in STREAM_TABLES:
+                streams.update(r[ID_COLUMN] for r in rows)
+            if table in ESCROW_TABLES:
+                escrows.update(r[ID_COLUMN] for r in rows)
+            column = ACCOUNT_COLUMNS.get(table)
+            if column is not None:
+                accounts.update(r[column] for r in rows)
+        params = any(t in batch.rows for t in PARAM_TABLES)
+        return cls(sorted(streams), sorted(escrows), sorted(accounts), params)
+
+
+class Store:
+    """Database side of the indexer for one chain."""
+
+    def __init__(self, chain_id: int, decoder: Decoder, queries: Queries | None = None) -> None:
+        self.chain_id = chain_id
+        self.decoder = decoder
+        self.q = queries or load_queries("ingest.sql")
+
+    async def cursor(self, conn: Conn, start_block: int) -> Cursor:
+        """Read the cursor, creating it at `start_block` on first use."""
+        await conn.execute(self.q["init_cursor"], self.chain_id, start_block)
+        row = await conn.fetchrow(self.q["get_cursor"], self.chain_id)
+        assert row is not None
+        return Cursor(
+            start_block=row["start_block"],
+            indexed_block=row["indexed_block"],
+            indexed_hash="0x" + bytes(row["indexed_hash"]).hex() if row["indexed_hash"] else None,
+            indexed_timestamp=row["indexed_timestamp"],
+            head_block=row["head_block"],
+            finalized_block=row["finalized_block"],
+            backfill_done=row["backfill_done"],
+        )
+
+    async def stored_block(self, conn: Conn, number: int) -> BlockHeader | None:
+        """The canonical block the database holds at `number`, if any."""
+        row = await conn.fetchrow(self.q["get_block"], self.chain_id, number)
+        if row is None:
+            return None
+        return BlockHeader(
+            number=row["number"],
+            hash="0x" + bytes(row["hash"]).hex(),
+            parent_hash="0x" + bytes(row["parent_hash"]).hex(),
+            timestamp=row["timestamp"],
+        )
+
+    async def observe_head(self, conn: Conn, head: BlockHeader, finalized: int) -> None:
+        """Record what the node reports (for lag in the views and metrics)."""
+        await conn.execute(
+            self.q["observe_head"], self.chain_id, head.number, head.timestamp, finalized
+        )
+
+    async def write_range(
+        self,
+        conn: Conn,
+        batch: DecodedBatch,
+        from_block: int,
+        end: BlockHeader,
+        *,
+        blocks: Iterable[BlockHeader] = (),
+        backfill_done: bool = False,
+    ) -> None:
+        """Store the events of blocks [from_block, end.number] and move the cursor to `end`."""
+        started = time.perf_counter()
+        touched = Touched.from_batch(batch)
+        async with conn.transaction():
+            for table, rows in batch.rows.items():
+                await conn.copy_records_to_table(
+                    table, records=rows, columns=list(self.decoder.columns(table))
+                )
+            await self._refresh(conn, touched)
+            if any(t in batch.rows for t in LEDGER_TABLES):
+                await conn.execute(
+                    self.q["apply_ledger_range"], self.chain_id, from_block - 1, end.number, 1
+                )
+            for header in (*blocks, end):
+                await self._upsert_block(conn, header)
+            await conn.execute(
+                self.q["advance_cursor"],
+                self.chain_id,
+                end.number,
+                _hex_bytes(end.hash),
+                end.timestamp,
+                backfill_done,
+            )
+        metrics.DB_LATENCY.labels(kind="write_range").observe(time.perf_counter() - started)
+        metrics.EVENTS_INDEXED.inc(batch.count)
+        metrics.BLOCKS_INDEXED.inc(end.number - from_block + 1)
+        metrics.INDEXED_BLOCK.set(end.number)
+        metrics.INDEXED_TIMESTAMP.set(end.timestamp)
+
+    async def rollback_to(
+        self,
+        conn: Conn,
+        ancestor: BlockHeader,
+        old_head: BlockHeader,
+        new_head: BlockHeader | None,
+    ) -> int:
+        """Undo every block after `ancestor`; returns the number of events removed."""
+        started = time.perf_counter()
+        chain = self.chain_id
+        async with conn.transaction():
+            row = await conn.fetchrow(self.q["touched_after"], chain, ancestor.number)
+            assert row is not None
+            touched = Touched(
+                streams=[int(x) for x in row["streams"]],
+                escrows=[int(x) for x in row["escrows"]],
+                accounts=[bytes(x) for x in row["accounts"]],
+                params=True,
+            )
+            # Ledger first: its subtraction reads the orphaned events before they go.
+            await conn.execute(self.q["apply_ledger_range"], chain, ancestor.number, 2**62, -1)
+            await conn.execute(self.q["drop_ledger_rows_after"], chain, ancestor.number)
+            removed = int(
+                await conn.fetchval(self.q["delete_events_after"], chain, ancestor.number)
+            )
+            await conn.execute(self.q["delete_blocks_after"], chain, ancestor.number)
+            await self._refresh(conn, touched)
+            await conn.execute(
+                self.q["rewind_cursor"],
+                chain,
+                ancestor.number,
+                _hex_bytes(ancestor.hash),
+                ancestor.timestamp,
+            )
+            await conn.execute(
+                self.q["record_reorg"],
+                chain,
+                old_head.number - ancestor.number,
+                ancestor.number,
+                old_head.number,
+                _hex_bytes(old_head.hash),
+                new_head.number if new_head else None,
+                _hex_bytes(new_head.hash) if new_head else None,
+                removed,
+            )
+        metrics.DB_LATENCY.labels(kind="rollback").observe(time.perf_counter() - started)
+        return removed
+
+    async def prune_blocks(self, conn: Conn, below: int) -> None:
+        """Forget block rows below `below` (finalized history needs no parent-hash chain)."""
+        await conn.execute(self.q["prune_blocks"], self.chain_id, below)
+
+    async def _upsert_block(self, conn: Conn, h: BlockHeader) -> None:
+        await conn.execute(
+            self.q["upsert_block"],
+            self.chain_id,
+            h.number,
+            _hex_bytes(h.hash),
+            _hex_bytes(h.parent_hash),
+            h.timestamp,
+        )
+
+    async def _refresh(self, conn: Conn, t: Touched) -> None:
+        chain = self.chain_id
+        if t.streams:
+            await conn.execute(self.q["refresh_streams"], chain, t.streams)
+        if t.escrows:
+            await conn.execute(self.q["refresh_escrows"], chain, t.escrows)
+        if t.accounts or t.escrows:
+            await conn.execute(self.q["refresh_vault_accounts"], chain, t.accounts, t.escrows)
+        if t.params:
+            await conn.execute(self.q["refresh_contract_params"], chain)
