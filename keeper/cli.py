@@ -147,6 +147,21 @@ def cmd_demo(args: argparse.Namespace) -> int:
     )
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    """Run the daemon."""
+    import anyio
+
+    from keeper import daemon, logs
+    from keeper.config import load_config
+
+    config = load_config(args.config)
+    logs.configure(
+        args.log_level if args.log_level != "info" else config.log.level, config.log.format
+    )
+    status: int = anyio.run(daemon.run, config)
+    return status
+
+
 def _database_url(args: argparse.Namespace) -> str:
     dsn: str | None = args.database_url or os.environ.get(DATABASE_URL_ENV)
     if not dsn:
@@ -179,6 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Keeps on-chain payment streams, escrows and usage billing settled.\n\n"
             "Commands:\n"
+            "  run       the daemon: index the chain and keep the contracts settled\n"
             "  deploy    deploy the contracts to a chain and write a deployment file\n"
             "  devchain  run a local anvil chain with the contracts deployed\n"
             "  migrate   apply the database migrations\n"
@@ -194,6 +210,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="lowest level of log lines written to stderr",
     )
     sub = parser.add_subparsers(dest="command", metavar="<command>", required=True)
+
+    run = sub.add_parser(
+        "run",
+        formatter_class=_Formatter,
+        help="run the daemon",
+        description=(
+            "Run the keeper daemon with the given configuration: apply migrations, then follow\n"
+            "the chain's logs into the database (backfill from the deployment block, then the\n"
+            "head, handling reorgs) until SIGTERM or SIGINT (exit 0). Exit 3: the chain\n"
+            "reorganised below the finalized block; 1: configuration or start-up error."
+        ),
+    )
+    run.add_argument(
+        "--config", type=Path, required=True, metavar="FILE", help="the keeper's TOML configuration"
+    )
+    run.set_defaults(handler=cmd_run)
 
     deploy = sub.add_parser(
         "deploy",

@@ -1,0 +1,79 @@
+"""The daemon: one root task group running the keeper's loops until a signal stops it.
+
+At this stage the loops are the indexer's; planners and the transaction manager join the same
+task group. SIGTERM and SIGINT cancel the group and the process exits 0; a loop that dies takes
+the process down with a non-zero status so systemd restarts it; a reorg below the finalized
+block exits with `EXIT_FATAL_REORG` (3), which the unit file does not restart.
+"""
+
+from __future__ import annotations
+
+import signal
+
+import anyio
+import structlog
+from anyio import CancelScope
+
+from keeper import db
+from keeper.config import KeeperConfig
+from keeper.errors import KeeperError
+from keeper.ingest import FatalReorg, Indexer
+from keeper.migrations import migrate
+from keeper.rpc import ChainClient
+
+log = structlog.get_logger(__name__)
+
+
+async def _stop_on_signal(scope: CancelScope) -> None:
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            log.info("stopping", signal=signal.Signals(signum).name)
+            scope.cancel()
+            return
+
+
+async def run(config: KeeperConfig) -> int:
+    """Run until signalled; return the process exit status."""
+    deployment = config.deployment()
+    chain_id = config.chain.chain_id or deployment.chain_id
+    if chain_id != deployment.chain_id:
+        raise KeeperError(
+            f"chain.chain_id is {chain_id} but the deployment file is for {deployment.chain_id}",
+            help="point chain.deployment_file at this chain's deployment",
+        )
+    dsn = config.database.url.get_secret_value()
+    await migrate(dsn)
+    pool = await db.create_pool(
+        dsn, min_size=config.database.pool_min, max_size=config.database.pool_max
+    )
+    client = ChainClient(
+        config.chain.rpc_url.get_secret_value(),
+        timeout=config.chain.rpc_timeout,
+        attempts=config.chain.rpc_attempts,
+    )
+    indexer = Indexer(
+        client,
+        pool,
+        chain_id=chain_id,
+        addresses={
+            "StreamManager": deployment.stream_manager,
+            "EscrowVault": deployment.escrow_vault,
+        },
+        start_block=deployment.deployment_block,
+        settings=config.ingest.settings(),
+    )
+    structlog.contextvars.bind_contextvars(chain_id=chain_id)
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_stop_on_signal, tg.cancel_scope)
+            await tg.start(indexer.run)
+            log.info("keeper_started", start_block=deployment.deployment_block)
+    except FatalReorg as exc:
+        log.critical("fatal_reorg", error=exc.message, help=exc.help)
+        return FatalReorg.exit_code
+    finally:
+        with anyio.move_on_after(5, shield=True):
+            await client.close()
+            await pool.close()
+    log.info("keeper_stopped")
+    return 0
