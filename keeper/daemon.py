@@ -61,6 +61,7 @@ async def run(config: KeeperConfig) -> int:
         },
         start_block=deployment.deployment_block,
         settings=config.ingest.settings(),
+        ws_url=config.chain.ws_url.get_secret_value() if config.chain.ws_url else None,
     )
     structlog.contextvars.bind_contextvars(chain_id=chain_id)
     try:

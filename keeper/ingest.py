@@ -25,6 +25,7 @@ from keeper import metrics
 from keeper.db import DatabaseUnavailable
 from keeper.errors import KeeperError
 from keeper.events import DecodedBatch, Decoder
+from keeper.heads import HeadWatcher
 from keeper.rpc import BlockHeader, ChainClient, RangeTooLarge, RpcUnavailable
 from keeper.store import Cursor, Store
 
@@ -79,8 +80,11 @@ class Indexer:
         addresses: dict[str, str],
         start_block: int,
         settings: IngestSettings | None = None,
+        ws_url: str | None = None,
     ) -> None:
         self.client = client
+        self.ws_url = ws_url
+        self._wake = anyio.Event()
         self.pool = pool
         self.chain_id = chain_id
         self.addresses = [a for a in addresses.values()]
@@ -101,7 +105,22 @@ class Indexer:
                 f"the RPC serves chain {actual}, the configuration says {self.chain_id}",
                 help="point chain.rpc_url at the right network or fix chain.chain_id",
             )
-        task_status.started()
+        async with anyio.create_task_group() as tg:
+            if self.ws_url:
+                await tg.start(HeadWatcher(self.ws_url, self._wake_up).run)
+            task_status.started()
+            await self._poll_forever()
+
+    def _wake_up(self) -> None:
+        self._wake.set()
+
+    async def _idle(self, seconds: float) -> None:
+        """Sleep up to `seconds`, or until a newHeads notification arrives."""
+        with anyio.move_on_after(seconds):
+            await self._wake.wait()
+        self._wake = anyio.Event()
+
+    async def _poll_forever(self) -> None:
         failures = 0
         while True:
             try:
@@ -120,7 +139,7 @@ class Indexer:
                 continue
             failures = 0
             if advanced == 0:
-                await anyio.sleep(self.settings.poll_interval)
+                await self._idle(self.settings.poll_interval)
 
     async def sync_once(self) -> int:
         """One poll: catch up as far as the node allows; return the number of blocks advanced."""
