@@ -91,6 +91,10 @@ async def _migrate(conn: asyncpg.Connection) -> list[str]:
             if name in applied:
                 continue
             async with conn.transaction():
+                # Tables belong in `public` whatever the role is called: the default search
+                # path starts with "$user", and a role named `keeper` would otherwise put them
+                # into the views schema.
+                await conn.execute(queries["pin_search_path"])
                 await conn.execute(sql)
                 await conn.execute(queries["record_migration"], name, sha)
             log.info("migration_applied", migration=name, sha256=sha)

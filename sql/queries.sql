@@ -22,6 +22,9 @@ SELECT name, sha256, applied_at
 FROM keeper_migrations
 ORDER BY name;
 
+-- name: pin_search_path
+SET LOCAL search_path TO public;
+
 -- name: record_migration
 INSERT INTO keeper_migrations (name, sha256)
 VALUES ($1, $2);
