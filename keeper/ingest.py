@@ -27,7 +27,7 @@ from keeper.errors import KeeperError
 from keeper.events import DecodedBatch, Decoder
 from keeper.heads import HeadWatcher
 from keeper.rpc import BlockHeader, ChainClient, RangeTooLarge, RpcUnavailable
-from keeper.store import Cursor, Store
+from keeper.store import Cursor, CursorMoved, Store
 
 log = structlog.get_logger(__name__)
 
@@ -128,6 +128,7 @@ class Indexer:
             except (
                 RpcUnavailable,
                 DatabaseUnavailable,
+                CursorMoved,
                 OSError,
                 asyncpg.PostgresConnectionError,
             ) as exc:

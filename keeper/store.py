@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from keeper import metrics
 from keeper.db import Conn
+from keeper.errors import KeeperError
 from keeper.events import DecodedBatch, Decoder
 from keeper.queries import Queries, load_queries
 from keeper.rpc import BlockHeader
@@ -41,6 +42,10 @@ ACCOUNT_COLUMNS = {
 LEDGER_TABLES = frozenset({"stream_settled", "usage_recorded", "fees_credited", "claimed"})
 PARAM_TABLES = frozenset({"fee_updated", "fee_recipient_updated", "contract_events"})
 ID_COLUMN = 5  # stream_id / escrow_id follow the five common columns
+
+
+class CursorMoved(KeeperError):
+    """The cursor moved under a write: another indexer is writing the same chain."""
 
 
 def _hex_bytes(value: str) -> bytes:
@@ -142,6 +147,7 @@ class Store:
         started = time.perf_counter()
         touched = Touched.from_batch(batch)
         async with conn.transaction():
+            await self._claim_cursor(conn, from_block - 1)
             for table, rows in batch.rows.items():
                 await conn.copy_records_to_table(
                     table, records=rows, columns=list(self.decoder.columns(table))
@@ -178,6 +184,7 @@ class Store:
         started = time.perf_counter()
         chain = self.chain_id
         async with conn.transaction():
+            await self._claim_cursor(conn, old_head.number)
             row = await conn.fetchrow(self.q["touched_after"], chain, ancestor.number)
             assert row is not None
             touched = Touched(
@@ -218,6 +225,13 @@ class Store:
     async def prune_blocks(self, conn: Conn, below: int) -> None:
         """Forget block rows below `below` (finalized history needs no parent-hash chain)."""
         await conn.execute(self.q["prune_blocks"], self.chain_id, below)
+
+    async def _claim_cursor(self, conn: Conn, expected: int) -> None:
+        if await conn.fetchval(self.q["claim_cursor"], self.chain_id, expected) is None:
+            raise CursorMoved(
+                f"chain {self.chain_id}: the cursor is no longer at block {expected}",
+                help="another indexer writes to this database; only one may (the leader)",
+            )
 
     async def _upsert_block(self, conn: Conn, h: BlockHeader) -> None:
         await conn.execute(

@@ -16,6 +16,13 @@ INSERT INTO ingest_cursor (chain_id, start_block, indexed_block)
 VALUES ($1, $2::bigint, $2::bigint - 1)
 ON CONFLICT (chain_id) DO NOTHING;
 
+-- name: claim_cursor
+-- First statement of every write: locks the cursor row and checks nobody moved it since it was
+-- read ($2 = the indexed block the write builds on). Zero rows: another writer got there first.
+UPDATE ingest_cursor SET updated_at = now()
+WHERE chain_id = $1 AND indexed_block = $2
+RETURNING indexed_block;
+
 -- name: advance_cursor
 UPDATE ingest_cursor
 SET indexed_block = $2, indexed_hash = $3, indexed_timestamp = $4,
