@@ -89,6 +89,12 @@ CREATE INDEX attempts_lane_idx ON attempts (chain_id, signer, nonce);
 CREATE FUNCTION intents_check_transition() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
+    IF OLD.signer IS NOT NULL AND (NEW.signer IS DISTINCT FROM OLD.signer
+                                   OR NEW.nonce IS DISTINCT FROM OLD.nonce) THEN
+        RAISE EXCEPTION 'intent % is pinned to its signer and nonce', OLD.id
+            USING ERRCODE = 'check_violation';
+    END IF;
+    NEW.updated_at := now();
     IF NEW.state = OLD.state THEN
         RETURN NEW;
     END IF;
@@ -101,12 +107,6 @@ BEGIN
         RAISE EXCEPTION 'illegal intent transition % -> % (intent %)', OLD.state, NEW.state, OLD.id
             USING ERRCODE = 'check_violation';
     END IF;
-    IF OLD.signer IS NOT NULL AND (NEW.signer IS DISTINCT FROM OLD.signer
-                                   OR NEW.nonce IS DISTINCT FROM OLD.nonce) THEN
-        RAISE EXCEPTION 'intent % is pinned to its signer and nonce', OLD.id
-            USING ERRCODE = 'check_violation';
-    END IF;
-    NEW.updated_at := now();
     RETURN NEW;
 END
 $$;
@@ -118,6 +118,10 @@ CREATE TRIGGER intents_transition BEFORE UPDATE ON intents
 CREATE FUNCTION attempts_check_transition() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
+    IF NEW.raw IS DISTINCT FROM OLD.raw OR NEW.tx_hash IS DISTINCT FROM OLD.tx_hash THEN
+        RAISE EXCEPTION 'attempt % bytes are immutable once signed', OLD.id
+            USING ERRCODE = 'check_violation';
+    END IF;
     IF NEW.state = OLD.state THEN
         RETURN NEW;
     END IF;
@@ -129,10 +133,6 @@ BEGIN
     ) THEN
         RAISE EXCEPTION 'illegal attempt transition % -> % (attempt %)', OLD.state, NEW.state,
             OLD.id USING ERRCODE = 'check_violation';
-    END IF;
-    IF NEW.raw IS DISTINCT FROM OLD.raw OR NEW.tx_hash IS DISTINCT FROM OLD.tx_hash THEN
-        RAISE EXCEPTION 'attempt % bytes are immutable once signed', OLD.id
-            USING ERRCODE = 'check_violation';
     END IF;
     RETURN NEW;
 END

@@ -1,0 +1,108 @@
+-- Named queries of the transaction manager's outbox (keeper.outbox). $1 is the chain id.
+
+-- name: insert_intent
+-- ON CONFLICT DO NOTHING: an existing key means "already planned" (no row returned).
+INSERT INTO intents (chain_id, kind, key, target, calldata, value, items, urgent)
+VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb, $8)
+ON CONFLICT (chain_id, key) DO NOTHING
+RETURNING id;
+
+-- name: intent_by_key
+SELECT id, state FROM intents WHERE chain_id = $1 AND key = $2;
+
+-- name: get_intent
+SELECT * FROM intents WHERE id = $1;
+
+-- name: planned_intents
+-- Oldest first, urgent work ahead of the rest; locked so two managers never take the same one.
+SELECT id, kind, key, target, calldata, value, items, urgent
+FROM intents
+WHERE chain_id = $1 AND state = 'planned'
+ORDER BY urgent DESC, id
+LIMIT $2
+FOR UPDATE SKIP LOCKED;
+
+-- name: assign_intent
+UPDATE intents
+SET state = 'assigned', signer = $2, nonce = $3, gas_limit = $4, assigned_at = now()
+WHERE id = $1 AND state = 'planned';
+
+-- name: fail_intent
+UPDATE intents SET state = 'failed', reason = $2 WHERE id = $1;
+
+-- name: lane_next_nonce
+-- The next nonce of a signer's lane according to the outbox (live intents only).
+SELECT COALESCE(max(nonce) + 1, 0) FROM intents
+WHERE chain_id = $1 AND signer = $2 AND nonce IS NOT NULL AND state <> 'replan';
+
+-- name: lane_in_flight
+-- Assigned-but-unmined intents per signer: the in-flight load that least-loaded assignment uses.
+SELECT signer, count(*) AS in_flight FROM intents
+WHERE chain_id = $1 AND state = 'assigned'
+GROUP BY signer;
+
+-- name: insert_attempt
+INSERT INTO attempts (intent_id, chain_id, signer, nonce, max_fee, priority_fee, legacy,
+                      gas_limit, raw, tx_hash)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+RETURNING id;
+
+-- name: mark_broadcast
+UPDATE attempts
+SET state = CASE WHEN state = 'signed' THEN 'broadcast' ELSE state END,
+    broadcast_at = COALESCE(broadcast_at, now()), broadcast_block = COALESCE(broadcast_block, $2),
+    broadcasts = broadcasts + 1, last_error = $3
+WHERE id = $1;
+
+-- name: attempts_of
+SELECT id, tx_hash, raw, state, max_fee, priority_fee, legacy, gas_limit, broadcast_block,
+       broadcasts
+FROM attempts WHERE intent_id = $1 ORDER BY id;
+
+-- name: open_intents
+-- Everything sent but not final: the confirmation loop's work list.
+SELECT id, kind, key, signer, nonce, state, gas_limit, tx_hash, block_number, block_hash, urgent,
+       items
+FROM intents
+WHERE chain_id = $1 AND state IN ('assigned', 'mined', 'confirmed')
+ORDER BY signer, nonce;
+
+-- name: mark_mined
+UPDATE intents
+SET state = 'mined', tx_hash = $2, block_number = $3, block_hash = $4, receipt_status = $5,
+    gas_used = $6, effective_gas_price = $7, mined_at = now()
+WHERE id = $1 AND state = 'assigned';
+
+-- name: attempt_mined
+UPDATE attempts SET state = 'mined' WHERE tx_hash = $1;
+
+-- name: attempts_superseded
+-- The other attempts of an intent whose receipt was found can never be mined.
+UPDATE attempts SET state = 'superseded'
+WHERE intent_id = $1 AND tx_hash <> $2 AND state IN ('signed', 'broadcast');
+
+-- name: unmine
+-- The receipt's block was reorged out: back to assigned, to be rebroadcast.
+UPDATE intents
+SET state = 'assigned', tx_hash = NULL, block_number = NULL, block_hash = NULL,
+    receipt_status = NULL, gas_used = NULL, effective_gas_price = NULL, mined_at = NULL,
+    confirmed_at = NULL
+WHERE id = $1 AND state IN ('mined', 'confirmed');
+
+-- name: unmine_attempts
+-- Superseded attempts stay so: the receipt search looks at every attempt's hash anyway.
+UPDATE attempts SET state = 'broadcast' WHERE intent_id = $1 AND state = 'mined';
+
+-- name: mark_confirmed
+UPDATE intents SET state = 'confirmed', confirmed_at = now() WHERE id = $1 AND state = 'mined';
+
+-- name: mark_final
+UPDATE intents SET state = 'final' WHERE id = $1 AND state = 'confirmed';
+
+-- name: mark_replan
+UPDATE intents SET state = 'replan', reason = $2 WHERE id = $1 AND state = 'assigned';
+
+-- name: spent_since
+-- Gas spent (gas_used * effective price) by mined intents since $2: the hourly budget.
+SELECT COALESCE(sum(gas_used::numeric * effective_gas_price), 0) FROM intents
+WHERE chain_id = $1 AND mined_at >= $2 AND gas_used IS NOT NULL;
