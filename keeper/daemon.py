@@ -16,7 +16,7 @@ from anyio import CancelScope
 
 from keeper import db
 from keeper.config import KeeperConfig
-from keeper.errors import KeeperError
+from keeper.errors import KeeperError, unwrap_group
 from keeper.ingest import FatalReorg, Indexer
 from keeper.migrations import migrate
 from keeper.rpc import ChainClient
@@ -65,10 +65,11 @@ async def run(config: KeeperConfig) -> int:
     )
     structlog.contextvars.bind_contextvars(chain_id=chain_id)
     try:
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(_stop_on_signal, tg.cancel_scope)
-            await tg.start(indexer.run)
-            log.info("keeper_started", start_block=deployment.deployment_block)
+        with unwrap_group():
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(_stop_on_signal, tg.cancel_scope)
+                await tg.start(indexer.run)
+                log.info("keeper_started", start_block=deployment.deployment_block)
     except FatalReorg as exc:
         log.critical("fatal_reorg", error=exc.message, help=exc.help)
         return FatalReorg.exit_code

@@ -6,6 +6,9 @@ default message, so `raise SomeError()` already tells the operator what went wro
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 
 class KeeperError(Exception):
     """The keeper failed."""
@@ -19,3 +22,28 @@ class KeeperError(Exception):
         if self.help:
             return f"{self.message}\n  help: {self.help}"
         return self.message
+
+
+@contextmanager
+def unwrap_group() -> Iterator[None]:
+    """Re-raise the one real error of an anyio task group instead of its ExceptionGroup.
+
+    A task group wraps what its tasks raise in an ExceptionGroup; callers up the stack catch
+    typed errors (`RpcUnavailable`, `FatalReorg`), which a group would hide. When the group holds
+    a single exception (nested groups flattened), that exception is raised as itself.
+    """
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        leaves = list(_leaves(group))
+        if len(leaves) == 1:
+            raise leaves[0] from group
+        raise
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> Iterator[BaseException]:
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            yield from _leaves(exc)
+        else:
+            yield exc

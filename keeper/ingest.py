@@ -23,10 +23,16 @@ from anyio.abc import TaskStatus
 
 from keeper import metrics
 from keeper.db import DatabaseUnavailable
-from keeper.errors import KeeperError
+from keeper.errors import KeeperError, unwrap_group
 from keeper.events import DecodedBatch, Decoder
 from keeper.heads import HeadWatcher
-from keeper.rpc import BlockHeader, ChainClient, RangeTooLarge, RpcUnavailable
+from keeper.rpc import (
+    BlockHeader,
+    ChainClient,
+    RangeTooLarge,
+    RpcResponseError,
+    RpcUnavailable,
+)
 from keeper.store import Cursor, CursorMoved, Store
 
 log = structlog.get_logger(__name__)
@@ -93,6 +99,11 @@ class Indexer:
         self.decoder = Decoder(chain_id, addresses)
         self.store = Store(chain_id, self.decoder)
         self.range = self.settings.initial_range
+        # What the provider refused last: growth stops below it, then probes upward slowly
+        # (a limit on results, not blocks, moves with the density of events).
+        self.ceiling = self.settings.max_range
+        self._at_ceiling = 0
+        self.follow_step = self.settings.max_follow_step
         self.log = log.bind(chain_id=chain_id)
 
     # ------------------------------------------------------------------ entry points
@@ -105,11 +116,12 @@ class Indexer:
                 f"the RPC serves chain {actual}, the configuration says {self.chain_id}",
                 help="point chain.rpc_url at the right network or fix chain.chain_id",
             )
-        async with anyio.create_task_group() as tg:
-            if self.ws_url:
-                await tg.start(HeadWatcher(self.ws_url, self._wake_up).run)
-            task_status.started()
-            await self._poll_forever()
+        with unwrap_group():
+            async with anyio.create_task_group() as tg:
+                if self.ws_url:
+                    await tg.start(HeadWatcher(self.ws_url, self._wake_up).run)
+                task_status.started()
+                await self._poll_forever()
 
     def _wake_up(self) -> None:
         self._wake.set()
@@ -196,32 +208,35 @@ class Indexer:
                     await send.send(fetched)
                     start = fetched.end.number + 1
 
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(produce)
-            async with receive:
-                async for fetched in receive:
-                    batch = self.decoder.decode(fetched.logs, fetched.timestamps)
-                    done = fetched.end.number >= target
-                    async with self.pool.acquire() as conn:
-                        await self.store.write_range(
-                            conn, batch, fetched.start, fetched.end, backfill_done=done
-                        )
-                    done_blocks += fetched.end.number - fetched.start + 1
-                    done_events += batch.count
-                    now = time.monotonic()
-                    if now - last_report >= self.settings.progress_interval or done:
-                        elapsed = max(now - started, 1e-9)
-                        rate = done_blocks / elapsed
-                        self.log.info(
-                            "backfill_progress",
-                            block=fetched.end.number,
-                            blocks_per_s=round(rate, 1),
-                            events_per_s=round(done_events / elapsed, 1),
-                            events=done_events,
-                            range=self.range,
-                            eta_s=round((total_blocks - done_blocks) / rate, 1) if rate else None,
-                        )
-                        last_report = now
+        with unwrap_group():
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(produce)
+                async with receive:
+                    async for fetched in receive:
+                        batch = self.decoder.decode(fetched.logs, fetched.timestamps)
+                        done = fetched.end.number >= target
+                        async with self.pool.acquire() as conn:
+                            await self.store.write_range(
+                                conn, batch, fetched.start, fetched.end, backfill_done=done
+                            )
+                        done_blocks += fetched.end.number - fetched.start + 1
+                        done_events += batch.count
+                        now = time.monotonic()
+                        if now - last_report >= self.settings.progress_interval or done:
+                            elapsed = max(now - started, 1e-9)
+                            rate = done_blocks / elapsed
+                            self.log.info(
+                                "backfill_progress",
+                                block=fetched.end.number,
+                                blocks_per_s=round(rate, 1),
+                                events_per_s=round(done_events / elapsed, 1),
+                                events=done_events,
+                                range=self.range,
+                                eta_s=round((total_blocks - done_blocks) / rate, 1)
+                                if rate
+                                else None,
+                            )
+                            last_report = now
         async with self.pool.acquire() as conn:
             await self.store.prune_blocks(conn, target - self.settings.keep_blocks)
         return done_blocks
@@ -234,6 +249,8 @@ class Indexer:
                 logs = await self.client.get_logs(self.addresses, start, end)
             except RangeTooLarge as exc:
                 self.range = self._shrunk(start, end, exc)
+                self.ceiling = self.range
+                self._at_ceiling = 0
                 metrics.BACKFILL_RANGE.set(self.range)
                 self.log.debug("range_shrunk", from_block=start, to_block=end, range=self.range)
                 continue
@@ -241,8 +258,13 @@ class Indexer:
             if header is None:
                 raise KeeperError(f"the node has no block {end} though it reported it final")
             timestamps = await self._missing_timestamps(logs)
+            if self.range >= self.ceiling:
+                self._at_ceiling += 1
+                if self._at_ceiling >= 8:
+                    self.ceiling = min(self.ceiling * 5 // 4 + 1, self.settings.max_range)
+                    self._at_ceiling = 0
             if len(logs) < self.settings.target_logs // 2:
-                self.range = min(self.range * 2, self.settings.max_range)
+                self.range = min(self.range * 2, self.ceiling, self.settings.max_range)
             elif len(logs) > self.settings.target_logs:
                 self.range = max(self.range // 2, self.settings.min_range)
             metrics.BACKFILL_RANGE.set(self.range)
@@ -280,7 +302,7 @@ class Indexer:
             calls.append(("eth_getBlockByNumber", [hex(cursor.indexed_block), False]))
         try:
             results = await self.client.batch(calls)
-        except KeeperError:
+        except RpcResponseError:
             # Some nodes refuse the `finalized` tag with an error: ask separately.
             head = await self.client.head()
             finalized = await self.client.finalized(head, self.settings.finality_depth)
@@ -303,7 +325,7 @@ class Indexer:
     async def _follow(self, cursor: Cursor, head: BlockHeader) -> int:
         """Take the blocks after the cursor, up to the head, checking the parent-hash chain."""
         first = cursor.indexed_block + 1
-        last = min(head.number, first + self.settings.max_follow_step - 1)
+        last = min(head.number, first + self.follow_step - 1)
         headers = await self.client.headers(list(range(first, last + 1)))
         chain: list[BlockHeader] = []
         parent = cursor.indexed_hash
@@ -320,7 +342,15 @@ class Indexer:
             parent = header.hash
         if not chain:
             return 0
-        logs = await self.client.get_logs(self.addresses, chain[0].number, chain[-1].number)
+        while True:
+            try:
+                logs = await self.client.get_logs(self.addresses, chain[0].number, chain[-1].number)
+                break
+            except RangeTooLarge as exc:
+                # The provider's limit is below the unfinalized window: take fewer blocks.
+                self.follow_step = self._shrunk(chain[0].number, chain[-1].number, exc)
+                self.log.info("follow_step_shrunk", refused=len(chain), step=self.follow_step)
+                chain = chain[: self.follow_step]
         by_number = {h.number: h for h in chain}
         for lg in logs:
             expected = by_number.get(int(lg["blockNumber"], 16))

@@ -85,7 +85,7 @@ _RANGE_PATTERNS = re.compile(
 _SUGGESTED_RANGE = re.compile(r"\[\s*(0x[0-9a-fA-F]+|\d+)\s*,\s*(0x[0-9a-fA-F]+|\d+)\s*\]")
 _MAX_BLOCKS = re.compile(
     r"(?:max(?:imum)?(?: block)? range(?: of| is|:)?|limited to(?: a)?|up to(?: a)?|"
-    r"exceeds? (?:the )?(?:max(?:imum)?|limit)(?: of| block range)?:?)\s*(\d[\d,]*)",
+    r"exceeds? (?:the )?(?:max(?:imum)?|limit)(?: of| block range)?:?)\s*(\d[\d,]*)(k?)\b",
     re.IGNORECASE,
 )
 _TRANSIENT_PATTERNS = re.compile(
@@ -97,6 +97,11 @@ _TRANSIENT_PATTERNS = re.compile(
 
 def _int(text: str) -> int:
     return int(text, 16) if text.lower().startswith("0x") else int(text.replace(",", ""))
+
+
+def _blocks(match: re.Match[str]) -> int:
+    """A stated block limit, with Alchemy's "2K" style suffix."""
+    return _int(match.group(1)) * (1000 if match.group(2) else 1)
 
 
 def classify_error(method: str, error: dict[str, Any]) -> RpcError:
@@ -113,7 +118,7 @@ def classify_error(method: str, error: dict[str, Any]) -> RpcError:
             method=method,
             code=code,
             suggested_to=_int(suggested.group(2)) if suggested else None,
-            max_blocks=_int(max_blocks.group(1)) if max_blocks else None,
+            max_blocks=_blocks(max_blocks) if max_blocks else None,
         )
     if code in (-32005, 429) or _TRANSIENT_PATTERNS.search(text):
         return RpcTransient(f"{method}: {message}", method=method)
@@ -173,7 +178,13 @@ class ChainClient:
             reply = await self.provider.make_request(method, list(params))
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             metrics.RPC_ERRORS.labels(method=method, kind="transport").inc()
-            raise RpcTransient(f"{method}: {type(exc).__name__}: {exc}", method=method) from exc
+            # Not str(exc): aiohttp's messages carry the full URL, and hosted RPC URLs carry
+            # API keys. Only the status (if any) and the redacted endpoint are kept.
+            status = getattr(exc, "status", None)
+            detail = f"HTTP {status}" if status else type(exc).__name__
+            raise RpcTransient(
+                f"{method}: {detail} from {metrics.redact_url(self.url)}", method=method
+            ) from None
         finally:
             metrics.RPC_LATENCY.labels(method=method).observe(time.perf_counter() - started)
             metrics.RPC_REQUESTS.labels(method=method).inc()
@@ -189,7 +200,7 @@ class ChainClient:
             async for attempt in AsyncRetrying(
                 retry=retry_if_exception_type(RpcTransient),
                 stop=stop_after_attempt(self.attempts),
-                wait=wait_exponential_jitter(initial=0.1, max=self.max_backoff),
+                wait=wait_exponential_jitter(multiplier=0.1, max=self.max_backoff, jitter=0.1),
                 reraise=True,
             ):
                 with attempt:

@@ -262,6 +262,8 @@ SET available = EXCLUDED.available, locked = EXCLUDED.locked,
 -- name: apply_ledger_range
 -- Add ($4 = 1) or subtract ($4 = -1) what the events of blocks ($2, $3] did to each
 -- account's claimable credit. Payees come from StreamOpened (a stream's payee never changes).
+-- Existing rows are UPDATEd and only new ones INSERTed: an INSERT ... ON CONFLICT would check
+-- `credited >= 0` on the proposed row (a range's bare delta, negative after a claim) first.
 WITH d AS (
     SELECT account, sum(delta) AS delta, min(block_number) AS first_block
     FROM (
@@ -282,12 +284,19 @@ WITH d AS (
         FROM claimed WHERE chain_id = $1 AND block_number > $2 AND block_number <= $3
     ) x
     GROUP BY account
+),
+updated AS (
+    UPDATE payee_ledger l
+    SET credited = l.credited + $4 * d.delta,
+        first_block = LEAST(l.first_block, d.first_block)
+    FROM d
+    WHERE l.chain_id = $1 AND l.account = d.account
+    RETURNING l.account
 )
-INSERT INTO payee_ledger AS l (chain_id, account, credited, first_block)
-SELECT $1, account, $4 * delta, first_block FROM d
-ON CONFLICT (chain_id, account) DO UPDATE
-SET credited = l.credited + EXCLUDED.credited,
-    first_block = LEAST(l.first_block, EXCLUDED.first_block);
+INSERT INTO payee_ledger (chain_id, account, credited, first_block)
+SELECT $1, d.account, $4 * d.delta, d.first_block
+FROM d
+WHERE d.account NOT IN (SELECT account FROM updated);
 
 -- name: drop_ledger_rows_after
 -- After subtracting a rolled-back range: accounts first credited in it no longer exist.

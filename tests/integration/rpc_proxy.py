@@ -1,0 +1,434 @@
+"""A JSON-RPC proxy in front of a real node that behaves like a hosted provider.
+
+`RpcProxy(upstream)` listens on 127.0.0.1 and forwards every call to `upstream` (an anvil URL),
+except that it can:
+
+- refuse `eth_getLogs` calls whose block range exceeds `max_blocks` and/or whose result would
+  exceed `max_results` logs, answering with the error a real provider sends (`style`, below);
+- inject faults into the next `n` HTTP requests (or every request until `clear_faults()`):
+  an HTTP status (502, 429, ...), a dropped connection, or a delay before forwarding;
+- answer JSON-RPC batch arrays, applying the limits call by call;
+- count what it saw: calls per method, refused `eth_getLogs` calls, and every `eth_getLogs`
+  range with its outcome, in order (`getlogs`).
+
+It runs its own event loop in a thread, so it serves a `keeper run` subprocess, synchronous
+test code and `@pytest.mark.anyio` tests alike. Use it as a context manager::
+
+    with RpcProxy(anvil.url, max_blocks=50, style="geth") as proxy:
+        client = ChainClient(proxy.url)
+
+Limit styles (the messages are the providers' own, with the numbers filled in):
+
+- "alchemy": "Log response size exceeded. You can make eth_getLogs requests with up to a 2K
+  block range and no limit on the response size, or you can request any block range with a cap
+  of 10K logs in the response. Based on your parameters, this block range should work: [...]"
+  (a call passes if it is within *either* limit, as on Alchemy's paid plans); with only
+  `max_blocks`, the free-tier "You can make eth_getLogs requests with up to a 500 block range.
+  Based on your parameters, this block range should work: [...]".
+- "infura": "query returned more than 10000 results. Try with this block range [0x.., 0x..]."
+  (code -32005); a block limit is "range 1000000 exceeds limit of 10000" (code -32602).
+- "geth": "exceed maximum block range: 5000" (op-geth, bsc); results: "query returned more
+  than 10000 results" (no hint).
+- "quicknode": "eth_getLogs is limited to a 10,000 range" (code -32614).
+- "nohint": "block range too large" / "query returned too many results", nothing to go on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import threading
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Literal
+
+import aiohttp
+from aiohttp import web
+
+LimitStyle = Literal["alchemy", "infura", "geth", "quicknode", "nohint"]
+FaultKind = Literal["status", "drop", "delay"]
+
+_TAGS_FROM_NODE = ("latest", "safe", "finalized", "pending")
+
+
+@dataclass
+class Fault:
+    """A fault applied to the next `remaining` HTTP requests (None: until cleared)."""
+
+    kind: FaultKind
+    remaining: int | None
+    status: int = 502
+    delay: float = 0.0
+    methods: frozenset[str] | None = None  # only requests carrying one of these methods
+
+    def matches(self, methods: Iterable[str]) -> bool:
+        """Whether this fault applies to a request carrying `methods`."""
+        return self.methods is None or any(m in self.methods for m in methods)
+
+
+@dataclass(frozen=True)
+class GetLogsCall:
+    """One `eth_getLogs` call the proxy saw: its block range and whether it was refused."""
+
+    from_block: int
+    to_block: int
+    refused: bool
+    logs: int | None  # number of logs returned (None when refused)
+    suggested_to: int | None = None  # the end of the range a refusal suggested, if it did
+
+    @property
+    def span(self) -> int:
+        """Number of blocks in the range."""
+        return self.to_block - self.from_block + 1
+
+
+def _k(n: int) -> str:
+    """Alchemy writes round limits as `2K`, `10K`."""
+    return f"{n // 1000}K" if n >= 1000 and n % 1000 == 0 else str(n)
+
+
+def _block_arg(value: Any) -> int | str:
+    if value is None:
+        return "latest"
+    if isinstance(value, str) and value.startswith("0x"):
+        return int(value, 16)
+    if isinstance(value, int):
+        return value
+    return str(value)
+
+
+class RpcProxy:
+    """An HTTP JSON-RPC proxy with provider limits and injectable faults (see module doc)."""
+
+    def __init__(
+        self,
+        upstream: str,
+        *,
+        max_blocks: int | None = None,
+        max_results: int | None = None,
+        style: LimitStyle = "geth",
+        port: int = 0,
+    ) -> None:
+        self.upstream = upstream
+        self.max_blocks = max_blocks
+        self.max_results = max_results
+        self.style: LimitStyle = style
+        self.port = port
+        self.calls: Counter[str] = Counter()
+        self.http_requests = 0
+        self.batches = 0
+        self.faults_served: Counter[str] = Counter()
+        self.getlogs: list[GetLogsCall] = []
+        self._faults: list[Fault] = []
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._runner: web.AppRunner | None = None
+        self._session: aiohttp.ClientSession | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @property
+    def url(self) -> str:
+        """The proxy's JSON-RPC endpoint."""
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> RpcProxy:
+        """Start serving (in a thread with its own event loop); returns self."""
+        loop = asyncio.new_event_loop()
+        started = threading.Event()
+        self._loop = loop
+
+        def serve() -> None:
+            asyncio.set_event_loop(loop)
+            loop.run_until_complete(self._start())
+            started.set()
+            loop.run_forever()
+            loop.run_until_complete(self._shutdown())
+            loop.close()
+
+        self._thread = threading.Thread(target=serve, name="rpc-proxy", daemon=True)
+        self._thread.start()
+        if not started.wait(10):
+            raise RuntimeError("the RPC proxy did not start")
+        return self
+
+    def stop(self) -> None:
+        """Stop serving (the port is closed: clients get "connection refused")."""
+        if self._loop is None or self._thread is None:
+            return
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        self._loop = None
+        self._thread = None
+
+    def __enter__(self) -> RpcProxy:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    async def _start(self) -> None:
+        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60))
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        # Any path: hosted RPC URLs carry their API key in it (`/v2/<key>`).
+        app.router.add_post("/{path:.*}", self._handle)
+        self._runner = web.AppRunner(
+            app, access_log=None, handle_signals=False, shutdown_timeout=0.5
+        )
+        await self._runner.setup()
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", self.port))
+        self.port = sock.getsockname()[1]
+        await web.SockSite(self._runner, sock).start()
+
+    async def _shutdown(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+        if self._session is not None:
+            await self._session.close()
+
+    # ------------------------------------------------------------------ control (any thread)
+
+    def fail_next(
+        self, n: int | None, status: int = 502, *, methods: Iterable[str] | None = None
+    ) -> None:
+        """Answer the next `n` requests (None: all, until `clear_faults`) with HTTP `status`."""
+        self._add(Fault("status", n, status=status, methods=_methods(methods)))
+
+    def drop_next(self, n: int | None, *, methods: Iterable[str] | None = None) -> None:
+        """Close the connection of the next `n` requests without answering."""
+        self._add(Fault("drop", n, methods=_methods(methods)))
+
+    def delay_next(
+        self, n: int | None, seconds: float, *, methods: Iterable[str] | None = None
+    ) -> None:
+        """Wait `seconds` before forwarding the next `n` requests."""
+        self._add(Fault("delay", n, delay=seconds, methods=_methods(methods)))
+
+    def clear_faults(self) -> None:
+        """Drop every pending fault: the proxy forwards normally again."""
+        with self._lock:
+            self._faults.clear()
+
+    def pending_faults(self) -> int:
+        """Number of faults not yet used up."""
+        with self._lock:
+            return len(self._faults)
+
+    def refusals(self) -> list[GetLogsCall]:
+        """The `eth_getLogs` calls refused so far."""
+        with self._lock:
+            return [c for c in self.getlogs if c.refused]
+
+    def served(self) -> list[GetLogsCall]:
+        """The `eth_getLogs` calls answered with logs so far."""
+        with self._lock:
+            return [c for c in self.getlogs if not c.refused]
+
+    def reset_counts(self) -> None:
+        """Forget what was counted so far."""
+        with self._lock:
+            self.calls.clear()
+            self.faults_served.clear()
+            self.getlogs.clear()
+            self.http_requests = 0
+            self.batches = 0
+
+    def _add(self, fault: Fault) -> None:
+        with self._lock:
+            self._faults.append(fault)
+
+    def _take_fault(self, methods: list[str]) -> Fault | None:
+        with self._lock:
+            for fault in self._faults:
+                if not fault.matches(methods):
+                    continue
+                if fault.remaining is not None:
+                    fault.remaining -= 1
+                    if fault.remaining <= 0:
+                        self._faults.remove(fault)
+                self.faults_served[fault.kind] += 1
+                return fault
+        return None
+
+    # ------------------------------------------------------------------ serving
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        raw = await request.read()
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            return web.json_response(_error(None, -32700, "parse error"), status=400)
+        calls: list[dict[str, Any]] = body if isinstance(body, list) else [body]
+        methods = [str(c.get("method", "")) for c in calls]
+        with self._lock:
+            self.http_requests += 1
+            self.batches += isinstance(body, list)
+            self.calls.update(methods)
+        fault = self._take_fault(methods)
+        if fault is not None:
+            if fault.kind == "drop":
+                if request.transport is not None:
+                    request.transport.abort()
+                raise asyncio.CancelledError  # nothing is sent: the client sees a reset
+            if fault.kind == "status":
+                return _status_response(fault.status)
+            await asyncio.sleep(fault.delay)
+        replies = [await self._call(c) for c in calls]
+        return web.json_response(replies if isinstance(body, list) else replies[0])
+
+    async def _call(self, call: dict[str, Any]) -> dict[str, Any]:
+        if call.get("method") == "eth_getLogs":
+            return await self._get_logs(call)
+        return await self._forward(call)
+
+    async def _forward(self, call: dict[str, Any]) -> dict[str, Any]:
+        assert self._session is not None
+        async with self._session.post(self.upstream, json=call) as resp:
+            reply: dict[str, Any] = await resp.json(content_type=None)
+            return reply
+
+    async def _block_number(self, arg: int | str) -> int:
+        if isinstance(arg, int):
+            return arg
+        if arg == "earliest":
+            return 0
+        if arg not in _TAGS_FROM_NODE:
+            raise ValueError(f"bad block argument {arg!r}")
+        reply = await self._forward(
+            {"jsonrpc": "2.0", "id": 0, "method": "eth_getBlockByNumber", "params": [arg, False]}
+        )
+        return int(reply["result"]["number"], 16)
+
+    async def _get_logs(self, call: dict[str, Any]) -> dict[str, Any]:
+        params = call.get("params") or [{}]
+        flt = dict(params[0])
+        if "blockHash" in flt or (self.max_blocks is None and self.max_results is None):
+            return await self._forward(call)
+        start = await self._block_number(_block_arg(flt.get("fromBlock")))
+        end = await self._block_number(_block_arg(flt.get("toBlock")))
+        span = end - start + 1
+        within_blocks = self.max_blocks is None or span <= self.max_blocks
+        # The block limit alone can refuse without reading anything (except on Alchemy, where
+        # a long range still passes when its result is small).
+        if not within_blocks and (self.style != "alchemy" or self.max_results is None):
+            return self._refuse(call, start, end, None, None)
+        reply = await self._forward(call)
+        if "error" in reply or self.max_results is None:
+            self._record(GetLogsCall(start, end, False, len(reply.get("result") or [])))
+            return reply
+        logs: list[dict[str, Any]] = reply["result"]
+        within_results = len(logs) <= self.max_results
+        allowed = (
+            (within_blocks or within_results)
+            if self.style == "alchemy"
+            else (within_blocks and within_results)
+        )
+        if allowed:
+            self._record(GetLogsCall(start, end, False, len(logs)))
+            return reply
+        return self._refuse(call, start, end, logs, self.max_results)
+
+    def _record(self, entry: GetLogsCall) -> None:
+        with self._lock:
+            self.getlogs.append(entry)
+
+    def _refuse(
+        self,
+        call: dict[str, Any],
+        start: int,
+        end: int,
+        logs: list[dict[str, Any]] | None,
+        cap: int | None,
+    ) -> dict[str, Any]:
+        suggested = self._suggest(start, end, logs, cap)
+        code, message = self._message(start, end, suggested, too_many_logs=logs is not None)
+        hinted = self.style == "alchemy" or (self.style == "infura" and logs is not None)
+        self._record(GetLogsCall(start, end, True, None, suggested if hinted else None))
+        return _error(call.get("id"), code, message)
+
+    def _suggest(
+        self, start: int, end: int, logs: list[dict[str, Any]] | None, cap: int | None
+    ) -> int:
+        """The last block of the range from `start` the provider says would be answered."""
+        candidates = []
+        if self.max_blocks is not None:
+            candidates.append(start + self.max_blocks - 1)
+        if logs is not None and cap is not None:
+            numbers = sorted(int(lg["blockNumber"], 16) for lg in logs)
+            # The block holding the first log over the cap ends the range just before it.
+            candidates.append(numbers[cap] - 1)
+        # Alchemy names the wider of its two allowances; the others the narrower.
+        best = max(candidates) if self.style == "alchemy" else min(candidates)
+        return max(start, min(best, end - 1))
+
+    def _message(
+        self, start: int, end: int, suggested: int, *, too_many_logs: bool
+    ) -> tuple[int, str]:
+        k = self.max_blocks or 0
+        n = self.max_results or 0
+        span = end - start + 1
+        if self.style == "alchemy":
+            hint = (
+                f"Based on your parameters, this block range should work: "
+                f"[{hex(start)}, {hex(suggested)}]"
+            )
+            if self.max_results is None:
+                return -32600, (
+                    f"You can make eth_getLogs requests with up to a {k} block range. {hint}"
+                )
+            return -32602, (
+                f"Log response size exceeded. You can make eth_getLogs requests with up to a "
+                f"{_k(k)} block range and no limit on the response size, or you can request "
+                f"any block range with a cap of {_k(n)} logs in the response. {hint}"
+            )
+        if self.style == "infura":
+            if too_many_logs:
+                return -32005, (
+                    f"query returned more than {n} results. Try with this block range "
+                    f"[0x{start:X}, 0x{suggested:X}]."
+                )
+            return -32602, f"range {span} exceeds limit of {k}"
+        if self.style == "quicknode" and not too_many_logs:
+            return -32614, f"eth_getLogs is limited to a {k:,} range"
+        if self.style == "nohint":
+            return -32000, "query returned too many results" if too_many_logs else (
+                "block range too large"
+            )
+        if too_many_logs:
+            return -32005, f"query returned more than {n} results"
+        return -32000, f"exceed maximum block range: {k}"
+
+
+def _methods(methods: Iterable[str] | None) -> frozenset[str] | None:
+    return frozenset(methods) if methods is not None else None
+
+
+def _error(call_id: Any, code: int, message: str) -> dict[str, Any]:
+    return {"jsonrpc": "2.0", "id": call_id, "error": {"code": code, "message": message}}
+
+
+def _status_response(status: int) -> web.Response:
+    if status == 429:
+        # What Alchemy sends when throttling: a JSON-RPC error in a 429 response.
+        body = _error(
+            None,
+            429,
+            "Your app has exceeded its compute units per second capacity. If you have retries "
+            "enabled, you can safely ignore this message.",
+        )
+        return web.json_response(body, status=429, headers={"Retry-After": "0"})
+    text = {502: "Bad Gateway", 503: "Service Unavailable", 504: "Gateway Timeout"}.get(
+        status, "Error"
+    )
+    return web.Response(status=status, text=f"<html><body><h1>{status} {text}</h1></body></html>")
