@@ -14,13 +14,13 @@ SELECT id, state FROM intents WHERE chain_id = $1 AND key = $2;
 SELECT * FROM intents WHERE id = $1;
 
 -- name: planned_intents
--- Oldest first, urgent work ahead of the rest; locked so two managers never take the same one.
+-- Oldest first, urgent work ahead of the rest. (Only the leader runs a manager; assign_intent's
+-- `state = 'planned'` condition still makes a second one harmless.)
 SELECT id, kind, key, target, calldata, value, items, urgent
 FROM intents
 WHERE chain_id = $1 AND state = 'planned'
 ORDER BY urgent DESC, id
-LIMIT $2
-FOR UPDATE SKIP LOCKED;
+LIMIT $2;
 
 -- name: assign_intent
 UPDATE intents
@@ -106,3 +106,24 @@ UPDATE intents SET state = 'replan', reason = $2 WHERE id = $1 AND state = 'assi
 -- Gas spent (gas_used * effective price) by mined intents since $2: the hourly budget.
 SELECT COALESCE(sum(gas_used::numeric * effective_gas_price), 0) FROM intents
 WHERE chain_id = $1 AND mined_at >= $2 AND gas_used IS NOT NULL;
+
+-- name: unsent_attempts
+-- Signed but never broadcast (a crash between storing and sending): send these bytes first.
+SELECT a.id, a.raw, a.tx_hash, a.intent_id, a.signer, a.nonce
+FROM attempts a JOIN intents i ON i.id = a.intent_id
+WHERE a.chain_id = $1 AND a.state = 'signed' AND i.state = 'assigned'
+ORDER BY a.signer, a.nonce, a.id;
+
+-- name: latest_attempts
+-- The newest attempt of every assigned intent (what is rebroadcast or bumped).
+SELECT DISTINCT ON (a.intent_id) a.id, a.intent_id, a.signer, a.nonce, a.raw, a.tx_hash,
+       a.max_fee, a.priority_fee, a.legacy, a.gas_limit, a.broadcast_block, i.target,
+       i.calldata, i.value
+FROM attempts a JOIN intents i ON i.id = a.intent_id
+WHERE a.chain_id = $1 AND i.state = 'assigned'
+ORDER BY a.intent_id, a.id DESC;
+
+-- name: all_attempt_hashes
+-- Every attempt hash of the open intents: receipts are looked for across all of them.
+SELECT a.intent_id, a.tx_hash FROM attempts a JOIN intents i ON i.id = a.intent_id
+WHERE a.chain_id = $1 AND i.state IN ('assigned', 'mined', 'confirmed');

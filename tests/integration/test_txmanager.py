@@ -1,0 +1,215 @@
+"""The transaction manager against a real anvil (automine off where it matters) and Postgres."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+import asyncpg
+import pytest
+from eth_utils import to_checksum_address
+from hexbytes import HexBytes
+from web3 import Web3
+
+from keeper import db as keeper_db
+from keeper.anvil import Anvil, rpc
+from keeper.deploy import Deployment, contract, deploy_all
+from keeper.keys import dev_key
+from keeper.outbox import IntentRequest, Outbox, Planned
+from keeper.rpc import ChainClient
+from keeper.signers import Signer
+from keeper.txmanager import TxManager, TxSettings
+from tests.bench.gas import DEV_KEY0
+
+pytestmark = pytest.mark.anyio
+
+
+@dataclass
+class Env:
+    node: Anvil
+    w3: Web3
+    deployment: Deployment
+    manager: TxManager
+    pool: asyncpg.Pool
+    signers: list[Signer]
+
+    def mine(self, n: int = 1) -> None:
+        for _ in range(n):
+            rpc(self.node.url, "evm_mine", [])
+
+    def automine(self, on: bool) -> None:
+        rpc(self.node.url, "evm_setAutomine", [on])
+
+    def settle_call(self, ids: list[int]) -> bytes:
+        c = contract(self.w3, "StreamManager", self.deployment.stream_manager)
+        data = c.encode_abi("settleStreams", [ids])
+        return bytes.fromhex(data[2:])
+
+    async def plan(self, key: str, ids: list[int] | None = None) -> int:
+        req = IntentRequest(
+            kind="settle",
+            key=key,
+            target=self.deployment.stream_manager,
+            calldata=self.settle_call(ids or [1]),
+            items=ids or [1],
+        )
+        async with self.pool.acquire() as conn:
+            planned = await Outbox(self.deployment.chain_id).plan(conn, req)
+        assert isinstance(planned, Planned)
+        return planned.intent_id
+
+    async def state(self, intent_id: int) -> str:
+        async with self.pool.acquire() as conn:
+            return str(await conn.fetchval("SELECT state FROM intents WHERE id = $1", intent_id))
+
+    async def attempts(self, intent_id: int) -> int:
+        async with self.pool.acquire() as conn:
+            return int(
+                await conn.fetchval("SELECT count(*) FROM attempts WHERE intent_id = $1", intent_id)
+            )
+
+
+@pytest.fixture
+async def env(anvil_factory: Callable[..., Anvil], database_url: str) -> AsyncIterator[Env]:
+    node = anvil_factory()
+    deployment = deploy_all(node.url, DEV_KEY0)
+    signers = [Signer(dev_key(i)) for i in (5, 6)]
+    pool = await keeper_db.create_pool(database_url, min_size=1, max_size=4)
+    client = ChainClient(node.url)
+    manager = TxManager(
+        client,
+        pool,
+        chain_id=deployment.chain_id,
+        signers=signers,
+        settings=TxSettings(confirmations=2, bump_after_blocks=2),
+    )
+    try:
+        yield Env(node, Web3(Web3.HTTPProvider(node.url)), deployment, manager, pool, signers)
+    finally:
+        await client.close()
+        await pool.close()
+
+
+async def test_confirms_first_try(env: Env) -> None:
+    intent = await env.plan("settle:1")
+    report = await env.manager.tick()
+    # Assigned, sent, and (anvil automines) its receipt found in the same pass.
+    assert (report.assigned, report.mined) == (1, 1)
+    assert await env.state(intent) == "mined"
+    env.mine()
+    report = await env.manager.tick()
+    assert report.confirmed == 1 and await env.state(intent) == "confirmed"
+    assert await env.attempts(intent) == 1
+
+
+async def test_confirms_only_after_a_bump(env: Env) -> None:
+    env.automine(False)
+    intent = await env.plan("settle:bump")
+    await env.manager.tick()
+    # The first attempt sits in the mempool; blocks pass without it (drop it to simulate a
+    # node that will not mine it at this price).
+    async with env.pool.acquire() as conn:
+        first = await conn.fetchval("SELECT tx_hash FROM attempts WHERE intent_id = $1", intent)
+    rpc(env.node.url, "anvil_dropTransaction", ["0x" + bytes(first).hex()])
+    env.mine(2)
+    report = await env.manager.tick()
+    assert report.bumped == 1
+    assert await env.attempts(intent) == 2
+    env.mine()
+    await env.manager.tick()
+    assert await env.state(intent) == "mined"
+    async with env.pool.acquire() as conn:
+        row = await conn.fetchrow(
+            "SELECT max(max_fee) AS hi, min(max_fee) AS lo, count(DISTINCT nonce) AS nonces "
+            "FROM attempts WHERE intent_id = $1",
+            intent,
+        )
+    assert row is not None and row["nonces"] == 1
+    assert row["hi"] * 1000 >= row["lo"] * 1125
+
+
+async def test_simulation_revert_fails_the_intent_with_a_reason(env: Env) -> None:
+    req = IntentRequest(
+        kind="call",
+        key="bad",
+        target=env.deployment.stream_manager,
+        calldata=bytes.fromhex("deadbeef"),
+    )
+    async with env.pool.acquire() as conn:
+        planned = await Outbox(env.deployment.chain_id).plan(conn, req)
+    assert isinstance(planned, Planned)
+    report = await env.manager.tick()
+    assert report.failed == 1
+    async with env.pool.acquire() as conn:
+        row = await conn.fetchrow(
+            "SELECT state, reason FROM intents WHERE id = $1", planned.intent_id
+        )
+    assert row is not None and row["state"] == "failed" and "revert" in row["reason"]
+
+
+async def test_receipt_reorged_out_goes_back_and_is_mined_again(env: Env) -> None:
+    intent = await env.plan("settle:reorg")
+    await env.manager.tick()
+    await env.manager.tick()
+    assert await env.state(intent) == "mined"
+    # Replace the block that holds it with one that does not.
+    rpc(env.node.url, "anvil_reorg", [1, []])
+    report = await env.manager.tick()
+    assert report.unmined == 1
+    assert await env.state(intent) in ("assigned", "mined")
+    for _ in range(4):
+        env.mine()
+        await env.manager.tick()
+    assert await env.state(intent) == "confirmed"
+
+
+async def test_signers_share_the_load_without_reusing_a_nonce(env: Env) -> None:
+    ids = [await env.plan(f"settle:{i}", [i + 1]) for i in range(20)]
+    for _ in range(6):
+        await env.manager.tick()
+        env.mine()
+    async with env.pool.acquire() as conn:
+        rows = await conn.fetch(
+            "SELECT signer, nonce, state FROM intents WHERE id = ANY($1::bigint[])", ids
+        )
+    by_signer: dict[bytes, list[int]] = {}
+    for row in rows:
+        by_signer.setdefault(bytes(row["signer"]), []).append(row["nonce"])
+        assert row["state"] in ("confirmed", "final")
+    assert len(by_signer) == 2
+    for nonces in by_signer.values():
+        assert sorted(nonces) == list(range(len(nonces)))  # no gap, no reuse
+
+
+async def test_a_restart_sends_the_stored_bytes(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    intent = await env.plan("settle:crash")
+
+    async def crash_before_broadcast(*args: object) -> None:
+        raise SystemExit("killed between storing and broadcasting")
+
+    monkeypatch.setattr(env.manager, "_broadcast", crash_before_broadcast)
+    with pytest.raises(SystemExit):
+        await env.manager.tick()
+    async with env.pool.acquire() as conn:
+        row = await conn.fetchrow(
+            "SELECT state, tx_hash FROM attempts WHERE intent_id = $1", intent
+        )
+    assert row is not None and row["state"] == "signed"
+    tx_hash = bytes(row["tx_hash"])
+    assert (
+        env.w3.eth.get_transaction_count(to_checksum_address(env.signers[0].address)) == 0
+    )  # nothing sent
+    fresh = TxManager(
+        env.manager.client,
+        env.pool,
+        chain_id=env.deployment.chain_id,
+        signers=env.signers,
+        settings=env.manager.settings,
+    )
+    report = await fresh.tick()
+    assert report.sent == 1 and report.assigned == 0
+    await fresh.tick()
+    assert await env.state(intent) == "mined"
+    # What was mined is exactly the stored attempt: same hash, no second signature.
+    assert env.w3.eth.get_transaction_receipt(HexBytes(tx_hash))["status"] == 1
+    assert await env.attempts(intent) == 1
