@@ -171,8 +171,7 @@ class Indexer:
         if cursor.indexed_hash is not None and (
             at_cursor is None or at_cursor.hash != cursor.indexed_hash
         ):
-            await self._reorg(cursor)
-            return 1
+            return 1 if await self._reorg(cursor) else 0
 
         advanced = 0
         if cursor.indexed_block < finalized:
@@ -335,8 +334,7 @@ class Indexer:
             if parent is not None and header.parent_hash != parent:
                 if not chain:
                     # The block after our cursor does not build on it: a reorg.
-                    await self._reorg(cursor)
-                    return 1
+                    return 1 if await self._reorg(cursor) else 0
                 break
             chain.append(header)
             parent = header.hash
@@ -374,8 +372,8 @@ class Indexer:
 
     # ------------------------------------------------------------------ reorgs
 
-    async def _reorg(self, cursor: Cursor) -> None:
-        """Walk back to the common ancestor, re-check, and roll back to it."""
+    async def _reorg(self, cursor: Cursor) -> bool:
+        """Walk back to the common ancestor, re-check, and roll back to it (True if done)."""
         ancestor = await self._common_ancestor(cursor)
         if ancestor is None:
             raise FatalReorg(
@@ -389,7 +387,11 @@ class Indexer:
         again = await self._common_ancestor(cursor)
         if again is None or again.number != ancestor.number or again.hash != ancestor.hash:
             self.log.warning("reorg_unconfirmed", first=ancestor.number)
-            return
+            return False
+        if ancestor.number == cursor.indexed_block and ancestor.hash == cursor.indexed_hash:
+            # The node only answered from behind for a moment: our head is still canonical.
+            self.log.info("node_lagged", block=cursor.indexed_block)
+            return False
         finalized = cursor.finalized_block
         if finalized is not None and ancestor.number < min(finalized, cursor.indexed_block):
             raise FatalReorg(
@@ -416,6 +418,7 @@ class Indexer:
             new_head=current.hash,
             events_removed=removed,
         )
+        return True
 
     async def _common_ancestor(self, cursor: Cursor) -> BlockHeader | None:
         """The newest stored block the node still has at the same height with the same hash."""
