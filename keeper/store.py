@@ -8,14 +8,16 @@ there without writing anything twice. `rollback_to` undoes everything after a co
 
 from __future__ import annotations
 
+import io
 import time
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
 
 from keeper import metrics
 from keeper.db import Conn
 from keeper.errors import KeeperError
-from keeper.events import DecodedBatch, Decoder
+from keeper.events import RAW_TABLE, DecodedBatch, Decoder
 from keeper.queries import Queries, load_queries
 from keeper.rpc import BlockHeader
 
@@ -92,6 +94,60 @@ class Touched:
         return cls(sorted(streams), sorted(escrows), sorted(accounts), params)
 
 
+@dataclass
+class _StreamPatch:
+    payer: bytes | None = None
+    payee: bytes | None = None
+    opened_block: int | None = None
+    rate: int | None = None
+    balance: int | None = None
+    settled_at: int | None = None
+    usage_seq: int | None = None
+    price: int | None = None
+    closed: bool = False
+    updated_block: int = 0
+
+
+def stream_patches(batch: DecodedBatch) -> dict[int, _StreamPatch]:
+    """Fold the stream events of `batch`, in log order, into each stream's new post-state."""
+    events = [
+        (row[1], row[2], table, row) for table in STREAM_TABLES for row in batch.rows.get(table, ())
+    ]
+    events.sort(key=lambda e: (e[0], e[1]))
+    patches: dict[int, _StreamPatch] = {}
+    for block, _, table, row in events:
+        p = patches.setdefault(row[ID_COLUMN], _StreamPatch())
+        p.updated_block = max(p.updated_block, block)
+        f = row[ID_COLUMN + 1 :]
+        if table == "stream_opened":
+            p.payer, p.payee, p.rate, p.balance = f[0], f[1], f[2], f[3]
+            p.opened_block, p.settled_at = block, row[4]
+        elif table == "stream_settled":
+            p.balance, p.settled_at = f[2], row[4]
+        elif table == "stream_topped_up":
+            p.balance = f[1]
+        elif table == "stream_rate_updated":
+            p.rate = f[0]
+        elif table == "stream_closed":
+            p.balance, p.closed = 0, True
+        elif table == "usage_price_set":
+            p.price = f[0]
+        elif table == "usage_recorded":
+            p.balance = f[5]
+            p.usage_seq = f[0] if p.usage_seq is None else max(p.usage_seq, f[0])
+    return patches
+
+
+def _copy_text(rows: Sequence[tuple[Any, ...]]) -> bytes:
+    """Rows as COPY text format: much cheaper to produce than asyncpg's binary numeric codec.
+    Values are ints or bytes only (the typed event tables), so no other escaping is needed."""
+    out = []
+    for row in rows:
+        out.append("\t".join(str(v) if isinstance(v, int) else "\\\\x" + v.hex() for v in row))
+    out.append("")
+    return "\n".join(out).encode()
+
+
 class Store:
     """Database side of the indexer for one chain."""
 
@@ -149,10 +205,17 @@ class Store:
         async with conn.transaction():
             await self._claim_cursor(conn, from_block - 1)
             for table, rows in batch.rows.items():
-                await conn.copy_records_to_table(
-                    table, records=rows, columns=list(self.decoder.columns(table))
-                )
-            await self._refresh(conn, touched)
+                columns = list(self.decoder.columns(table))
+                if table == RAW_TABLE:
+                    await conn.copy_records_to_table(table, records=rows, columns=columns)
+                else:
+                    await conn.copy_to_table(
+                        table, source=io.BytesIO(_copy_text(rows)), columns=columns, format="text"
+                    )
+            patches = stream_patches(batch)
+            if patches:
+                await self._merge_streams(conn, patches)
+            await self._refresh(conn, replace(touched, streams=[]))
             if any(t in batch.rows for t in LEDGER_TABLES):
                 await conn.execute(
                     self.q["apply_ledger_range"], self.chain_id, from_block - 1, end.number, 1
@@ -225,6 +288,25 @@ class Store:
     async def prune_blocks(self, conn: Conn, below: int) -> None:
         """Forget block rows below `below` (finalized history needs no parent-hash chain)."""
         await conn.execute(self.q["prune_blocks"], self.chain_id, below)
+
+    async def _merge_streams(self, conn: Conn, patches: dict[int, _StreamPatch]) -> None:
+        ids = list(patches)
+        ps = [patches[i] for i in ids]
+        await conn.execute(
+            self.q["merge_streams"],
+            self.chain_id,
+            ids,
+            [p.payer for p in ps],
+            [p.payee for p in ps],
+            [p.opened_block for p in ps],
+            [p.rate for p in ps],
+            [p.balance for p in ps],
+            [p.settled_at for p in ps],
+            [p.usage_seq for p in ps],
+            [p.price for p in ps],
+            [p.closed for p in ps],
+            [p.updated_block for p in ps],
+        )
 
     async def _claim_cursor(self, conn: Conn, expected: int) -> None:
         if await conn.fetchval(self.q["claim_cursor"], self.chain_id, expected) is None:
