@@ -11,6 +11,7 @@ the finalized block is fatal: the process stops with `EXIT_FATAL_REORG` rather t
 
 from __future__ import annotations
 
+import gc
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -212,7 +213,13 @@ class Indexer:
                 tg.start_soon(produce)
                 async with receive:
                     async for fetched in receive:
-                        batch = self.decoder.decode(fetched.logs, fetched.timestamps)
+                        # Decoding allocates hundreds of thousands of small tuples that die
+                        # together: the cyclic GC would only rescan them over and over.
+                        gc.disable()
+                        try:
+                            batch = self.decoder.decode(fetched.logs, fetched.timestamps)
+                        finally:
+                            gc.enable()
                         done = fetched.end.number >= target
                         async with self.pool.acquire() as conn:
                             await self.store.write_range(

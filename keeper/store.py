@@ -109,32 +109,50 @@ class _StreamPatch:
 
 
 def stream_patches(batch: DecodedBatch) -> dict[int, _StreamPatch]:
-    """Fold the stream events of `batch`, in log order, into each stream's new post-state."""
-    events = [
-        (row[1], row[2], table, row) for table in STREAM_TABLES for row in batch.rows.get(table, ())
-    ]
-    events.sort(key=lambda e: (e[0], e[1]))
+    """Fold the stream events of `batch`, in log order, into each stream's new post-state.
+
+    Only the last event of each kind per stream can matter (rows of a table arrive in log
+    order), so each table is reduced to those first and only the few survivors per stream are
+    ordered: linear in the batch, which is what keeps large backfill ranges cheap.
+    """
+    last: dict[int, list[tuple[int, int, str, tuple[Any, ...]]]] = {}
+    max_seq: dict[int, int] = {}
+    for table in STREAM_TABLES:
+        rows = batch.rows.get(table)
+        if not rows:
+            continue
+        latest: dict[int, tuple[Any, ...]] = {}
+        for row in rows:
+            latest[row[ID_COLUMN]] = row
+        if table == "usage_recorded":
+            for row in rows:
+                sid, seq = row[ID_COLUMN], row[ID_COLUMN + 1]
+                if seq > max_seq.get(sid, -1):
+                    max_seq[sid] = seq
+        for sid, row in latest.items():
+            last.setdefault(sid, []).append((row[1], row[2], table, row))
     patches: dict[int, _StreamPatch] = {}
-    for block, _, table, row in events:
-        p = patches.setdefault(row[ID_COLUMN], _StreamPatch())
-        p.updated_block = max(p.updated_block, block)
-        f = row[ID_COLUMN + 1 :]
-        if table == "stream_opened":
-            p.payer, p.payee, p.rate, p.balance = f[0], f[1], f[2], f[3]
-            p.opened_block, p.settled_at = block, row[4]
-        elif table == "stream_settled":
-            p.balance, p.settled_at = f[2], row[4]
-        elif table == "stream_topped_up":
-            p.balance = f[1]
-        elif table == "stream_rate_updated":
-            p.rate = f[0]
-        elif table == "stream_closed":
-            p.balance, p.closed = 0, True
-        elif table == "usage_price_set":
-            p.price = f[0]
-        elif table == "usage_recorded":
-            p.balance = f[5]
-            p.usage_seq = f[0] if p.usage_seq is None else max(p.usage_seq, f[0])
+    for sid, events in last.items():
+        events.sort(key=lambda e: (e[0], e[1]))
+        p = patches[sid] = _StreamPatch(usage_seq=max_seq.get(sid))
+        for block, _, table, row in events:
+            p.updated_block = max(p.updated_block, block)
+            f = row[ID_COLUMN + 1 :]
+            if table == "stream_opened":
+                p.payer, p.payee, p.rate, p.balance = f[0], f[1], f[2], f[3]
+                p.opened_block, p.settled_at = block, row[4]
+            elif table == "stream_settled":
+                p.balance, p.settled_at = f[2], row[4]
+            elif table == "stream_topped_up":
+                p.balance = f[1]
+            elif table == "stream_rate_updated":
+                p.rate = f[0]
+            elif table == "stream_closed":
+                p.balance, p.closed = 0, True
+            elif table == "usage_price_set":
+                p.price = f[0]
+            elif table == "usage_recorded":
+                p.balance = f[5]
     return patches
 
 

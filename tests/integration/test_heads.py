@@ -1,0 +1,87 @@
+"""newHeads over a websocket wakes the indexer; without a working socket, polling carries on."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import anyio
+import pytest
+from structlog.testing import capture_logs
+
+from keeper import db as keeper_db
+from keeper.anvil import Anvil, free_port, rpc
+from keeper.deploy import deploy_all
+from keeper.heads import HeadWatcher
+from keeper.ingest import Indexer, IngestSettings
+from keeper.rpc import ChainClient
+from tests.bench.gas import DEV_KEY0
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_new_heads_wake_the_watcher(anvil_factory: Callable[..., Anvil]) -> None:
+    node = anvil_factory()
+    woken = anyio.Event()
+    count = 0
+
+    def wake() -> None:
+        nonlocal count
+        count += 1
+        if count >= 2:
+            woken.set()
+
+    async with anyio.create_task_group() as tg:
+        await tg.start(HeadWatcher(node.ws_url, wake).run)
+        with anyio.fail_after(10):
+            while not woken.is_set():
+                rpc(node.url, "evm_mine", [])
+                await anyio.sleep(0.2)
+        tg.cancel_scope.cancel()
+    assert count >= 2
+
+
+async def test_a_dead_socket_is_reported_and_retried() -> None:
+    url = f"ws://127.0.0.1:{free_port()}"
+    with capture_logs() as logs:
+        async with anyio.create_task_group() as tg:
+            await tg.start(HeadWatcher(url, lambda: None, max_backoff=0.2).run)
+            await anyio.sleep(1.5)
+            tg.cancel_scope.cancel()
+    failures = [e for e in logs if e["event"] == "ws_disconnected"]
+    assert len(failures) >= 2  # reconnected after the first failure
+    assert all(e["url"].startswith("ws://127.0.0.1:") for e in failures)
+
+
+async def test_indexer_follows_by_polling_when_the_socket_is_dead(
+    anvil_factory: Callable[..., Anvil], database_url: str
+) -> None:
+    node = anvil_factory()
+    dep = deploy_all(node.url, DEV_KEY0)
+    pool = await keeper_db.create_pool(database_url, min_size=1, max_size=2)
+    client = ChainClient(node.url)
+    indexer = Indexer(
+        client,
+        pool,
+        chain_id=dep.chain_id,
+        addresses={"StreamManager": dep.stream_manager, "EscrowVault": dep.escrow_vault},
+        start_block=dep.deployment_block,
+        settings=IngestSettings(poll_interval=0.1),
+        ws_url=f"ws://127.0.0.1:{free_port()}",
+    )
+    try:
+        async with anyio.create_task_group() as tg:
+            await tg.start(indexer.run)
+            for _ in range(3):
+                rpc(node.url, "evm_mine", [])
+            target = int(str(rpc(node.url, "eth_blockNumber")), 16)
+            with anyio.fail_after(15):
+                while True:
+                    async with pool.acquire() as conn:
+                        indexed = await conn.fetchval("SELECT indexed_block FROM ingest_cursor")
+                    if indexed is not None and indexed >= target:
+                        break
+                    await anyio.sleep(0.05)
+            tg.cancel_scope.cancel()
+    finally:
+        await client.close()
+        await pool.close()
