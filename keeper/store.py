@@ -14,9 +14,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+import anyio
+
 from keeper import metrics
 from keeper.db import Conn
-from keeper.errors import KeeperError
+from keeper.errors import KeeperError, unwrap_group
 from keeper.events import RAW_TABLE, DecodedBatch, Decoder
 from keeper.queries import Queries, load_queries
 from keeper.rpc import BlockHeader
@@ -44,6 +46,7 @@ ACCOUNT_COLUMNS = {
 LEDGER_TABLES = frozenset({"stream_settled", "usage_recorded", "fees_credited", "claimed"})
 PARAM_TABLES = frozenset({"fee_updated", "fee_recipient_updated", "contract_events"})
 ID_COLUMN = 5  # stream_id / escrow_id follow the five common columns
+COPY_CHUNK_ROWS = 20_000
 
 
 class CursorMoved(KeeperError):
@@ -222,14 +225,7 @@ class Store:
         touched = Touched.from_batch(batch)
         async with conn.transaction():
             await self._claim_cursor(conn, from_block - 1)
-            for table, rows in batch.rows.items():
-                columns = list(self.decoder.columns(table))
-                if table == RAW_TABLE:
-                    await conn.copy_records_to_table(table, records=rows, columns=columns)
-                else:
-                    await conn.copy_to_table(
-                        table, source=io.BytesIO(_copy_text(rows)), columns=columns, format="text"
-                    )
+            await self._copy_events(conn, batch)
             patches = stream_patches(batch)
             if patches:
                 await self._merge_streams(conn, patches)
@@ -306,6 +302,44 @@ class Store:
     async def prune_blocks(self, conn: Conn, below: int) -> None:
         """Forget block rows below `below` (finalized history needs no parent-hash chain)."""
         await conn.execute(self.q["prune_blocks"], self.chain_id, below)
+
+    async def _copy_events(self, conn: Conn, batch: DecodedBatch) -> None:
+        """COPY every table's rows, in chunks: the text of the next chunk is built in a worker
+        thread while the server ingests the current one, so Python and Postgres overlap."""
+        jobs: list[tuple[str, Sequence[tuple[Any, ...]]]] = []
+        for table, rows in batch.rows.items():
+            if table == RAW_TABLE:
+                await conn.copy_records_to_table(
+                    table, records=rows, columns=list(self.decoder.columns(table))
+                )
+                continue
+            for i in range(0, len(rows), COPY_CHUNK_ROWS):
+                jobs.append((table, rows[i : i + COPY_CHUNK_ROWS]))
+        if not jobs:
+            return
+        texts: list[bytes | None] = [None] * len(jobs)
+        ready = [anyio.Event() for _ in jobs]
+
+        async def build(k: int) -> None:
+            texts[k] = await anyio.to_thread.run_sync(_copy_text, jobs[k][1])
+            ready[k].set()
+
+        with unwrap_group():
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(build, 0)
+                for k, (table, _) in enumerate(jobs):
+                    if k + 1 < len(jobs):
+                        tg.start_soon(build, k + 1)
+                    await ready[k].wait()
+                    text = texts[k]
+                    texts[k] = None
+                    assert text is not None
+                    await conn.copy_to_table(
+                        table,
+                        source=io.BytesIO(text),
+                        columns=list(self.decoder.columns(table)),
+                        format="text",
+                    )
 
     async def _merge_streams(self, conn: Conn, patches: dict[int, _StreamPatch]) -> None:
         ids = list(patches)
