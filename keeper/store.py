@@ -231,9 +231,7 @@ class Store:
                 await self._merge_streams(conn, patches)
             await self._refresh(conn, replace(touched, streams=[]))
             if any(t in batch.rows for t in LEDGER_TABLES):
-                await conn.execute(
-                    self.q["apply_ledger_range"], self.chain_id, from_block - 1, end.number, 1
-                )
+                await self._merge_ledger(conn, batch)
             for header in (*blocks, end):
                 await self._upsert_block(conn, header)
             await conn.execute(
@@ -340,6 +338,51 @@ class Store:
                         columns=list(self.decoder.columns(table)),
                         format="text",
                     )
+
+    async def _merge_ledger(self, conn: Conn, batch: DecodedBatch) -> None:
+        """Add what the batch's events credit and claim to each account's ledger row."""
+        credit_rows = [
+            (row, row[ID_COLUMN + 1] - row[ID_COLUMN + 2])  # amount - fee
+            for row in batch.rows.get("stream_settled", ())
+        ] + [
+            (row, row[ID_COLUMN + 3] - row[ID_COLUMN + 4])  # charged - fee
+            for row in batch.rows.get("usage_recorded", ())
+        ]
+        per_stream: dict[int, list[int]] = {}  # stream -> [sum, first block]
+        for row, amount in credit_rows:
+            entry = per_stream.get(row[ID_COLUMN])
+            if entry is None:
+                per_stream[row[ID_COLUMN]] = [amount, row[1]]
+            else:
+                entry[0] += amount
+                entry[1] = min(entry[1], row[1])
+        deltas: dict[bytes, list[int]] = {}  # account -> [delta, first block]
+
+        def add(account: bytes, amount: int, block: int) -> None:
+            entry = deltas.get(account)
+            if entry is None:
+                deltas[account] = [amount, block]
+            else:
+                entry[0] += amount
+                entry[1] = min(entry[1], block)
+
+        if per_stream:
+            rows = await conn.fetch(self.q["stream_payees"], self.chain_id, list(per_stream))
+            payees = {int(r["stream_id"]): bytes(r["payee"]) for r in rows}
+            for sid, (amount, block) in per_stream.items():
+                add(payees[sid], amount, block)
+        for row in batch.rows.get("fees_credited", ()):
+            add(row[ID_COLUMN], row[ID_COLUMN + 1], row[1])
+        for row in batch.rows.get("claimed", ()):
+            add(row[ID_COLUMN], -row[ID_COLUMN + 1], row[1])
+        accounts = list(deltas)
+        await conn.execute(
+            self.q["merge_ledger"],
+            self.chain_id,
+            accounts,
+            [deltas[a][0] for a in accounts],
+            [deltas[a][1] for a in accounts],
+        )
 
     async def _merge_streams(self, conn: Conn, patches: dict[int, _StreamPatch]) -> None:
         ids = list(patches)

@@ -396,3 +396,24 @@ SELECT $1, u.stream_id, u.payer, u.payee, u.rate, u.balance, u.settled_at,
        CASE WHEN u.closed THEN 'closed' ELSE 'open' END, u.opened_block, u.updated_block
 FROM u
 WHERE u.payer IS NOT NULL AND u.stream_id NOT IN (SELECT stream_id FROM updated);
+
+-- name: stream_payees
+SELECT stream_id, payee FROM streams WHERE chain_id = $1 AND stream_id = ANY($2::numeric[]);
+
+-- name: merge_ledger
+-- Ingest's fast path for the ledger: per-account deltas summed from the new events in Python
+-- (apply_ledger_range computes the same in SQL, for rollbacks).
+WITH d AS (
+    SELECT * FROM unnest($2::bytea[], $3::numeric[], $4::bigint[]) AS d(account, delta, first_block)
+),
+updated AS (
+    UPDATE payee_ledger l
+    SET credited = l.credited + d.delta, first_block = LEAST(l.first_block, d.first_block)
+    FROM d
+    WHERE l.chain_id = $1 AND l.account = d.account
+    RETURNING l.account
+)
+INSERT INTO payee_ledger (chain_id, account, credited, first_block)
+SELECT $1, d.account, d.delta, d.first_block
+FROM d
+WHERE d.account NOT IN (SELECT account FROM updated);
