@@ -11,12 +11,22 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from keeper.deploy import Deployment
 from keeper.errors import KeeperError
 from keeper.ingest import IngestSettings
+from keeper.signers import KeySource
+from keeper.txmanager import TxSettings
 
 
 class ConfigError(KeeperError):
@@ -78,6 +88,65 @@ class IngestConfig(_Section):
         return IngestSettings(**self.model_dump())
 
 
+class SignerConfig(_Section):
+    """`[[signers]]`: one key of the pool (a keystore with its password file, or a systemd
+    credential name)."""
+
+    keystore: Path | None = Field(None, description="Encrypted keystore JSON file.")
+    password_file: Path | None = Field(None, description="File holding the keystore password.")
+    credential: str | None = Field(
+        None, description="File name in $CREDENTIALS_DIRECTORY (systemd LoadCredential=)."
+    )
+
+    @field_validator("credential")
+    @classmethod
+    def _plain_name(cls, v: str | None) -> str | None:
+        if v is not None and ("/" in v or v in ("", ".", "..")):
+            raise ValueError("must be a plain file name")
+        return v
+
+    @model_validator(mode="after")
+    def _one_source(self) -> SignerConfig:
+        if (self.credential is None) == (self.keystore is None):
+            raise ValueError("set either `credential`, or `keystore` and `password_file`")
+        if self.keystore is not None and self.password_file is None:
+            raise ValueError("`keystore` needs `password_file`")
+        return self
+
+    def source(self) -> KeySource:
+        """The key source for keeper.signers."""
+        return KeySource(
+            keystore=self.keystore, password_file=self.password_file, credential=self.credential
+        )
+
+
+class TxConfig(_Section):
+    """`[tx]`: the transaction manager (amounts in wei)."""
+
+    confirmations: int = Field(3, ge=1, description="Blocks deep before an intent is confirmed.")
+    bump_after_blocks: int = Field(3, ge=1, description="Blocks unmined before a fee bump.")
+    in_flight_cap: int = Field(16, ge=1, description="Unmined intents per signer at most.")
+    max_fee_wei: int = Field(500 * 10**9, ge=0, description="Cap on the max fee per gas.")
+    max_priority_fee_wei: int = Field(5 * 10**9, ge=0, description="Cap on the tip per gas.")
+    tip_wei: int | None = Field(None, ge=0, description="Tip per gas; unset: ask the node.")
+    legacy: bool = Field(False, description="Legacy gas price for chains without EIP-1559.")
+    gas_margin_pct: int = Field(25, ge=0, le=500, description="Added to the gas estimate.")
+    poll_interval: float = Field(1.0, gt=0, description="Seconds between passes.")
+
+    def settings(self) -> TxSettings:
+        """The tuning as keeper.txmanager takes it."""
+        return TxSettings(
+            confirmations=self.confirmations,
+            bump_after_blocks=self.bump_after_blocks,
+            in_flight_cap=self.in_flight_cap,
+            max_fee=self.max_fee_wei,
+            max_priority_fee=self.max_priority_fee_wei,
+            tip=self.tip_wei,
+            legacy=self.legacy,
+            gas_margin_pct=self.gas_margin_pct,
+        )
+
+
 class LogConfig(_Section):
     """`[log]`."""
 
@@ -97,6 +166,10 @@ class KeeperConfig(BaseSettings):
     chain: ChainConfig
     database: DatabaseConfig
     ingest: IngestConfig = IngestConfig()
+    tx: TxConfig = TxConfig()
+    signers: list[SignerConfig] = Field(
+        default_factory=list, description="The signer pool; none: index only, send nothing."
+    )
     log: LogConfig = LogConfig()
 
     @classmethod
@@ -129,6 +202,10 @@ def load_config(path: Path) -> KeeperConfig:
     if isinstance(chain, dict) and isinstance(chain.get("deployment_file"), str):
         # Relative paths are relative to the configuration file, not the working directory.
         chain["deployment_file"] = str(base / chain["deployment_file"])
+    for signer in data.get("signers", []) if isinstance(data.get("signers"), list) else []:
+        for key in ("keystore", "password_file"):
+            if isinstance(signer, dict) and isinstance(signer.get(key), str):
+                signer[key] = str(base / signer[key])
     try:
         return KeeperConfig(**data)
     except ValidationError as exc:

@@ -13,13 +13,17 @@ import signal
 import anyio
 import structlog
 from anyio import CancelScope
+from asyncpg import PostgresConnectionError
 
 from keeper import db
 from keeper.config import KeeperConfig
+from keeper.db import DatabaseUnavailable
 from keeper.errors import KeeperError, unwrap_group
 from keeper.ingest import FatalReorg, Indexer
 from keeper.migrations import migrate
-from keeper.rpc import ChainClient
+from keeper.rpc import ChainClient, RpcUnavailable
+from keeper.signers import load_signers
+from keeper.txmanager import TxManager
 
 log = structlog.get_logger(__name__)
 
@@ -32,6 +36,24 @@ async def _stop_on_signal(scope: CancelScope) -> None:
             return
 
 
+async def _tx_loop(manager: TxManager, interval: float) -> None:
+    """Drive the outbox forever; outages are reported and waited out like the indexer's."""
+    failures = 0
+    while True:
+        try:
+            report = await manager.tick()
+        except (RpcUnavailable, DatabaseUnavailable, OSError, PostgresConnectionError) as exc:
+            failures += 1
+            delay = min(interval * 2**failures, 60.0)
+            log.error("tx_pass_failed", error=str(exc), retry_in_s=delay, failures=failures)
+            await anyio.sleep(delay)
+            continue
+        failures = 0
+        if any(vars(report).values()):
+            log.info("tx_pass", **vars(report))
+        await anyio.sleep(interval)
+
+
 async def run(config: KeeperConfig) -> int:
     """Run until signalled; return the process exit status."""
     deployment = config.deployment()
@@ -41,6 +63,8 @@ async def run(config: KeeperConfig) -> int:
             f"chain.chain_id is {chain_id} but the deployment file is for {deployment.chain_id}",
             help="point chain.deployment_file at this chain's deployment",
         )
+    # Keys first: a bad key file stops the start-up before anything is opened.
+    signers = load_signers([s.source() for s in config.signers])
     dsn = config.database.url.get_secret_value()
     await migrate(dsn)
     pool = await db.create_pool(
@@ -63,13 +87,24 @@ async def run(config: KeeperConfig) -> int:
         settings=config.ingest.settings(),
         ws_url=config.chain.ws_url.get_secret_value() if config.chain.ws_url else None,
     )
+    manager = (
+        TxManager(client, pool, chain_id=chain_id, signers=signers, settings=config.tx.settings())
+        if signers
+        else None
+    )
     structlog.contextvars.bind_contextvars(chain_id=chain_id)
     try:
         with unwrap_group():
             async with anyio.create_task_group() as tg:
                 tg.start_soon(_stop_on_signal, tg.cancel_scope)
                 await tg.start(indexer.run)
-                log.info("keeper_started", start_block=deployment.deployment_block)
+                if manager is not None:
+                    tg.start_soon(_tx_loop, manager, config.tx.poll_interval)
+                log.info(
+                    "keeper_started",
+                    start_block=deployment.deployment_block,
+                    signers=[s.address for s in signers],
+                )
     except FatalReorg as exc:
         log.critical("fatal_reorg", error=exc.message, help=exc.help)
         return FatalReorg.exit_code
