@@ -132,6 +132,15 @@ class TxConfig(_Section):
     legacy: bool = Field(False, description="Legacy gas price for chains without EIP-1559.")
     gas_margin_pct: int = Field(25, ge=0, le=500, description="Added to the gas estimate.")
     poll_interval: float = Field(1.0, gt=0, description="Seconds between passes.")
+    min_signer_balance_wei: int = Field(
+        0, ge=0, description="A signer below this balance gets no new work (and is reported)."
+    )
+    budget_per_hour_wei: int | None = Field(
+        None, ge=0, description="Gas spend per hour; above it only urgent intents go out."
+    )
+    purge_after_blocks: int = Field(
+        50, ge=1, description="A lane's lowest nonce stuck this long is purged by a self-send."
+    )
 
     def settings(self) -> TxSettings:
         """The tuning as keeper.txmanager takes it."""
@@ -144,6 +153,9 @@ class TxConfig(_Section):
             tip=self.tip_wei,
             legacy=self.legacy,
             gas_margin_pct=self.gas_margin_pct,
+            min_signer_balance=self.min_signer_balance_wei,
+            budget_per_hour=self.budget_per_hour_wei,
+            purge_after_blocks=self.purge_after_blocks,
         )
 
 

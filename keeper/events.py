@@ -48,6 +48,11 @@ class EventSpec:
     indexed: tuple[bool, ...]
 
     @property
+    def data_words(self) -> int:
+        """How many 32-byte words the non-indexed arguments take in the log's data."""
+        return self.indexed.count(False)
+
+    @property
     def copy_columns(self) -> tuple[str, ...]:
         """All columns of the table, in the order `decode` produces values."""
         return COMMON_COLUMNS + self.columns
@@ -221,26 +226,33 @@ class Decoder:
         blocks: dict[int, tuple[str, int | None]] = {}
         count = 0
         chain_id = self.chain_id
+        plans = self._plans
+        # Consecutive logs mostly share their block and transaction: parse those once.
+        last_block_hex = last_tx_hex = ""
+        number = 0
+        ts: int | None = None
+        tx_hash = b""
         for log in logs:
             if log.get("removed"):
                 continue
             try:
-                number = int(log["blockNumber"], 16)
-                ts_hex = log.get("blockTimestamp")
-                ts = int(ts_hex, 16) if ts_hex else timestamps.get(number)
-                if number not in blocks:
-                    blocks[number] = (log["blockHash"], ts)
-                if ts is None:
-                    raise MalformedLog(f"no timestamp for block {number}")
+                block_hex = log["blockNumber"]
+                if block_hex != last_block_hex:
+                    number = int(block_hex, 16)
+                    ts_hex = log.get("blockTimestamp")
+                    ts = int(ts_hex, 16) if ts_hex else timestamps.get(number)
+                    if ts is None:
+                        raise MalformedLog(f"no timestamp for block {number}")
+                    if number not in blocks:
+                        blocks[number] = (log["blockHash"], ts)
+                    last_block_hex = block_hex
+                tx_hex = log["transactionHash"]
+                if tx_hex != last_tx_hex:
+                    tx_hash = bytes.fromhex(tx_hex[2:])
+                    last_tx_hex = tx_hex
                 topics = log["topics"]
-                head = (
-                    chain_id,
-                    number,
-                    int(log["logIndex"], 16),
-                    bytes.fromhex(log["transactionHash"][2:]),
-                    ts,
-                )
-                found = self._plans.get(topics[0]) if topics else None
+                head = (chain_id, number, int(log["logIndex"], 16), tx_hash, ts)
+                found = plans.get(topics[0]) if topics else None
                 if found is None:
                     contract = self.contract_of.get(log["address"].lower())
                     if contract is None:
@@ -259,11 +271,13 @@ class Decoder:
                     count += 1
                     continue
                 spec, plan = found
-                data = log["data"][2:]
+                data = log["data"]
                 values = [
-                    dec(topics[i][2:]) if indexed else dec(data[64 * i : 64 * i + 64])
+                    dec(topics[i][2:]) if indexed else dec(data[2 + 64 * i : 66 + 64 * i])
                     for indexed, i, dec in plan
                 ]
+                if len(data) != 2 + 64 * spec.data_words:
+                    raise ValueError(f"{spec.name} data has {len(data) - 2} hex digits")
                 rows.setdefault(spec.table, []).append((*head, *values))
                 count += 1
             except (KeyError, IndexError, ValueError, TypeError) as exc:

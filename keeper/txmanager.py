@@ -8,8 +8,18 @@ One pass (`tick`) does, in order:
 3. **receipts** across every attempt of every open intent: mined, confirmed at the configured
    depth, final at the finalized block; a receipt whose block left the chain sends the intent
    back to `assigned` to be rebroadcast (its calls are idempotent on-chain),
-4. **bump** attempts not mined after `bump_after_blocks`: a replacement at the same nonce with
+4. **purge** the lowest nonce of a lane broadcast `purge_after_blocks` ago without a receipt: a
+   zero-value self-send at that nonce (an intent of kind `purge`) takes its place, and the stuck
+   intent goes to `replan` so the planners plan its items again,
+5. **bump** attempts not mined after `bump_after_blocks`: a replacement at the same nonce with
    both fees +12.5 % (`keeper.fees`), or the same bytes again when the caps leave no room.
+
+Assignment is gated twice: a signer whose balance (one `eth_getBalance` batch per pass) is below
+`min_signer_balance` gets no new work until funded again, and once the hourly spending budget is
+used up (gas paid by intents mined in the last hour + the worst case of those still in flight)
+only urgent intents are assigned. Both report a gauge and log once per transition. A send the
+node refuses (insufficient funds, ...) keeps its attempt `signed` with `last_error` recorded, and
+the next pass sends the same bytes again.
 
 A nonce is never signed twice with different content except as a fee bump of the same call.
 Ambiguous send answers (already known, nonce too low, timeouts) are never failures by
@@ -18,15 +28,18 @@ themselves: the receipts and the account's nonce decide.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
 import structlog
 from eth_account import Account
 from eth_utils import to_checksum_address
+from prometheus_client import Gauge
 
+from keeper import metrics
 from keeper.fees import FeeCaps, Fees, bump, initial_fees
 from keeper.outbox import Outbox
 from keeper.rpc import BlockHeader, ChainClient, RpcError, RpcResponseError
@@ -34,6 +47,26 @@ from keeper.send_errors import SendOutcome, classify_send_error
 from keeper.signers import Signer
 
 log = structlog.get_logger(__name__)
+
+SIGNER_BALANCE = Gauge(
+    "keeper_signer_balance_wei",
+    "Balance of each signer at the last pass (wei).",
+    ["signer"],
+    registry=metrics.REGISTRY,
+)
+SIGNER_LOW_BALANCE = Gauge(
+    "keeper_signer_low_balance",
+    "1 while a signer's balance is below min_signer_balance (it gets no new work).",
+    ["signer"],
+    registry=metrics.REGISTRY,
+)
+SPENT_LAST_HOUR = Gauge(
+    "keeper_spent_last_hour_wei",
+    "Gas paid by intents mined in the last hour plus the worst case of those in flight (wei).",
+    registry=metrics.REGISTRY,
+)
+
+PURGE_GAS = 21_000  # a plain value transfer to an account without code
 
 
 @dataclass(frozen=True)
@@ -50,6 +83,9 @@ class TxSettings:
     gas_margin_pct: int = 25
     assign_batch: int = 64
     replan_after_checks: int = 2  # ticks a foreign nonce use must be seen before re-planning
+    min_signer_balance: int = 0  # wei; a signer below it gets no new assignments
+    budget_per_hour: int | None = None  # wei per hour on this chain; None: unlimited
+    purge_after_blocks: int = 50  # lowest nonce broadcast this long without a receipt: purged
 
     @property
     def caps(self) -> FeeCaps:
@@ -71,10 +107,54 @@ class TickReport:
     bumped: int = 0
     rebroadcast: int = 0
     replanned: int = 0
+    refused: int = 0
+    purged: int = 0
+    held_by_budget: int = 0
 
 
 def _hex(data: bytes) -> str:
     return "0x" + data.hex()
+
+
+# ---------------------------------------------------------------------- pure rules
+
+
+def low_balance_lanes(balances: Mapping[bytes, int], minimum: int) -> set[bytes]:
+    """The signers whose balance is below `minimum` (they get no new work)."""
+    return {addr for addr, balance in balances.items() if balance < minimum}
+
+
+def budget_allows(spent: int, cost: int, budget: int | None, *, urgent: bool) -> bool:
+    """May an intent whose worst-case cost is `cost` be assigned with `spent` used this hour?
+    Urgent intents always may; the rest only while they fit under the budget."""
+    return urgent or budget is None or spent + cost <= budget
+
+
+def purge_candidates(latest: Sequence[Any], head: int, after_blocks: int) -> list[Any]:
+    """Per signer, its lowest assigned nonce when that intent's first broadcast is at least
+    `after_blocks` old (`latest`: the newest attempt of each assigned intent)."""
+    lowest: dict[bytes, Any] = {}
+    for a in latest:
+        signer = bytes(a["signer"])
+        if signer not in lowest or a["nonce"] < lowest[signer]["nonce"]:
+            lowest[signer] = a
+    return [
+        a
+        for a in lowest.values()
+        if a["first_broadcast_block"] is not None
+        and head - a["first_broadcast_block"] >= after_blocks
+    ]
+
+
+def purge_fees(previous: Fees, base_fee: int | None, tip: int, caps: FeeCaps) -> Fees:
+    """Fees of a purge replacing an attempt with `previous` fees: bumped like a replacement,
+    or the caps themselves when a bump would pass them (never above the caps)."""
+    bumped = bump(previous, base_fee, tip, caps)
+    if bumped is not None:
+        return bumped
+    if previous.legacy or base_fee is None:
+        return Fees(caps.max_fee, caps.max_fee, legacy=True)
+    return Fees(caps.max_fee, min(caps.max_priority_fee, caps.max_fee))
 
 
 class TxManager:
@@ -100,6 +180,8 @@ class TxManager:
         self.q = self.outbox.q
         self.lanes: dict[bytes, int] = {}
         self._foreign_nonce_seen: dict[int, int] = {}
+        self._low_balance: set[bytes] = set()
+        self._budget_exhausted = False
         self.log = log.bind(chain_id=chain_id)
 
     # ------------------------------------------------------------------ one pass
@@ -112,6 +194,7 @@ class TxManager:
         await self._send_unsent(report)
         await self._assign(head, report)
         await self._receipts(head, finalized, report)
+        await self._purge(head, report)
         await self._bump(head, report)
         return report
 
@@ -125,14 +208,55 @@ class TxManager:
         known = await self.outbox.next_nonce(conn, signer)
         return max(pending, known, self.lanes.get(signer, 0))
 
-    def _pick_signer(self, in_flight: dict[bytes, int]) -> bytes | None:
-        """The least-loaded signer under its in-flight cap."""
+    def _pick_signer(
+        self, in_flight: dict[bytes, int], excluded: set[bytes] | frozenset[bytes] = frozenset()
+    ) -> bytes | None:
+        """The least-loaded signer under its in-flight cap (not one of `excluded`)."""
         candidates = [
             (in_flight.get(addr, 0), addr)
             for addr in self.signers
-            if in_flight.get(addr, 0) < self.settings.in_flight_cap
+            if addr not in excluded and in_flight.get(addr, 0) < self.settings.in_flight_cap
         ]
         return min(candidates)[1] if candidates else None
+
+    async def _check_balances(self) -> set[bytes]:
+        """Read every signer's balance (one batch), update the gauges, log transitions; the
+        signers below `min_signer_balance`."""
+        addrs = list(self.signers)
+        results = await self.client.batch(
+            [("eth_getBalance", [_hex(addr), "latest"]) for addr in addrs]
+        )
+        balances = {addr: int(r, 16) for addr, r in zip(addrs, results, strict=True)}
+        low = low_balance_lanes(balances, self.settings.min_signer_balance)
+        for addr, balance in balances.items():
+            name = self.signers[addr].address
+            SIGNER_BALANCE.labels(signer=name).set(balance)
+            SIGNER_LOW_BALANCE.labels(signer=name).set(1 if addr in low else 0)
+            if addr in low and addr not in self._low_balance:
+                self.log.warning(
+                    "signer_balance_low",
+                    signer=name,
+                    balance=balance,
+                    minimum=self.settings.min_signer_balance,
+                )
+            elif addr not in low and addr in self._low_balance:
+                self.log.info("signer_balance_ok", signer=name, balance=balance)
+        self._low_balance = low
+        return low
+
+    async def _spent_last_hour(self, conn: Any) -> int:
+        """Gas paid by intents mined in the last hour + worst case of the in-flight ones."""
+        since = datetime.now(UTC) - timedelta(hours=1)
+        mined = await conn.fetchval(self.q["spent_since"], self.chain_id, since)
+        pending = await conn.fetchval(self.q["in_flight_worst_case"], self.chain_id)
+        return int(mined) + int(pending)
+
+    def _set_budget_state(self, exhausted: bool, spent: int) -> None:
+        if exhausted and not self._budget_exhausted:
+            self.log.warning("budget_exhausted", spent=spent, budget=self.settings.budget_per_hour)
+        elif not exhausted and self._budget_exhausted:
+            self.log.info("budget_available", spent=spent, budget=self.settings.budget_per_hour)
+        self._budget_exhausted = exhausted
 
     # ------------------------------------------------------------------ fees and signing
 
@@ -185,10 +309,14 @@ class TxManager:
         except RpcError as exc:
             outcome = SendOutcome.TIMEOUT
             error = exc.message
-        if outcome is SendOutcome.ACCEPTED or outcome.ambiguous:
-            async with self.pool.acquire() as conn:
+        async with self.pool.acquire() as conn:
+            if outcome is SendOutcome.ACCEPTED or outcome.ambiguous:
                 await conn.execute(self.q["mark_broadcast"], attempt_id, head, error)
-        else:
+            else:
+                # Refused for certain (insufficient funds, underpriced, ...): the attempt keeps
+                # its state (a signed one is sent again next pass) and records why.
+                await conn.execute(self.q["record_send_error"], attempt_id, error)
+        if not (outcome is SendOutcome.ACCEPTED or outcome.ambiguous):
             self.log.warning("send_refused", attempt=attempt_id, outcome=outcome.value, error=error)
         return outcome
 
@@ -202,23 +330,52 @@ class TxManager:
             outcome = await self._broadcast(row["id"], bytes(row["raw"]), head)
             if outcome is SendOutcome.ACCEPTED or outcome.ambiguous:
                 report.sent += 1
+            else:
+                report.refused += 1
 
     # ------------------------------------------------------------------ assignment
 
     async def _assign(self, head: BlockHeader, report: TickReport) -> None:
+        low = await self._check_balances()
+        budget = self.settings.budget_per_hour
         async with self.pool.acquire() as conn:
             planned = await conn.fetch(
                 self.q["planned_intents"], self.chain_id, self.settings.assign_batch
             )
             in_flight = await self.outbox.in_flight(conn)
-        if not planned:
-            return
+            spent = await self._spent_last_hour(conn)
+        SPENT_LAST_HOUR.set(spent)
+        held = False
+        try:
+            if planned:
+                held = await self._assign_planned(head, planned, in_flight, low, spent, report)
+        finally:
+            if budget is not None:
+                self._set_budget_state(held or spent >= budget, spent)
+
+    async def _assign_planned(
+        self,
+        head: BlockHeader,
+        planned: Sequence[Any],
+        in_flight: dict[bytes, int],
+        low: set[bytes],
+        spent: int,
+        report: TickReport,
+    ) -> bool:
+        """Assign, sign, store and send `planned` (urgent first); True when the budget held a
+        non-urgent intent back."""
+        budget = self.settings.budget_per_hour
         base, tip = await self._fees(head)
         fees = initial_fees(base, tip, self.settings.caps)
         for intent in planned:
-            signer = self._pick_signer(in_flight)
+            urgent = bool(intent["urgent"])
+            if budget is not None and not urgent and spent >= budget:
+                # Urgent intents come first, so nothing after this one is urgent either.
+                report.held_by_budget += 1
+                return True
+            signer = self._pick_signer(in_flight, low)
             if signer is None:
-                return  # every lane is full; the rest waits for confirmations
+                return False  # every usable lane is full; the rest waits
             call = {
                 "from": _hex(signer),
                 "to": _hex(bytes(intent["target"])),
@@ -239,6 +396,10 @@ class TxManager:
                 )
                 continue
             gas_limit = estimate * (100 + self.settings.gas_margin_pct) // 100
+            cost = fees.worst_case_cost(gas_limit)
+            if not budget_allows(spent, cost, budget, urgent=urgent):
+                report.held_by_budget += 1
+                return True
             async with self.pool.acquire() as conn, conn.transaction():
                 nonce = await self._next_nonce(conn, signer)
                 raw, tx_hash = self._sign(signer, nonce, intent, gas_limit, fees)
@@ -263,9 +424,13 @@ class TxManager:
             # Stored before sent: a crash here leaves a signed attempt that the next pass sends.
             self.lanes[signer] = nonce + 1
             in_flight[signer] = in_flight.get(signer, 0) + 1
+            spent += cost
             report.assigned += 1
             self.log.info("intent_assigned", intent=intent["key"], signer=_hex(signer), nonce=nonce)
-            await self._broadcast(attempt_id, raw, head.number)
+            outcome = await self._broadcast(attempt_id, raw, head.number)
+            if not (outcome is SendOutcome.ACCEPTED or outcome.ambiguous):
+                report.refused += 1
+        return False
 
     # ------------------------------------------------------------------ receipts
 
@@ -355,6 +520,72 @@ class TxManager:
             if state == "confirmed" and number <= finalized:
                 await conn.execute(self.q["mark_final"], iid)
                 report.final += 1
+
+    # ------------------------------------------------------------------ purging
+
+    async def _purge(self, head: BlockHeader, report: TickReport) -> None:
+        """Replace each lane's lowest nonce stuck past `purge_after_blocks` with a zero-value
+        self-send at that nonce; the stuck intent goes to `replan`."""
+        async with self.pool.acquire() as conn:
+            latest = await conn.fetch(self.q["latest_attempts"], self.chain_id)
+        stuck = purge_candidates(latest, head.number, self.settings.purge_after_blocks)
+        if not stuck:
+            return
+        base, tip = await self._fees(head)
+        for a in stuck:
+            signer = bytes(a["signer"])
+            nonce = int(a["nonce"])
+            mined = int(
+                await self.client.request("eth_getTransactionCount", [_hex(signer), "latest"]), 16
+            )
+            if mined != nonce:
+                # Passed: used elsewhere or mined after all (receipts / re-plan decide).
+                # Below: a lower nonce is missing, purging this one would not unblock the lane.
+                continue
+            previous = Fees(int(a["max_fee"]), int(a["priority_fee"]), a["legacy"])
+            fees = purge_fees(previous, base, tip, self.settings.caps)
+            purge = {"target": signer, "calldata": b"", "value": 0}
+            raw, tx_hash = self._sign(signer, nonce, purge, PURGE_GAS, fees)
+            key = f"purge:{_hex(signer)}:{nonce}:{a['intent_id']}"
+            async with self.pool.acquire() as conn, conn.transaction():
+                done = await conn.execute(
+                    self.q["mark_replan"],
+                    a["intent_id"],
+                    f"nonce {nonce} stuck for {head.number - a['first_broadcast_block']} blocks "
+                    "without a receipt: purged by a zero-value self-send",
+                )
+                if done != "UPDATE 1":
+                    continue  # mined or re-planned meanwhile
+                await conn.execute(self.q["supersede_attempts"], a["intent_id"])
+                purge_id = await conn.fetchval(
+                    self.q["insert_intent"], self.chain_id, "purge", key, signer, b"", 0, "[]", True
+                )
+                await conn.execute(self.q["assign_intent"], purge_id, signer, nonce, PURGE_GAS)
+                attempt_id = await conn.fetchval(
+                    self.q["insert_attempt"],
+                    purge_id,
+                    self.chain_id,
+                    signer,
+                    nonce,
+                    fees.max_fee,
+                    fees.priority_fee,
+                    fees.legacy,
+                    PURGE_GAS,
+                    raw,
+                    tx_hash,
+                )
+            report.purged += 1
+            report.replanned += 1
+            self._foreign_nonce_seen.pop(a["intent_id"], None)
+            outcome = await self._broadcast(attempt_id, raw, head.number)
+            self.log.warning(
+                "nonce_purged",
+                intent=a["key"],
+                signer=_hex(signer),
+                nonce=nonce,
+                max_fee=fees.max_fee,
+                outcome=outcome.value,
+            )
 
     # ------------------------------------------------------------------ bumping
 

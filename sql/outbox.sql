@@ -116,9 +116,13 @@ ORDER BY a.signer, a.nonce, a.id;
 
 -- name: latest_attempts
 -- The newest attempt of every assigned intent (what is rebroadcast or bumped).
+-- first_broadcast_block: when the intent's first attempt went out (the purge threshold counts
+-- from there, not from the latest bump).
 SELECT DISTINCT ON (a.intent_id) a.id, a.intent_id, a.signer, a.nonce, a.raw, a.tx_hash,
        a.max_fee, a.priority_fee, a.legacy, a.gas_limit, a.broadcast_block, i.target,
-       i.calldata, i.value
+       i.calldata, i.value, i.key,
+       (SELECT min(f.broadcast_block) FROM attempts f WHERE f.intent_id = a.intent_id)
+           AS first_broadcast_block
 FROM attempts a JOIN intents i ON i.id = a.intent_id
 WHERE a.chain_id = $1 AND i.state = 'assigned'
 ORDER BY a.intent_id, a.id DESC;
@@ -127,3 +131,23 @@ ORDER BY a.intent_id, a.id DESC;
 -- Every attempt hash of the open intents: receipts are looked for across all of them.
 SELECT a.intent_id, a.tx_hash FROM attempts a JOIN intents i ON i.id = a.intent_id
 WHERE a.chain_id = $1 AND i.state IN ('assigned', 'mined', 'confirmed');
+
+-- name: record_send_error
+-- A refused send (insufficient funds, underpriced, ...): keep the node's answer on the attempt
+-- without changing its state; a 'signed' attempt stays signed and is sent again next pass.
+UPDATE attempts SET last_error = $2 WHERE id = $1;
+
+-- name: in_flight_worst_case
+-- The most the assigned-but-unmined intents can still cost: gas_limit * max_fee of each one's
+-- latest attempt (the other half of the hourly budget, next to spent_since).
+SELECT COALESCE(sum(l.gas_limit::numeric * l.max_fee), 0) FROM (
+    SELECT DISTINCT ON (a.intent_id) a.gas_limit, a.max_fee
+    FROM attempts a JOIN intents i ON i.id = a.intent_id
+    WHERE a.chain_id = $1 AND i.state = 'assigned'
+    ORDER BY a.intent_id, a.id DESC
+) l;
+
+-- name: supersede_attempts
+-- Every unmined attempt of an intent whose nonce was given to a purge.
+UPDATE attempts SET state = 'superseded'
+WHERE intent_id = $1 AND state IN ('signed', 'broadcast');

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
 
 import asyncpg
 import pytest
 from eth_utils import to_checksum_address
 from hexbytes import HexBytes
+from structlog.testing import capture_logs
 from web3 import Web3
 
 from keeper import db as keeper_db
+from keeper import metrics
 from keeper.anvil import Anvil, rpc
 from keeper.deploy import Deployment, contract, deploy_all
 from keeper.keys import dev_key
@@ -45,13 +48,27 @@ class Env:
         data = c.encode_abi("settleStreams", [ids])
         return bytes.fromhex(data[2:])
 
-    async def plan(self, key: str, ids: list[int] | None = None) -> int:
+    def set_balance(self, signer: Signer, wei: int) -> None:
+        rpc(self.node.url, "anvil_setBalance", [signer.address, hex(wei)])
+
+    def manager_with(self, signers: list[Signer] | None = None, **settings: Any) -> TxManager:
+        """Another manager on the same chain and outbox, with changed settings."""
+        return TxManager(
+            self.manager.client,
+            self.pool,
+            chain_id=self.deployment.chain_id,
+            signers=signers or self.signers,
+            settings=replace(self.manager.settings, **settings),
+        )
+
+    async def plan(self, key: str, ids: list[int] | None = None, *, urgent: bool = False) -> int:
         req = IntentRequest(
             kind="settle",
             key=key,
             target=self.deployment.stream_manager,
             calldata=self.settle_call(ids or [1]),
             items=ids or [1],
+            urgent=urgent,
         )
         async with self.pool.acquire() as conn:
             planned = await Outbox(self.deployment.chain_id).plan(conn, req)
@@ -61,6 +78,11 @@ class Env:
     async def state(self, intent_id: int) -> str:
         async with self.pool.acquire() as conn:
             return str(await conn.fetchval("SELECT state FROM intents WHERE id = $1", intent_id))
+
+    async def signer_of(self, intent_id: int) -> bytes | None:
+        async with self.pool.acquire() as conn:
+            value = await conn.fetchval("SELECT signer FROM intents WHERE id = $1", intent_id)
+        return None if value is None else bytes(value)
 
     async def attempts(self, intent_id: int) -> int:
         async with self.pool.acquire() as conn:
@@ -213,3 +235,128 @@ async def test_a_restart_sends_the_stored_bytes(env: Env, monkeypatch: pytest.Mo
     # What was mined is exactly the stored attempt: same hash, no second signature.
     assert env.w3.eth.get_transaction_receipt(HexBytes(tx_hash))["status"] == 1
     assert await env.attempts(intent) == 1
+
+
+def _no_key_material(logs: Sequence[Mapping[str, Any]], signers: list[Signer]) -> None:
+    text = repr(logs).lower()
+    for s in signers:
+        assert s.key.reveal_hex().lower().removeprefix("0x") not in text
+
+
+async def test_a_low_balance_signer_gets_no_work_until_funded(env: Env) -> None:
+    low, other = env.signers
+    manager = env.manager_with(min_signer_balance=10**18)
+    env.set_balance(low, 10**17)
+    ids = [await env.plan(f"settle:low:{i}", [i + 1]) for i in range(4)]
+    with capture_logs() as logs:
+        await manager.tick()
+        await manager.tick()
+    assert {await env.signer_of(i) for i in ids} == {other.address_bytes}
+    warnings = [entry for entry in logs if entry["event"] == "signer_balance_low"]
+    assert len(warnings) == 1  # once per transition, not once per pass
+    assert warnings[0]["signer"] == low.address and warnings[0]["balance"] == 10**17
+    sample = metrics.REGISTRY.get_sample_value
+    assert sample("keeper_signer_low_balance", {"signer": low.address}) == 1
+    assert sample("keeper_signer_low_balance", {"signer": other.address}) == 0
+    assert sample("keeper_signer_balance_wei", {"signer": low.address}) == 10**17
+
+    env.set_balance(low, 10**20)
+    more = [await env.plan(f"settle:funded:{i}", [i + 5]) for i in range(4)]
+    with capture_logs() as later:
+        await manager.tick()
+    assert low.address_bytes in {await env.signer_of(i) for i in more}
+    assert [e["event"] for e in later].count("signer_balance_ok") == 1
+    assert sample("keeper_signer_low_balance", {"signer": low.address}) == 0
+    _no_key_material(logs + later, env.signers)
+
+
+async def test_above_the_hourly_budget_only_urgent_intents_go_out(env: Env) -> None:
+    manager = env.manager_with(budget_per_hour=1)
+    normal = await env.plan("settle:normal", [1])
+    urgent = await env.plan("settle:urgent", [2], urgent=True)
+    with capture_logs() as logs:
+        report = await manager.tick()
+        await manager.tick()
+    assert report.assigned == 1 and report.held_by_budget == 1
+    assert await env.state(urgent) == "mined"
+    assert await env.state(normal) == "planned"
+    assert [e["event"] for e in logs].count("budget_exhausted") == 1
+    spent = metrics.REGISTRY.get_sample_value("keeper_spent_last_hour_wei")
+    assert spent is not None and spent > 0  # the urgent one's gas, mined this hour
+
+    manager.settings = replace(manager.settings, budget_per_hour=10**30)
+    with capture_logs() as later:
+        report = await manager.tick()
+    assert report.assigned == 1 and await env.state(normal) == "mined"
+    assert [e["event"] for e in later].count("budget_available") == 1
+
+
+async def test_insufficient_funds_then_funded(env: Env) -> None:
+    poor = env.signers[0]
+    manager = env.manager_with(signers=[poor])
+    env.set_balance(poor, 0)
+    intent = await env.plan("settle:poor")
+    report = await manager.tick()
+    assert (report.assigned, report.refused) == (1, 1)
+    report = await manager.tick()  # sent again from the stored bytes, refused again
+    assert (report.sent, report.refused) == (0, 1)
+    async with env.pool.acquire() as conn:
+        row = await conn.fetchrow(
+            "SELECT state, last_error, tx_hash FROM attempts WHERE intent_id = $1", intent
+        )
+    assert row is not None and row["state"] == "signed"
+    assert "insufficient funds" in row["last_error"].lower()
+    assert await env.state(intent) == "assigned"
+
+    env.set_balance(poor, 10**20)
+    report = await manager.tick()
+    assert report.sent == 1
+    assert await env.state(intent) == "mined"
+    assert await env.attempts(intent) == 1  # the same signed bytes, never re-signed
+    receipt = env.w3.eth.get_transaction_receipt(HexBytes(bytes(row["tx_hash"])))
+    assert receipt["status"] == 1
+
+
+async def test_a_stuck_lowest_nonce_is_purged_by_a_self_send(env: Env) -> None:
+    manager = env.manager_with(bump_after_blocks=1000, purge_after_blocks=3)
+    env.automine(False)
+    stuck = await env.plan("settle:stuck")
+    await manager.tick()
+    async with env.pool.acquire() as conn:
+        first = await conn.fetchrow(
+            "SELECT a.tx_hash, i.signer, i.nonce FROM attempts a JOIN intents i "
+            "ON i.id = a.intent_id WHERE a.intent_id = $1",
+            stuck,
+        )
+    assert first is not None
+    signer, nonce = bytes(first["signer"]), first["nonce"]
+    # The network ignores it: out of the mempool, and blocks go by.
+    rpc(env.node.url, "anvil_dropTransaction", ["0x" + bytes(first["tx_hash"]).hex()])
+    env.mine(2)
+    report = await manager.tick()
+    assert report.purged == 0  # not yet stuck long enough
+    env.mine(1)
+    with capture_logs() as logs:
+        report = await manager.tick()
+    assert report.purged == 1
+    env.mine()
+    await manager.tick()
+    async with env.pool.acquire() as conn:
+        original = await conn.fetchrow("SELECT state, reason FROM intents WHERE id = $1", stuck)
+        purge = await conn.fetchrow(
+            "SELECT id, state, signer, nonce, target, calldata, value, tx_hash FROM intents "
+            "WHERE kind = 'purge'"
+        )
+        old_attempts = await conn.fetch("SELECT state FROM attempts WHERE intent_id = $1", stuck)
+    assert original is not None and original["state"] == "replan"
+    assert "purged" in original["reason"]
+    assert {a["state"] for a in old_attempts} == {"superseded"}
+    assert purge is not None and purge["state"] == "mined"
+    assert (bytes(purge["signer"]), purge["nonce"]) == (signer, nonce)
+    assert bytes(purge["target"]) == signer and bytes(purge["calldata"]) == b""
+    assert purge["value"] == 0
+    tx = env.w3.eth.get_transaction(HexBytes(bytes(purge["tx_hash"])))
+    assert tx["to"] == to_checksum_address(signer) and tx["value"] == 0 and tx["nonce"] == nonce
+    assert env.w3.eth.get_transaction_count(to_checksum_address(signer)) == nonce + 1
+    assert [e["event"] for e in logs].count("nonce_purged") == 1
+    _no_key_material(logs, env.signers)

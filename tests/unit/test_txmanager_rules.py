@@ -1,0 +1,107 @@
+"""The transaction manager's gating and purge rules as pure logic (no node, no database)."""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from keeper.fees import FeeCaps, Fees
+from keeper.keys import dev_key
+from keeper.signers import Signer
+from keeper.txmanager import (
+    TxManager,
+    TxSettings,
+    budget_allows,
+    low_balance_lanes,
+    purge_candidates,
+    purge_fees,
+)
+
+A = b"\xaa" * 20
+B = b"\xbb" * 20
+GWEI = 10**9
+wei = st.integers(0, 10**30)
+
+
+def test_lanes_below_the_minimum_are_low_and_the_minimum_itself_is_enough() -> None:
+    balances = {A: 99, B: 100}
+    assert low_balance_lanes(balances, 100) == {A}
+    assert low_balance_lanes(balances, 0) == set()  # the default minimum gates nothing
+
+
+def test_the_budget_holds_back_only_what_does_not_fit() -> None:
+    assert budget_allows(0, 10, None, urgent=False)  # unlimited
+    assert budget_allows(90, 10, 100, urgent=False)  # fits exactly
+    assert not budget_allows(91, 10, 100, urgent=False)
+    assert budget_allows(10**30, 10, 100, urgent=True)  # urgent work always goes
+
+
+@given(spent=wei, cost=wei, budget=wei)
+def test_a_non_urgent_assignment_never_takes_spending_over_the_budget(
+    spent: int, cost: int, budget: int
+) -> None:
+    if budget_allows(spent, cost, budget, urgent=False):
+        assert spent + cost <= budget
+
+
+def _attempt(signer: bytes, nonce: int, first: int | None) -> dict[str, Any]:
+    return {"signer": signer, "nonce": nonce, "first_broadcast_block": first, "intent_id": nonce}
+
+
+def test_only_each_lanes_lowest_nonce_past_the_threshold_is_a_purge_candidate() -> None:
+    latest = [
+        _attempt(A, 5, 10),  # lowest of A, broadcast at 10
+        _attempt(A, 6, 0),  # older, but not the lowest nonce
+        _attempt(B, 2, 45),  # lowest of B, too recent
+        _attempt(B, 3, 1),
+    ]
+    assert purge_candidates(latest, head=60, after_blocks=50) == [latest[0]]
+    assert purge_candidates(latest, head=59, after_blocks=50) == []
+    assert [a["nonce"] for a in purge_candidates(latest, 95, 50)] == [5, 2]
+
+
+def test_a_never_broadcast_attempt_is_not_purged() -> None:
+    assert purge_candidates([_attempt(A, 0, None)], head=10**6, after_blocks=1) == []
+
+
+def test_purge_fees_are_a_valid_bump_or_the_caps() -> None:
+    caps = FeeCaps(max_fee=100 * GWEI, max_priority_fee=5 * GWEI)
+    bumped = purge_fees(Fees(40 * GWEI, 2 * GWEI), 10 * GWEI, 2 * GWEI, caps)
+    assert bumped.max_fee * 1000 >= 40 * GWEI * 1125
+    assert bumped.priority_fee * 1000 >= 2 * GWEI * 1125
+    at_cap = purge_fees(Fees(100 * GWEI, 5 * GWEI), 10 * GWEI, 2 * GWEI, caps)
+    assert at_cap == Fees(100 * GWEI, 5 * GWEI)  # never above the operator's caps
+    legacy = purge_fees(Fees(100 * GWEI, 100 * GWEI, legacy=True), None, GWEI, caps)
+    assert legacy == Fees(100 * GWEI, 100 * GWEI, legacy=True)
+
+
+@given(max_fee=st.integers(0, 10**12), tip=st.integers(0, 10**12), base=st.integers(0, 10**12))
+def test_purge_fees_stay_under_the_caps(max_fee: int, tip: int, base: int) -> None:
+    caps = FeeCaps(max_fee=10**12, max_priority_fee=10**11)
+    fees = purge_fees(Fees(max(max_fee, tip), tip), base, tip, caps)
+    assert fees.max_fee <= caps.max_fee and fees.priority_fee <= caps.max_priority_fee
+    assert fees.priority_fee <= fees.max_fee
+
+
+def test_least_loaded_assignment_skips_excluded_lanes() -> None:
+    signers = [Signer(dev_key(5)), Signer(dev_key(6))]
+    manager = TxManager(
+        cast(Any, None),
+        cast(Any, None),
+        chain_id=31337,
+        signers=signers,
+        settings=TxSettings(in_flight_cap=2),
+    )
+    first, second = sorted(s.address_bytes for s in signers)
+    assert manager._pick_signer({}) == first
+    assert manager._pick_signer({}, {first}) == second
+    assert manager._pick_signer({second: 2}, {first}) is None  # the only usable lane is full
+    assert manager._pick_signer({first: 1}) == second
+
+
+def test_new_settings_default_to_no_gating() -> None:
+    settings = TxSettings()
+    assert settings.min_signer_balance == 0 and settings.budget_per_hour is None
+    assert settings.purge_after_blocks == 50
