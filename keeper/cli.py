@@ -10,7 +10,9 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -149,6 +151,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Run the daemon."""
+    # Until the daemon's own signal receiver is in place (after the imports), a SIGTERM is only
+    # noted, and the daemon stops as soon as it starts: never killed by the default action.
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
     import anyio
 
     from keeper import daemon, logs
@@ -158,7 +164,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     logs.configure(
         args.log_level if args.log_level != "info" else config.log.level, config.log.format
     )
-    status: int = anyio.run(daemon.run, config)
+    status: int = anyio.run(daemon.run, config, stop.is_set)
     return status
 
 

@@ -9,27 +9,41 @@ block exits with `EXIT_FATAL_REORG` (3), which the unit file does not restart.
 from __future__ import annotations
 
 import signal
+from collections.abc import Awaitable, Callable
 
 import anyio
 import structlog
 from anyio import CancelScope
+from anyio.abc import TaskGroup, TaskStatus
 from asyncpg import PostgresConnectionError
 
 from keeper import db
 from keeper.config import KeeperConfig
 from keeper.db import DatabaseUnavailable
+from keeper.deploy import Deployment
 from keeper.errors import KeeperError, unwrap_group
 from keeper.ingest import FatalReorg, Indexer
 from keeper.migrations import migrate
 from keeper.rpc import ChainClient, RpcUnavailable
-from keeper.signers import load_signers
+from keeper.signers import Signer, load_signers
 from keeper.txmanager import TxManager
 
 log = structlog.get_logger(__name__)
 
 
-async def _stop_on_signal(scope: CancelScope) -> None:
+async def _stop_on_signal(
+    scope: CancelScope,
+    already: Callable[[], bool],
+    *,
+    task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+) -> None:
     with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        task_status.started()
+        if already():
+            # A stop request that came before this receiver existed (see keeper.cli).
+            log.info("stopping", signal="SIGTERM")
+            scope.cancel()
+            return
         async for signum in signals:
             log.info("stopping", signal=signal.Signals(signum).name)
             scope.cancel()
@@ -54,8 +68,13 @@ async def _tx_loop(manager: TxManager, interval: float) -> None:
         await anyio.sleep(interval)
 
 
-async def run(config: KeeperConfig) -> int:
-    """Run until signalled; return the process exit status."""
+async def run(config: KeeperConfig, stop_requested: Callable[[], bool] = lambda: False) -> int:
+    """Run until signalled; return the process exit status.
+
+    The signal receiver is in place before anything else starts, so a SIGTERM during
+    migrations or connection set-up stops the daemon cleanly too. `stop_requested` reports a
+    signal that arrived even earlier, before the event loop ran.
+    """
     deployment = config.deployment()
     chain_id = config.chain.chain_id or deployment.chain_id
     if chain_id != deployment.chain_id:
@@ -65,16 +84,48 @@ async def run(config: KeeperConfig) -> int:
         )
     # Keys first: a bad key file stops the start-up before anything is opened.
     signers = load_signers([s.source() for s in config.signers])
+    structlog.contextvars.bind_contextvars(chain_id=chain_id)
+    resources: list[Callable[[], Awaitable[None]]] = []
+    try:
+        with unwrap_group():
+            async with anyio.create_task_group() as tg:
+                await tg.start(_stop_on_signal, tg.cancel_scope, stop_requested)
+                await _start(config, deployment, chain_id, signers, tg, resources)
+    except FatalReorg as exc:
+        log.critical("fatal_reorg", error=exc.message, help=exc.help)
+        return FatalReorg.exit_code
+    finally:
+        with anyio.move_on_after(5, shield=True):
+            for close in reversed(resources):
+                await close()
+    log.info("keeper_stopped")
+    return 0
+
+
+async def _start(
+    config: KeeperConfig,
+    deployment: Deployment,
+    chain_id: int,
+    signers: list[Signer],
+    tg: TaskGroup,
+    resources: list[Callable[[], Awaitable[None]]],
+) -> None:
+    """Migrate, connect, and start the loops in `tg` (closers are appended to `resources`)."""
     dsn = config.database.url.get_secret_value()
-    await migrate(dsn)
+    # Migrations finish even if a stop is requested meanwhile: each runs in its own transaction
+    # under an advisory lock, and an interrupted one would only be rolled back and redone.
+    with anyio.CancelScope(shield=True):
+        await migrate(dsn)
     pool = await db.create_pool(
         dsn, min_size=config.database.pool_min, max_size=config.database.pool_max
     )
+    resources.append(pool.close)
     client = ChainClient(
         config.chain.rpc_url.get_secret_value(),
         timeout=config.chain.rpc_timeout,
         attempts=config.chain.rpc_attempts,
     )
+    resources.append(client.close)
     indexer = Indexer(
         client,
         pool,
@@ -87,30 +138,14 @@ async def run(config: KeeperConfig) -> int:
         settings=config.ingest.settings(),
         ws_url=config.chain.ws_url.get_secret_value() if config.chain.ws_url else None,
     )
-    manager = (
-        TxManager(client, pool, chain_id=chain_id, signers=signers, settings=config.tx.settings())
-        if signers
-        else None
+    await tg.start(indexer.run)
+    if signers:
+        manager = TxManager(
+            client, pool, chain_id=chain_id, signers=signers, settings=config.tx.settings()
+        )
+        tg.start_soon(_tx_loop, manager, config.tx.poll_interval)
+    log.info(
+        "keeper_started",
+        start_block=deployment.deployment_block,
+        signers=[s.address for s in signers],
     )
-    structlog.contextvars.bind_contextvars(chain_id=chain_id)
-    try:
-        with unwrap_group():
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(_stop_on_signal, tg.cancel_scope)
-                await tg.start(indexer.run)
-                if manager is not None:
-                    tg.start_soon(_tx_loop, manager, config.tx.poll_interval)
-                log.info(
-                    "keeper_started",
-                    start_block=deployment.deployment_block,
-                    signers=[s.address for s in signers],
-                )
-    except FatalReorg as exc:
-        log.critical("fatal_reorg", error=exc.message, help=exc.help)
-        return FatalReorg.exit_code
-    finally:
-        with anyio.move_on_after(5, shield=True):
-            await client.close()
-            await pool.close()
-    log.info("keeper_stopped")
-    return 0
