@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import signal
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 
 import anyio
 import structlog
@@ -140,9 +141,9 @@ async def _start(
     )
     await tg.start(indexer.run)
     if signers:
-        manager = TxManager(
-            client, pool, chain_id=chain_id, signers=signers, settings=config.tx.settings()
-        )
+        # The same finality fallback as the indexer's, so "final" means one thing.
+        settings = replace(config.tx.settings(), finality_depth=config.ingest.finality_depth)
+        manager = TxManager(client, pool, chain_id=chain_id, signers=signers, settings=settings)
         tg.start_soon(_tx_loop, manager, config.tx.poll_interval)
     log.info(
         "keeper_started",

@@ -176,10 +176,9 @@ def _word_decoder(abi_type: str) -> Callable[[str], Any]:
 
 @dataclass
 class DecodedBatch:
-    """Rows decoded from a list of logs, grouped by table, plus the blocks they came from."""
+    """Rows decoded from a list of logs, grouped by table."""
 
     rows: dict[str, list[tuple[Any, ...]]]
-    blocks: dict[int, tuple[str, int | None]]  # number -> (block hash, timestamp if the log had it)
     count: int = 0
 
 
@@ -223,7 +222,6 @@ class Decoder:
     ) -> DecodedBatch:
         """Decode `logs`; `timestamps` gives block times for logs that do not carry one."""
         rows: dict[str, list[tuple[Any, ...]]] = {}
-        blocks: dict[int, tuple[str, int | None]] = {}
         count = 0
         chain_id = self.chain_id
         plans = self._plans
@@ -243,8 +241,6 @@ class Decoder:
                     ts = int(ts_hex, 16) if ts_hex else timestamps.get(number)
                     if ts is None:
                         raise MalformedLog(f"no timestamp for block {number}")
-                    if number not in blocks:
-                        blocks[number] = (log["blockHash"], ts)
                     last_block_hex = block_hex
                 tx_hex = log["transactionHash"]
                 if tx_hex != last_tx_hex:
@@ -282,4 +278,4 @@ class Decoder:
                 count += 1
             except (KeyError, IndexError, ValueError, TypeError) as exc:
                 raise MalformedLog(f"cannot decode log {log!r}: {exc!r}") from exc
-        return DecodedBatch(rows=rows, blocks=blocks, count=count)
+        return DecodedBatch(rows=rows, count=count)

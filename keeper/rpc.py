@@ -133,6 +133,7 @@ class BlockHeader:
     hash: str
     parent_hash: str
     timestamp: int
+    base_fee: int | None = None  # EIP-1559 chains only
 
     @classmethod
     def from_rpc(cls, block: dict[str, Any]) -> BlockHeader:
@@ -142,6 +143,7 @@ class BlockHeader:
             hash=block["hash"],
             parent_hash=block["parentHash"],
             timestamp=int(block["timestamp"], 16),
+            base_fee=int(block["baseFeePerGas"], 16) if block.get("baseFeePerGas") else None,
         )
 
 
@@ -284,11 +286,4 @@ class ChainClient:
             "toBlock": hex(to_block),
         }
         result = await self.request("eth_getLogs", [params])
-        return list(result or [])
-
-    async def get_logs_at(self, addresses: Sequence[str], block_hash: str) -> list[dict[str, Any]]:
-        """Raw logs of `addresses` in exactly the block `block_hash` (EIP-234)."""
-        result = await self.request(
-            "eth_getLogs", [{"address": list(addresses), "blockHash": block_hash}]
-        )
         return list(result or [])

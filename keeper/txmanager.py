@@ -83,6 +83,7 @@ class TxSettings:
     gas_margin_pct: int = 25
     assign_batch: int = 64
     replan_after_checks: int = 2  # ticks a foreign nonce use must be seen before re-planning
+    finality_depth: int = 64  # head - this is final when the node has no `finalized` tag
     min_signer_balance: int = 0  # wei; a signer below it gets no new assignments
     budget_per_hour: int | None = None  # wei per hour on this chain; None: unlimited
     purge_after_blocks: int = 50  # lowest nonce broadcast this long without a receipt: purged
@@ -179,6 +180,7 @@ class TxManager:
         self.outbox = Outbox(chain_id)
         self.q = self.outbox.q
         self.lanes: dict[bytes, int] = {}
+        self._quote: tuple[int | None, int] | None = None
         self._foreign_nonce_seen: dict[int, int] = {}
         self._low_balance: set[bytes] = set()
         self._budget_exhausted = False
@@ -190,8 +192,9 @@ class TxManager:
         """One pass over the outbox."""
         report = TickReport()
         head = await self.client.head()
-        finalized = await self.client.finalized(head, 64)
-        await self._send_unsent(report)
+        finalized = await self.client.finalized(head, self.settings.finality_depth)
+        self._quote = None  # fees are quoted at most once per pass
+        await self._send_unsent(head, report)
         await self._assign(head, report)
         await self._receipts(head, finalized, report)
         await self._purge(head, report)
@@ -261,19 +264,22 @@ class TxManager:
     # ------------------------------------------------------------------ fees and signing
 
     async def _fees(self, head: BlockHeader) -> tuple[int | None, int]:
-        """(base fee or None for legacy, tip) for a new or bumped attempt."""
-        if self.settings.legacy:
+        """(base fee or None for legacy, tip) for a new or bumped attempt; quoted once per pass
+        (the base fee comes with the head's header, the tip from config or the node)."""
+        if self._quote is not None:
+            return self._quote
+        if self.settings.legacy or head.base_fee is None:
             price = int(await self.client.request("eth_gasPrice"), 16)
-            return None, self.settings.tip if self.settings.tip is not None else price
-        block = await self.client.request("eth_getBlockByNumber", [hex(head.number), False])
-        base = int(block["baseFeePerGas"], 16)
-        if self.settings.tip is not None:
-            return base, self.settings.tip
-        try:
-            tip = int(await self.client.request("eth_maxPriorityFeePerGas"), 16)
-        except RpcResponseError:
-            tip = 10**9
-        return base, tip
+            self._quote = (None, self.settings.tip if self.settings.tip is not None else price)
+            return self._quote
+        tip = self.settings.tip
+        if tip is None:
+            try:
+                tip = int(await self.client.request("eth_maxPriorityFeePerGas"), 16)
+            except RpcResponseError:
+                tip = 10**9
+        self._quote = (head.base_fee, tip)
+        return self._quote
 
     def _sign(
         self, signer: bytes, nonce: int, intent: Any, gas_limit: int, fees: Fees
@@ -320,14 +326,11 @@ class TxManager:
             self.log.warning("send_refused", attempt=attempt_id, outcome=outcome.value, error=error)
         return outcome
 
-    async def _send_unsent(self, report: TickReport) -> None:
+    async def _send_unsent(self, head: BlockHeader, report: TickReport) -> None:
         async with self.pool.acquire() as conn:
             rows = await conn.fetch(self.q["unsent_attempts"], self.chain_id)
-        if not rows:
-            return
-        head = (await self.client.head()).number
         for row in rows:
-            outcome = await self._broadcast(row["id"], bytes(row["raw"]), head)
+            outcome = await self._broadcast(row["id"], bytes(row["raw"]), head.number)
             if outcome is SendOutcome.ACCEPTED or outcome.ambiguous:
                 report.sent += 1
             else:

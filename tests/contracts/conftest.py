@@ -167,6 +167,18 @@ def _error_signature(fn: Any, error: str) -> str:
     raise AssertionError(f"no error {error} in the ABI")
 
 
+def simulated_revert(fn: Any, sender: str) -> str:
+    """Revert data (hex) of simulating `fn` from `sender`; fails if it does not revert."""
+    try:
+        fn.call({"from": sender, "gas": 10_000_000})
+    except Exception as exc:  # web3 raises several types; the revert data is what counts
+        data = _revert_data(exc)
+        if not data.startswith("0x"):
+            raise AssertionError(f"no revert data in {data}") from exc
+        return data
+    raise AssertionError(f"{fn.fn_name} did not revert")
+
+
 def _revert_data(exc: Exception) -> str:
     """The hex revert data web3 attached to `exc`, whatever its type."""
     data = getattr(exc, "data", None)

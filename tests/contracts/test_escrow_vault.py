@@ -12,7 +12,7 @@ from typing import Any
 from eth_utils import keccak, to_checksum_address
 from web3 import Web3
 
-from tests.contracts.conftest import TOKEN, Chain
+from tests.contracts.conftest import TOKEN, Chain, simulated_revert
 
 DAY = 24 * 60 * 60
 DEFAULT_TIMEOUT = 7 * DAY
@@ -32,23 +32,6 @@ def _error_types(abi: list[dict[str, Any]], error: str) -> list[str]:
         if item.get("type") == "error" and item["name"] == error:
             return [i["type"] for i in item["inputs"]]
     raise AssertionError(f"no error {error} in the ABI")
-
-
-def _revert_data(fn: Any, sender: str) -> str:
-    """Revert data (hex) of simulating `fn` from `sender`; fails if it does not revert."""
-    try:
-        fn.call({"from": sender, "gas": 10_000_000})
-    except Exception as exc:  # web3 raises several types; the revert data is what counts
-        data = getattr(exc, "data", None)
-        if isinstance(data, str):
-            return data
-        for arg in exc.args:
-            if isinstance(arg, str) and arg.startswith("0x"):
-                return arg
-            if isinstance(arg, dict) and isinstance(arg.get("data"), str):
-                return str(arg["data"])
-        raise AssertionError(f"no revert data in {exc!r}") from exc
-    raise AssertionError(f"{fn.fn_name} did not revert")
 
 
 def _normalise(value: Any) -> Any:
@@ -72,7 +55,7 @@ def expect_revert(
     """
     types = _error_types(abi if abi is not None else fn.contract_abi, error)
     selector = "0x" + keccak(text=f"{error}({','.join(types)})")[:4].hex()
-    data = _revert_data(fn, sender)
+    data = simulated_revert(fn, sender)
     assert data[:10] == selector, f"expected {error}, got revert data {data!r}"
     raw = chain.w3.codec.decode(types, bytes.fromhex(data[10:]))
     decoded = tuple(_normalise(v) for v in raw)

@@ -6,26 +6,10 @@ from typing import Any
 
 from eth_utils import keccak, to_checksum_address
 
-from tests.contracts.conftest import TOKEN, Chain
+from tests.contracts.conftest import TOKEN, Chain, simulated_revert
 
 ZERO_ADDRESS = "0x0000000000000000000000000000000000000000"
 FUNDED = 1_000_000 * TOKEN  # what the fixture mints to each of payer, payer2 and other
-
-
-def _revert_data(fn: Any, sender: str) -> str:
-    try:
-        fn.call({"from": sender, "gas": 10_000_000})
-    except Exception as exc:  # web3 raises several types; the revert data is what counts
-        data = getattr(exc, "data", None)
-        if isinstance(data, str):
-            return data
-        for arg in exc.args:
-            if isinstance(arg, str) and arg.startswith("0x"):
-                return arg
-            if isinstance(arg, dict) and isinstance(arg.get("data"), str):
-                return str(arg["data"])
-        raise AssertionError(f"no revert data in {exc!r}") from exc
-    raise AssertionError(f"{fn.fn_name} did not revert")
 
 
 def expect_revert(chain: Chain, fn: Any, sender: str, error: str, *args: Any) -> None:
@@ -35,7 +19,7 @@ def expect_revert(chain: Chain, fn: Any, sender: str, error: str, *args: Any) ->
         for item in fn.contract_abi
         if item.get("type") == "error" and item["name"] == error
     )
-    data = _revert_data(fn, sender)
+    data = simulated_revert(fn, sender)
     assert data[:10] == "0x" + keccak(text=f"{error}({','.join(types)})")[:4].hex(), data
     decoded = tuple(
         to_checksum_address(v) if isinstance(v, str) else v
