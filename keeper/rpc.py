@@ -28,6 +28,7 @@ from web3 import AsyncHTTPProvider
 
 from keeper import metrics
 from keeper.errors import KeeperError
+from keeper.reverts import revert_data
 
 log = structlog.get_logger(__name__)
 
@@ -51,9 +52,12 @@ class RpcTransient(RpcError):
 class RpcResponseError(RpcError):
     """The RPC endpoint answered with a JSON-RPC error."""
 
-    def __init__(self, message: str, *, method: str, code: int | None = None) -> None:
+    def __init__(
+        self, message: str, *, method: str, code: int | None = None, data: bytes | None = None
+    ) -> None:
         super().__init__(message, method=method)
         self.code = code
+        self.data = data  # revert data of a reverted eth_call / eth_estimateGas, if any
 
 
 class RangeTooLarge(RpcResponseError):
@@ -122,7 +126,9 @@ def classify_error(method: str, error: dict[str, Any]) -> RpcError:
         )
     if code in (-32005, 429) or _TRANSIENT_PATTERNS.search(text):
         return RpcTransient(f"{method}: {message}", method=method)
-    return RpcResponseError(f"{method}: {message}", method=method, code=code)
+    return RpcResponseError(
+        f"{method}: {message}", method=method, code=code, data=revert_data(error)
+    )
 
 
 @dataclass(frozen=True, slots=True)

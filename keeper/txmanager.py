@@ -28,20 +28,25 @@ themselves: the receipts and the account's nonce decide.
 
 from __future__ import annotations
 
+import json
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 import asyncpg
 import structlog
 from eth_account import Account
 from eth_utils import to_checksum_address
-from prometheus_client import Gauge
+from prometheus_client import Counter, Gauge, Histogram
 
 from keeper import metrics
+from keeper.batches import Revert, encode_batch, item_key, split_batch, splittable
 from keeper.fees import FeeCaps, Fees, bump, initial_fees
 from keeper.outbox import Outbox
+from keeper.reverts import revert_reason
 from keeper.rpc import BlockHeader, ChainClient, RpcError, RpcResponseError
 from keeper.send_errors import SendOutcome, classify_send_error
 from keeper.signers import Signer
@@ -66,7 +71,64 @@ SPENT_LAST_HOUR = Gauge(
     registry=metrics.REGISTRY,
 )
 
+INTENTS = Counter(
+    "keeper_tx_intents_total",
+    "Intents reaching a state (assigned, mined, confirmed, final, failed, replan, unmined).",
+    ["kind", "state"],
+    registry=metrics.REGISTRY,
+)
+ATTEMPTS = Counter(
+    "keeper_tx_attempts_total",
+    "Signed attempts by why they were signed (first, bump, purge).",
+    ["reason"],
+    registry=metrics.REGISTRY,
+)
+BROADCASTS = Counter(
+    "keeper_tx_broadcasts_total",
+    "eth_sendRawTransaction calls by how the node answered (accepted, already_known, ...).",
+    ["outcome"],
+    registry=metrics.REGISTRY,
+)
+REBROADCASTS = Counter(
+    "keeper_tx_rebroadcasts_total",
+    "Stored bytes sent again unchanged (at the fee cap, after an unsure send).",
+    registry=metrics.REGISTRY,
+)
+GAS_SPENT = Counter(
+    "keeper_tx_gas_spent_wei_total",
+    "Gas paid by mined intents (gas used x effective gas price), by intent kind.",
+    ["kind"],
+    registry=metrics.REGISTRY,
+)
+ITEMS = Counter(
+    "keeper_tx_items_total",
+    "Batch items by outcome (effect, skipped, no_effect, reverted), by intent kind.",
+    ["kind", "outcome"],
+    registry=metrics.REGISTRY,
+)
+SIGNER_NEXT_NONCE = Gauge(
+    "keeper_signer_next_nonce",
+    "The next nonce the keeper will assign to each signer.",
+    ["signer"],
+    registry=metrics.REGISTRY,
+)
+SIGNER_IN_FLIGHT = Gauge(
+    "keeper_signer_in_flight",
+    "Assigned, unmined intents of each signer.",
+    ["signer"],
+    registry=metrics.REGISTRY,
+)
+TX_PASS_SECONDS = Histogram(
+    "keeper_tx_pass_seconds",
+    "Duration of one transaction-manager pass.",
+    registry=metrics.REGISTRY,
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+
 PURGE_GAS = 21_000  # a plain value transfer to an account without code
+
+# Answers that mean "this fee will not do": the attempt is repriced by the bump rule.
+REPRICE = frozenset({SendOutcome.REPLACEMENT_UNDERPRICED, SendOutcome.UNDERPRICED})
 
 
 @dataclass(frozen=True)
@@ -111,10 +173,46 @@ class TickReport:
     refused: int = 0
     purged: int = 0
     held_by_budget: int = 0
+    split: int = 0
+    effects_checked: int = 0
+    no_effect: int = 0
 
 
 def _hex(data: bytes) -> str:
     return "0x" + data.hex()
+
+
+def _items(intent: Any) -> list[Any]:
+    raw = intent["items"]
+    return list(json.loads(raw) if isinstance(raw, str) else raw)
+
+
+# What the contracts' skip reason codes mean, per batch kind (StreamManager / EscrowVault
+# SKIP_* constants).
+SKIP_REASONS = {
+    "settle": {1: "unknown stream", 2: "stream closed", 3: "nothing due"},
+    "refund": {1: "unknown escrow", 2: "escrow not open", 3: "not expired"},
+    "usage": {
+        1: "unknown stream",
+        2: "stream closed",
+        4: "replay",
+        5: "sequence gap",
+        6: "bad units",
+    },
+}
+
+
+def _is_revert(exc: RpcResponseError) -> bool:
+    """Whether a node's error answer to eth_call / eth_estimateGas is the call reverting (as
+    opposed to the node failing to run it)."""
+    return exc.data is not None or exc.code == 3 or "revert" in exc.message.lower()
+
+
+def _revert_of(exc: RpcResponseError) -> Revert:
+    if exc.data is not None:
+        return Revert(revert_reason(exc.data), exc.data)
+    message = exc.message.split(": ", 1)[-1]  # drop the "method: " prefix
+    return Revert(message.removeprefix("execution reverted: ") or "reverted without a reason")
 
 
 # ---------------------------------------------------------------------- pure rules
@@ -184,32 +282,59 @@ class TxManager:
         self._foreign_nonce_seen: dict[int, int] = {}
         self._low_balance: set[bytes] = set()
         self._budget_exhausted = False
+        # Per-pass caches of the signers' nonces on chain (one RPC per signer per pass).
+        self._pending_count: dict[bytes, int] = {}
+        self._mined_count: dict[bytes, int] = {}
+        # Attempts whose last send had an unsure answer (timeout, unknown error): the next
+        # pass sends the same bytes again rather than waiting for the bump.
+        self._unsure: set[int] = set()
         self.log = log.bind(chain_id=chain_id)
 
     # ------------------------------------------------------------------ one pass
 
     async def tick(self) -> TickReport:
         """One pass over the outbox."""
+        started = time.perf_counter()
         report = TickReport()
         head = await self.client.head()
         finalized = await self.client.finalized(head, self.settings.finality_depth)
         self._quote = None  # fees are quoted at most once per pass
+        self._pending_count.clear()
+        self._mined_count.clear()
         await self._send_unsent(head, report)
         await self._assign(head, report)
         await self._receipts(head, finalized, report)
+        await self._check_effects(report)
         await self._purge(head, report)
         await self._bump(head, report)
+        TX_PASS_SECONDS.observe(time.perf_counter() - started)
         return report
 
     # ------------------------------------------------------------------ lanes
 
     async def _next_nonce(self, conn: Any, signer: bytes) -> int:
-        """max(outbox, chain pending count, what this process handed out already)."""
-        pending = int(
-            await self.client.request("eth_getTransactionCount", [_hex(signer), "pending"]), 16
-        )
+        """max(outbox, chain pending count, what this process handed out already). The pending
+        count is read once per signer per pass: what this pass assigns is in `lanes`."""
+        pending = self._pending_count.get(signer)
+        if pending is None:
+            pending = int(
+                await self.client.request("eth_getTransactionCount", [_hex(signer), "pending"]),
+                16,
+            )
+            self._pending_count[signer] = pending
         known = await self.outbox.next_nonce(conn, signer)
         return max(pending, known, self.lanes.get(signer, 0))
+
+    async def _mined_nonce(self, signer: bytes) -> int:
+        """The signer's transaction count at the latest block (once per signer per pass)."""
+        count = self._mined_count.get(signer)
+        if count is None:
+            count = int(
+                await self.client.request("eth_getTransactionCount", [_hex(signer), "latest"]),
+                16,
+            )
+            self._mined_count[signer] = count
+        return count
 
     def _pick_signer(
         self, in_flight: dict[bytes, int], excluded: set[bytes] | frozenset[bytes] = frozenset()
@@ -304,7 +429,17 @@ class TxManager:
     # ------------------------------------------------------------------ sending
 
     async def _broadcast(self, attempt_id: int, raw: bytes, head: int) -> SendOutcome:
-        """Send stored bytes; record the outcome. Ambiguous answers count as sent."""
+        """Send stored bytes; record the outcome.
+
+        - accepted, or ambiguous (already known, nonce too low, timeout, unknown): counted as
+          sent; receipts and the account's nonce decide later. A timeout or unknown answer
+          also sends the same bytes again next pass (harmless if the node had them).
+        - underpriced (replacement or not): counted as sent too, with the error kept, so the
+          bump rule reprices it after `bump_after_blocks` from its own fees; resending the
+          same bytes could never succeed.
+        - refused for certain (insufficient funds, nonce too high, ...): the attempt keeps its
+          state with the error recorded; a signed one is sent again next pass.
+        """
         try:
             await self.client.request("eth_sendRawTransaction", [_hex(raw)])
             outcome = SendOutcome.ACCEPTED
@@ -315,20 +450,34 @@ class TxManager:
         except RpcError as exc:
             outcome = SendOutcome.TIMEOUT
             error = exc.message
+        BROADCASTS.labels(outcome=outcome.value).inc()
+        sent = outcome is SendOutcome.ACCEPTED or outcome.ambiguous or outcome in REPRICE
+        if outcome in (SendOutcome.TIMEOUT, SendOutcome.UNKNOWN):
+            self._unsure.add(attempt_id)
+        else:
+            self._unsure.discard(attempt_id)
         async with self.pool.acquire() as conn:
-            if outcome is SendOutcome.ACCEPTED or outcome.ambiguous:
+            if sent:
                 await conn.execute(self.q["mark_broadcast"], attempt_id, head, error)
             else:
-                # Refused for certain (insufficient funds, underpriced, ...): the attempt keeps
-                # its state (a signed one is sent again next pass) and records why.
                 await conn.execute(self.q["record_send_error"], attempt_id, error)
-        if not (outcome is SendOutcome.ACCEPTED or outcome.ambiguous):
-            self.log.warning("send_refused", attempt=attempt_id, outcome=outcome.value, error=error)
+        if error is not None:
+            self.log.warning(
+                "send_refused" if not (sent or outcome.ambiguous) else "send_answer",
+                attempt=attempt_id,
+                outcome=outcome.value,
+                error=error,
+            )
         return outcome
 
     async def _send_unsent(self, head: BlockHeader, report: TickReport) -> None:
+        """Send what was signed but never sent, and again what had an unsure answer."""
         async with self.pool.acquire() as conn:
-            rows = await conn.fetch(self.q["unsent_attempts"], self.chain_id)
+            rows = list(await conn.fetch(self.q["unsent_attempts"], self.chain_id))
+            if self._unsure:
+                rows += await conn.fetch(
+                    self.q["unsure_attempts"], self.chain_id, sorted(self._unsure)
+                )
         for row in rows:
             outcome = await self._broadcast(row["id"], bytes(row["raw"]), head.number)
             if outcome is SendOutcome.ACCEPTED or outcome.ambiguous:
@@ -379,25 +528,10 @@ class TxManager:
             signer = self._pick_signer(in_flight, low)
             if signer is None:
                 return False  # every usable lane is full; the rest waits
-            call = {
-                "from": _hex(signer),
-                "to": _hex(bytes(intent["target"])),
-                "data": _hex(bytes(intent["calldata"])),
-                "value": hex(int(intent["value"])),
-            }
-            try:
-                await self.client.request("eth_call", [call, "latest"])
-                estimate = int(await self.client.request("eth_estimateGas", [call]), 16)
-            except RpcResponseError as exc:
-                async with self.pool.acquire() as conn:
-                    await conn.execute(
-                        self.q["fail_intent"], intent["id"], f"simulation reverted: {exc.message}"
-                    )
-                report.failed += 1
-                self.log.warning(
-                    "intent_simulation_failed", intent=intent["key"], error=exc.message
-                )
+            simulated = await self._simulate_or_split(intent, signer, report)
+            if simulated is None:
                 continue
+            estimate, call = simulated
             gas_limit = estimate * (100 + self.settings.gas_margin_pct) // 100
             cost = fees.worst_case_cost(gas_limit)
             if not budget_allows(spent, cost, budget, urgent=urgent):
@@ -405,7 +539,7 @@ class TxManager:
                 return True
             async with self.pool.acquire() as conn, conn.transaction():
                 nonce = await self._next_nonce(conn, signer)
-                raw, tx_hash = self._sign(signer, nonce, intent, gas_limit, fees)
+                raw, tx_hash = self._sign(signer, nonce, call, gas_limit, fees)
                 done = await conn.execute(
                     self.q["assign_intent"], intent["id"], signer, nonce, gas_limit
                 )
@@ -427,6 +561,9 @@ class TxManager:
             # Stored before sent: a crash here leaves a signed attempt that the next pass sends.
             self.lanes[signer] = nonce + 1
             in_flight[signer] = in_flight.get(signer, 0) + 1
+            SIGNER_NEXT_NONCE.labels(signer=self.signers[signer].address).set(nonce + 1)
+            INTENTS.labels(kind=intent["kind"], state="assigned").inc()
+            ATTEMPTS.labels(reason="first").inc()
             spent += cost
             report.assigned += 1
             self.log.info("intent_assigned", intent=intent["key"], signer=_hex(signer), nonce=nonce)
@@ -434,6 +571,138 @@ class TxManager:
             if not (outcome is SendOutcome.ACCEPTED or outcome.ambiguous):
                 report.refused += 1
         return False
+
+    # ------------------------------------------------------------------ simulation
+
+    def _call(self, signer: bytes, target: bytes, calldata: bytes, value: int) -> dict[str, str]:
+        return {
+            "from": _hex(signer),
+            "to": _hex(target),
+            "data": _hex(calldata),
+            "value": hex(value),
+        }
+
+    async def _estimate(self, call: dict[str, str]) -> int | Revert:
+        """`eth_estimateGas` (the simulation): the gas, or the revert. A node error that is not
+        a revert is raised."""
+        try:
+            return int(await self.client.request("eth_estimateGas", [call]), 16)
+        except RpcResponseError as exc:
+            if not _is_revert(exc):
+                raise
+            return _revert_of(exc)
+
+    async def _reverts(self, call: dict[str, str]) -> Revert | None:
+        """`eth_call` at the latest block: None when it succeeds, else the revert."""
+        try:
+            await self.client.request("eth_call", [call, "latest"])
+        except RpcResponseError as exc:
+            if not _is_revert(exc):
+                raise
+            return _revert_of(exc)
+        return None
+
+    async def _simulate_or_split(
+        self, intent: Any, signer: bytes, report: TickReport
+    ) -> tuple[int, dict[str, Any]] | None:
+        """Simulate `intent` from `signer`: (gas estimate, the call to sign) when it goes out,
+        None when it does not (failed, or left planned with its reason noted).
+
+        A batch that would revert is bisected: items that revert on their own are recorded in
+        `intent_items` as `reverted` with their decoded reason and dropped from the batch,
+        which is re-encoded (still `planned`: nothing was signed) and goes out without them.
+        A batch that reverts whatever its items (paused contract, missing role), a single
+        call, or a batch left with no good item fails with the reason."""
+        target, value = bytes(intent["target"]), int(intent["value"])
+        calldata = bytes(intent["calldata"])
+        kind, key = intent["kind"], intent["key"]
+        try:
+            result = await self._estimate(self._call(signer, target, calldata, value))
+        except RpcResponseError as exc:
+            async with self.pool.acquire() as conn:
+                await conn.execute(
+                    self.q["note_planned"], intent["id"], f"simulation failed: {exc.message}"
+                )
+            self.log.warning("intent_simulation_error", intent=key, error=exc.message)
+            return None
+        if isinstance(result, int):
+            return result, {"target": target, "calldata": calldata, "value": value}
+        items = _items(intent)
+        if not splittable(kind) or not items:
+            await self._fail(intent, f"simulation reverted: {result.reason}", [], report)
+            return None
+
+        async def simulate(subset: Sequence[Any]) -> Revert | None:
+            return await self._reverts(
+                self._call(signer, target, encode_batch(kind, subset), value)
+            )
+
+        split = await split_batch(items, result, simulate)
+        bad = [(item_key(kind, item), r.reason) for item, r in split.bad]
+        if split.whole is not None:
+            await self._fail(intent, f"simulation reverted: {split.whole.reason}", [], report)
+            return None
+        if not split.good:
+            await self._fail(intent, "every item reverted in simulation", bad, report)
+            return None
+        calldata = encode_batch(kind, split.good)
+        estimate = await self._estimate(self._call(signer, target, calldata, value))
+        if isinstance(estimate, Revert):
+            await self._fail(
+                intent,
+                f"simulation reverted without its {len(bad)} reverting items too: "
+                f"{estimate.reason}",
+                bad,
+                report,
+            )
+            return None
+        async with self.pool.acquire() as conn, conn.transaction():
+            done = await conn.execute(
+                self.q["rewrite_batch"],
+                intent["id"],
+                calldata,
+                json.dumps(split.good),
+                f"{len(bad)} of {len(items)} items reverted in simulation and were left out",
+            )
+            if done != "UPDATE 1":
+                return None  # no longer planned (another manager took it)
+            await self._record_items(conn, intent["id"], kind, "reverted", bad)
+        report.split += 1
+        self.log.warning(
+            "batch_split",
+            intent=key,
+            items=len(items),
+            reverted=len(bad),
+            reasons=sorted({reason for _, reason in bad}),
+        )
+        return estimate, {"target": target, "calldata": calldata, "value": value}
+
+    async def _fail(
+        self, intent: Any, reason: str, items: Sequence[tuple[str, str | None]], report: TickReport
+    ) -> None:
+        """Fail a planned intent with `reason`, recording its reverted items."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            await self._record_items(conn, intent["id"], intent["kind"], "reverted", items)
+            await conn.execute(self.q["fail_intent"], intent["id"], reason)
+        INTENTS.labels(kind=intent["kind"], state="failed").inc()
+        report.failed += 1
+        self.log.warning("intent_failed", intent=intent["key"], reason=reason)
+
+    async def _record_items(
+        self,
+        conn: Any,
+        intent_id: int,
+        kind: str,
+        outcome: str,
+        items: Sequence[tuple[str, str | None]],
+    ) -> None:
+        if not items:
+            return
+        await conn.executemany(
+            self.q["insert_item_outcome"],
+            [(intent_id, item, outcome, detail) for item, detail in items],
+        )
+        ITEMS.labels(kind=kind, outcome=outcome).inc(len(items))
 
     # ------------------------------------------------------------------ receipts
 
@@ -473,18 +742,23 @@ class TxManager:
     ) -> None:
         state = intent["state"]
         iid = intent["id"]
+        kind = intent["kind"]
+        revert = None
         if receipt is not None:
             number = int(receipt["blockNumber"], 16)
             header = canonical.get(number)
             if header is None or header.hash != receipt["blockHash"]:
                 receipt = None  # a receipt from a block that is no longer canonical
+            elif (
+                int(receipt["status"], 16) == 0
+                and state in ("assigned", "mined")
+                and head.number - number + 1 >= self.settings.confirmations
+            ):
+                revert = await self._onchain_revert(intent, receipt)
         async with self.pool.acquire() as conn, conn.transaction():
             if receipt is None:
                 if state in ("mined", "confirmed"):
-                    await conn.execute(self.q["unmine"], iid)
-                    await conn.execute(self.q["unmine_attempts"], iid)
-                    report.unmined += 1
-                    self.log.warning("receipt_reorged_out", intent=intent["key"])
+                    await self._unmine(conn, intent, report)
                 return
             number = int(receipt["blockNumber"], 16)
             if state == "assigned":
@@ -503,26 +777,115 @@ class TxManager:
                 await conn.execute(self.q["attempts_superseded"], iid, tx_hash)
                 state = "mined"
                 report.mined += 1
+                INTENTS.labels(kind=kind, state="mined").inc()
+                GAS_SPENT.labels(kind=kind).inc(
+                    int(receipt["gasUsed"], 16) * int(receipt.get("effectiveGasPrice") or "0x0", 16)
+                )
             elif intent["block_hash"] is not None and (
                 "0x" + bytes(intent["block_hash"]).hex() != receipt["blockHash"]
             ):
-                # Re-mined in another block after a reorg: record the new receipt.
-                await conn.execute(self.q["unmine"], iid)
-                await conn.execute(self.q["unmine_attempts"], iid)
-                report.unmined += 1
+                # Re-mined in another block after a reorg: record the new receipt next pass.
+                await self._unmine(conn, intent, report)
                 return
             depth = head.number - number + 1
             if state == "mined" and depth >= self.settings.confirmations:
                 if int(receipt["status"], 16) == 0:
-                    await conn.execute(self.q["fail_intent"], iid, "reverted on chain")
+                    reason = f"reverted on chain: {revert or 'reason unknown'}"
+                    await conn.execute(self.q["fail_intent"], iid, reason)
+                    INTENTS.labels(kind=kind, state="failed").inc()
                     report.failed += 1
+                    self.log.warning("intent_reverted", intent=intent["key"], reason=reason)
                     return
                 await conn.execute(self.q["mark_confirmed"], iid)
+                INTENTS.labels(kind=kind, state="confirmed").inc()
                 state = "confirmed"
                 report.confirmed += 1
             if state == "confirmed" and number <= finalized:
                 await conn.execute(self.q["mark_final"], iid)
+                INTENTS.labels(kind=kind, state="final").inc()
                 report.final += 1
+
+    async def _unmine(self, conn: Any, intent: Any, report: TickReport) -> None:
+        """The intent's receipt left the chain: back to `assigned` (rebroadcast; its calls are
+        idempotent on-chain), its checked effects forgotten."""
+        await conn.execute(self.q["unmine"], intent["id"])
+        await conn.execute(self.q["unmine_attempts"], intent["id"])
+        await conn.execute(self.q["forget_effects"], intent["id"])
+        INTENTS.labels(kind=intent["kind"], state="unmined").inc()
+        report.unmined += 1
+        self.log.warning("receipt_reorged_out", intent=intent["key"])
+
+    async def _onchain_revert(self, intent: Any, receipt: dict[str, Any]) -> str:
+        """Why a mined transaction reverted: out of gas when it used its whole limit, else the
+        call replayed (`eth_call`) on the state of the block before."""
+        gas_used = int(receipt["gasUsed"], 16)
+        if gas_used >= int(intent["gas_limit"]):
+            return f"out of gas (used its whole limit of {gas_used})"
+        call = self._call(
+            bytes(intent["signer"]),
+            bytes(intent["target"]),
+            bytes(intent["calldata"]),
+            int(intent["value"]),
+        )
+        call["gas"] = hex(int(intent["gas_limit"]))
+        number = int(receipt["blockNumber"], 16)
+        try:
+            await self.client.request("eth_call", [call, hex(max(number - 1, 0))])
+        except RpcResponseError as exc:
+            if _is_revert(exc):
+                return _revert_of(exc).reason
+            return f"reason unknown (replay failed: {exc.message})"
+        return "reason unknown (the replay on the previous block's state succeeds)"
+
+    # ------------------------------------------------------------------ effects
+
+    async def _check_effects(self, report: TickReport) -> None:
+        """Check each item of every confirmed batch against the indexed events of its
+        transaction: `effect`, `skipped` (with the contract's reason) or `no_effect`. Runs once
+        the indexer has the batch's block; an item without its effect is logged and counted
+        (planners back such items off rather than retrying them in silence)."""
+        async with self.pool.acquire() as conn:
+            due = await conn.fetch(self.q["effects_due"], self.chain_id)
+            for intent in due:
+                kind = intent["kind"]
+                items = _items(intent)
+                tx_hash, block = bytes(intent["tx_hash"]), int(intent["block_number"])
+                if kind == "usage":
+                    ids = [Decimal(int(i)) for i, _, _ in items]
+                    seqs = [Decimal(int(q)) for _, _, q in items]
+                    rows = await conn.fetch(
+                        self.q["usage_effects"], self.chain_id, tx_hash, block, ids, seqs
+                    )
+                else:
+                    ids = [Decimal(int(i)) for i in items]
+                    rows = await conn.fetch(
+                        self.q[f"{kind}_effects"], self.chain_id, tx_hash, block, ids
+                    )
+                names = SKIP_REASONS[kind]
+                by_outcome: dict[str, list[tuple[str, str | None]]] = {}
+                for r in rows:
+                    if r["effect"]:
+                        outcome, detail = "effect", None
+                    elif r["skip_reason"] is not None:
+                        code = int(r["skip_reason"])
+                        outcome, detail = "skipped", names.get(code, f"reason code {code}")
+                    else:
+                        outcome, detail = "no_effect", "no event of this item in the transaction"
+                    by_outcome.setdefault(outcome, []).append((r["item"], detail))
+                async with conn.transaction():
+                    for outcome, found in by_outcome.items():
+                        await self._record_items(conn, intent["id"], kind, outcome, found)
+                    await conn.execute(self.q["mark_effects_checked"], intent["id"])
+                report.effects_checked += 1
+                missing = by_outcome.get("no_effect", [])
+                if missing:
+                    report.no_effect += len(missing)
+                    self.log.warning(
+                        "batch_items_without_effect",
+                        intent=intent["key"],
+                        items=[item for item, _ in missing][:20],
+                        count=len(missing),
+                    )
 
     # ------------------------------------------------------------------ purging
 
@@ -538,9 +901,7 @@ class TxManager:
         for a in stuck:
             signer = bytes(a["signer"])
             nonce = int(a["nonce"])
-            mined = int(
-                await self.client.request("eth_getTransactionCount", [_hex(signer), "latest"]), 16
-            )
+            mined = await self._mined_nonce(signer)
             if mined != nonce:
                 # Passed: used elsewhere or mined after all (receipts / re-plan decide).
                 # Below: a lower nonce is missing, purging this one would not unblock the lane.
@@ -579,6 +940,9 @@ class TxManager:
                 )
             report.purged += 1
             report.replanned += 1
+            ATTEMPTS.labels(reason="purge").inc()
+            INTENTS.labels(kind="purge", state="assigned").inc()
+            self._unsure.discard(int(a["id"]))
             self._foreign_nonce_seen.pop(a["intent_id"], None)
             outcome = await self._broadcast(attempt_id, raw, head.number)
             self.log.warning(
@@ -613,6 +977,7 @@ class TxManager:
             if fees is None:
                 # At the cap: the same bytes again (the node may have dropped them).
                 await self._broadcast(a["id"], bytes(a["raw"]), head.number)
+                REBROADCASTS.inc()
                 report.rebroadcast += 1
                 continue
             raw, tx_hash = self._sign(signer, a["nonce"], a, a["gas_limit"], fees)
@@ -630,6 +995,8 @@ class TxManager:
                     raw,
                     tx_hash,
                 )
+            self._unsure.discard(int(a["id"]))
+            ATTEMPTS.labels(reason="bump").inc()
             outcome = await self._broadcast(attempt_id, raw, head.number)
             report.bumped += 1
             self.log.info(
@@ -644,8 +1011,7 @@ class TxManager:
         """True (and the intent re-planned) when the account's mined nonce passed this intent's
         nonce without any of its attempts having a receipt, on consecutive checks: the key was
         used outside the keeper, and the intent's call must be planned again."""
-        signer = _hex(bytes(attempt["signer"]))
-        mined = int(await self.client.request("eth_getTransactionCount", [signer, "latest"]), 16)
+        mined = await self._mined_nonce(bytes(attempt["signer"]))
         iid = attempt["intent_id"]
         if mined <= attempt["nonce"]:
             self._foreign_nonce_seen.pop(iid, None)
@@ -660,5 +1026,6 @@ class TxManager:
             )
         self._foreign_nonce_seen.pop(iid, None)
         report.replanned += 1
+        INTENTS.labels(kind=attempt["kind"], state="replan").inc()
         self.log.warning("nonce_used_elsewhere", intent_id=iid, nonce=attempt["nonce"])
         return True

@@ -62,7 +62,7 @@ FROM attempts WHERE intent_id = $1 ORDER BY id;
 -- name: open_intents
 -- Everything sent but not final: the confirmation loop's work list.
 SELECT id, kind, key, signer, nonce, state, gas_limit, tx_hash, block_number, block_hash, urgent,
-       items
+       items, target, calldata, value
 FROM intents
 WHERE chain_id = $1 AND state IN ('assigned', 'mined', 'confirmed')
 ORDER BY signer, nonce;
@@ -86,8 +86,12 @@ WHERE intent_id = $1 AND tx_hash <> $2 AND state IN ('signed', 'broadcast');
 UPDATE intents
 SET state = 'assigned', tx_hash = NULL, block_number = NULL, block_hash = NULL,
     receipt_status = NULL, gas_used = NULL, effective_gas_price = NULL, mined_at = NULL,
-    confirmed_at = NULL
+    confirmed_at = NULL, effects_checked_at = NULL
 WHERE id = $1 AND state IN ('mined', 'confirmed');
+
+-- name: forget_effects
+-- The checked effects of an unmined intent belonged to the orphaned block.
+DELETE FROM intent_items WHERE intent_id = $1 AND outcome IN ('effect', 'no_effect', 'skipped');
 
 -- name: unmine_attempts
 -- Superseded attempts stay so: the receipt search looks at every attempt's hash anyway.
@@ -120,7 +124,7 @@ ORDER BY a.signer, a.nonce, a.id;
 -- from there, not from the latest bump).
 SELECT DISTINCT ON (a.intent_id) a.id, a.intent_id, a.signer, a.nonce, a.raw, a.tx_hash,
        a.max_fee, a.priority_fee, a.legacy, a.gas_limit, a.broadcast_block, i.target,
-       i.calldata, i.value, i.key,
+       i.calldata, i.value, i.key, i.kind,
        (SELECT min(f.broadcast_block) FROM attempts f WHERE f.intent_id = a.intent_id)
            AS first_broadcast_block
 FROM attempts a JOIN intents i ON i.id = a.intent_id
@@ -151,3 +155,81 @@ SELECT COALESCE(sum(l.gas_limit::numeric * l.max_fee), 0) FROM (
 -- Every unmined attempt of an intent whose nonce was given to a purge.
 UPDATE attempts SET state = 'superseded'
 WHERE intent_id = $1 AND state IN ('signed', 'broadcast');
+
+-- name: rewrite_batch
+-- A batch without the items whose simulation reverted; only before anything was signed.
+UPDATE intents SET calldata = $2, items = $3::jsonb, reason = $4
+WHERE id = $1 AND state = 'planned';
+
+-- name: note_planned
+-- Why a planned intent is waiting (a simulation that could not run, ...); it stays planned.
+UPDATE intents SET reason = $2 WHERE id = $1 AND state = 'planned';
+
+-- name: insert_item_outcome
+INSERT INTO intent_items (intent_id, item, outcome, detail) VALUES ($1, $2, $3, $4)
+ON CONFLICT (intent_id, item) DO UPDATE
+SET outcome = EXCLUDED.outcome, detail = EXCLUDED.detail, checked_at = now();
+
+-- name: effects_due
+-- Confirmed batches whose items were not checked yet, once the indexer has their block (and
+-- does not hold a different block at that height: it may still be on the other side of a
+-- reorg).
+SELECT i.id, i.kind, i.key, i.items, i.tx_hash, i.block_number
+FROM intents i
+JOIN ingest_cursor c ON c.chain_id = i.chain_id
+WHERE i.chain_id = $1 AND i.state IN ('confirmed', 'final') AND i.effects_checked_at IS NULL
+  AND i.kind IN ('settle', 'refund', 'usage') AND i.receipt_status = 1
+  AND i.block_number <= c.indexed_block
+  AND NOT EXISTS (SELECT 1 FROM blocks b
+                  WHERE b.chain_id = i.chain_id AND b.number = i.block_number
+                    AND b.hash <> i.block_hash)
+ORDER BY i.id
+LIMIT 100;
+
+-- name: mark_effects_checked
+UPDATE intents SET effects_checked_at = now() WHERE id = $1;
+
+-- name: settle_effects
+-- Per stream id of a settle batch: settled, or skipped with the contract's reason, in the
+-- intent's own transaction. $2 tx hash, $3 block, $4 the ids.
+SELECT id::text AS item,
+       EXISTS (SELECT 1 FROM stream_settled e
+               WHERE e.chain_id = $1 AND e.stream_id = id AND e.block_number = $3
+                 AND e.tx_hash = $2) AS effect,
+       (SELECT s.reason FROM settle_skipped s
+        WHERE s.chain_id = $1 AND s.stream_id = id AND s.block_number = $3 AND s.tx_hash = $2
+        LIMIT 1) AS skip_reason
+FROM unnest($4::numeric[]) AS id;
+
+-- name: refund_effects
+SELECT id::text AS item,
+       EXISTS (SELECT 1 FROM escrow_refunded e
+               WHERE e.chain_id = $1 AND e.escrow_id = id AND e.block_number = $3
+                 AND e.tx_hash = $2) AS effect,
+       (SELECT s.reason FROM refund_skipped s
+        WHERE s.chain_id = $1 AND s.escrow_id = id AND s.block_number = $3 AND s.tx_hash = $2
+        LIMIT 1) AS skip_reason
+FROM unnest($4::numeric[]) AS id;
+
+-- name: usage_effects
+-- Per (stream id, seq) report of a usage batch.
+SELECT r.id::text || ':' || r.seq::text AS item,
+       EXISTS (SELECT 1 FROM usage_recorded e
+               WHERE e.chain_id = $1 AND e.stream_id = r.id AND e.seq = r.seq
+                 AND e.block_number = $3 AND e.tx_hash = $2) AS effect,
+       (SELECT s.reason FROM usage_skipped s
+        WHERE s.chain_id = $1 AND s.stream_id = r.id AND s.seq = r.seq
+          AND s.block_number = $3 AND s.tx_hash = $2
+        LIMIT 1) AS skip_reason
+FROM unnest($4::numeric[], $5::numeric[]) AS r (id, seq);
+
+-- name: items_of
+SELECT item, outcome, detail FROM intent_items WHERE intent_id = $1 ORDER BY item;
+
+-- name: unsure_attempts
+-- Attempts (of still-assigned intents) whose last send had an unsure answer: sent again.
+SELECT a.id, a.raw, a.tx_hash, a.intent_id, a.signer, a.nonce
+FROM attempts a JOIN intents i ON i.id = a.intent_id
+WHERE a.chain_id = $1 AND a.id = ANY($2::bigint[]) AND a.state = 'broadcast'
+  AND i.state = 'assigned'
+ORDER BY a.signer, a.nonce, a.id;

@@ -781,6 +781,7 @@ CREATE TABLE intents (
     assigned_at         timestamptz,
     mined_at            timestamptz,
     confirmed_at        timestamptz,
+    effects_checked_at  timestamptz,
     UNIQUE (chain_id, key),
     CHECK ((signer IS NULL) = (nonce IS NULL)),
     -- Past `planned`, an intent is pinned to its signer and nonce for good.
@@ -879,13 +880,19 @@ $$;
 CREATE TRIGGER attempts_transition BEFORE UPDATE ON attempts
     FOR EACH ROW EXECUTE FUNCTION attempts_check_transition();
 
--- Per item effects checked after confirmation (a settle batch's streams, a usage batch's
--- reports): an item without its effect is backed off, never retried forever in silence.
+-- Per item outcomes of a batch: `reverted` (taken out of the batch before signing because its
+-- simulation reverted on its own, reason in `detail`), and after confirmation, from the indexed
+-- events, `effect`, `skipped` (the contract's skip reason) or `no_effect`. An item without its
+-- effect is backed off, never retried forever in silence.
 CREATE TABLE intent_items (
     intent_id   bigint NOT NULL REFERENCES intents (id),
     item        text NOT NULL,
-    outcome     text NOT NULL CHECK (outcome IN ('effect', 'no_effect', 'skipped')),
+    outcome     text NOT NULL,
     detail      text,
     checked_at  timestamptz NOT NULL DEFAULT now(),
-    PRIMARY KEY (intent_id, item)
+    PRIMARY KEY (intent_id, item),
+    CONSTRAINT intent_items_outcome_check
+        CHECK (outcome IN ('effect', 'no_effect', 'skipped', 'reverted'))
 );
+CREATE INDEX intent_items_outcome_idx ON intent_items (outcome, checked_at)
+    WHERE outcome IN ('no_effect', 'reverted');
