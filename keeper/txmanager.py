@@ -817,11 +817,13 @@ class TxManager:
 
     async def _onchain_revert(self, intent: Any, receipt: dict[str, Any]) -> str:
         """Why a mined transaction reverted: out of gas when it used its whole limit, else the
-        call replayed (`eth_call`) on the state of the block before."""
+        call replayed (`eth_call`) on the state at the end of its block, then of the block
+        before (a transaction earlier in the same block is the usual cause, and a reverted
+        transaction changed nothing itself)."""
         gas_used = int(receipt["gasUsed"], 16)
         if gas_used >= int(intent["gas_limit"]):
             return f"out of gas (used its whole limit of {gas_used})"
-        call = self._call(
+        call: dict[str, str] = self._call(
             bytes(intent["signer"]),
             bytes(intent["target"]),
             bytes(intent["calldata"]),
@@ -829,13 +831,14 @@ class TxManager:
         )
         call["gas"] = hex(int(intent["gas_limit"]))
         number = int(receipt["blockNumber"], 16)
-        try:
-            await self.client.request("eth_call", [call, hex(max(number - 1, 0))])
-        except RpcResponseError as exc:
-            if _is_revert(exc):
-                return _revert_of(exc).reason
-            return f"reason unknown (replay failed: {exc.message})"
-        return "reason unknown (the replay on the previous block's state succeeds)"
+        for block in (number, number - 1):
+            try:
+                await self.client.request("eth_call", [call, hex(max(block, 0))])
+            except RpcResponseError as exc:
+                if _is_revert(exc):
+                    return _revert_of(exc).reason
+                return f"reason unknown (replay failed: {exc.message})"
+        return "reason unknown (the call succeeds when replayed)"
 
     # ------------------------------------------------------------------ effects
 

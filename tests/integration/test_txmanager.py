@@ -2,114 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
-import asyncpg
 import pytest
 from eth_utils import to_checksum_address
 from hexbytes import HexBytes
 from structlog.testing import capture_logs
-from web3 import Web3
 
-from keeper import db as keeper_db
 from keeper import metrics
-from keeper.anvil import Anvil, rpc
-from keeper.deploy import Deployment, contract, deploy_all
-from keeper.keys import dev_key
+from keeper.anvil import rpc
 from keeper.outbox import IntentRequest, Outbox, Planned
-from keeper.rpc import ChainClient
 from keeper.signers import Signer
-from keeper.txmanager import TxManager, TxSettings
-from tests.bench.gas import DEV_KEY0
+from keeper.txmanager import TxManager
+from tests.integration.tx_support import Env
 
 pytestmark = pytest.mark.anyio
-
-
-@dataclass
-class Env:
-    node: Anvil
-    w3: Web3
-    deployment: Deployment
-    manager: TxManager
-    pool: asyncpg.Pool
-    signers: list[Signer]
-
-    def mine(self, n: int = 1) -> None:
-        for _ in range(n):
-            rpc(self.node.url, "evm_mine", [])
-
-    def automine(self, on: bool) -> None:
-        rpc(self.node.url, "evm_setAutomine", [on])
-
-    def settle_call(self, ids: list[int]) -> bytes:
-        c = contract(self.w3, "StreamManager", self.deployment.stream_manager)
-        data = c.encode_abi("settleStreams", [ids])
-        return bytes.fromhex(data[2:])
-
-    def set_balance(self, signer: Signer, wei: int) -> None:
-        rpc(self.node.url, "anvil_setBalance", [signer.address, hex(wei)])
-
-    def manager_with(self, signers: list[Signer] | None = None, **settings: Any) -> TxManager:
-        """Another manager on the same chain and outbox, with changed settings."""
-        return TxManager(
-            self.manager.client,
-            self.pool,
-            chain_id=self.deployment.chain_id,
-            signers=signers or self.signers,
-            settings=replace(self.manager.settings, **settings),
-        )
-
-    async def plan(self, key: str, ids: list[int] | None = None, *, urgent: bool = False) -> int:
-        req = IntentRequest(
-            kind="settle",
-            key=key,
-            target=self.deployment.stream_manager,
-            calldata=self.settle_call(ids or [1]),
-            items=ids or [1],
-            urgent=urgent,
-        )
-        async with self.pool.acquire() as conn:
-            planned = await Outbox(self.deployment.chain_id).plan(conn, req)
-        assert isinstance(planned, Planned)
-        return planned.intent_id
-
-    async def state(self, intent_id: int) -> str:
-        async with self.pool.acquire() as conn:
-            return str(await conn.fetchval("SELECT state FROM intents WHERE id = $1", intent_id))
-
-    async def signer_of(self, intent_id: int) -> bytes | None:
-        async with self.pool.acquire() as conn:
-            value = await conn.fetchval("SELECT signer FROM intents WHERE id = $1", intent_id)
-        return None if value is None else bytes(value)
-
-    async def attempts(self, intent_id: int) -> int:
-        async with self.pool.acquire() as conn:
-            return int(
-                await conn.fetchval("SELECT count(*) FROM attempts WHERE intent_id = $1", intent_id)
-            )
-
-
-@pytest.fixture
-async def env(anvil_factory: Callable[..., Anvil], database_url: str) -> AsyncIterator[Env]:
-    node = anvil_factory()
-    deployment = deploy_all(node.url, DEV_KEY0)
-    signers = [Signer(dev_key(i)) for i in (5, 6)]
-    pool = await keeper_db.create_pool(database_url, min_size=1, max_size=4)
-    client = ChainClient(node.url)
-    manager = TxManager(
-        client,
-        pool,
-        chain_id=deployment.chain_id,
-        signers=signers,
-        settings=TxSettings(confirmations=2, bump_after_blocks=2),
-    )
-    try:
-        yield Env(node, Web3(Web3.HTTPProvider(node.url)), deployment, manager, pool, signers)
-    finally:
-        await client.close()
-        await pool.close()
 
 
 async def test_confirms_first_try(env: Env) -> None:
