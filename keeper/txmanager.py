@@ -497,6 +497,8 @@ class TxManager:
             in_flight = await self.outbox.in_flight(conn)
             spent = await self._spent_last_hour(conn)
         SPENT_LAST_HOUR.set(spent)
+        for addr, signer in self.signers.items():
+            SIGNER_IN_FLIGHT.labels(signer=signer.address).set(in_flight.get(addr, 0))
         held = False
         try:
             if planned:
