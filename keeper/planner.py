@@ -1,0 +1,274 @@
+"""The planners: from the indexed state, the on-chain work that is due, as outbox intents.
+
+One pass reads what is due from the operator views themselves (`keeper.streams_due`,
+`keeper.escrows_refundable`), so what an operator sees there is exactly what the pass plans:
+
+- **settle**: streams due by the settle rule (depleting within the horizon: urgent; accrued at
+  least the minimum; not settled for the maximum interval), most urgent first, then the
+  largest amounts;
+- **refund**: open escrows whose `expiresAt` is at or before the indexed head's timestamp
+  (chain time, never the wall clock), most overdue first.
+
+Due items are cut into batches sized by gas (`max_batch_gas`, a per-item estimate and a fixed
+overhead). Within a batch the streams are ordered by payee: the contract folds a run of one
+payee into one ledger write, which is the cheapest order. Above `base_fee_ceiling` only urgent
+work is planned. An item already in an unfinished intent, or backed off after it reverted or
+had no effect, is not in the views, so it is never planned twice.
+
+Each batch becomes an intent whose idempotency key is derived from its kind, block and items:
+re-running a pass (after a crash between two intents, say) reports the batches it already
+planned as `AlreadyPlanned`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+import structlog
+
+from keeper.batches import encode_batch
+from keeper.db import Conn, to_int
+from keeper.outbox import AlreadyPlanned, IntentRequest, Outbox, Planned
+from keeper.queries import Queries, load_queries
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class PlanSettings:
+    """The `[plan]` section's tuning."""
+
+    settle_min_amount: int = 1_000_000  # token base units (1.00 of a 6-decimal token)
+    settle_max_interval: int = 86_400  # seconds
+    settle_horizon: int = 3_600  # seconds of runway left that make a stream urgent
+    backoff_seconds: int = 600  # an item that reverted or had no effect waits this long
+    max_batch_gas: int = 3_000_000
+    batch_overhead_gas: int = 60_000
+    settle_gas_per_item: int = 16_000
+    refund_gas_per_item: int = 13_000
+    base_fee_ceiling: int | None = None  # wei; above it only urgent work is planned
+
+    def batch_size(self, per_item: int) -> int:
+        """Items per batch under `max_batch_gas` (at least one)."""
+        return max(1, (self.max_batch_gas - self.batch_overhead_gas) // per_item)
+
+
+@dataclass(frozen=True)
+class DueItem:
+    """One item due, with why."""
+
+    item: int
+    reason: str
+    urgent: bool
+    amount: int  # accrued now (settle) or the escrowed amount (refund)
+    group: bytes = b""  # payee (settle): batch order
+
+
+@dataclass
+class Batch:
+    """One planned call."""
+
+    kind: str
+    target: str
+    items: list[int]
+    reasons: dict[int, str]
+    urgent: bool
+    amount: int
+    block: int
+
+    @property
+    def key(self) -> str:
+        """The idempotency key: kind, block and a digest of the items."""
+        digest = hashlib.sha256(",".join(map(str, self.items)).encode()).hexdigest()[:16]
+        return f"{self.kind}:{self.block}:{len(self.items)}:{digest}"
+
+    @property
+    def calldata(self) -> bytes:
+        """The batch call's calldata."""
+        return encode_batch(self.kind, self.items)
+
+
+@dataclass
+class PassReport:
+    """What one planning pass found and planned."""
+
+    block: int | None = None
+    due: dict[str, int] = field(default_factory=dict)
+    planned: list[Batch] = field(default_factory=list)
+    already_planned: int = 0
+    held_by_base_fee: int = 0
+
+
+def cut_batches(
+    kind: str,
+    target: str,
+    due: Sequence[DueItem],
+    size: int,
+    block: int,
+    *,
+    urgent_only: bool = False,
+) -> list[Batch]:
+    """Cut `due` (already most-urgent first) into batches of at most `size` items. Urgent and
+    ordinary items never share a batch, so an urgent batch is small enough to go out first and
+    a budget or base-fee hold on ordinary work never holds an urgent item back."""
+    batches: list[Batch] = []
+    for urgent in (True, False):
+        part = [d for d in due if d.urgent is urgent]
+        if not part or (urgent_only and not urgent):
+            continue
+        for start in range(0, len(part), size):
+            chunk = sorted(part[start : start + size], key=lambda d: (d.group, d.item))
+            batches.append(
+                Batch(
+                    kind=kind,
+                    target=target,
+                    items=[d.item for d in chunk],
+                    reasons={d.item: d.reason for d in chunk},
+                    urgent=urgent,
+                    amount=sum(d.amount for d in chunk),
+                    block=block,
+                )
+            )
+    return batches
+
+
+class Planner:
+    """The settle and refund planners of one chain."""
+
+    def __init__(
+        self,
+        chain_id: int,
+        *,
+        stream_manager: str,
+        escrow_vault: str,
+        settings: PlanSettings | None = None,
+        queries: Queries | None = None,
+    ) -> None:
+        self.chain_id = chain_id
+        self.stream_manager = stream_manager
+        self.escrow_vault = escrow_vault
+        self.settings = settings or PlanSettings()
+        self.q = queries or load_queries("planner.sql")
+        self.outbox = Outbox(chain_id)
+        self.log = log.bind(chain_id=chain_id)
+
+    async def store_settings(self, conn: Conn) -> None:
+        """Write the settle rule's thresholds where `keeper.streams_due` reads them."""
+        s = self.settings
+        await conn.execute(
+            self.q["upsert_settings"],
+            self.chain_id,
+            Decimal(s.settle_min_amount),
+            s.settle_max_interval,
+            s.settle_horizon,
+            s.backoff_seconds,
+        )
+
+    async def due(self, conn: Conn) -> tuple[int | None, list[DueItem], list[DueItem]]:
+        """(indexed block, settle items due, refund items due), most urgent first."""
+        block = await conn.fetchval(self.q["indexed_block"], self.chain_id)
+        settle = [
+            DueItem(
+                item=to_int(r["stream_id"]),
+                reason=r["reason"],
+                urgent=r["urgent"],
+                amount=to_int(r["accrued_now"]),
+                group=bytes.fromhex(r["payee"][2:]),
+            )
+            for r in await conn.fetch(self.q["streams_due"], self.chain_id)
+        ]
+        refund = [
+            DueItem(
+                item=to_int(r["escrow_id"]),
+                reason="expired",
+                urgent=False,
+                amount=to_int(r["amount"]),
+            )
+            for r in await conn.fetch(self.q["escrows_refundable"], self.chain_id)
+        ]
+        return (None if block is None else int(block)), settle, refund
+
+    def batches(
+        self,
+        block: int,
+        settle: Sequence[DueItem],
+        refund: Sequence[DueItem],
+        base_fee: int | None,
+    ) -> tuple[list[Batch], int]:
+        """The batches a pass plans, and how many items the base-fee ceiling held back."""
+        s = self.settings
+        ceiling = s.base_fee_ceiling
+        urgent_only = ceiling is not None and base_fee is not None and base_fee > ceiling
+        batches = cut_batches(
+            "settle",
+            self.stream_manager,
+            settle,
+            s.batch_size(s.settle_gas_per_item),
+            block,
+            urgent_only=urgent_only,
+        )
+        if not urgent_only:
+            batches += cut_batches(
+                "refund", self.escrow_vault, refund, s.batch_size(s.refund_gas_per_item), block
+            )
+        held = 0
+        if urgent_only:
+            held = sum(1 for d in settle if not d.urgent) + len(refund)
+        return batches, held
+
+    async def plan_pass(
+        self, conn: Conn, *, base_fee: int | None = None, dry_run: bool = False
+    ) -> PassReport:
+        """One planning pass: read what is due, cut batches and (unless `dry_run`) create their
+        intents, all in one transaction."""
+        report = PassReport()
+        async with conn.transaction():
+            block, settle, refund = await self.due(conn)
+            report.block = block
+            report.due = {"settle": len(settle), "refund": len(refund)}
+            if block is None:
+                return report  # nothing indexed yet
+            batches, report.held_by_base_fee = self.batches(block, settle, refund, base_fee)
+            for batch in batches:
+                if dry_run:
+                    report.planned.append(batch)
+                    continue
+                outcome = await self.outbox.plan(conn, self.request(batch))
+                if isinstance(outcome, AlreadyPlanned):
+                    report.already_planned += 1
+                else:
+                    assert isinstance(outcome, Planned)
+                    report.planned.append(batch)
+        return report
+
+    def request(self, batch: Batch) -> IntentRequest:
+        """The outbox request for `batch`."""
+        return IntentRequest(
+            kind=batch.kind,
+            key=batch.key,
+            target=batch.target,
+            calldata=batch.calldata,
+            items=batch.items,
+            urgent=batch.urgent,
+        )
+
+
+def describe(batch: Batch) -> dict[str, Any]:
+    """A JSON-able view of a batch (for `keeper plan --json` and logs)."""
+    reasons: dict[str, int] = {}
+    for reason in batch.reasons.values():
+        reasons[reason] = reasons.get(reason, 0) + 1
+    return {
+        "kind": batch.kind,
+        "key": batch.key,
+        "target": batch.target,
+        "urgent": batch.urgent,
+        "items": batch.items,
+        "reasons": {str(i): r for i, r in batch.reasons.items()},
+        "reason_counts": reasons,
+        "amount": str(batch.amount),
+    }

@@ -1,0 +1,29 @@
+-- Named queries of the planners (keeper.planner). $1 is the chain id.
+
+-- name: upsert_settings
+INSERT INTO planner_settings (chain_id, settle_min_amount, settle_max_interval, settle_horizon,
+                              backoff_seconds)
+VALUES ($1, $2, $3, $4, $5)
+ON CONFLICT (chain_id) DO UPDATE
+SET settle_min_amount = EXCLUDED.settle_min_amount,
+    settle_max_interval = EXCLUDED.settle_max_interval,
+    settle_horizon = EXCLUDED.settle_horizon,
+    backoff_seconds = EXCLUDED.backoff_seconds,
+    updated_at = now();
+
+-- name: indexed_block
+SELECT indexed_block FROM ingest_cursor WHERE chain_id = $1 AND indexed_timestamp IS NOT NULL;
+
+-- name: streams_due
+-- Most urgent first (least runway), then the largest amounts.
+SELECT stream_id, payee, reason, urgent, accrued_now
+FROM keeper.streams_due
+WHERE chain_id = $1
+ORDER BY urgent DESC, runway_seconds NULLS LAST, accrued_now DESC, stream_id;
+
+-- name: escrows_refundable
+-- Most overdue first.
+SELECT escrow_id, amount
+FROM keeper.escrows_refundable
+WHERE chain_id = $1
+ORDER BY expires_at, escrow_id;

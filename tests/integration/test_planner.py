@@ -1,0 +1,181 @@
+"""The settle and refund planners against a real chain, index and outbox: what is due and why,
+batches by gas and urgency, nothing planned twice, and the work done end to end through the
+transaction manager."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from eth_utils import to_checksum_address
+
+from keeper.anvil import rpc
+from keeper.batches import encode_batch
+from keeper.deploy import contract
+from keeper.planner import Planner, PlanSettings
+from tests.integration.ingest_support import Target, index_until_caught_up, open_indexer
+from tests.integration.tx_support import Env
+
+pytestmark = pytest.mark.anyio
+
+PAYEE_A = to_checksum_address("0x" + "a1" * 20)
+PAYEE_B = to_checksum_address("0x" + "b2" * 20)
+SETTINGS = PlanSettings(
+    settle_min_amount=100_000, settle_max_interval=3_600, settle_horizon=600, backoff_seconds=60
+)
+
+
+def send(fn: Any, sender: str) -> None:
+    params: Any = {"from": sender}
+    fn.transact(params)
+
+
+def world(env: Env) -> None:
+    """Streams and escrows in every planning situation, 4,000 s later in chain time:
+    1 min_amount, 2 max_interval, 3 depleting (urgent), 4 closed, then 5 opened 10 s before
+    the head (not due); escrow 1 expired, escrow 2 not yet."""
+    w3, d = env.w3, env.deployment
+    admin = d.deployer
+    token = contract(w3, "TestToken", d.token)
+    manager = contract(w3, "StreamManager", d.stream_manager)
+    vault = contract(w3, "EscrowVault", d.escrow_vault)
+    send(token.functions.mint(admin, 10**15), admin)
+    send(token.functions.approve(d.stream_manager, 2**256 - 1), admin)
+    send(token.functions.approve(d.escrow_vault, 2**256 - 1), admin)
+    send(manager.functions.openStream(PAYEE_B, 10_000, 10**12), admin)  # 1
+    send(manager.functions.openStream(PAYEE_A, 1, 10**9), admin)  # 2
+    send(manager.functions.openStream(PAYEE_A, 1_000, 4_300_000), admin)  # 3
+    send(manager.functions.openStream(PAYEE_A, 10_000, 10**9), admin)  # 4
+    send(manager.functions.closeStream(4), admin)
+    send(vault.functions.deposit(10**9), admin)
+    send(vault.functions.createEscrow(PAYEE_A, 1_000, 100), admin)  # escrow 1
+    send(vault.functions.createEscrow(PAYEE_B, 2_000, 100_000), admin)  # escrow 2
+    rpc(env.node.url, "evm_increaseTime", [4_000])
+    env.mine()
+    send(manager.functions.openStream(PAYEE_B, 10, 10**9), admin)  # 5: opened just now
+    rpc(env.node.url, "evm_increaseTime", [10])
+    env.mine()
+
+
+async def index(env: Env, database_url: str) -> None:
+    d = env.deployment
+    target = Target(
+        chain_id=d.chain_id,
+        addresses={"StreamManager": d.stream_manager, "EscrowVault": d.escrow_vault},
+        start_block=d.deployment_block,
+    )
+    async with open_indexer(env.node.url, database_url, target) as indexer:
+        await index_until_caught_up(indexer)
+
+
+def planner(env: Env, settings: PlanSettings = SETTINGS) -> Planner:
+    d = env.deployment
+    return Planner(
+        d.chain_id,
+        stream_manager=d.stream_manager,
+        escrow_vault=d.escrow_vault,
+        settings=settings,
+    )
+
+
+async def test_a_pass_plans_what_is_due_with_its_reason(env: Env, database_url: str) -> None:
+    world(env)
+    await index(env, database_url)
+    p = planner(env)
+    async with env.pool.acquire() as conn:
+        await p.store_settings(conn)
+        due = {
+            int(r["stream_id"]): (r["reason"], r["urgent"])
+            for r in await conn.fetch("SELECT * FROM keeper.streams_due")
+        }
+        report = await p.plan_pass(conn)
+    assert due == {
+        1: ("min_amount", False),
+        2: ("max_interval", False),
+        3: ("depleting", True),
+    }
+    assert report.due == {"settle": 3, "refund": 1}
+    kinds = [(b.kind, b.urgent, b.items) for b in report.planned]
+    # The urgent batch stands alone; the ordinary one is ordered by payee (A = 0xa1.. first).
+    assert kinds == [("settle", True, [3]), ("settle", False, [2, 1]), ("refund", False, [1])]
+    assert report.planned[1].reasons == {1: "min_amount", 2: "max_interval"}
+    async with env.pool.acquire() as conn:
+        intents = await conn.fetch("SELECT kind, urgent, calldata, items FROM intents ORDER BY id")
+        # A second pass finds everything on its way: nothing is planned twice.
+        again = await p.plan_pass(conn)
+        assert await conn.fetchval("SELECT count(*) FROM keeper.streams_due") == 0
+        assert await conn.fetchval("SELECT count(*) FROM keeper.escrows_refundable") == 0
+    assert [(r["kind"], r["urgent"]) for r in intents] == [
+        ("settle", True),
+        ("settle", False),
+        ("refund", False),
+    ]
+    assert bytes(intents[1]["calldata"]) == encode_batch("settle", [2, 1])
+    assert again.planned == [] and again.due == {"settle": 0, "refund": 0}
+
+
+async def test_due_work_is_done_end_to_end(env: Env, database_url: str) -> None:
+    world(env)
+    world_time = env.w3.eth.get_block("latest")["timestamp"]
+    await index(env, database_url)
+    p = planner(env)
+    async with env.pool.acquire() as conn:
+        await p.store_settings(conn)
+        await p.plan_pass(conn)
+    for _ in range(3):
+        await env.manager.tick()
+        env.mine()
+    await index(env, database_url)
+    report = await env.manager.tick()
+    assert report.effects_checked == 3
+    manager = contract(env.w3, "StreamManager", env.deployment.stream_manager)
+    vault = contract(env.w3, "EscrowVault", env.deployment.escrow_vault)
+    settled_at = {i: manager.functions.getStream(i).call()[4] for i in (1, 2, 3, 5)}
+    # Streams 1-3 were settled after the 4,000 s jump; stream 5 (not due) was left alone.
+    assert all(settled_at[i] >= world_time for i in (1, 2, 3))
+    assert settled_at[5] == world_time - 10  # opened then, never settled
+    assert vault.functions.getEscrow(1).call()[-1] == 3  # STATUS_REFUNDED
+    assert vault.functions.getEscrow(2).call()[-1] == 1  # still open
+    async with env.pool.acquire() as conn:
+        outcomes = await conn.fetch(
+            "SELECT i.kind, it.item, it.outcome FROM intent_items it "
+            "JOIN intents i ON i.id = it.intent_id ORDER BY 1, 2"
+        )
+        assert {(r["kind"], r["item"], r["outcome"]) for r in outcomes} == {
+            ("settle", "1", "effect"),
+            ("settle", "2", "effect"),
+            ("settle", "3", "effect"),
+            ("refund", "1", "effect"),
+        }
+        # Everything was done: the next pass has nothing to do.
+        report2 = await p.plan_pass(conn)
+    assert report2.planned == []
+
+
+async def test_batches_are_cut_by_gas_and_held_above_the_base_fee_ceiling(
+    env: Env, database_url: str
+) -> None:
+    world(env)
+    await index(env, database_url)
+    small = PlanSettings(
+        **{
+            **SETTINGS.__dict__,
+            "max_batch_gas": 60_000 + 16_000,  # one stream per batch
+            "base_fee_ceiling": 1,
+        }
+    )
+    p = planner(env, small)
+    async with env.pool.acquire() as conn:
+        await p.store_settings(conn)
+        dry = await p.plan_pass(conn, base_fee=2 * 10**9, dry_run=True)
+        assert await conn.fetchval("SELECT count(*) FROM intents") == 0  # a dry run plans nothing
+        cheap = await p.plan_pass(conn, base_fee=1, dry_run=True)
+    # Above the ceiling only the urgent (depleting) stream goes; the rest waits.
+    assert [(b.kind, b.items) for b in dry.planned] == [("settle", [3])]
+    assert dry.held_by_base_fee == 3  # streams 1 and 2, escrow 1
+    assert [(b.kind, b.items) for b in cheap.planned] == [
+        ("settle", [3]),
+        ("settle", [1]),
+        ("settle", [2]),
+        ("refund", [1]),
+    ]
