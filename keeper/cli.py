@@ -15,6 +15,7 @@ import sys
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import structlog
 
@@ -168,6 +169,63 @@ def cmd_run(args: argparse.Namespace) -> int:
     return status
 
 
+def cmd_plan(args: argparse.Namespace) -> int:
+    """Print what the next planning pass would send, without sending or planning anything."""
+    import json
+
+    import anyio
+
+    from keeper.config import load_config
+
+    config = load_config(args.config)
+    result = anyio.run(_dry_plan, config)
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    base_fee = result["base_fee"]
+    print(
+        f"chain {result['chain_id']}: indexed block {result['indexed_block']}, head "
+        f"{result['head_block']}, base fee {base_fee if base_fee is not None else '-'} wei"
+    )
+    due = result["due"]
+    print(
+        f"due: {due.get('settle', 0)} streams to settle, {due.get('refund', 0)} escrows to refund"
+    )
+    if result["held_by_base_fee"]:
+        print(f"held back by the base-fee ceiling: {result['held_by_base_fee']} items")
+    if not result["batches"]:
+        print("nothing to send")
+    for b in result["batches"]:
+        reasons = ", ".join(f"{r}={n}" for r, n in sorted(b["reason_counts"].items()))
+        gas = b["simulated_gas"]
+        shown = f"gas {gas:,}" if gas is not None else f"reverts: {b['simulation_error']}"
+        urgent = "urgent " if b["urgent"] else ""
+        print(f"{b['kind']:<7} {urgent}{len(b['items'])} items  {shown}  ({reasons})  {b['key']}")
+        print(f"        ids: {' '.join(map(str, b['items']))}")
+    return 0
+
+
+async def _dry_plan(config: Any) -> dict[str, Any]:
+    from keeper import db
+    from keeper.planner import Planner, dry_run
+    from keeper.rpc import ChainClient
+
+    deployment = config.deployment()
+    planner = Planner(
+        deployment.chain_id,
+        stream_manager=deployment.stream_manager,
+        escrow_vault=deployment.escrow_vault,
+        settings=config.plan.settings(),
+    )
+    conn = await db.connect(config.database.url.get_secret_value())
+    client = ChainClient(config.chain.rpc_url.get_secret_value(), timeout=config.chain.rpc_timeout)
+    try:
+        return await dry_run(planner, conn, client, deployment.deployer)
+    finally:
+        await client.close()
+        await conn.close()
+
+
 def _database_url(args: argparse.Namespace) -> str:
     dsn: str | None = args.database_url or os.environ.get(DATABASE_URL_ENV)
     if not dsn:
@@ -204,6 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
             "  deploy    deploy the contracts to a chain and write a deployment file\n"
             "  devchain  run a local anvil chain with the contracts deployed\n"
             "  migrate   apply the database migrations\n"
+            "  plan      dry run: what the next planning pass would send, and why\n"
             "  demo      local chain + database + example workload, to try things out\n\n"
             "Run `keeper <command> --help` for a command's options."
         ),
@@ -232,6 +291,23 @@ def build_parser() -> argparse.ArgumentParser:
         "--config", type=Path, required=True, metavar="FILE", help="the keeper's TOML configuration"
     )
     run.set_defaults(handler=cmd_run)
+
+    plan = sub.add_parser(
+        "plan",
+        formatter_class=_Formatter,
+        help="dry run: the batches the next planning pass would send",
+        description=(
+            "Read the indexed state and print the batches the next planning pass would send:\n"
+            "each item with the reason it is due (depleting, min_amount, max_interval,\n"
+            "expired) and the gas eth_estimateGas gives for each batch. Nothing is planned,\n"
+            "signed or sent, and the database is left as it was."
+        ),
+    )
+    plan.add_argument(
+        "--config", type=Path, required=True, metavar="FILE", help="the keeper's TOML configuration"
+    )
+    plan.add_argument("--json", action="store_true", help="print one JSON object instead")
+    plan.set_defaults(handler=cmd_plan)
 
     deploy = sub.add_parser(
         "deploy",

@@ -25,6 +25,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from keeper.deploy import Deployment
 from keeper.errors import KeeperError
 from keeper.ingest import IngestSettings
+from keeper.planner import PlanSettings
 from keeper.signers import KeySource
 from keeper.txmanager import TxSettings
 
@@ -159,6 +160,39 @@ class TxConfig(_Section):
         )
 
 
+class PlanConfig(_Section):
+    """`[plan]`: when work is due and how it is batched (amounts in token base units)."""
+
+    interval: float = Field(5.0, gt=0, description="Seconds between planning passes.")
+    settle_min_amount: int = Field(
+        1_000_000, ge=0, description="A stream is due once it has accrued this much."
+    )
+    settle_max_interval: int = Field(
+        86_400, gt=0, description="...or once it has not been settled for this many seconds."
+    )
+    settle_horizon: int = Field(
+        3_600, ge=0, description="...or when it runs out within this many seconds (urgent)."
+    )
+    backoff_seconds: int = Field(
+        600, ge=0, description="An item that reverted or had no effect waits this long."
+    )
+    max_batch_gas: int = Field(3_000_000, ge=100_000, description="Gas per batch transaction.")
+    base_fee_ceiling_wei: int | None = Field(
+        None, ge=0, description="Above this base fee only urgent work (depleting streams) goes out."
+    )
+
+    def settings(self) -> PlanSettings:
+        """The tuning as keeper.planner takes it."""
+        return PlanSettings(
+            settle_min_amount=self.settle_min_amount,
+            settle_max_interval=self.settle_max_interval,
+            settle_horizon=self.settle_horizon,
+            backoff_seconds=self.backoff_seconds,
+            max_batch_gas=self.max_batch_gas,
+            base_fee_ceiling=self.base_fee_ceiling_wei,
+        )
+
+
 class LogConfig(_Section):
     """`[log]`."""
 
@@ -179,6 +213,7 @@ class KeeperConfig(BaseSettings):
     database: DatabaseConfig
     ingest: IngestConfig = IngestConfig()
     tx: TxConfig = TxConfig()
+    plan: PlanConfig = PlanConfig()
     signers: list[SignerConfig] = Field(
         default_factory=list, description="The signer pool; none: index only, send nothing."
     )

@@ -1,35 +1,46 @@
 """The daemon: one root task group running the keeper's loops until a signal stops it.
 
-At this stage the loops are the indexer's; planners and the transaction manager join the same
-task group. SIGTERM and SIGINT cancel the group and the process exits 0; a loop that dies takes
-the process down with a non-zero status so systemd restarts it; a reorg below the finalized
-block exits with `EXIT_FATAL_REORG` (3), which the unit file does not restart.
+The loops are the indexer's and, when signers are configured, the planners' and the
+transaction manager's. SIGTERM and SIGINT cancel the group and the process exits 0; a loop
+that dies takes the process down with a non-zero status so systemd restarts it; a reorg below
+the finalized block exits with `EXIT_FATAL_REORG` (3), which the unit file does not restart.
 """
 
 from __future__ import annotations
 
 import signal
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 
 import anyio
+import asyncpg
 import structlog
 from anyio import CancelScope
 from anyio.abc import TaskGroup, TaskStatus
 from asyncpg import PostgresConnectionError
+from prometheus_client import Histogram
 
-from keeper import db
+from keeper import db, metrics
 from keeper.config import KeeperConfig
 from keeper.db import DatabaseUnavailable
 from keeper.deploy import Deployment
 from keeper.errors import KeeperError, unwrap_group
 from keeper.ingest import FatalReorg, Indexer
 from keeper.migrations import migrate
+from keeper.planner import Planner
 from keeper.rpc import ChainClient, RpcUnavailable
 from keeper.signers import Signer, load_signers
 from keeper.txmanager import TxManager
 
 log = structlog.get_logger(__name__)
+
+PLAN_PASS_SECONDS = Histogram(
+    "keeper_plan_pass_seconds",
+    "Duration of one planning pass (settle and refund).",
+    registry=metrics.REGISTRY,
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
 
 
 async def _stop_on_signal(
@@ -66,6 +77,46 @@ async def _tx_loop(manager: TxManager, interval: float) -> None:
         failures = 0
         if any(vars(report).values()):
             log.info("tx_pass", **vars(report))
+        await anyio.sleep(interval)
+
+
+async def _plan_loop(
+    planner: Planner, client: ChainClient, pool: asyncpg.Pool, interval: float
+) -> None:
+    """Plan due work every `interval` once the backfill is done; one summary line per pass
+    that found something."""
+    failures = 0
+    async with pool.acquire() as conn:
+        await planner.store_settings(conn)
+    while True:
+        try:
+            async with pool.acquire() as conn:
+                ready = await conn.fetchval(
+                    "SELECT backfill_done FROM ingest_cursor WHERE chain_id = $1", planner.chain_id
+                )
+                if ready:
+                    head = await client.head()
+                    started = time.perf_counter()
+                    report = await planner.plan_pass(conn, base_fee=head.base_fee)
+                    PLAN_PASS_SECONDS.observe(time.perf_counter() - started)
+                    if report.planned or report.held_by_base_fee:
+                        log.info(
+                            "plan_pass",
+                            block=report.block,
+                            due=report.due,
+                            batches=len(report.planned),
+                            urgent=sum(1 for b in report.planned if b.urgent),
+                            items=sum(len(b.items) for b in report.planned),
+                            held_by_base_fee=report.held_by_base_fee,
+                            already_planned=report.already_planned,
+                        )
+        except (RpcUnavailable, DatabaseUnavailable, OSError, PostgresConnectionError) as exc:
+            failures += 1
+            delay = min(interval * 2**failures, 60.0)
+            log.error("plan_pass_failed", error=str(exc), retry_in_s=delay, failures=failures)
+            await anyio.sleep(delay)
+            continue
+        failures = 0
         await anyio.sleep(interval)
 
 
@@ -145,6 +196,13 @@ async def _start(
         settings = replace(config.tx.settings(), finality_depth=config.ingest.finality_depth)
         manager = TxManager(client, pool, chain_id=chain_id, signers=signers, settings=settings)
         tg.start_soon(_tx_loop, manager, config.tx.poll_interval)
+        planner = Planner(
+            chain_id,
+            stream_manager=deployment.stream_manager,
+            escrow_vault=deployment.escrow_vault,
+            settings=config.plan.settings(),
+        )
+        tg.start_soon(_plan_loop, planner, client, pool, config.plan.interval)
     log.info(
         "keeper_started",
         start_block=deployment.deployment_block,

@@ -28,12 +28,16 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
+import asyncpg
 import structlog
 
 from keeper.batches import encode_batch
 from keeper.db import Conn, to_int
+from keeper.errors import KeeperError
 from keeper.outbox import AlreadyPlanned, IntentRequest, Outbox, Planned
 from keeper.queries import Queries, load_queries
+from keeper.reverts import revert_reason
+from keeper.rpc import ChainClient, RpcResponseError
 
 log = structlog.get_logger(__name__)
 
@@ -271,4 +275,44 @@ def describe(batch: Batch) -> dict[str, Any]:
         "reasons": {str(i): r for i, r in batch.reasons.items()},
         "reason_counts": reasons,
         "amount": str(batch.amount),
+    }
+
+
+async def dry_run(planner: Planner, conn: Conn, client: ChainClient, sender: str) -> dict[str, Any]:
+    """What the next pass would plan, without planning it: the batches with each item's reason
+    and the gas `eth_estimateGas` gives for each from `sender` (settle and refund calls are
+    permissionless). The configured thresholds are applied in a transaction that is rolled
+    back, so the database is left exactly as it was."""
+    head = await client.head()
+    tr = conn.transaction()
+    await tr.start()
+    try:
+        await planner.store_settings(conn)
+        report = await planner.plan_pass(conn, base_fee=head.base_fee, dry_run=True)
+    except asyncpg.UndefinedTableError as exc:
+        raise KeeperError(
+            f"the database has no keeper schema ({exc})", help="run `keeper migrate` first"
+        ) from None
+    finally:
+        await tr.rollback()
+    batches = []
+    for batch in report.planned:
+        shown = describe(batch)
+        call = {"from": sender, "to": batch.target, "data": "0x" + batch.calldata.hex()}
+        try:
+            shown["simulated_gas"] = int(await client.request("eth_estimateGas", [call]), 16)
+        except RpcResponseError as exc:
+            shown["simulated_gas"] = None
+            shown["simulation_error"] = (
+                revert_reason(exc.data) if exc.data is not None else exc.message
+            )
+        batches.append(shown)
+    return {
+        "chain_id": planner.chain_id,
+        "indexed_block": report.block,
+        "head_block": head.number,
+        "base_fee": head.base_fee,
+        "due": report.due,
+        "held_by_base_fee": report.held_by_base_fee,
+        "batches": batches,
     }

@@ -41,6 +41,7 @@ COMMANDS = {
     ],
     "devchain": ["--port", "--host", "--block-time", "--out"],
     "migrate": ["--database-url", "KEEPER_DATABASE_URL"],
+    "plan": ["--config", "--json"],
     "demo": [
         "--port",
         "--host",

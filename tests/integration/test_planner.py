@@ -4,6 +4,10 @@ transaction manager."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -179,3 +183,46 @@ async def test_batches_are_cut_by_gas_and_held_above_the_base_fee_ceiling(
         ("settle", [2]),
         ("refund", [1]),
     ]
+
+
+def keeper_plan(env: Env, database_url: str, tmp_path: Path, *extra: str) -> str:
+    deployment_file = tmp_path / "deployment.json"
+    env.deployment.write(deployment_file)
+    config = tmp_path / "keeper.toml"
+    config.write_text(
+        f'[chain]\nrpc_url = "{env.node.url}"\ndeployment_file = "deployment.json"\n'
+        f'[database]\nurl = "{database_url}"\n'
+        "[plan]\nsettle_min_amount = 100000\nsettle_max_interval = 3600\n"
+        "settle_horizon = 600\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "keeper", "plan", "--config", str(config), *extra],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+async def test_keeper_plan_is_a_dry_run_with_reasons_and_simulated_gas(
+    env: Env, database_url: str, tmp_path: Path
+) -> None:
+    world(env)
+    await index(env, database_url)
+    result = json.loads(keeper_plan(env, database_url, tmp_path, "--json"))
+    assert [(b["kind"], b["urgent"], b["items"]) for b in result["batches"]] == [
+        ("settle", True, [3]),
+        ("settle", False, [2, 1]),
+        ("refund", False, [1]),
+    ]
+    assert result["batches"][1]["reasons"] == {"2": "max_interval", "1": "min_amount"}
+    assert all(b["simulated_gas"] > 21_000 for b in result["batches"])
+    text = keeper_plan(env, database_url, tmp_path)
+    assert "3 streams to settle, 1 escrows to refund" in text
+    assert "depleting=1" in text and "max_interval=1, min_amount=1" in text
+    async with env.pool.acquire() as conn:
+        # Nothing planned, and the thresholds were not left behind either.
+        assert await conn.fetchval("SELECT count(*) FROM intents") == 0
+        assert await conn.fetchval("SELECT count(*) FROM planner_settings") == 0

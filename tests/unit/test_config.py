@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from keeper.config import ConfigError, load_config
+from keeper.planner import PlanSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 MINIMAL = """
@@ -28,6 +29,8 @@ def test_the_example_configuration_loads() -> None:
     config = load_config(ROOT / "config" / "keeper.example.toml")
     assert config.ingest.poll_interval == 1.0
     assert config.tx.settings().confirmations == 3
+    # The example's [plan] values are the defaults, field by field.
+    assert config.plan.settings() == PlanSettings()
     assert config.signers == []
     # Relative paths are relative to the file.
     assert config.chain.deployment_file.is_absolute()
@@ -45,6 +48,13 @@ def test_bad_values_name_field_value_and_expectation(tmp_path: Path) -> None:
         load_config(path)
     text = str(err.value)
     assert "ingest.poll_interval" in text and "-1" in text and "greater than 0" in text
+
+
+def test_a_bad_plan_value_names_its_field(tmp_path: Path) -> None:
+    path = write(tmp_path, MINIMAL + "[plan]\nsettle_max_interval = 0\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert "plan.settle_max_interval" in str(err.value) and "greater than 0" in str(err.value)
 
 
 def test_missing_rpc_url_and_secrets_never_shown(tmp_path: Path) -> None:
