@@ -9,13 +9,26 @@ except that it can:
   an HTTP status (502, 429, ...), a dropped connection, or a delay before forwarding;
 - answer JSON-RPC batch arrays, applying the limits call by call;
 - count what it saw: calls per method, refused `eth_getLogs` calls, and every `eth_getLogs`
-  range with its outcome, in order (`getlogs`).
+  range with its outcome, in order (`getlogs`);
+- **hold** a request (`hold()`): the n-th request carrying a given method is stopped either
+  before it is forwarded or after the node answered but before the reply goes back; the test
+  is told (`Hold.reached`) and decides what happens next (kill the client; `drop()` or
+  `release()` the request). That is how crash tests stop a `keeper run` at an exact step
+  without failpoints in the keeper.
 
 It runs its own event loop in a thread, so it serves a `keeper run` subprocess, synchronous
 test code and `@pytest.mark.anyio` tests alike. Use it as a context manager::
 
     with RpcProxy(anvil.url, max_blocks=50, style="geth") as proxy:
         client = ChainClient(proxy.url)
+
+A hold, e.g. to kill the daemon after its second transaction reached the node but before it
+learned so::
+
+    held = proxy.hold("eth_sendRawTransaction", nth=2, reply=True)
+    assert held.wait(30)
+    keeper.kill()
+    held.drop()
 
 Limit styles (the messages are the providers' own, with the numbers filled in):
 
@@ -40,8 +53,8 @@ import json
 import socket
 import threading
 from collections import Counter
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Literal
 
@@ -67,6 +80,59 @@ class Fault:
     def matches(self, methods: Iterable[str]) -> bool:
         """Whether this fault applies to a request carrying `methods`."""
         return self.methods is None or any(m in self.methods for m in methods)
+
+
+@dataclass
+class Hold:
+    """One request to stop: the `nth` request (counted from when the hold was set) carrying a
+    `method` call whose params pass `params`, and, with `reply`, whose result passes `result`.
+
+    Without `reply` the request is held before it is forwarded (the node never sees it unless
+    it is released); with `reply` it is forwarded and the node's answer is held back from the
+    client. `reached` is set when the request is held; a hold serves one request only. A held
+    request ends with `release()` (it goes on), `drop()` or the proxy's `stop()` (both close
+    the connection without forwarding or answering).
+    """
+
+    method: str
+    nth: int = 1
+    reply: bool = False
+    params: Callable[[list[Any]], bool] | None = None
+    result: Callable[[Any], bool] | None = None
+    reached: threading.Event = field(default_factory=threading.Event)
+    released: threading.Event = field(default_factory=threading.Event)
+    dropped: bool = False  # ended without forwarding or answering (see `drop`)
+    seen: int = 0  # matching requests so far
+    held_calls: list[dict[str, Any]] = field(default_factory=list)  # the held request's calls
+
+    def wait(self, timeout: float) -> bool:
+        """Block until the request is held (True) or `timeout` seconds passed (False)."""
+        return self.reached.wait(timeout)
+
+    def release(self) -> None:
+        """Let the held request go on: forwarded, or its reply sent back."""
+        self.released.set()
+
+    def drop(self) -> None:
+        """End the held request without forwarding it or answering it (the connection is
+        closed): what became of a request whose client was killed while it was held."""
+        self.dropped = True
+        self.released.set()
+
+    def _about(self, call: dict[str, Any]) -> bool:
+        """Whether `call` is one this hold is about (its method, its params)."""
+        return call.get("method") == self.method and (
+            self.params is None or self.params(list(call.get("params") or []))
+        )
+
+    def _matches(self, calls: list[dict[str, Any]], replies: list[dict[str, Any]] | None) -> bool:
+        """Whether a request (and, after forwarding, its replies) is one to count."""
+        if replies is None or self.result is None:
+            return any(self._about(c) for c in calls)
+        result = self.result
+        return any(
+            self._about(c) and result(r.get("result")) for c, r in zip(calls, replies, strict=True)
+        )
 
 
 @dataclass(frozen=True)
@@ -123,6 +189,8 @@ class RpcProxy:
         self.faults_served: Counter[str] = Counter()
         self.getlogs: list[GetLogsCall] = []
         self._faults: list[Fault] = []
+        self._holds: list[Hold] = []  # not reached yet
+        self._all_holds: list[Hold] = []
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -160,6 +228,10 @@ class RpcProxy:
         """Stop serving (the port is closed: clients get "connection refused")."""
         if self._loop is None or self._thread is None:
             return
+        with self._lock:
+            holds, self._all_holds = self._all_holds, []
+        for held in holds:
+            held.drop()  # nothing held is forwarded or answered once the proxy stops
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
         self._loop = None
@@ -220,6 +292,31 @@ class RpcProxy:
         with self._lock:
             self._faults.clear()
 
+    def hold(
+        self,
+        method: str,
+        *,
+        nth: int = 1,
+        reply: bool = False,
+        params: Callable[[list[Any]], bool] | None = None,
+        result: Callable[[Any], bool] | None = None,
+    ) -> Hold:
+        """Hold the `nth` request carrying a `method` call (see `Hold`); returns the hold."""
+        if nth < 1:
+            raise ValueError("nth counts from 1")
+        if result is not None and not reply:
+            raise ValueError("a result filter needs reply=True (the result comes from the node)")
+        held = Hold(method, nth=nth, reply=reply, params=params, result=result)
+        with self._lock:
+            self._holds.append(held)
+            self._all_holds.append(held)
+        return held
+
+    def clear_holds(self) -> None:
+        """Forget the holds not reached yet (held requests stay held until released)."""
+        with self._lock:
+            self._holds.clear()
+
     def pending_faults(self) -> int:
         """Number of faults not yet used up."""
         with self._lock:
@@ -247,6 +344,32 @@ class RpcProxy:
     def _add(self, fault: Fault) -> None:
         with self._lock:
             self._faults.append(fault)
+
+    def _take_hold(
+        self, calls: list[dict[str, Any]], replies: list[dict[str, Any]] | None
+    ) -> Hold | None:
+        """The hold this request triggers at this stage (before forwarding when `replies` is
+        None, after it otherwise), counted and removed; None when there is none."""
+        with self._lock:
+            for held in self._holds:
+                if held.reply != (replies is not None) or not held._matches(calls, replies):
+                    continue
+                held.seen += 1
+                if held.seen < held.nth:
+                    continue
+                self._holds.remove(held)
+                held.held_calls = [c for c in calls if held._about(c)]
+                return held
+        return None
+
+    async def _wait_for_release(self, request: web.Request, held: Hold) -> None:
+        held.reached.set()
+        # A worker thread waits, so the proxy keeps serving every other request meanwhile.
+        await asyncio.to_thread(held.released.wait)
+        if held.dropped:
+            if request.transport is not None:
+                request.transport.abort()
+            raise asyncio.CancelledError  # nothing is sent: the client (if any) sees a reset
 
     def _take_fault(self, methods: list[str]) -> Fault | None:
         with self._lock:
@@ -284,7 +407,13 @@ class RpcProxy:
             if fault.kind == "status":
                 return _status_response(fault.status)
             await asyncio.sleep(fault.delay)
+        held = self._take_hold(calls, None)
+        if held is not None:
+            await self._wait_for_release(request, held)
         replies = [await self._call(c) for c in calls]
+        held = self._take_hold(calls, replies)
+        if held is not None:
+            await self._wait_for_release(request, held)
         return web.json_response(replies if isinstance(body, list) else replies[0])
 
     async def _call(self, call: dict[str, Any]) -> dict[str, Any]:
