@@ -14,7 +14,7 @@ decoder, which matters for backfill throughput.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from eth_utils import keccak
@@ -176,10 +176,33 @@ def _word_decoder(abi_type: str) -> Callable[[str], Any]:
 
 @dataclass
 class DecodedBatch:
-    """Rows decoded from a list of logs, grouped by table."""
+    """Rows decoded from a list of logs, grouped by table.
+
+    `rows` holds the values (ints and bytes) the projections are computed from; `text` holds
+    the same rows of the typed tables as lines of COPY text (the raw table is copied from
+    `rows`). Both keep the logs' order.
+    """
 
     rows: dict[str, list[tuple[Any, ...]]]
     count: int = 0
+    text: dict[str, list[str]] = field(default_factory=dict)
+
+
+def _copy_value(value: Any) -> str:
+    """One value in COPY text format: ints in decimal, bytes as bytea hex."""
+    return str(value) if isinstance(value, int) else "\\\\x" + value.hex()
+
+
+# One decoding step of a typed event: (spec, per-argument plan, integer plan or None, expected
+# length of the data's hex text). The integer plan serves events whose arguments are all
+# integers: (True, topic index) or (False, bit shift into the data read as one integer).
+_Plan = tuple[
+    EventSpec,
+    list[tuple[bool, int, Callable[[str], Any]]],
+    tuple[tuple[bool, int], ...] | None,
+    int,
+]
+_WORD = (1 << 256) - 1
 
 
 class Decoder:
@@ -190,7 +213,7 @@ class Decoder:
         self.chain_id = chain_id
         self.typed, self.raw = build_catalog()
         self.contract_of = {a.lower(): name for name, a in addresses.items()}
-        self._plans: dict[str, tuple[EventSpec, list[tuple[bool, int, Callable[[str], Any]]]]] = {}
+        self._plans: dict[str, _Plan] = {}
         for topic0, spec in self.typed.items():
             plan = []
             topic_i, data_i = 1, 0
@@ -201,7 +224,14 @@ class Decoder:
                 else:
                     plan.append((False, data_i, _word_decoder(abi_type)))
                     data_i += 1
-            self._plans[topic0] = (spec, plan)
+            words = spec.data_words
+            integers = None
+            if words and all(t.startswith("uint") or t == "bool" for t in spec.types):
+                integers = tuple(
+                    (True, i) if indexed else (False, 256 * (words - 1 - i))
+                    for indexed, i, _ in plan
+                )
+            self._plans[topic0] = (spec, plan, integers, 2 + 64 * words)
 
     @property
     def tables(self) -> list[str]:
@@ -222,14 +252,18 @@ class Decoder:
     ) -> DecodedBatch:
         """Decode `logs`; `timestamps` gives block times for logs that do not carry one."""
         rows: dict[str, list[tuple[Any, ...]]] = {}
+        text: dict[str, list[str]] = {}
         count = 0
         chain_id = self.chain_id
         plans = self._plans
-        # Consecutive logs mostly share their block and transaction: parse those once.
+        word = _WORD
+        # Consecutive logs mostly share their block and transaction: parse those once, and
+        # the COPY text around the log index with them ("chain\tblock\t", "\ttx\ttime\t").
         last_block_hex = last_tx_hex = ""
         number = 0
         ts: int | None = None
         tx_hash = b""
+        block_text = tx_text = ""
         for log in logs:
             if log.get("removed"):
                 continue
@@ -242,12 +276,15 @@ class Decoder:
                     if ts is None:
                         raise MalformedLog(f"no timestamp for block {number}")
                     last_block_hex = block_hex
+                    last_tx_hex = ""
+                    block_text = f"{chain_id}\t{number}\t"
                 tx_hex = log["transactionHash"]
                 if tx_hex != last_tx_hex:
                     tx_hash = bytes.fromhex(tx_hex[2:])
                     last_tx_hex = tx_hex
+                    tx_text = f"\t\\\\x{tx_hash.hex()}\t{ts}\t"
                 topics = log["topics"]
-                head = (chain_id, number, int(log["logIndex"], 16), tx_hash, ts)
+                log_index = int(log["logIndex"], 16)
                 found = plans.get(topics[0]) if topics else None
                 if found is None:
                     contract = self.contract_of.get(log["address"].lower())
@@ -257,7 +294,11 @@ class Decoder:
                         self.raw.get(topics[0], (contract, "unknown"))[1] if topics else "anonymous"
                     )
                     row = (
-                        *head,
+                        chain_id,
+                        number,
+                        log_index,
+                        tx_hash,
+                        ts,
                         contract,
                         name,
                         [bytes.fromhex(t[2:]) for t in topics],
@@ -266,16 +307,33 @@ class Decoder:
                     rows.setdefault(RAW_TABLE, []).append(row)
                     count += 1
                     continue
-                spec, plan = found
+                spec, plan, integers, size = found
                 data = log["data"]
-                values = [
-                    dec(topics[i][2:]) if indexed else dec(data[2 + 64 * i : 66 + 64 * i])
-                    for indexed, i, dec in plan
-                ]
-                if len(data) != 2 + 64 * spec.data_words:
+                if len(data) != size:
                     raise ValueError(f"{spec.name} data has {len(data) - 2} hex digits")
-                rows.setdefault(spec.table, []).append((*head, *values))
+                if integers is not None:
+                    # All arguments are integers: read the data as one number and cut it
+                    # into words (much cheaper than one int() per word).
+                    whole = int(data, 16)
+                    values = [
+                        int(topics[i], 16) if indexed else whole >> i & word
+                        for indexed, i in integers
+                    ]
+                    values_text = "\t".join(map(str, values))
+                else:
+                    values = [
+                        dec(topics[i][2:]) if indexed else dec(data[2 + 64 * i : 66 + 64 * i])
+                        for indexed, i, dec in plan
+                    ]
+                    values_text = "\t".join(map(_copy_value, values))
+                table = spec.table
+                table_rows = rows.get(table)
+                if table_rows is None:
+                    table_rows = rows[table] = []
+                    text[table] = []
+                table_rows.append((chain_id, number, log_index, tx_hash, ts, *values))
+                text[table].append(f"{block_text}{log_index}{tx_text}{values_text}")
                 count += 1
             except (KeyError, IndexError, ValueError, TypeError) as exc:
                 raise MalformedLog(f"cannot decode log {log!r}: {exc!r}") from exc
-        return DecodedBatch(rows=rows, count=count)
+        return DecodedBatch(rows=rows, count=count, text=text)

@@ -11,9 +11,10 @@ the finalized block is fatal: the process stops with `EXIT_FATAL_REORG` rather t
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,6 +40,39 @@ from keeper.store import Cursor, CursorMoved, Store
 log = structlog.get_logger(__name__)
 
 EXIT_FATAL_REORG = 3
+DECODE_PART_LOGS = 20_000  # logs decoded at a time: the server copies one part while the next
+GC_COLLECT_EVERY = 60.0  # seconds: a full collection during long backfills (the GC is paused)
+
+
+class _GcPause:
+    """Pauses the cyclic garbage collector while any holder is inside.
+
+    Parsing and decoding a range allocate hundreds of thousands of containers (log dicts,
+    topic lists, row tuples) that live exactly as long as the range: the collector would only
+    rescan them again and again (about a third of the JSON parse time). The fetch of the next
+    range and the write of the current one overlap, so the pause is counted, not nested.
+    """
+
+    def __init__(self) -> None:
+        self.holders = 0
+        self.resume = False
+
+    @contextlib.contextmanager
+    def hold(self) -> Iterator[None]:
+        """Keep the collector paused inside the block."""
+        if self.holders == 0:
+            self.resume = gc.isenabled()
+            gc.disable()
+        self.holders += 1
+        try:
+            yield
+        finally:
+            self.holders -= 1
+            if self.holders == 0 and self.resume:
+                gc.enable()
+
+
+_gc_pause = _GcPause()
 
 
 class FatalReorg(KeeperError):
@@ -199,12 +233,14 @@ class Indexer:
         started = last_report = time.monotonic()
         self.log.info("backfill_started", from_block=first, to_block=target)
         send, receive = anyio.create_memory_object_stream[_Range](2)
+        collected = started
 
         async def produce() -> None:
             async with send:
                 start = first
                 while start <= target:
-                    fetched = await self._fetch_range(start, target)
+                    with _gc_pause.hold():
+                        fetched = await self._fetch_range(start, target)
                     await send.send(fetched)
                     start = fetched.end.number + 1
 
@@ -213,21 +249,23 @@ class Indexer:
                 tg.start_soon(produce)
                 async with receive:
                     async for fetched in receive:
-                        # Decoding allocates hundreds of thousands of small tuples that die
-                        # together: the cyclic GC would only rescan them over and over.
-                        gc.disable()
-                        try:
-                            batch = self.decoder.decode(fetched.logs, fetched.timestamps)
-                        finally:
-                            gc.enable()
                         done = fetched.end.number >= target
-                        async with self.pool.acquire() as conn:
-                            await self.store.write_range(
-                                conn, batch, fetched.start, fetched.end, backfill_done=done
-                            )
+                        with _gc_pause.hold():
+                            async with self.pool.acquire() as conn:
+                                done_events += await self.store.write_range(
+                                    conn,
+                                    self._decoded_parts(fetched),
+                                    fetched.start,
+                                    fetched.end,
+                                    backfill_done=done,
+                                )
                         done_blocks += fetched.end.number - fetched.start + 1
-                        done_events += batch.count
                         now = time.monotonic()
+                        if now - collected >= GC_COLLECT_EVERY:
+                            # The fetch of the next range keeps the collector paused while
+                            # this one is written: let it run now and then.
+                            gc.collect()
+                            collected = now
                         if now - last_report >= self.settings.progress_interval or done:
                             elapsed = max(now - started, 1e-9)
                             rate = done_blocks / elapsed
@@ -246,6 +284,12 @@ class Indexer:
         async with self.pool.acquire() as conn:
             await self.store.prune_blocks(conn, target - self.settings.keep_blocks)
         return done_blocks
+
+    def _decoded_parts(self, fetched: _Range) -> Iterator[DecodedBatch]:
+        """The range's logs decoded DECODE_PART_LOGS at a time, each when it is asked for."""
+        logs = fetched.logs
+        for i in range(0, len(logs), DECODE_PART_LOGS):
+            yield self.decoder.decode(logs[i : i + DECODE_PART_LOGS], fetched.timestamps)
 
     async def _fetch_range(self, start: int, target: int) -> _Range:
         """Logs of the widest range from `start` the provider accepts (adapting self.range)."""

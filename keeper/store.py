@@ -8,13 +8,13 @@ there without writing anything twice. `rollback_to` undoes everything after a co
 
 from __future__ import annotations
 
-import io
 import time
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import anyio
+from anyio.streams.memory import MemoryObjectSendStream
 
 from keeper import metrics
 from keeper.db import Conn
@@ -46,7 +46,7 @@ ACCOUNT_COLUMNS = {
 LEDGER_TABLES = frozenset({"stream_settled", "usage_recorded", "fees_credited", "claimed"})
 PARAM_TABLES = frozenset({"fee_updated", "fee_recipient_updated", "contract_events"})
 ID_COLUMN = 5  # stream_id / escrow_id follow the five common columns
-COPY_CHUNK_ROWS = 20_000
+COPY_QUEUE = 2  # decoded parts waiting for their COPY
 
 
 class CursorMoved(KeeperError):
@@ -80,21 +80,22 @@ class Touched:
     params: bool
 
     @classmethod
-    def from_batch(cls, batch: DecodedBatch) -> Touched:
-        """What the rows of `batch` touch."""
-        streams: set[int] = set()
+    def from_batch(cls, batch: DecodedBatch, *, streams: bool = True) -> Touched:
+        """What the rows of `batch` touch (streams left out if `streams` is false: the write
+        path merges them from the events' post-state instead)."""
+        stream_ids: set[int] = set()
         escrows: set[int] = set()
         accounts: set[bytes] = set()
         for table, rows in batch.rows.items():
-            if table in STREAM_TABLES:
-                streams.update(r[ID_COLUMN] for r in rows)
+            if streams and table in STREAM_TABLES:
+                stream_ids.update(r[ID_COLUMN] for r in rows)
             if table in ESCROW_TABLES:
                 escrows.update(r[ID_COLUMN] for r in rows)
             column = ACCOUNT_COLUMNS.get(table)
             if column is not None:
                 accounts.update(r[column] for r in rows)
         params = any(t in batch.rows for t in PARAM_TABLES)
-        return cls(sorted(streams), sorted(escrows), sorted(accounts), params)
+        return cls(sorted(stream_ids), sorted(escrows), sorted(accounts), params)
 
 
 @dataclass
@@ -159,14 +160,13 @@ def stream_patches(batch: DecodedBatch) -> dict[int, _StreamPatch]:
     return patches
 
 
-def _copy_text(rows: Sequence[tuple[Any, ...]]) -> bytes:
-    """Rows as COPY text format: much cheaper to produce than asyncpg's binary numeric codec.
-    Values are ints or bytes only (the typed event tables), so no other escaping is needed."""
-    out = []
-    for row in rows:
-        out.append("\t".join(str(v) if isinstance(v, int) else "\\\\x" + v.hex() for v in row))
-    out.append("")
-    return "\n".join(out).encode()
+async def _put(send: MemoryObjectSendStream[tuple[str, Any]], item: tuple[str, Any]) -> bool:
+    """Queue `item` for the copier; False if the copier has stopped (on an error)."""
+    try:
+        await send.send(item)
+    except anyio.BrokenResourceError:
+        return False
+    return True
 
 
 class Store:
@@ -213,25 +213,30 @@ class Store:
     async def write_range(
         self,
         conn: Conn,
-        batch: DecodedBatch,
+        batch: DecodedBatch | Iterable[DecodedBatch],
         from_block: int,
         end: BlockHeader,
         *,
         blocks: Iterable[BlockHeader] = (),
         backfill_done: bool = False,
-    ) -> None:
-        """Store the events of blocks [from_block, end.number] and move the cursor to `end`."""
+    ) -> int:
+        """Store the events of blocks [from_block, end.number] and move the cursor to `end`.
+
+        `batch` may also be the range's logs decoded in consecutive parts (an iterator that
+        decodes as it goes): each part is copied as soon as it is decoded, so the server
+        ingests one part while the next is decoded. Returns the number of events stored.
+        """
         started = time.perf_counter()
-        touched = Touched.from_batch(batch)
+        parts = [batch] if isinstance(batch, DecodedBatch) else batch
         async with conn.transaction():
             await self._claim_cursor(conn, from_block - 1)
-            await self._copy_events(conn, batch)
-            patches = stream_patches(batch)
+            whole = await self._copy_events(conn, parts)
+            patches = stream_patches(whole)
             if patches:
                 await self._merge_streams(conn, patches)
-            await self._refresh(conn, replace(touched, streams=[]))
-            if any(t in batch.rows for t in LEDGER_TABLES):
-                await self._merge_ledger(conn, batch)
+            await self._refresh(conn, Touched.from_batch(whole, streams=False))
+            if any(t in whole.rows for t in LEDGER_TABLES):
+                await self._merge_ledger(conn, whole)
             for header in (*blocks, end):
                 await self._upsert_block(conn, header)
             await conn.execute(
@@ -243,10 +248,11 @@ class Store:
                 backfill_done,
             )
         metrics.DB_LATENCY.labels(kind="write_range").observe(time.perf_counter() - started)
-        metrics.EVENTS_INDEXED.inc(batch.count)
+        metrics.EVENTS_INDEXED.inc(whole.count)
         metrics.BLOCKS_INDEXED.inc(end.number - from_block + 1)
         metrics.INDEXED_BLOCK.set(end.number)
         metrics.INDEXED_TIMESTAMP.set(end.timestamp)
+        return whole.count
 
     async def rollback_to(
         self,
@@ -301,61 +307,62 @@ class Store:
         """Forget block rows below `below` (finalized history needs no parent-hash chain)."""
         await conn.execute(self.q["prune_blocks"], self.chain_id, below)
 
-    async def _copy_events(self, conn: Conn, batch: DecodedBatch) -> None:
-        """COPY every table's rows, in chunks: the text of the next chunk is built in a worker
-        thread while the server ingests the current one, so Python and Postgres overlap."""
-        jobs: list[tuple[str, Sequence[tuple[Any, ...]]]] = []
-        for table, rows in batch.rows.items():
-            if table == RAW_TABLE:
-                await conn.copy_records_to_table(
-                    table, records=rows, columns=list(self.decoder.columns(table))
-                )
-                continue
-            for i in range(0, len(rows), COPY_CHUNK_ROWS):
-                jobs.append((table, rows[i : i + COPY_CHUNK_ROWS]))
-        if not jobs:
-            return
-        texts: list[bytes | None] = [None] * len(jobs)
-        ready = [anyio.Event() for _ in jobs]
+    async def _copy_events(self, conn: Conn, parts: Iterable[DecodedBatch]) -> DecodedBatch:
+        """COPY the rows of each part while the next part is decoded; return them as one batch.
 
-        async def build(k: int) -> None:
-            texts[k] = await anyio.to_thread.run_sync(_copy_text, jobs[k][1])
-            ready[k].set()
+        A task sends the COPYs one after the other on `conn`; taking the next part from
+        `parts` (which may decode it then) runs meanwhile, so the server's work on one part
+        overlaps the decoding of the next. The queue between them is short: decoding never
+        runs far ahead of what the server has taken.
+        """
+        whole = DecodedBatch(rows={})
+        send, receive = anyio.create_memory_object_stream[tuple[str, Any]](COPY_QUEUE)
+
+        async def copier() -> None:
+            async with receive:
+                async for table, payload in receive:
+                    columns = list(self.decoder.columns(table))
+                    if table == RAW_TABLE:
+                        await conn.copy_records_to_table(table, records=payload, columns=columns)
+                    else:
+                        await conn.copy_to_table(
+                            table, source=payload, columns=columns, format="text"
+                        )
 
         with unwrap_group():
             async with anyio.create_task_group() as tg:
-                tg.start_soon(build, 0)
-                for k, (table, _) in enumerate(jobs):
-                    if k + 1 < len(jobs):
-                        tg.start_soon(build, k + 1)
-                    await ready[k].wait()
-                    text = texts[k]
-                    texts[k] = None
-                    assert text is not None
-                    await conn.copy_to_table(
-                        table,
-                        source=io.BytesIO(text),
-                        columns=list(self.decoder.columns(table)),
-                        format="text",
-                    )
+                tg.start_soon(copier)
+                async with send:
+                    for part in parts:
+                        for table, lines in part.text.items():
+                            # A memoryview: asyncpg takes bytes for a file name.
+                            text = memoryview(("\n".join(lines) + "\n").encode())
+                            if not await _put(send, (table, text)):
+                                return whole  # the copier failed: the task group raises it
+                        raw = part.rows.get(RAW_TABLE)
+                        if raw and not await _put(send, (RAW_TABLE, raw)):
+                            return whole
+                        for table, rows in part.rows.items():
+                            whole.rows.setdefault(table, []).extend(rows)
+                        whole.count += part.count
+        return whole
 
     async def _merge_ledger(self, conn: Conn, batch: DecodedBatch) -> None:
         """Add what the batch's events credit and claim to each account's ledger row."""
-        credit_rows = [
-            (row, row[ID_COLUMN + 1] - row[ID_COLUMN + 2])  # amount - fee
-            for row in batch.rows.get("stream_settled", ())
-        ] + [
-            (row, row[ID_COLUMN + 3] - row[ID_COLUMN + 4])  # charged - fee
-            for row in batch.rows.get("usage_recorded", ())
-        ]
         per_stream: dict[int, list[int]] = {}  # stream -> [sum, first block]
-        for row, amount in credit_rows:
-            entry = per_stream.get(row[ID_COLUMN])
-            if entry is None:
-                per_stream[row[ID_COLUMN]] = [amount, row[1]]
-            else:
-                entry[0] += amount
-                entry[1] = min(entry[1], row[1])
+        # (table, column of the amount, column of the fee): each credits amount - fee.
+        for table, amount_at, fee_at in (
+            ("stream_settled", ID_COLUMN + 1, ID_COLUMN + 2),
+            ("usage_recorded", ID_COLUMN + 3, ID_COLUMN + 4),
+        ):
+            for row in batch.rows.get(table, ()):
+                entry = per_stream.get(row[ID_COLUMN])
+                if entry is None:
+                    per_stream[row[ID_COLUMN]] = [row[amount_at] - row[fee_at], row[1]]
+                else:
+                    entry[0] += row[amount_at] - row[fee_at]
+                    if row[1] < entry[1]:
+                        entry[1] = row[1]
         deltas: dict[bytes, list[int]] = {}  # account -> [delta, first block]
 
         def add(account: bytes, amount: int, block: int) -> None:

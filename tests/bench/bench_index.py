@@ -268,10 +268,11 @@ class TimedStore(Store):
         super().__init__(chain_id, decoder)
         self.timings = timings
 
-    async def write_range(self, conn: Any, batch: DecodedBatch, *args: Any, **kw: Any) -> None:
+    async def write_range(self, conn: Any, batch: Any, *args: Any, **kw: Any) -> int:
         t0 = time.perf_counter()
-        await super().write_range(conn, batch, *args, **kw)
+        events = await super().write_range(conn, batch, *args, **kw)
         self.timings.add("write_range (total)", time.perf_counter() - t0)
+        return events
 
 
 class _TimedTransaction:
@@ -306,6 +307,12 @@ class TimedConn:
     async def copy_records_to_table(self, table: str, **kw: Any) -> Any:
         t0 = time.perf_counter()
         result = await self._conn.copy_records_to_table(table, **kw)
+        self._timings.add(f"db.copy {table}", time.perf_counter() - t0)
+        return result
+
+    async def copy_to_table(self, table: str, **kw: Any) -> Any:
+        t0 = time.perf_counter()
+        result = await self._conn.copy_to_table(table, **kw)
         self._timings.add(f"db.copy {table}", time.perf_counter() - t0)
         return result
 
