@@ -370,6 +370,14 @@ class TxManager:
             elif addr not in low and addr in self._low_balance:
                 self.log.info("signer_balance_ok", signer=name, balance=balance)
         self._low_balance = low
+        async with self.pool.acquire() as conn:
+            await conn.executemany(
+                self.q["upsert_signer_state"],
+                [
+                    (self.chain_id, addr, Decimal(balance), addr in low)
+                    for addr, balance in balances.items()
+                ],
+            )
         return low
 
     async def _spent_last_hour(self, conn: Any) -> int:

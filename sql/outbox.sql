@@ -233,3 +233,8 @@ FROM attempts a JOIN intents i ON i.id = a.intent_id
 WHERE a.chain_id = $1 AND a.id = ANY($2::bigint[]) AND a.state = 'broadcast'
   AND i.state = 'assigned'
 ORDER BY a.signer, a.nonce, a.id;
+
+-- name: upsert_signer_state
+INSERT INTO signer_state (chain_id, signer, balance, low_balance) VALUES ($1, $2, $3, $4)
+ON CONFLICT (chain_id, signer) DO UPDATE
+SET balance = EXCLUDED.balance, low_balance = EXCLUDED.low_balance, updated_at = now();

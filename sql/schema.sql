@@ -975,3 +975,65 @@ WHERE NOT EXISTS (SELECT 1 FROM keeper.items_in_flight f
   AND NOT EXISTS (SELECT 1 FROM keeper.items_backed_off o
                   WHERE o.chain_id = x.chain_id AND o.kind = 'refund'
                     AND o.item = x.escrow_id::text);
+
+-- What the transaction manager last saw of each signer (written every pass).
+CREATE TABLE signer_state (
+    chain_id      bigint NOT NULL,
+    signer        bytea NOT NULL CHECK (octet_length(signer) = 20),
+    balance       numeric(78,0) NOT NULL,
+    low_balance   boolean NOT NULL,
+    updated_at    timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (chain_id, signer)
+);
+
+-- Intents and their latest attempt: state, gas and cost, newest first.
+CREATE VIEW keeper.tx_pipeline AS
+SELECT i.chain_id,
+       i.id AS intent_id,
+       i.kind,
+       i.key,
+       i.state,
+       i.urgent,
+       jsonb_array_length(i.items) AS items,
+       keeper.hex(i.signer) AS signer,
+       i.nonce,
+       (SELECT count(*) FROM attempts a WHERE a.intent_id = i.id) AS attempts,
+       la.max_fee AS latest_max_fee,
+       la.priority_fee AS latest_priority_fee,
+       la.last_error AS latest_send_error,
+       i.gas_limit,
+       i.gas_used,
+       i.effective_gas_price,
+       (i.gas_used::numeric * i.effective_gas_price)::numeric(78,0) AS cost_wei,
+       keeper.hex(i.tx_hash) AS tx_hash,
+       i.block_number,
+       i.receipt_status,
+       i.reason,
+       i.created_at,
+       i.assigned_at,
+       i.mined_at,
+       i.confirmed_at,
+       i.updated_at
+FROM intents i
+LEFT JOIN LATERAL (
+    SELECT a.max_fee, a.priority_fee, a.last_error FROM attempts a
+    WHERE a.intent_id = i.id ORDER BY a.id DESC LIMIT 1
+) la ON true;
+
+-- The signer pool: next nonce, work in flight, last known balance.
+CREATE VIEW keeper.signers AS
+SELECT s.chain_id,
+       keeper.hex(s.signer) AS address,
+       s.balance,
+       s.low_balance,
+       (SELECT COALESCE(max(i.nonce) + 1, 0) FROM intents i
+        WHERE i.chain_id = s.chain_id AND i.signer = s.signer AND i.state <> 'replan')
+           AS next_nonce,
+       (SELECT count(*) FROM intents i
+        WHERE i.chain_id = s.chain_id AND i.signer = s.signer AND i.state = 'assigned')
+           AS in_flight,
+       (SELECT count(*) FROM intents i
+        WHERE i.chain_id = s.chain_id AND i.signer = s.signer
+          AND i.state IN ('confirmed', 'final')) AS confirmed,
+       s.updated_at
+FROM signer_state s;

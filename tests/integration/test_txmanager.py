@@ -269,3 +269,28 @@ async def test_a_stuck_lowest_nonce_is_purged_by_a_self_send(env: Env) -> None:
     assert env.w3.eth.get_transaction_count(to_checksum_address(signer)) == nonce + 1
     assert [e["event"] for e in logs].count("nonce_purged") == 1
     _no_key_material(logs, env.signers)
+
+
+async def test_the_pipeline_and_signer_views_show_the_work(env: Env) -> None:
+    first = await env.plan("settle:view:1", [1])
+    await env.plan("settle:view:2", [2])
+    await env.manager.tick()
+    env.mine()
+    await env.manager.tick()
+    async with env.pool.acquire() as conn:
+        pipeline = await conn.fetch("SELECT * FROM keeper.tx_pipeline ORDER BY intent_id")
+        signers = await conn.fetch("SELECT * FROM keeper.signers ORDER BY address")
+    assert [r["state"] for r in pipeline] == ["confirmed", "confirmed"]
+    row = pipeline[0]
+    assert row["intent_id"] == first and row["items"] == 1 and row["attempts"] == 1
+    assert row["cost_wei"] == row["gas_used"] * row["effective_gas_price"] > 0
+    assert row["tx_hash"].startswith("0x") and len(row["tx_hash"]) == 66
+    # Two intents, least-loaded: one on each signer, each lane at nonce 1 next.
+    assert sorted(r["address"] for r in signers) == sorted(
+        "0x" + s.address_bytes.hex() for s in env.signers
+    )
+    assert [(r["next_nonce"], r["in_flight"], r["confirmed"]) for r in signers] == [(1, 0, 1)] * 2
+    for r in signers:
+        balance = env.w3.eth.get_balance(to_checksum_address(r["address"]))
+        assert 0 < balance <= r["balance"]  # read at the start of the last pass, before gas
+        assert r["low_balance"] is False
