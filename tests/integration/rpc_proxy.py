@@ -5,7 +5,8 @@ except that it can:
 
 - refuse `eth_getLogs` calls whose block range exceeds `max_blocks` and/or whose result would
   exceed `max_results` logs, answering with the error a real provider sends (`style`, below);
-- inject faults into the next `n` HTTP requests (or every request until `clear_faults()`):
+- inject faults into the next `n` HTTP requests (or every request until `clear_faults()`;
+  all requests, or those carrying given methods, optionally only with given params):
   an HTTP status (502, 429, ...), a dropped connection, or a delay before forwarding;
 - answer JSON-RPC batch arrays, applying the limits call by call;
 - count what it saw: calls per method, refused `eth_getLogs` calls, and every `eth_getLogs`
@@ -76,10 +77,17 @@ class Fault:
     status: int = 502
     delay: float = 0.0
     methods: frozenset[str] | None = None  # only requests carrying one of these methods
+    params: Callable[[list[Any]], bool] | None = None  # ... in a call whose params pass this
 
-    def matches(self, methods: Iterable[str]) -> bool:
-        """Whether this fault applies to a request carrying `methods`."""
-        return self.methods is None or any(m in self.methods for m in methods)
+    def matches(self, calls: Iterable[dict[str, Any]]) -> bool:
+        """Whether this fault applies to a request carrying `calls`."""
+        if self.methods is None:
+            return True
+        return any(
+            c.get("method") in self.methods
+            and (self.params is None or self.params(list(c.get("params") or [])))
+            for c in calls
+        )
 
 
 @dataclass
@@ -272,20 +280,39 @@ class RpcProxy:
     # ------------------------------------------------------------------ control (any thread)
 
     def fail_next(
-        self, n: int | None, status: int = 502, *, methods: Iterable[str] | None = None
+        self,
+        n: int | None,
+        status: int = 502,
+        *,
+        methods: Iterable[str] | None = None,
+        params: Callable[[list[Any]], bool] | None = None,
     ) -> None:
-        """Answer the next `n` requests (None: all, until `clear_faults`) with HTTP `status`."""
-        self._add(Fault("status", n, status=status, methods=_methods(methods)))
+        """Answer the next `n` requests (None: all, until `clear_faults`) with HTTP `status`.
 
-    def drop_next(self, n: int | None, *, methods: Iterable[str] | None = None) -> None:
+        `methods` limits the fault to requests carrying one of them, `params` further to those
+        where such a call's params pass the test (e.g. one raw transaction and not another)."""
+        self._add(Fault("status", n, status=status, **_only(methods, params)))
+
+    def drop_next(
+        self,
+        n: int | None,
+        *,
+        methods: Iterable[str] | None = None,
+        params: Callable[[list[Any]], bool] | None = None,
+    ) -> None:
         """Close the connection of the next `n` requests without answering."""
-        self._add(Fault("drop", n, methods=_methods(methods)))
+        self._add(Fault("drop", n, **_only(methods, params)))
 
     def delay_next(
-        self, n: int | None, seconds: float, *, methods: Iterable[str] | None = None
+        self,
+        n: int | None,
+        seconds: float,
+        *,
+        methods: Iterable[str] | None = None,
+        params: Callable[[list[Any]], bool] | None = None,
     ) -> None:
         """Wait `seconds` before forwarding the next `n` requests."""
-        self._add(Fault("delay", n, delay=seconds, methods=_methods(methods)))
+        self._add(Fault("delay", n, delay=seconds, **_only(methods, params)))
 
     def clear_faults(self) -> None:
         """Drop every pending fault: the proxy forwards normally again."""
@@ -371,10 +398,10 @@ class RpcProxy:
                 request.transport.abort()
             raise asyncio.CancelledError  # nothing is sent: the client (if any) sees a reset
 
-    def _take_fault(self, methods: list[str]) -> Fault | None:
+    def _take_fault(self, calls: list[dict[str, Any]]) -> Fault | None:
         with self._lock:
             for fault in self._faults:
-                if not fault.matches(methods):
+                if not fault.matches(calls):
                     continue
                 if fault.remaining is not None:
                     fault.remaining -= 1
@@ -398,7 +425,7 @@ class RpcProxy:
             self.http_requests += 1
             self.batches += isinstance(body, list)
             self.calls.update(methods)
-        fault = self._take_fault(methods)
+        fault = self._take_fault(calls)
         if fault is not None:
             if fault.kind == "drop":
                 if request.transport is not None:
@@ -539,8 +566,13 @@ class RpcProxy:
         return -32000, f"exceed maximum block range: {k}"
 
 
-def _methods(methods: Iterable[str] | None) -> frozenset[str] | None:
-    return frozenset(methods) if methods is not None else None
+def _only(
+    methods: Iterable[str] | None, params: Callable[[list[Any]], bool] | None
+) -> dict[str, Any]:
+    """The `methods` and `params` fields of a `Fault`."""
+    if params is not None and methods is None:
+        raise ValueError("a params filter needs the methods whose params it tests")
+    return {"methods": frozenset(methods) if methods is not None else None, "params": params}
 
 
 def _error(call_id: Any, code: int, message: str) -> dict[str, Any]:
