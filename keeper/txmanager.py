@@ -28,6 +28,7 @@ themselves: the receipts and the account's nonce decide.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Mapping, Sequence
@@ -180,6 +181,25 @@ class TickReport:
 
 def _hex(data: bytes) -> str:
     return "0x" + data.hex()
+
+
+# Gas limit floors per batch item: eth_estimateGas runs on the latest block's state, where an
+# item may take a cheaper path (a stream settled in that very block has nothing due) than it
+# will in the block that includes the transaction. Unused gas is not paid for.
+GAS_FLOOR_BASE = 60_000
+GAS_FLOOR_PER_ITEM = {"settle": 40_000, "refund": 35_000, "usage": 40_000}
+
+
+def gas_floor(kind: str, items: int) -> int:
+    """The least gas limit a batch of `items` of `kind` is sent with (0 for other calls)."""
+    per_item = GAS_FLOOR_PER_ITEM.get(kind)
+    return GAS_FLOOR_BASE + per_item * items if per_item and items else 0
+
+
+def lane_lock_key(chain_id: int, signer: bytes) -> int:
+    """The advisory lock key of a signer's nonce lane (a signed 64-bit integer)."""
+    digest = hashlib.sha256(b"keeper-lane" + chain_id.to_bytes(8, "big") + signer).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
 
 
 def _items(intent: Any) -> list[Any]:
@@ -542,12 +562,18 @@ class TxManager:
             if simulated is None:
                 continue
             estimate, call = simulated
-            gas_limit = estimate * (100 + self.settings.gas_margin_pct) // 100
+            gas_limit = max(
+                estimate * (100 + self.settings.gas_margin_pct) // 100,
+                gas_floor(intent["kind"], len(_items(intent)) if splittable(intent["kind"]) else 0),
+            )
             cost = fees.worst_case_cost(gas_limit)
             if not budget_allows(spent, cost, budget, urgent=urgent):
                 report.held_by_budget += 1
                 return True
             async with self.pool.acquire() as conn, conn.transaction():
+                # One assignment per lane at a time, across processes: the nonce is computed
+                # and stored under the lane's lock (held to the end of the transaction).
+                await conn.execute(self.q["lock_lane"], lane_lock_key(self.chain_id, signer))
                 nonce = await self._next_nonce(conn, signer)
                 raw, tx_hash = self._sign(signer, nonce, call, gas_limit, fees)
                 done = await conn.execute(
@@ -773,7 +799,7 @@ class TxManager:
             number = int(receipt["blockNumber"], 16)
             if state == "assigned":
                 tx_hash = bytes.fromhex(receipt["transactionHash"][2:])
-                await conn.execute(
+                done = await conn.execute(
                     self.q["mark_mined"],
                     iid,
                     tx_hash,
@@ -783,6 +809,8 @@ class TxManager:
                     int(receipt["gasUsed"], 16),
                     int(receipt.get("effectiveGasPrice") or "0x0", 16),
                 )
+                if done != "UPDATE 1":
+                    return  # another manager recorded it meanwhile
                 await conn.execute(self.q["attempt_mined"], tx_hash)
                 await conn.execute(self.q["attempts_superseded"], iid, tx_hash)
                 state = "mined"
@@ -806,19 +834,25 @@ class TxManager:
                     report.failed += 1
                     self.log.warning("intent_reverted", intent=intent["key"], reason=reason)
                     return
-                await conn.execute(self.q["mark_confirmed"], iid)
+                if await conn.execute(self.q["mark_confirmed"], iid) != "UPDATE 1":
+                    return  # another manager confirmed it meanwhile
                 INTENTS.labels(kind=kind, state="confirmed").inc()
                 state = "confirmed"
                 report.confirmed += 1
-            if state == "confirmed" and number <= finalized:
-                await conn.execute(self.q["mark_final"], iid)
+            if (
+                state == "confirmed"
+                and number <= finalized
+                and await conn.execute(self.q["mark_final"], iid) == "UPDATE 1"
+            ):
                 INTENTS.labels(kind=kind, state="final").inc()
                 report.final += 1
 
     async def _unmine(self, conn: Any, intent: Any, report: TickReport) -> None:
         """The intent's receipt left the chain: back to `assigned` (rebroadcast; its calls are
-        idempotent on-chain), its checked effects forgotten."""
-        await conn.execute(self.q["unmine"], intent["id"])
+        idempotent on-chain), its checked effects forgotten. Nothing happens when the intent is
+        no longer in the state this pass read (another manager moved it meanwhile)."""
+        if await conn.execute(self.q["unmine"], intent["id"], intent["state"]) != "UPDATE 1":
+            return
         await conn.execute(self.q["unmine_attempts"], intent["id"])
         await conn.execute(self.q["forget_effects"], intent["id"])
         INTENTS.labels(kind=intent["kind"], state="unmined").inc()

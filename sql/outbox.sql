@@ -87,7 +87,7 @@ UPDATE intents
 SET state = 'assigned', tx_hash = NULL, block_number = NULL, block_hash = NULL,
     receipt_status = NULL, gas_used = NULL, effective_gas_price = NULL, mined_at = NULL,
     confirmed_at = NULL, effects_checked_at = NULL
-WHERE id = $1 AND state IN ('mined', 'confirmed');
+WHERE id = $1 AND state = $2 AND state IN ('mined', 'confirmed');
 
 -- name: forget_effects
 -- The checked effects of an unmined intent belonged to the orphaned block.
@@ -238,3 +238,7 @@ ORDER BY a.signer, a.nonce, a.id;
 INSERT INTO signer_state (chain_id, signer, balance, low_balance) VALUES ($1, $2, $3, $4)
 ON CONFLICT (chain_id, signer) DO UPDATE
 SET balance = EXCLUDED.balance, low_balance = EXCLUDED.low_balance, updated_at = now();
+
+-- name: lock_lane
+-- A signer's nonce lane, locked to the end of the transaction (see txmanager.lane_lock_key).
+SELECT pg_advisory_xact_lock($1::bigint);

@@ -11,7 +11,6 @@ from collections.abc import Callable
 from typing import Any
 
 import anyio
-import asyncpg
 import pytest
 from eth_utils import to_checksum_address
 
@@ -73,7 +72,6 @@ async def test_four_signers_two_managers_1000_intents(
         assigned = [0] * MANAGERS
         mined = [0] * MANAGERS
         passes = [0] * MANAGERS
-        collisions = [0] * MANAGERS
 
         async def confirmed() -> int:
             async with pool.acquire() as conn:
@@ -86,17 +84,9 @@ async def test_four_signers_two_managers_1000_intents(
             manager = managers[index]
             while await confirmed() < INTENTS:
                 passes[index] += 1
-                try:
-                    report: TickReport = await manager.tick()
-                except asyncpg.UniqueViolationError as exc:
-                    # Two managers assigning different intents to one signer at once can
-                    # compute the same next nonce; the live-nonce index refuses the second
-                    # one's row and its pass ends here, before anything of it was sent. Like a
-                    # restarted keeper, the manager goes on with a new pass. (What matters
-                    # here is on the chain, checked below.)
-                    assert exc.constraint_name == "intents_live_nonce_idx", exc
-                    collisions[index] += 1
-                    continue
+                # Each lane assigns under its advisory lock: two managers never compute the
+                # same next nonce, so a pass never ends on the live-nonce index.
+                report: TickReport = await manager.tick()
                 assigned[index] += report.assigned
                 mined[index] += report.mined
                 assert report.failed == 0, f"manager {index}: {report}"
@@ -126,9 +116,11 @@ async def test_four_signers_two_managers_1000_intents(
         elapsed = time.monotonic() - started
         print(
             f"\n{INTENTS} intents confirmed in {elapsed:.1f} s by {MANAGERS} managers: "
-            f"assigned {assigned}, receipts recorded {mined}, passes {passes}, "
-            f"nonce collisions refused by the database {collisions}"
+            f"assigned {assigned}, receipts recorded {mined}, passes {passes}"
         )
+        # Each receipt is recorded by exactly one of the managers (the other's stale pass finds
+        # the row moved and counts nothing), so the counts and gas metrics are not doubled.
+        assert sum(mined) == INTENTS, mined
 
         # Both managers really worked the same outbox at once.
         assert all(n > 0 for n in assigned), assigned
