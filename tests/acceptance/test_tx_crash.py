@@ -7,9 +7,10 @@ holds the daemon's request at one step of the pipeline and the test kills the pr
 
     assign nonce ─► sign + store ─► broadcast ─► record ─► receipt ─► mined ─► confirmed ─► final
 
-- `assigning`: inside the assignment transaction of the 2nd intent (its signer's `pending`
-  nonce read is held; the last RPC call before the writes and the commit): nothing of that
-  assignment may survive. A kill just after the commit is the next point;
+- `assigning`: inside the assignment transaction of the 2nd intent, under its lane's lock
+  (its signer's `pending` nonce read is held; the last RPC call before the writes and the
+  commit): nothing of that assignment may survive, nor the lock stop the restarted keeper.
+  A kill just after the commit is the next point;
 - `signed`: the 3rd attempt is stored, its `eth_sendRawTransaction` never reaches the node;
 - `sent`: the node has the 3rd transaction, the daemon never hears back (stored as unsent);
 - `recorded`: every send recorded, the first receipt request held before the node sees it;
