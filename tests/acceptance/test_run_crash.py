@@ -196,6 +196,9 @@ class Keeper:
         """SIGTERM; returns the exit status and how long the process took to exit."""
         assert self.proc is not None
         assert self.proc.poll() is None, self.tail()
+        # Until the interpreter has started and `keeper run` installed its handler, SIGTERM's
+        # default action would kill the process: wait until this run has logged its start.
+        wait_until("keeper_started", self.started_logged, self, timeout=60)
         started = time.monotonic()
         self.proc.send_signal(signal.SIGTERM)
         try:
@@ -210,6 +213,11 @@ class Keeper:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
+
+    def started_logged(self) -> bool:
+        """Whether the current run logged `keeper_started` (every run appends to the log)."""
+        text = self.log_file.read_text(encoding="utf-8", errors="replace")
+        return text.count("keeper_started") >= self.starts
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
