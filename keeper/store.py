@@ -160,12 +160,93 @@ def stream_patches(batch: DecodedBatch) -> dict[int, _StreamPatch]:
     return patches
 
 
+def ledger_changes(batch: DecodedBatch) -> tuple[dict[int, list[int]], dict[bytes, list[int]]]:
+    """What the batch credits per stream (amount - fee of settlements and usage charges) and
+    per account (fees credited, claims), each with the first block it happened in."""
+    per_stream: dict[int, list[int]] = {}  # stream -> [sum, first block]
+    # (table, column of the amount, column of the fee): each credits amount - fee.
+    for table, amount_at, fee_at in (
+        ("stream_settled", ID_COLUMN + 1, ID_COLUMN + 2),
+        ("usage_recorded", ID_COLUMN + 3, ID_COLUMN + 4),
+    ):
+        for row in batch.rows.get(table, ()):
+            entry = per_stream.get(row[ID_COLUMN])
+            if entry is None:
+                per_stream[row[ID_COLUMN]] = [row[amount_at] - row[fee_at], row[1]]
+            else:
+                entry[0] += row[amount_at] - row[fee_at]
+                if row[1] < entry[1]:
+                    entry[1] = row[1]
+    per_account: dict[bytes, list[int]] = {}  # account -> [delta, first block]
+    for table, sign in (("fees_credited", 1), ("claimed", -1)):
+        for row in batch.rows.get(table, ()):
+            _add(per_account, row[ID_COLUMN], sign * row[ID_COLUMN + 1], row[1])
+    return per_stream, per_account
+
+
+def _add(deltas: dict[bytes, list[int]], account: bytes, amount: int, block: int) -> None:
+    entry = deltas.get(account)
+    if entry is None:
+        deltas[account] = [amount, block]
+    else:
+        entry[0] += amount
+        entry[1] = min(entry[1], block)
+
+
+@dataclass
+class _Projected:
+    """What a batch changes in the projections, worked out from its rows in Python."""
+
+    count: int
+    patches: dict[int, _StreamPatch]
+    touched: Touched
+    ledger: bool
+    credits: dict[int, list[int]]
+    deltas: dict[bytes, list[int]]
+
+    @classmethod
+    def of(cls, batch: DecodedBatch) -> _Projected:
+        """The projection changes of `batch`."""
+        ledger = any(t in batch.rows for t in LEDGER_TABLES)
+        per_stream, per_account = ledger_changes(batch) if ledger else ({}, {})
+        return cls(
+            count=batch.count,
+            patches=stream_patches(batch),
+            touched=Touched.from_batch(batch, streams=False),
+            ledger=ledger,
+            credits=per_stream,
+            deltas=per_account,
+        )
+
+
 async def _put(send: MemoryObjectSendStream[tuple[str, Any]], item: tuple[str, Any]) -> bool:
     """Queue `item` for the copier; False if the copier has stopped (on an error)."""
     try:
         await send.send(item)
     except anyio.BrokenResourceError:
         return False
+    return True
+
+
+async def _feed(
+    send: MemoryObjectSendStream[tuple[str, Any]],
+    parts: Iterable[DecodedBatch],
+    whole: DecodedBatch,
+) -> bool:
+    """Queue each part's COPY payloads as it is decoded, gathering its rows into `whole`;
+    False if the copier stopped (on an error)."""
+    for part in parts:
+        for table, lines in part.text.items():
+            # A memoryview: asyncpg takes bytes for a file name.
+            text = memoryview(("\n".join(lines) + "\n").encode())
+            if not await _put(send, (table, text)):
+                return False
+        raw = part.rows.get(RAW_TABLE)
+        if raw and not await _put(send, (RAW_TABLE, raw)):
+            return False
+        for table, rows in part.rows.items():
+            whole.rows.setdefault(table, []).extend(rows)
+        whole.count += part.count
     return True
 
 
@@ -230,13 +311,12 @@ class Store:
         parts = [batch] if isinstance(batch, DecodedBatch) else batch
         async with conn.transaction():
             await self._claim_cursor(conn, from_block - 1)
-            whole = await self._copy_events(conn, parts)
-            patches = stream_patches(whole)
-            if patches:
-                await self._merge_streams(conn, patches)
-            await self._refresh(conn, Touched.from_batch(whole, streams=False))
-            if any(t in whole.rows for t in LEDGER_TABLES):
-                await self._merge_ledger(conn, whole)
+            done = await self._copy_events(conn, parts)
+            if done.patches:
+                await self._merge_streams(conn, done.patches)
+            await self._refresh(conn, done.touched)
+            if done.ledger:
+                await self._merge_ledger(conn, done)
             for header in (*blocks, end):
                 await self._upsert_block(conn, header)
             await conn.execute(
@@ -248,11 +328,11 @@ class Store:
                 backfill_done,
             )
         metrics.DB_LATENCY.labels(kind="write_range").observe(time.perf_counter() - started)
-        metrics.EVENTS_INDEXED.inc(whole.count)
+        metrics.EVENTS_INDEXED.inc(done.count)
         metrics.BLOCKS_INDEXED.inc(end.number - from_block + 1)
         metrics.INDEXED_BLOCK.set(end.number)
         metrics.INDEXED_TIMESTAMP.set(end.timestamp)
-        return whole.count
+        return done.count
 
     async def rollback_to(
         self,
@@ -307,8 +387,9 @@ class Store:
         """Forget block rows below `below` (finalized history needs no parent-hash chain)."""
         await conn.execute(self.q["prune_blocks"], self.chain_id, below)
 
-    async def _copy_events(self, conn: Conn, parts: Iterable[DecodedBatch]) -> DecodedBatch:
-        """COPY the rows of each part while the next part is decoded; return them as one batch.
+    async def _copy_events(self, conn: Conn, parts: Iterable[DecodedBatch]) -> _Projected:
+        """COPY the rows of each part while the next part is decoded; return what all of them
+        change in the projections (worked out while the last COPYs run).
 
         A task sends the COPYs one after the other on `conn`; taking the next part from
         `parts` (which may decode it then) runs meanwhile, so the server's work on one part
@@ -333,55 +414,20 @@ class Store:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(copier)
                 async with send:
-                    for part in parts:
-                        for table, lines in part.text.items():
-                            # A memoryview: asyncpg takes bytes for a file name.
-                            text = memoryview(("\n".join(lines) + "\n").encode())
-                            if not await _put(send, (table, text)):
-                                return whole  # the copier failed: the task group raises it
-                        raw = part.rows.get(RAW_TABLE)
-                        if raw and not await _put(send, (RAW_TABLE, raw)):
-                            return whole
-                        for table, rows in part.rows.items():
-                            whole.rows.setdefault(table, []).extend(rows)
-                        whole.count += part.count
-        return whole
+                    fed = await _feed(send, parts, whole)
+                # The last COPYs are still running: work out the projections meanwhile.
+                projected = _Projected.of(whole) if fed else None
+        assert projected is not None  # the copier stopped early: the group raised its error
+        return projected
 
-    async def _merge_ledger(self, conn: Conn, batch: DecodedBatch) -> None:
+    async def _merge_ledger(self, conn: Conn, done: _Projected) -> None:
         """Add what the batch's events credit and claim to each account's ledger row."""
-        per_stream: dict[int, list[int]] = {}  # stream -> [sum, first block]
-        # (table, column of the amount, column of the fee): each credits amount - fee.
-        for table, amount_at, fee_at in (
-            ("stream_settled", ID_COLUMN + 1, ID_COLUMN + 2),
-            ("usage_recorded", ID_COLUMN + 3, ID_COLUMN + 4),
-        ):
-            for row in batch.rows.get(table, ()):
-                entry = per_stream.get(row[ID_COLUMN])
-                if entry is None:
-                    per_stream[row[ID_COLUMN]] = [row[amount_at] - row[fee_at], row[1]]
-                else:
-                    entry[0] += row[amount_at] - row[fee_at]
-                    if row[1] < entry[1]:
-                        entry[1] = row[1]
-        deltas: dict[bytes, list[int]] = {}  # account -> [delta, first block]
-
-        def add(account: bytes, amount: int, block: int) -> None:
-            entry = deltas.get(account)
-            if entry is None:
-                deltas[account] = [amount, block]
-            else:
-                entry[0] += amount
-                entry[1] = min(entry[1], block)
-
-        if per_stream:
-            rows = await conn.fetch(self.q["stream_payees"], self.chain_id, list(per_stream))
+        deltas = {a: list(d) for a, d in done.deltas.items()}
+        if done.credits:
+            rows = await conn.fetch(self.q["stream_payees"], self.chain_id, list(done.credits))
             payees = {int(r["stream_id"]): bytes(r["payee"]) for r in rows}
-            for sid, (amount, block) in per_stream.items():
-                add(payees[sid], amount, block)
-        for row in batch.rows.get("fees_credited", ()):
-            add(row[ID_COLUMN], row[ID_COLUMN + 1], row[1])
-        for row in batch.rows.get("claimed", ()):
-            add(row[ID_COLUMN], -row[ID_COLUMN + 1], row[1])
+            for sid, (amount, block) in done.credits.items():
+                _add(deltas, payees[sid], amount, block)
         accounts = list(deltas)
         await conn.execute(
             self.q["merge_ledger"],
