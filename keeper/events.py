@@ -195,11 +195,12 @@ def _copy_value(value: Any) -> str:
 
 # One decoding step of a typed event: (spec, per-argument plan, integer plan or None, expected
 # length of the data's hex text). The integer plan serves events whose arguments are all
-# integers: (True, topic index) or (False, bit shift into the data read as one integer).
+# integers: ((True, topic index) or (False, bit shift into the data read as one integer), ...)
+# and the %-format of their COPY text.
 _Plan = tuple[
     EventSpec,
     list[tuple[bool, int, Callable[[str], Any]]],
-    tuple[tuple[bool, int], ...] | None,
+    tuple[tuple[tuple[bool, int], ...], str] | None,
     int,
 ]
 _WORD = (1 << 256) - 1
@@ -227,10 +228,11 @@ class Decoder:
             words = spec.data_words
             integers = None
             if words and all(t.startswith("uint") or t == "bool" for t in spec.types):
-                integers = tuple(
+                positions = tuple(
                     (True, i) if indexed else (False, 256 * (words - 1 - i))
                     for indexed, i, _ in plan
                 )
+                integers = (positions, "\t".join(["%d"] * len(plan)))
             self._plans[topic0] = (spec, plan, integers, 2 + 64 * words)
 
     @property
@@ -314,12 +316,13 @@ class Decoder:
                 if integers is not None:
                     # All arguments are integers: read the data as one number and cut it
                     # into words (much cheaper than one int() per word).
+                    positions, values_format = integers
                     whole = int(data, 16)
                     values = [
                         int(topics[i], 16) if indexed else whole >> i & word
-                        for indexed, i in integers
+                        for indexed, i in positions
                     ]
-                    values_text = "\t".join(map(str, values))
+                    values_text = values_format % tuple(values)
                 else:
                     values = [
                         dec(topics[i][2:]) if indexed else dec(data[2 + 64 * i : 66 + 64 * i])

@@ -44,35 +44,22 @@ DECODE_PART_LOGS = 20_000  # logs decoded at a time: the server copies one part 
 GC_COLLECT_EVERY = 60.0  # seconds: a full collection during long backfills (the GC is paused)
 
 
-class _GcPause:
-    """Pauses the cyclic garbage collector while any holder is inside.
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector inside the block (as it was before, after).
 
     Parsing and decoding a range allocate hundreds of thousands of containers (log dicts,
     topic lists, row tuples) that live exactly as long as the range: the collector would only
-    rescan them again and again (about a third of the JSON parse time). The fetch of the next
-    range and the write of the current one overlap, so the pause is counted, not nested.
+    traverse them again and again (about a third of the JSON parse time). The backfill holds
+    the pause throughout and collects explicitly now and then (GC_COLLECT_EVERY).
     """
-
-    def __init__(self) -> None:
-        self.holders = 0
-        self.resume = False
-
-    @contextlib.contextmanager
-    def hold(self) -> Iterator[None]:
-        """Keep the collector paused inside the block."""
-        if self.holders == 0:
-            self.resume = gc.isenabled()
-            gc.disable()
-        self.holders += 1
-        try:
-            yield
-        finally:
-            self.holders -= 1
-            if self.holders == 0 and self.resume:
-                gc.enable()
-
-
-_gc_pause = _GcPause()
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 class FatalReorg(KeeperError):
@@ -239,31 +226,27 @@ class Indexer:
             async with send:
                 start = first
                 while start <= target:
-                    with _gc_pause.hold():
-                        fetched = await self._fetch_range(start, target)
+                    fetched = await self._fetch_range(start, target)
                     await send.send(fetched)
                     start = fetched.end.number + 1
 
-        with unwrap_group():
+        with _gc_paused(), unwrap_group():
             async with anyio.create_task_group() as tg:
                 tg.start_soon(produce)
                 async with receive:
                     async for fetched in receive:
                         done = fetched.end.number >= target
-                        with _gc_pause.hold():
-                            async with self.pool.acquire() as conn:
-                                done_events += await self.store.write_range(
-                                    conn,
-                                    self._decoded_parts(fetched),
-                                    fetched.start,
-                                    fetched.end,
-                                    backfill_done=done,
-                                )
+                        async with self.pool.acquire() as conn:
+                            done_events += await self.store.write_range(
+                                conn,
+                                self._decoded_parts(fetched),
+                                fetched.start,
+                                fetched.end,
+                                backfill_done=done,
+                            )
                         done_blocks += fetched.end.number - fetched.start + 1
                         now = time.monotonic()
                         if now - collected >= GC_COLLECT_EVERY:
-                            # The fetch of the next range keeps the collector paused while
-                            # this one is written: let it run now and then.
                             gc.collect()
                             collected = now
                         if now - last_report >= self.settings.progress_interval or done:
@@ -286,10 +269,15 @@ class Indexer:
         return done_blocks
 
     def _decoded_parts(self, fetched: _Range) -> Iterator[DecodedBatch]:
-        """The range's logs decoded DECODE_PART_LOGS at a time, each when it is asked for."""
+        """The range's logs decoded DECODE_PART_LOGS at a time, each when it is asked for.
+
+        Consumes `fetched.logs`: each part's log dicts are let go once decoded.
+        """
         logs = fetched.logs
-        for i in range(0, len(logs), DECODE_PART_LOGS):
-            yield self.decoder.decode(logs[i : i + DECODE_PART_LOGS], fetched.timestamps)
+        while logs:
+            part = logs[:DECODE_PART_LOGS]
+            del logs[:DECODE_PART_LOGS]
+            yield self.decoder.decode(part, fetched.timestamps)
 
     async def _fetch_range(self, start: int, target: int) -> _Range:
         """Logs of the widest range from `start` the provider accepts (adapting self.range)."""
