@@ -173,9 +173,11 @@ class Keeper:
         self.log_file = log_file
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
+        self.log_offset = 0  # where the current run's lines begin in the log file
 
     def start(self) -> None:
         assert self.proc is None or self.proc.poll() is not None
+        self.log_offset = self.log_file.stat().st_size if self.log_file.exists() else 0
         with self.log_file.open("ab") as log:
             self.proc = subprocess.Popen(
                 [*KEEPER, "run", "--config", str(self.config)],
@@ -215,9 +217,10 @@ class Keeper:
             self.proc.wait()
 
     def started_logged(self) -> bool:
-        """Whether the current run logged `keeper_started` (every run appends to the log)."""
-        text = self.log_file.read_text(encoding="utf-8", errors="replace")
-        return text.count("keeper_started") >= self.starts
+        """Whether the current run logged `keeper_started` (runs killed earlier may not have)."""
+        with self.log_file.open("rb") as log:
+            log.seek(self.log_offset)
+            return b"keeper_started" in log.read()
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None

@@ -62,7 +62,8 @@ async def test_illegal_transitions_are_refused(db: asyncpg.Connection) -> None:
     )
     await db.execute(Q["mark_confirmed"], planned.intent_id)
     await db.execute(Q["mark_final"], planned.intent_id)
-    assert await db.execute(Q["unmine"], planned.intent_id) == "UPDATE 0"  # final is final
+    # A pass that read it as confirmed cannot take it back: final is final.
+    assert await db.execute(Q["unmine"], planned.intent_id, "confirmed") == "UPDATE 0"
     with pytest.raises(asyncpg.CheckViolationError, match="final -> assigned"):
         await db.execute("UPDATE intents SET state = 'assigned' WHERE id = $1", planned.intent_id)
 
