@@ -51,7 +51,8 @@ def _gc_paused() -> Iterator[None]:
     Parsing and decoding a range allocate hundreds of thousands of containers (log dicts,
     topic lists, row tuples) that live exactly as long as the range: the collector would only
     traverse them again and again (about a third of the JSON parse time). The backfill holds
-    the pause throughout and collects explicitly now and then (GC_COLLECT_EVERY).
+    the pause throughout and collects explicitly now and then (GC_COLLECT_EVERY). The pause is
+    process-wide: cyclic garbage of the daemon's other loops waits for that collection too.
     """
     enabled = gc.isenabled()
     gc.disable()
