@@ -195,12 +195,13 @@ def _copy_value(value: Any) -> str:
 
 # One decoding step of a typed event: (spec, per-argument plan, integer plan or None, expected
 # length of the data's hex text). The integer plan serves events whose arguments are all
-# integers: ((True, topic index) or (False, bit shift into the data read as one integer), ...)
-# and the %-format of their COPY text.
+# integers and whose indexed arguments come first (all of the catalog's): the topics holding
+# them, the bit shifts of the others into the data read as one integer, and the %-format of
+# their COPY text.
 _Plan = tuple[
     EventSpec,
     list[tuple[bool, int, Callable[[str], Any]]],
-    tuple[tuple[tuple[bool, int], ...], str] | None,
+    tuple[tuple[int, ...], tuple[int, ...], str] | None,
     int,
 ]
 _WORD = (1 << 256) - 1
@@ -227,12 +228,17 @@ class Decoder:
                     data_i += 1
             words = spec.data_words
             integers = None
-            if words and all(t.startswith("uint") or t == "bool" for t in spec.types):
-                positions = tuple(
-                    (True, i) if indexed else (False, 256 * (words - 1 - i))
-                    for indexed, i, _ in plan
+            n_indexed = spec.indexed.count(True)
+            if (
+                words
+                and all(t.startswith("uint") or t == "bool" for t in spec.types)
+                and all(spec.indexed[:n_indexed])
+            ):
+                integers = (
+                    tuple(range(1, n_indexed + 1)),
+                    tuple(256 * (words - 1 - i) for i in range(words)),
+                    "\t".join(["%d"] * len(plan)),
                 )
-                integers = (positions, "\t".join(["%d"] * len(plan)))
             self._plans[topic0] = (spec, plan, integers, 2 + 64 * words)
 
     @property
@@ -316,12 +322,11 @@ class Decoder:
                 if integers is not None:
                     # All arguments are integers: read the data as one number and cut it
                     # into words (much cheaper than one int() per word).
-                    positions, values_format = integers
+                    in_topics, shifts, values_format = integers
                     whole = int(data, 16)
-                    values = [
-                        int(topics[i], 16) if indexed else whole >> i & word
-                        for indexed, i in positions
-                    ]
+                    values = [whole >> shift & word for shift in shifts]
+                    if in_topics:
+                        values[:0] = [int(topics[i], 16) for i in in_topics]
                     values_text = values_format % tuple(values)
                 else:
                     values = [
