@@ -91,10 +91,7 @@ async def _plan_loop(
     while True:
         try:
             async with pool.acquire() as conn:
-                ready = await conn.fetchval(
-                    "SELECT backfill_done FROM ingest_cursor WHERE chain_id = $1", planner.chain_id
-                )
-                if ready:
+                if await planner.backfill_done(conn):
                     head = await client.head()
                     started = time.perf_counter()
                     report = await planner.plan_pass(conn, base_fee=head.base_fee)

@@ -172,6 +172,10 @@ class Planner:
             s.backoff_seconds,
         )
 
+    async def backfill_done(self, conn: Conn) -> bool:
+        """Whether the indexer has finished its backfill (planning waits for it)."""
+        return bool(await conn.fetchval(self.q["backfill_done"], self.chain_id))
+
     async def due(self, conn: Conn) -> tuple[int | None, list[DueItem], list[DueItem]]:
         """(indexed block, settle items due, refund items due), most urgent first."""
         block = await conn.fetchval(self.q["indexed_block"], self.chain_id)

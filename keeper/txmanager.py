@@ -564,7 +564,7 @@ class TxManager:
             estimate, call = simulated
             gas_limit = max(
                 estimate * (100 + self.settings.gas_margin_pct) // 100,
-                gas_floor(intent["kind"], len(_items(intent)) if splittable(intent["kind"]) else 0),
+                gas_floor(intent["kind"], call["items"]),
             )
             cost = fees.worst_case_cost(gas_limit)
             if not budget_allows(spent, cost, budget, urgent=urgent):
@@ -662,7 +662,8 @@ class TxManager:
             self.log.warning("intent_simulation_error", intent=key, error=exc.message)
             return None
         if isinstance(result, int):
-            return result, {"target": target, "calldata": calldata, "value": value}
+            sent = len(_items(intent))
+            return result, {"target": target, "calldata": calldata, "value": value, "items": sent}
         items = _items(intent)
         if not splittable(kind) or not items:
             await self._fail(intent, f"simulation reverted: {result.reason}", [], report)
@@ -711,7 +712,8 @@ class TxManager:
             reverted=len(bad),
             reasons=sorted({reason for _, reason in bad}),
         )
-        return estimate, {"target": target, "calldata": calldata, "value": value}
+        sent = len(split.good)
+        return estimate, {"target": target, "calldata": calldata, "value": value, "items": sent}
 
     async def _fail(
         self, intent: Any, reason: str, items: Sequence[tuple[str, str | None]], report: TickReport

@@ -11,6 +11,9 @@ SET settle_min_amount = EXCLUDED.settle_min_amount,
     backoff_seconds = EXCLUDED.backoff_seconds,
     updated_at = now();
 
+-- name: backfill_done
+SELECT backfill_done FROM ingest_cursor WHERE chain_id = $1;
+
 -- name: indexed_block
 SELECT indexed_block FROM ingest_cursor WHERE chain_id = $1 AND indexed_timestamp IS NOT NULL;
 
