@@ -180,6 +180,20 @@ class PlanConfig(_Section):
     base_fee_ceiling_wei: int | None = Field(
         None, ge=0, description="Above this base fee only urgent work (depleting streams) goes out."
     )
+    usage: bool = Field(
+        True,
+        description="Validate the usage inbox and send usage reports (every signer needs "
+        "ORACLE_ROLE; without it usage is switched off with an error at start).",
+    )
+    usage_intake_per_pass: int = Field(
+        20_000, gt=0, description="Usage inbox rows validated per planning pass."
+    )
+    unknown_stream_grace: float = Field(
+        300.0,
+        ge=0,
+        description="Seconds a usage row naming a stream above the highest indexed id waits "
+        "(the indexer may not have reached it) before it is rejected as unknown.",
+    )
 
     def settings(self) -> PlanSettings:
         """The tuning as keeper.planner takes it."""
@@ -190,6 +204,8 @@ class PlanConfig(_Section):
             backoff_seconds=self.backoff_seconds,
             max_batch_gas=self.max_batch_gas,
             base_fee_ceiling=self.base_fee_ceiling_wei,
+            usage_intake_per_pass=self.usage_intake_per_pass,
+            unknown_stream_grace=self.unknown_stream_grace,
         )
 
 

@@ -32,12 +32,13 @@ from keeper.planner import Planner
 from keeper.rpc import ChainClient, RpcUnavailable
 from keeper.signers import Signer, load_signers
 from keeper.txmanager import TxManager
+from keeper.usage import signers_without_oracle_role
 
 log = structlog.get_logger(__name__)
 
 PLAN_PASS_SECONDS = Histogram(
     "keeper_plan_pass_seconds",
-    "Duration of one planning pass (settle and refund).",
+    "Duration of one planning pass (settle, refund and usage).",
     registry=metrics.REGISTRY,
     buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
@@ -96,6 +97,16 @@ async def _plan_loop(
                     started = time.perf_counter()
                     report = await planner.plan_pass(conn, base_fee=head.base_fee)
                     PLAN_PASS_SECONDS.observe(time.perf_counter() - started)
+                    intake = report.intake
+                    if intake is not None and (intake.validated or intake.waiting):
+                        log.info(
+                            "usage_intake",
+                            accepted=intake.accepted,
+                            rejected=intake.rejected,
+                            waiting_for_stream=intake.waiting,
+                        )
+                    if any(report.reconciled.values()):
+                        log.info("usage_reconciled", **report.reconciled)
                     if report.planned or report.held_by_base_fee:
                         log.info(
                             "plan_pass",
@@ -193,11 +204,25 @@ async def _start(
         settings = replace(config.tx.settings(), finality_depth=config.ingest.finality_depth)
         manager = TxManager(client, pool, chain_id=chain_id, signers=signers, settings=settings)
         tg.start_soon(_tx_loop, manager, config.tx.poll_interval)
+        usage = config.plan.usage
+        if usage:
+            lacking = await signers_without_oracle_role(
+                client, deployment.stream_manager, [s.address for s in signers]
+            )
+            if lacking:
+                usage = False
+                log.error(
+                    "usage_disabled",
+                    reason="signers without ORACLE_ROLE on StreamManager",
+                    signers=lacking,
+                    help="grant every signer ORACLE_ROLE, or set plan.usage = false",
+                )
         planner = Planner(
             chain_id,
             stream_manager=deployment.stream_manager,
             escrow_vault=deployment.escrow_vault,
             settings=config.plan.settings(),
+            usage=usage,
         )
         tg.start_soon(_plan_loop, planner, client, pool, config.plan.interval)
     log.info(

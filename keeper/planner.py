@@ -7,7 +7,9 @@ One pass reads what is due from the operator views themselves (`keeper.streams_d
   least the minimum; not settled for the maximum interval), most urgent first, then the
   largest amounts;
 - **refund**: open escrows whose `expiresAt` is at or before the indexed head's timestamp
-  (chain time, never the wall clock), most overdue first.
+  (chain time, never the wall clock), most overdue first;
+- **usage** (when enabled): the usage inbox validated, pending reports reconciled and the
+  reports that continue each stream's sequence batched (see `keeper.usage`).
 
 Due items are cut into batches sized by gas (`max_batch_gas`, a per-item estimate and a fixed
 overhead). Within a batch the streams are ordered by payee: the contract folds a run of one
@@ -31,13 +33,14 @@ from typing import Any
 import asyncpg
 import structlog
 
-from keeper.batches import encode_batch
+from keeper.batches import encode_batch, item_key
 from keeper.db import Conn, to_int
 from keeper.errors import KeeperError
 from keeper.outbox import AlreadyPlanned, IntentRequest, Outbox, Planned
 from keeper.queries import Queries, load_queries
 from keeper.reverts import revert_reason
 from keeper.rpc import ChainClient, RpcResponseError
+from keeper.usage import IntakeReport, UsageItem, UsageOracle, pack_runs
 
 log = structlog.get_logger(__name__)
 
@@ -54,6 +57,9 @@ class PlanSettings:
     batch_overhead_gas: int = 60_000
     settle_gas_per_item: int = 16_000
     refund_gas_per_item: int = 13_000
+    usage_gas_per_item: int = 20_000  # a report to a new payee; one payee's run costs less
+    usage_intake_per_pass: int = 20_000  # inbox rows validated per pass
+    unknown_stream_grace: float = 300.0  # seconds a row for a not yet indexed id waits
     base_fee_ceiling: int | None = None  # wei; above it only urgent work is planned
 
     def batch_size(self, per_item: int) -> int:
@@ -78,8 +84,8 @@ class Batch:
 
     kind: str
     target: str
-    items: list[int]
-    reasons: dict[int, str]
+    items: list[Any]  # ids, or [stream id, units, seq] for usage
+    reasons: dict[str, str]  # by item_key
     urgent: bool
     amount: int
     block: int
@@ -87,7 +93,8 @@ class Batch:
     @property
     def key(self) -> str:
         """The idempotency key: kind, block and a digest of the items."""
-        digest = hashlib.sha256(",".join(map(str, self.items)).encode()).hexdigest()[:16]
+        names = ",".join(item_key(self.kind, i) for i in self.items)
+        digest = hashlib.sha256(names.encode()).hexdigest()[:16]
         return f"{self.kind}:{self.block}:{len(self.items)}:{digest}"
 
     @property
@@ -105,6 +112,8 @@ class PassReport:
     planned: list[Batch] = field(default_factory=list)
     already_planned: int = 0
     held_by_base_fee: int = 0
+    intake: IntakeReport | None = None
+    reconciled: dict[str, int] = field(default_factory=dict)
 
 
 def cut_batches(
@@ -131,7 +140,7 @@ def cut_batches(
                     kind=kind,
                     target=target,
                     items=[d.item for d in chunk],
-                    reasons={d.item: d.reason for d in chunk},
+                    reasons={str(d.item): d.reason for d in chunk},
                     urgent=urgent,
                     amount=sum(d.amount for d in chunk),
                     block=block,
@@ -150,6 +159,7 @@ class Planner:
         stream_manager: str,
         escrow_vault: str,
         settings: PlanSettings | None = None,
+        usage: bool = True,
         queries: Queries | None = None,
     ) -> None:
         self.chain_id = chain_id
@@ -159,6 +169,16 @@ class Planner:
         self.q = queries or load_queries("planner.sql")
         self.outbox = Outbox(chain_id)
         self.log = log.bind(chain_id=chain_id)
+        s = self.settings
+        self.usage = (
+            UsageOracle(
+                chain_id,
+                intake_per_pass=s.usage_intake_per_pass,
+                unknown_stream_grace=s.unknown_stream_grace,
+            )
+            if usage
+            else None
+        )
 
     async def store_settings(self, conn: Conn) -> None:
         """Write the settle rule's thresholds where `keeper.streams_due` reads them."""
@@ -228,6 +248,26 @@ class Planner:
             held = sum(1 for d in settle if not d.urgent) + len(refund)
         return batches, held
 
+    def usage_batches(self, block: int, runs: Sequence[list[UsageItem]]) -> list[Batch]:
+        """`recordUsageBatch` batches of whole per-stream runs, by payee."""
+        return [
+            Batch(
+                kind="usage",
+                target=self.stream_manager,
+                items=[u.item for u in batch],
+                reasons={item_key("usage", u.item): "usage" for u in batch},
+                urgent=False,
+                amount=sum(u.units * u.price for u in batch),
+                block=block,
+            )
+            for batch in pack_runs(runs, self.usage_batch_size)
+        ]
+
+    @property
+    def usage_batch_size(self) -> int:
+        """Reports per usage batch (also the most of one stream's reports per pass)."""
+        return self.settings.batch_size(self.settings.usage_gas_per_item)
+
     async def plan_pass(
         self, conn: Conn, *, base_fee: int | None = None, dry_run: bool = False
     ) -> PassReport:
@@ -241,6 +281,16 @@ class Planner:
             if block is None:
                 return report  # nothing indexed yet
             batches, report.held_by_base_fee = self.batches(block, settle, refund, base_fee)
+            if self.usage is not None:
+                report.intake = await self.usage.intake(conn)
+                report.reconciled = await self.usage.reconcile(conn)
+                runs = await self.usage.due(conn, self.usage_batch_size)
+                report.due["usage"] = sum(len(r) for r in runs)
+                ceiling = self.settings.base_fee_ceiling
+                if ceiling is not None and base_fee is not None and base_fee > ceiling:
+                    report.held_by_base_fee += report.due["usage"]
+                else:
+                    batches += self.usage_batches(block, runs)
             for batch in batches:
                 if dry_run:
                     report.planned.append(batch)
