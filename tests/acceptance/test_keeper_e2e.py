@@ -1,0 +1,500 @@
+"""The keeper's whole job, end to end: `keeper run` as a subprocess against anvil with 1 s
+blocks and a real PostgreSQL, with two signers, while the chain reorganises and the daemon is
+killed with SIGKILL twice.
+
+The world (set up with automine, before the daemon starts):
+- 1,000 streams from one payer to 40 payees: 600 "fast" (1,000-5,000 per second, deep
+  deposits), 300 "slow" (1-10 per second: due by the maximum interval only) and 100
+  "depleting" (runways of 20-119 s: some run out while the test runs, the rest at the time
+  jump). Streams 1-500 have usage prices; 501-510 are closed.
+- 200 escrows: 100 with 20-39 s timeouts (a third of them released by the payer at once) and
+  100 with the 7-day default.
+- 10,000 usage rows COPYed into the inbox in four waves while the daemon runs: 9,500 good ones
+  for streams 1-500 and 500 bad ones (malformed, non-positive and out-of-range units, unknown
+  and closed streams, reused producer keys). Streams 491-500 are closed during the run, so
+  some of their accepted reports can no longer be recorded.
+
+While the daemon runs: three reorgs (`anvil_reorg`, 2-3 blocks, taking the keeper's mined
+transactions with them), two SIGKILLs each followed by a restart, and a 3,600 s time jump
+that makes every stream due and every short escrow expire.
+
+At the end, with the daemon stopped and the index caught up:
+- every stream that was due at the snapshot block was settled after it;
+- the index equals the contracts (every stream, escrow, payee ledger entry and vault balance)
+  and `keeper.payee_ledger` shows each payee's `credited` exactly;
+- each stream's usage sequence on chain equals its recorded rows, each usage row is recorded
+  or rejected, every bad row with the expected reason, and no report was charged twice;
+- every expired escrow that was not released was refunded, and no unexpired one;
+- each signer's nonces are 0..n-1 on chain, the outbox assigned exactly those, and nothing is
+  left in the mempool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+import urllib.request
+from collections import Counter
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, cast
+
+import asyncpg
+import pytest
+
+from keeper import db as keeper_db
+from keeper.anvil import Anvil, rpc
+from keeper.deploy import Deployment, deploy_all
+from keeper.keys import dev_key
+from keeper.usage import ORACLE_ROLE
+from tests.acceptance.test_run_crash import Keeper
+from tests.bench.gas import DEV_KEY0
+from tests.integration.ingest_support import (
+    Target,
+    assert_states_equal,
+    calldata,
+    contract_state,
+    index_until_caught_up,
+    open_indexer,
+    projection_state,
+)
+
+SIGNER_KEYS = (5, 6)
+PAYEES = [(0x5000 + k).to_bytes(20, "big") for k in range(40)]
+N_STREAMS = 1_000
+FAST, SLOW = range(1, 601), range(601, 901)
+DEPLETING = range(901, 1_001)
+PRICED = range(1, 501)
+CLOSED_AT_START = range(501, 511)
+CLOSED_DURING = range(491, 501)
+N_ESCROWS = 200
+MIN_AMOUNT = 1_000_000
+MAX_INTERVAL = 3_600
+HORIZON = 30
+JUMP = 3_600
+GOOD_ROWS_PER_STREAM = 19  # x 500 priced streams = 9,500
+BAD_REASONS = {
+    "malformed_units": 100,
+    "units_not_positive": 100,
+    "duplicate_producer_key": 100,
+    "unknown_stream": 100,
+    "units_out_of_range": 50,
+    "stream_closed": 50,
+}
+
+
+# --------------------------------------------------------------------------- JSON-RPC
+
+
+def batch(url: str, calls: Sequence[tuple[str, list[Any]]]) -> list[Any]:
+    """JSON-RPC calls in batches of 500, answers in call order; raise on any error."""
+    out: list[Any] = []
+    for start in range(0, len(calls), 500):
+        body = [
+            {"jsonrpc": "2.0", "id": i, "method": m, "params": p}
+            for i, (m, p) in enumerate(calls[start : start + 500])
+        ]
+        req = urllib.request.Request(  # noqa: S310 - our own local node
+            url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(req, timeout=120) as resp:  # noqa: S310
+            replies = sorted(json.loads(resp.read()), key=lambda r: r["id"])
+        for reply in replies:
+            if "error" in reply:
+                raise AssertionError(f"JSON-RPC error: {reply['error']}")
+            out.append(reply["result"])
+    return out
+
+
+def tx(sender: str, to: str, signature: str, *args: int | bytes) -> tuple[str, list[Any]]:
+    return (
+        "eth_sendTransaction",
+        [{"from": sender, "to": to, "data": calldata(signature, list(args)), "gas": hex(300_000)}],
+    )
+
+
+def send_in_order(url: str, sender: str, calls: list[tuple[str, list[Any]]]) -> list[Any]:
+    """Send `calls` (all from `sender`) with explicit consecutive nonces: a batch of
+    eth_sendTransaction is not guaranteed to take nonces in order."""
+    first = int(str(rpc(url, "eth_getTransactionCount", [sender, "pending"])), 16)
+    for i, (_, params) in enumerate(calls):
+        params[0]["nonce"] = hex(first + i)
+    return batch(url, calls)
+
+
+class ChainView:
+    """What `contract_state` needs of a chain: the contracts, blocks and batched calls."""
+
+    def __init__(self, node: Anvil, deployment: Deployment) -> None:
+        self.url = node.url
+        self.manager = type("M", (), {"address": deployment.stream_manager})()
+        self.vault = type("V", (), {"address": deployment.escrow_vault})()
+        self.accounts = {*PAYEES, bytes.fromhex(deployment.deployer[2:])}
+
+    def block(self, tag: int | str) -> dict[str, Any]:
+        number = hex(tag) if isinstance(tag, int) else tag
+        header = rpc(self.url, "eth_getBlockByNumber", [number, False])
+        assert isinstance(header, dict)
+        return header
+
+    def rpc_batch(self, calls: Sequence[tuple[str, Sequence[Any]]]) -> list[Any]:
+        return batch(self.url, [(m, list(p)) for m, p in calls])
+
+    def state(self, block: int | str = "latest") -> Any:
+        return contract_state(cast(Any, self), block)
+
+    def nonce(self, address: str, tag: str) -> int:
+        return int(str(rpc(self.url, "eth_getTransactionCount", [address, tag])), 16)
+
+
+# --------------------------------------------------------------------------- the world
+
+
+def build_world(node: Anvil, d: Deployment) -> None:
+    """Streams, prices, closures, escrows and roles, with automine (see the module text)."""
+    admin = d.deployer
+    m, v, t = d.stream_manager, d.escrow_vault, d.token
+    rng = random.Random(7)
+    me = bytes.fromhex(admin[2:])
+    calls = [
+        tx(admin, t, "mint(address,uint256)", me, 10**18),
+        tx(admin, t, "approve(address,uint256)", bytes.fromhex(m[2:]), 2**256 - 1),
+        tx(admin, t, "approve(address,uint256)", bytes.fromhex(v[2:]), 2**256 - 1),
+    ]
+    for s in SIGNER_KEYS:
+        signer = bytes.fromhex(dev_key(s).address[2:])
+        calls.append(tx(admin, m, "grantRole(bytes32,address)", ORACLE_ROLE, signer))
+    for sid in range(1, N_STREAMS + 1):
+        payee = PAYEES[sid % len(PAYEES)]
+        if sid in FAST:
+            rate, deposit = rng.randint(1_000, 5_000), 10**11
+        elif sid in SLOW:
+            rate, deposit = rng.randint(1, 10), 10**9
+        else:
+            rate = 10_000
+            deposit = rate * (20 + sid % 100)
+        calls.append(tx(admin, m, "openStream(address,uint256,uint256)", payee, rate, deposit))
+    calls += [tx(admin, m, "setUsagePrice(uint256,uint256)", sid, 1 + sid % 50) for sid in PRICED]
+    calls += [tx(admin, m, "closeStream(uint256)", sid) for sid in CLOSED_AT_START]
+    calls.append(tx(admin, v, "deposit(uint256)", 10**12))
+    for eid in range(1, N_ESCROWS + 1):
+        timeout = 20 + eid % 20 if eid <= 100 else 0  # 0: the 7-day default
+        calls.append(
+            tx(admin, v, "createEscrow(address,uint256,uint256)", PAYEES[eid % 40], eid, timeout)
+        )
+    calls += [tx(admin, v, "releaseEscrow(uint256)", eid) for eid in range(3, 101, 3)]
+    # Automine off: blocks packed full, so chain time moves on a few seconds, not a second
+    # per set-up transaction (the short escrows must still be open when the daemon starts).
+    rpc(node.url, "evm_setAutomine", [False])
+    hashes = send_in_order(node.url, admin, calls)
+    while int(str(rpc(node.url, "txpool_status")["pending"]), 16):  # type: ignore[index]
+        rpc(node.url, "evm_mine", [])
+    receipts = batch(node.url, [("eth_getTransactionReceipt", [h]) for h in hashes])
+    failed = [i for i, r in enumerate(receipts) if r is None or r["status"] != "0x1"]
+    assert not failed, f"set-up transactions failed: {failed[:5]}"
+
+
+def usage_waves() -> tuple[list[list[tuple[str | None, ...]]], dict[str, str]]:
+    """Four waves of inbox rows (stream_id, units, producer_key, label) and the reason each
+    bad row must be rejected with, by producer key (a duplicate's key is its original's, so
+    duplicates are told apart by their label)."""
+    rng = random.Random(11)
+    good = [
+        (str(sid), str(rng.randint(1, 1_000)), f"req-{sid}-{n}", rng.choice(["chat", "embed"]))
+        for n in range(GOOD_ROWS_PER_STREAM)
+        for sid in PRICED
+    ]
+    bad: list[tuple[str | None, ...]] = []
+    expected: dict[str, str] = {}
+
+    def add(reason: str, count: int, row: Callable[[int], tuple[str | None, ...]]) -> None:
+        for i in range(count):
+            r = row(i)
+            bad.append(r)
+            expected[f"{r[2]}|{r[3]}"] = reason
+
+    add("malformed_units", 100, lambda i: (str(1 + i), f"{i}x", f"bad-units-{i}", "bad"))
+    add("units_not_positive", 100, lambda i: (str(1 + i), str(-i), f"bad-zero-{i}", "bad"))
+    add("duplicate_producer_key", 100, lambda i: (str(1 + i), "5", f"req-{1 + i}-0", "dup"))
+    add("unknown_stream", 100, lambda i: (str(5_000 + i), "5", f"bad-stream-{i}", "bad"))
+    add("units_out_of_range", 50, lambda i: (str(1 + i), str(2**64 + i), f"bad-big-{i}", "bad"))
+    add("stream_closed", 50, lambda i: (str(501 + i % 10), "5", f"bad-closed-{i}", "bad"))
+    assert Counter(expected.values()) == Counter(BAD_REASONS)
+    # Bad rows go in the later waves, after the originals of the reused keys.
+    rows = good[:3_000], good[3_000:6_000], good[6_000:] + bad[:250], bad[250:]
+    return [list(w) for w in rows], expected
+
+
+# --------------------------------------------------------------------------- the database
+
+
+class Db:
+    """A synchronous window on the keeper's database."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._runner = asyncio.Runner()
+        self._conn: asyncpg.Connection = self._runner.run(keeper_db.connect(url))
+
+    def close(self) -> None:
+        self._runner.run(self._conn.close())
+        self._runner.close()
+
+    def fetch(self, query: str, *args: Any) -> list[asyncpg.Record]:
+        rows: list[asyncpg.Record] = self._runner.run(self._conn.fetch(query, *args))
+        return rows
+
+    def value(self, query: str, *args: Any) -> Any:
+        return self._runner.run(self._conn.fetchval(query, *args))
+
+    def copy_usage(self, rows: list[tuple[str | None, ...]]) -> None:
+        self._runner.run(
+            self._conn.copy_records_to_table(
+                "usage_inbox",
+                records=rows,
+                columns=["stream_id", "units", "producer_key", "label"],
+            )
+        )
+
+    def catch_up(self, node: Anvil, d: Deployment) -> Any:
+        """Index to the node's head in this process; return the projections' state."""
+        target = Target(
+            chain_id=d.chain_id,
+            addresses={"StreamManager": d.stream_manager, "EscrowVault": d.escrow_vault},
+            start_block=d.deployment_block,
+        )
+
+        async def run() -> Any:
+            async with open_indexer(node.url, self.url, target) as indexer:
+                await index_until_caught_up(indexer)
+            return await projection_state(self._conn, d.chain_id)
+
+        return self._runner.run(run())
+
+
+def write_config(path: Path, node: Anvil, d: Deployment, database_url: str) -> Path:
+    deployment_file = path / "deployment.json"
+    d.write(deployment_file)
+    creds = path / "creds"
+    creds.mkdir()
+    signers = ""
+    for index in SIGNER_KEYS:
+        (creds / f"signer-{index}").write_text(dev_key(index).reveal_hex() + "\n")
+        signers += f'\n[[signers]]\ncredential = "signer-{index}"\n'
+    config = path / "keeper.toml"
+    config.write_text(
+        f"""
+[chain]
+rpc_url = "{node.url}"
+deployment_file = "{deployment_file}"
+
+[database]
+url = "{database_url}"
+
+[ingest]
+poll_interval = 0.25
+
+[tx]
+confirmations = 2
+bump_after_blocks = 3
+poll_interval = 0.25
+
+[plan]
+interval = 1.0
+settle_min_amount = {MIN_AMOUNT}
+settle_max_interval = {MAX_INTERVAL}
+settle_horizon = {HORIZON}
+backoff_seconds = 20
+unknown_stream_grace = 3
+{signers}
+[log]
+level = "info"
+format = "json"
+""",
+        encoding="utf-8",
+    )
+    return config
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def due_streams(state: Any) -> set[int]:
+    """The streams due at `state`'s block by the configured rule."""
+    now = state.timestamp
+    due = set()
+    for sid, s in state.streams.items():
+        if s.status != "open" or s.rate == 0:
+            continue
+        accrued = min(s.balance, s.rate * max(0, now - s.settled_at))
+        if accrued == 0:
+            continue
+        runway = max(0, s.settled_at + -(-s.balance // s.rate) - now)
+        if runway <= HORIZON or accrued >= MIN_AMOUNT or now - s.settled_at >= MAX_INTERVAL:
+            due.add(sid)
+    return due
+
+
+def test_the_keeper_does_its_whole_job_through_reorgs_and_kills(
+    anvil_factory: Callable[..., Anvil],
+    database_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    node = anvil_factory()
+    d = deploy_all(node.url, DEV_KEY0)
+    build_world(node, d)
+    chain = ChainView(node, d)
+    signers = [dev_key(i).address for i in SIGNER_KEYS]
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path / "creds"))
+    keeper = Keeper(write_config(tmp_path, node, d, database_url), tmp_path / "keeper.log")
+    db = Db(database_url)
+    waves, bad = usage_waves()
+    rpc(node.url, "evm_setIntervalMining", [1])
+    try:
+        keeper.start()
+
+        def run_for(seconds: float) -> None:
+            deadline = time.monotonic() + seconds
+            while time.monotonic() < deadline:
+                assert keeper.alive(), keeper.tail()
+                time.sleep(0.2)
+
+        def restart() -> None:
+            keeper.kill()
+            keeper.start()
+
+        run_for(8)
+        db.copy_usage(waves[0])
+        run_for(5)
+        rpc(node.url, "anvil_reorg", [3, []])
+        db.copy_usage(waves[1])
+        run_for(4)
+        restart()
+        run_for(6)
+        batch(
+            node.url,
+            [tx(d.deployer, d.stream_manager, "closeStream(uint256)", s) for s in CLOSED_DURING],
+        )
+        rpc(node.url, "anvil_reorg", [2, []])
+        db.copy_usage(waves[2])
+        run_for(4)
+        rpc(node.url, "evm_increaseTime", [JUMP])
+        run_for(1.5)
+        # The snapshot: what is due now must be settled after this block.
+        snapshot = chain.state("latest")
+        due = due_streams(snapshot)
+        assert len(due) > 800, len(due)  # the jump made (nearly) every open stream due
+        run_for(3.5)
+        restart()
+        db.copy_usage(waves[3])
+        run_for(6)
+        rpc(node.url, "anvil_reorg", [2, []])
+        run_for(3)
+
+        def done() -> tuple[bool, str]:
+            now = chain.state("latest")
+            unsettled = [
+                s
+                for s in due
+                if now.streams[s].status == "open"
+                and now.streams[s].settled_at < snapshot.timestamp
+            ]
+            open_usage = db.value(
+                "SELECT count(*) FROM keeper.usage WHERE status NOT IN ('recorded', 'rejected')"
+            )
+            expired = [
+                e
+                for e, x in now.escrows.items()
+                if x.status == "open" and x.expires_at <= now.timestamp
+            ]
+            return (
+                not unsettled and open_usage == 0 and not expired,
+                f"unsettled {len(unsettled)}, usage open {open_usage}, expired {len(expired)}",
+            )
+
+        deadline = time.monotonic() + 240
+        ok, what = done()
+        while not ok:
+            assert time.monotonic() < deadline, f"not done: {what}\n{keeper.tail()}"
+            assert keeper.alive(), keeper.tail()
+            time.sleep(2)
+            ok, what = done()
+
+        status, _ = keeper.terminate(within=30)
+        assert status == 0, keeper.tail()
+        rpc(node.url, "evm_setIntervalMining", [0])
+        rpc(node.url, "evm_mine", [])
+        indexed = db.catch_up(node, d)
+        final = chain.state(indexed.block)
+
+        # The index equals the contracts, and the operator view shows each ledger exactly.
+        assert_states_equal(indexed, final)
+        ledger = {
+            bytes.fromhex(r["account"][2:]): int(r["credited"])
+            for r in db.fetch("SELECT account, credited FROM keeper.payee_ledger")
+        }
+        assert {a: c for a, c in ledger.items() if c} == {
+            a: c for a, c in final.credited.items() if c
+        }
+        assert all(final.credited.get(p, 0) > 0 for p in PAYEES)
+
+        # Usage: every row decided; the contract's sequence equals the recorded rows.
+        usage = db.fetch("SELECT stream_id, producer_key, label, status, reason FROM keeper.usage")
+        assert len(usage) == 10_000
+        assert Counter(r["status"] for r in usage).keys() <= {"recorded", "rejected"}
+        recorded = Counter(int(r["stream_id"]) for r in usage if r["status"] == "recorded")
+        for sid in PRICED:
+            assert final.streams[sid].usage_seq == recorded[sid], sid
+        rejected = {
+            f"{r['producer_key']}|{r['label']}": r["reason"]
+            for r in usage
+            if r["status"] == "rejected"
+        }
+        for key, reason in bad.items():
+            assert rejected.get(key) == reason, key
+        # Good rows are rejected only where their stream was closed during the run.
+        good_rejected = {k: r for k, r in rejected.items() if k not in bad}
+        assert set(good_rejected.values()) <= {"stream_closed"}
+        assert all(int(k.split("-")[1]) in CLOSED_DURING for k in good_rejected)
+        assert all(recorded[s] == GOOD_ROWS_PER_STREAM for s in range(1, 491))
+        twice = db.value(
+            "SELECT count(*) FROM (SELECT 1 FROM usage_recorded GROUP BY stream_id, seq "
+            "HAVING count(*) > 1) x"
+        )
+        assert twice == 0
+        charged = db.value("SELECT sum(charged) FROM keeper.usage WHERE status = 'recorded'")
+        assert charged == db.value("SELECT sum(charged) FROM usage_recorded")
+
+        # Escrows: the expired ones not released were refunded, no unexpired one was.
+        refunded_at = {
+            int(r["escrow_id"]): int(r["block_time"])
+            for r in db.fetch("SELECT escrow_id, block_time FROM escrow_refunded")
+        }
+        for eid, e in final.escrows.items():
+            released = eid <= 100 and eid % 3 == 0
+            if eid <= 100 and not released:
+                assert e.status == "refunded", eid
+                assert snapshot.escrows[eid].expires_at <= refunded_at[eid]
+            else:
+                assert e.status == ("released" if released else "open"), eid
+        assert len(refunded_at) == 100 - len(range(3, 101, 3))
+
+        # Nonces: 0..n-1 on chain per signer, exactly the outbox's, nothing pending.
+        for address in signers:
+            mined = chain.nonce(address, "latest")
+            assert chain.nonce(address, "pending") == mined
+            assigned = db.fetch(
+                "SELECT nonce FROM intents WHERE signer = $1 AND state <> 'replan' ORDER BY nonce",
+                bytes.fromhex(address[2:]),
+            )
+            assert [int(r["nonce"]) for r in assigned] == list(range(mined)), address
+            assert mined > 0
+        failed = db.fetch("SELECT kind, reason FROM intents WHERE state = 'failed'")
+        assert not failed, failed
+        assert keeper.starts == 3
+    finally:
+        keeper.stop()
+        db.close()
