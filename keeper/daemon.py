@@ -19,7 +19,7 @@ import structlog
 from anyio import CancelScope
 from anyio.abc import TaskGroup, TaskStatus
 from asyncpg import PostgresConnectionError
-from prometheus_client import Histogram
+from prometheus_client import Counter, Histogram
 
 from keeper import db, metrics
 from keeper.config import KeeperConfig
@@ -28,7 +28,7 @@ from keeper.deploy import Deployment
 from keeper.errors import KeeperError, unwrap_group
 from keeper.ingest import FatalReorg, Indexer
 from keeper.migrations import migrate
-from keeper.planner import Planner
+from keeper.planner import PassReport, Planner
 from keeper.rpc import ChainClient, RpcUnavailable
 from keeper.signers import Signer, load_signers
 from keeper.txmanager import TxManager
@@ -36,6 +36,18 @@ from keeper.usage import signers_without_oracle_role
 
 log = structlog.get_logger(__name__)
 
+USAGE_ROWS = Counter(
+    "keeper_usage_rows_total",
+    "Usage inbox rows validated, by verdict (accepted, or the rejection reason).",
+    ["verdict"],
+    registry=metrics.REGISTRY,
+)
+USAGE_RECONCILED = Counter(
+    "keeper_usage_reconciled_total",
+    "Usage reports reconciled from the indexed events: recorded, rejected, or undone by a reorg.",
+    ["outcome"],
+    registry=metrics.REGISTRY,
+)
 PLAN_PASS_SECONDS = Histogram(
     "keeper_plan_pass_seconds",
     "Duration of one planning pass (settle, refund and usage).",
@@ -81,6 +93,37 @@ async def _tx_loop(manager: TxManager, interval: float) -> None:
         await anyio.sleep(interval)
 
 
+def _report_pass(report: PassReport) -> None:
+    """Metrics and summary lines of one planning pass (lines only for what it did)."""
+    intake = report.intake
+    if intake is not None:
+        USAGE_ROWS.labels("accepted").inc(intake.accepted)
+        for reason, n in intake.rejected.items():
+            USAGE_ROWS.labels(reason).inc(n)
+    for outcome, n in report.reconciled.items():
+        USAGE_RECONCILED.labels(outcome).inc(n)
+    if intake is not None and (intake.validated or intake.waiting):
+        log.info(
+            "usage_intake",
+            accepted=intake.accepted,
+            rejected=intake.rejected,
+            waiting_for_stream=intake.waiting,
+        )
+    if any(report.reconciled.values()):
+        log.info("usage_reconciled", **report.reconciled)
+    if report.planned or report.held_by_base_fee:
+        log.info(
+            "plan_pass",
+            block=report.block,
+            due=report.due,
+            batches=len(report.planned),
+            urgent=sum(1 for b in report.planned if b.urgent),
+            items=sum(len(b.items) for b in report.planned),
+            held_by_base_fee=report.held_by_base_fee,
+            already_planned=report.already_planned,
+        )
+
+
 async def _plan_loop(
     planner: Planner, client: ChainClient, pool: asyncpg.Pool, interval: float
 ) -> None:
@@ -97,27 +140,7 @@ async def _plan_loop(
                     started = time.perf_counter()
                     report = await planner.plan_pass(conn, base_fee=head.base_fee)
                     PLAN_PASS_SECONDS.observe(time.perf_counter() - started)
-                    intake = report.intake
-                    if intake is not None and (intake.validated or intake.waiting):
-                        log.info(
-                            "usage_intake",
-                            accepted=intake.accepted,
-                            rejected=intake.rejected,
-                            waiting_for_stream=intake.waiting,
-                        )
-                    if any(report.reconciled.values()):
-                        log.info("usage_reconciled", **report.reconciled)
-                    if report.planned or report.held_by_base_fee:
-                        log.info(
-                            "plan_pass",
-                            block=report.block,
-                            due=report.due,
-                            batches=len(report.planned),
-                            urgent=sum(1 for b in report.planned if b.urgent),
-                            items=sum(len(b.items) for b in report.planned),
-                            held_by_base_fee=report.held_by_base_fee,
-                            already_planned=report.already_planned,
-                        )
+                    _report_pass(report)
         except (RpcUnavailable, DatabaseUnavailable, OSError, PostgresConnectionError) as exc:
             failures += 1
             delay = min(interval * 2**failures, 60.0)
