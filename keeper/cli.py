@@ -59,6 +59,16 @@ def _port(text: str) -> int:
     return value
 
 
+def _chain_id(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a chain id: {text!r}") from None
+    if not 0 < value < 2**63:
+        raise argparse.ArgumentTypeError("must be a positive 64-bit integer")
+    return value
+
+
 def _seconds(text: str) -> float:
     try:
         value = float(text)
@@ -226,6 +236,28 @@ async def _dry_plan(config: Any) -> dict[str, Any]:
         await conn.close()
 
 
+def cmd_usage_import(args: argparse.Namespace) -> int:
+    """Queue the rows of a usage file in `usage_inbox` for the keeper to validate."""
+    import json
+
+    import anyio
+
+    from keeper import usage_import
+
+    dsn = _database_url(args)
+    fmt = usage_import.file_format(args.file, args.format)
+    source = args.source or usage_import.source_name(args.file)
+    with usage_import.open_file(args.file) as stream:
+        # The CSV header is checked here, before the database is touched.
+        reader = usage_import.UsageReader(stream, fmt, source=source, chain_id=args.chain_id)
+        progress = usage_import.Progress.on_terminal(
+            sys.stderr, total_bytes=usage_import.file_size(stream)
+        )
+        summary = anyio.run(lambda: usage_import.import_to_database(dsn, reader, progress=progress))
+    print(json.dumps(summary.as_dict()) if args.json else summary.text())
+    return 0
+
+
 def _database_url(args: argparse.Namespace) -> str:
     dsn: str | None = args.database_url or os.environ.get(DATABASE_URL_ENV)
     if not dsn:
@@ -263,6 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
             "  devchain  run a local anvil chain with the contracts deployed\n"
             "  migrate   apply the database migrations\n"
             "  plan      dry run: what the next planning pass would send, and why\n"
+            "  usage     usage rows: `usage import FILE` queues a file of them for the keeper\n"
             "  demo      local chain + database + example workload, to try things out\n\n"
             "Run `keeper <command> --help` for a command's options."
         ),
@@ -452,7 +485,94 @@ def build_parser() -> argparse.ArgumentParser:
         help="set everything up, print it, stop it all and exit (for scripts and tests)",
     )
     demo.set_defaults(handler=cmd_demo)
+
+    _usage_parser(sub)
     return parser
+
+
+def _usage_parser(sub: Any) -> None:
+    usage = sub.add_parser(
+        "usage",
+        formatter_class=_Formatter,
+        help="usage rows: import a file of them for the keeper to validate",
+        description=(
+            "Usage rows for the usage oracle.\n\n"
+            "Subcommands:\n"
+            "  import FILE  queue the rows of a CSV or JSON-lines file for validation\n\n"
+            "Run `keeper usage <subcommand> --help` for its options."
+        ),
+    )
+    usage_sub = usage.add_subparsers(dest="usage_command", metavar="<subcommand>", required=True)
+    imp = usage_sub.add_parser(
+        "import",
+        formatter_class=_Formatter,
+        help="queue the rows of a CSV or JSON-lines file for validation",
+        description=(
+            "Queue the usage rows of FILE in the usage_inbox table, where the keeper validates\n"
+            "them on its next planning pass. Each value is stored as the text it has in the\n"
+            "file: nothing is parsed, rounded or corrected here, and a row the keeper refuses\n"
+            "stays visible in keeper.usage_rejected with a reason code and a detail.\n\n"
+            "Formats (from FILE's extension, or --format):\n"
+            "  csv    (.csv) a header row naming the columns stream_id, units, producer_key\n"
+            "         and optionally label, observed_at, chain_id, in any order; then one row\n"
+            "         per line (a quoted field may not hold a line break). An empty field is\n"
+            "         stored as NULL. Any other column is refused before anything is written.\n"
+            "  jsonl  (.jsonl, .ndjson) one JSON object per line with those keys. Numbers\n"
+            "         keep the text they were written with (1e3 stays 1e3), null and a\n"
+            "         missing key are NULL, true/false are stored as text. A key that is\n"
+            "         not one of those stops the import.\n"
+            "FILE may be - for standard input (then give --format). The file must be UTF-8\n"
+            "(a BOM is ignored). Each row's source is <name>:<line number>, e.g. usage.csv:17.\n\n"
+            "A line that cannot be read at all (not valid JSON, not an object, the wrong\n"
+            "number of CSV fields, not UTF-8, a NUL character) is not dropped: it is stored\n"
+            "as a row rejected with reason malformed_line, the problem and the start of the\n"
+            "line in its detail. Blank lines are skipped. chain_id is a bigint column: a\n"
+            "chain_id that is not an integer stops the import.\n\n"
+            "The rows are copied 10,000 at a time, all in ONE transaction: if anything fails\n"
+            "part-way (a bad chain_id, a row the database refuses, a lost connection,\n"
+            "Ctrl-C), nothing at all is imported, and the file can be imported again as a\n"
+            "whole. Importing a file twice queues its rows twice; an accepted report's\n"
+            "producer_key is unique per chain, so the same usage is never charged twice.\n\n"
+            "On a terminal, a progress line on stderr shows rows read and rows per second.\n"
+            "At the end, a summary on stdout: rows read, rows queued for validation,\n"
+            "malformed lines kept as rejected, blank lines skipped, seconds taken.\n"
+            "Exit status 0 when the file was imported (malformed lines included), 1 when\n"
+            "nothing was."
+        ),
+    )
+    imp.add_argument(
+        "file",
+        metavar="FILE",
+        help="the usage file (.csv, .jsonl or .ndjson); - reads standard input",
+    )
+    imp.add_argument(
+        "--format",
+        choices=["csv", "jsonl"],
+        help="the file's format; default: from FILE's extension (needed for -)",
+    )
+    imp.add_argument(
+        "--chain-id",
+        type=_chain_id,
+        metavar="N",
+        help="chain id stored for rows that carry none; default: NULL, which means the chain "
+        "of the keeper that validates the row (give it when several chains share a database)",
+    )
+    imp.add_argument(
+        "--source",
+        metavar="NAME",
+        help="name stored in each row's source, before :<line number>; default: FILE as "
+        "given (stdin for -)",
+    )
+    imp.add_argument(
+        "--database-url",
+        metavar="DSN",
+        help="PostgreSQL URL (postgresql://user:password@host:port/db); "
+        f"default: ${DATABASE_URL_ENV}",
+    )
+    imp.add_argument(
+        "--json", action="store_true", help="print the summary as one JSON object instead"
+    )
+    imp.set_defaults(handler=cmd_usage_import)
 
 
 def _chain_options(parser: argparse.ArgumentParser) -> None:
