@@ -199,7 +199,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
     )
     due = result["due"]
     print(
-        f"due: {due.get('settle', 0)} streams to settle, {due.get('refund', 0)} escrows to refund"
+        f"due: {due.get('settle', 0)} streams to settle, {due.get('refund', 0)} escrows to "
+        f"refund, {due.get('usage', 0)} usage reports to record"
     )
     if result["held_by_base_fee"]:
         print(f"held back by the base-fee ceiling: {result['held_by_base_fee']} items")
@@ -211,7 +212,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
         shown = f"gas {gas:,}" if gas is not None else f"reverts: {b['simulation_error']}"
         urgent = "urgent " if b["urgent"] else ""
         print(f"{b['kind']:<7} {urgent}{len(b['items'])} items  {shown}  ({reasons})  {b['key']}")
-        print(f"        ids: {' '.join(map(str, b['items']))}")
+        if b["kind"] == "usage":
+            print(f"        stream:seq: {' '.join(f'{i}:{q}' for i, _, q in b['items'])}")
+        else:
+            print(f"        ids: {' '.join(map(str, b['items']))}")
     return 0
 
 
@@ -230,7 +234,7 @@ async def _dry_plan(config: Any) -> dict[str, Any]:
     conn = await db.connect(config.database.url.get_secret_value())
     client = ChainClient(config.chain.rpc_url.get_secret_value(), timeout=config.chain.rpc_timeout)
     try:
-        return await dry_run(planner, conn, client, deployment.deployer)
+        return await dry_run(planner, conn, client, deployment.deployer, deployment.oracle)
     finally:
         await client.close()
         await conn.close()

@@ -332,11 +332,19 @@ def describe(batch: Batch) -> dict[str, Any]:
     }
 
 
-async def dry_run(planner: Planner, conn: Conn, client: ChainClient, sender: str) -> dict[str, Any]:
+async def dry_run(
+    planner: Planner,
+    conn: Conn,
+    client: ChainClient,
+    sender: str,
+    usage_sender: str | None = None,
+) -> dict[str, Any]:
     """What the next pass would plan, without planning it: the batches with each item's reason
     and the gas `eth_estimateGas` gives for each from `sender` (settle and refund calls are
-    permissionless). The configured thresholds are applied in a transaction that is rolled
-    back, so the database is left exactly as it was."""
+    permissionless; usage batches are simulated from `usage_sender`, an account with
+    ORACLE_ROLE, when given). The configured thresholds are applied and the usage inbox is
+    validated in a transaction that is rolled back, so the database is left exactly as it
+    was."""
     head = await client.head()
     tr = conn.transaction()
     await tr.start()
@@ -352,7 +360,8 @@ async def dry_run(planner: Planner, conn: Conn, client: ChainClient, sender: str
     batches = []
     for batch in report.planned:
         shown = describe(batch)
-        call = {"from": sender, "to": batch.target, "data": "0x" + batch.calldata.hex()}
+        origin = usage_sender if batch.kind == "usage" and usage_sender else sender
+        call = {"from": origin, "to": batch.target, "data": "0x" + batch.calldata.hex()}
         try:
             shown["simulated_gas"] = int(await client.request("eth_estimateGas", [call]), 16)
         except RpcResponseError as exc:

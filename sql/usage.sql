@@ -1,8 +1,8 @@
 -- Named queries of the usage oracle (keeper.usage). $1 is the chain id.
 
 -- name: lock_intake
--- One validator per chain at a time (the daemon's pass and `keeper usage import`), so no two
--- of them hand out the same sequence number.
+-- One validator per chain at a time (two daemons' passes, or a script calling
+-- UsageOracle.intake), so no two of them hand out the same sequence number.
 SELECT pg_advisory_xact_lock($1::bigint);
 
 -- name: unvalidated

@@ -42,6 +42,7 @@ COMMANDS = {
     "devchain": ["--port", "--host", "--block-time", "--out"],
     "migrate": ["--database-url", "KEEPER_DATABASE_URL"],
     "plan": ["--config", "--json"],
+    "usage": ["import"],
     "demo": [
         "--port",
         "--host",
@@ -105,6 +106,14 @@ def test_command_help_mentions_its_options(command: str) -> None:
     assert result.stdout.startswith(f"usage: keeper {command}")
     for option in COMMANDS[command]:
         assert option in result.stdout, f"{command} --help does not mention {option}"
+
+
+def test_usage_import_help_mentions_its_options() -> None:
+    result = keeper("usage", "import", "--help")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("usage: keeper usage import")
+    for option in ("--format", "--chain-id", "--source", "--database-url", "--json"):
+        assert option in result.stdout, option
 
 
 def test_python_m_keeper(tmp_path: Path) -> None:

@@ -4,6 +4,8 @@ streams, gaps and replays the contract reports, reorgs) and affordability."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,6 +18,7 @@ from keeper.outbox import IntentRequest, Outbox
 from keeper.planner import Planner, PlanSettings
 from keeper.usage import ORACLE_ROLE, UsageOracle, signers_without_oracle_role
 from tests.integration.ingest_support import Target, index_until_caught_up, open_indexer
+from tests.integration.test_planner import keeper_plan
 from tests.integration.tx_support import Env
 
 pytestmark = pytest.mark.anyio
@@ -357,3 +360,22 @@ async def test_usage_needs_the_oracle_role_of_every_signer(env: Env) -> None:
         env.manager.client, env.deployment.stream_manager, addresses
     )
     assert lacking == addresses[1:]
+
+
+async def test_keeper_plan_shows_usage_batches_and_leaves_the_inbox_as_it_was(
+    env: Env, database_url: str, tmp_path: Path
+) -> None:
+    world(env)
+    await index(env, database_url)
+    await inbox(env, (1, 10, "a"), (2, 3, "b"), (1, "x", "c"))
+    result = json.loads(keeper_plan(env, database_url, tmp_path, "--json"))
+    assert result["due"]["usage"] == 2
+    (usage,) = [b for b in result["batches"] if b["kind"] == "usage"]
+    assert usage["items"] == [[2, 3, 1], [1, 10, 1]]
+    assert usage["simulated_gas"] > 21_000  # from the deployment's oracle account
+    text = keeper_plan(env, database_url, tmp_path)
+    assert "2 usage reports to record" in text and "stream:seq: 2:1 1:1" in text
+    async with env.pool.acquire() as conn:
+        # A dry run: the rows are still waiting for the daemon's validation.
+        assert await conn.fetchval("SELECT count(*) FROM usage_inbox WHERE verdict IS NULL") == 3
+        assert await conn.fetchval("SELECT count(*) FROM usage_reports") == 0
