@@ -366,7 +366,7 @@ class UsageOracle:
             for k in await conn.fetch(self.q["accepted_keys"], self.chain_id, keys)
         }
         highest = await conn.fetchval(self.q["highest_stream"], self.chain_id)
-        now = await conn.fetchval("SELECT now()")
+        now = await conn.fetchval(self.q["transaction_time"])
         verdicts, report.waiting = judge(
             rows,
             streams,

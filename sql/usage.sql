@@ -108,3 +108,6 @@ WHERE r.chain_id = $1 AND r.state = 'pending' AND s.status = 'open' AND r.seq > 
         AND i.updated_at + make_interval(secs => ps.backoff_seconds) > now())
 ORDER BY r.chain_id, r.stream_id, r.seq
 LIMIT $2;
+
+-- name: transaction_time
+SELECT now();
