@@ -57,10 +57,20 @@ def _unavailable(dsn: str, exc: BaseException) -> DatabaseUnavailable:
     return DatabaseUnavailable(f"cannot connect to PostgreSQL at {safe}: {exc}", dsn=safe)
 
 
+# Session settings of every keeper connection. JIT compilation off: the keeper's queries are
+# short, and on large tables the planner's cost estimates can trigger hundreds of
+# milliseconds of compilation for a query that runs in a few.
+SERVER_SETTINGS = {"jit": "off"}
+
+
+def _settings(kwargs: dict[str, Any]) -> dict[str, Any]:
+    return {**kwargs, "server_settings": {**SERVER_SETTINGS, **kwargs.get("server_settings", {})}}
+
+
 async def connect(dsn: str, **kwargs: Any) -> asyncpg.Connection:
     """Open one connection (`kwargs` go to `asyncpg.connect`), or raise `DatabaseUnavailable`."""
     try:
-        return await asyncpg.connect(dsn, **kwargs)
+        return await asyncpg.connect(dsn, **_settings(kwargs))
     except _CONNECT_ERRORS as exc:
         raise _unavailable(dsn, exc) from exc
 
@@ -74,7 +84,9 @@ async def create_pool(
     fails at start-up with `DatabaseUnavailable` rather than at the first query.
     """
     try:
-        return await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, **kwargs)
+        return await asyncpg.create_pool(
+            dsn, min_size=min_size, max_size=max_size, **_settings(kwargs)
+        )
     except _CONNECT_ERRORS as exc:
         raise _unavailable(dsn, exc) from exc
 

@@ -92,20 +92,23 @@ WHERE r.chain_id = $1 AND r.state = 'pending'
 -- name: usage_due
 -- Pending reports the contract has not passed, of open streams with no usage on its way and
 -- not backed off (their last usage intent failed within the backoff window), in stream and
--- sequence order (the pending index's order: no sort).
+-- sequence order (the pending index's order: no sort). The two exclusions are NOT EXISTS so
+-- they become hashed anti-joins: a NOT IN over a set too large to hash would be searched
+-- linearly for every pending report.
 SELECT r.stream_id, r.seq, r.units, s.usage_seq, s.payee, s.price
 FROM usage_reports r
 JOIN streams s ON s.chain_id = r.chain_id AND s.stream_id = r.stream_id
 WHERE r.chain_id = $1 AND r.state = 'pending' AND s.status = 'open' AND r.seq > s.usage_seq
-  AND r.stream_id NOT IN (SELECT f.stream_id FROM keeper.usage_in_flight f
-                          WHERE f.chain_id = $1)
-  AND r.stream_id NOT IN (
-      SELECT (item.value ->> 0)::numeric(78,0)
+  AND NOT EXISTS (SELECT 1 FROM keeper.usage_in_flight f
+                  WHERE f.chain_id = $1 AND f.stream_id = r.stream_id)
+  AND NOT EXISTS (
+      SELECT 1
       FROM intents i
       JOIN planner_settings ps ON ps.chain_id = i.chain_id
       CROSS JOIN LATERAL jsonb_array_elements(i.items) AS item (value)
       WHERE i.chain_id = $1 AND i.kind = 'usage' AND i.state = 'failed'
-        AND i.updated_at + make_interval(secs => ps.backoff_seconds) > now())
+        AND i.updated_at + make_interval(secs => ps.backoff_seconds) > now()
+        AND (item.value ->> 0)::numeric(78,0) = r.stream_id)
 ORDER BY r.chain_id, r.stream_id, r.seq
 LIMIT $2;
 

@@ -183,3 +183,17 @@ async def test_unreachable_database_is_a_typed_error() -> None:
         await db.connect("postgresql://nobody:secret@127.0.0.1:1/nothing", timeout=5)
     assert "secret" not in str(caught.value)
     assert caught.value.help
+
+
+async def test_keeper_connections_run_without_jit(empty_database_url: str) -> None:
+    conn = await db.connect(empty_database_url, server_settings={"application_name": "t"})
+    try:
+        assert await conn.fetchval("SHOW jit") == "off"
+        assert await conn.fetchval("SHOW application_name") == "t"
+    finally:
+        await conn.close()
+    pool = await db.create_pool(empty_database_url, min_size=1, max_size=1)
+    try:
+        assert await pool.fetchval("SHOW jit") == "off"
+    finally:
+        await pool.close()
