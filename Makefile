@@ -19,7 +19,7 @@ VENV_PATH = PATH="$(CURDIR)/$(BIN):$$PATH"
 .DEFAULT_GOAL := help
 
 .PHONY: help venv .venv node_modules contracts test lint format demo bench bench-gas \
-	bench-index bench-tx clean distclean
+	bench-index bench-tx bench-plan clean distclean
 
 help:
 	@echo "make test       run the whole test suite (installs everything first)"
@@ -79,7 +79,7 @@ format: $(VENV_STAMP)
 demo: $(VENV_STAMP) $(NODE_STAMP)
 	$(VENV_PATH) $(BIN)/keeper demo
 
-bench: bench-gas bench-index bench-tx
+bench: bench-gas bench-index bench-tx bench-plan
 
 bench-gas: $(VENV_STAMP) $(NODE_STAMP)
 	$(VENV_PATH) $(BIN)/python -m tests.bench.bench_gas
@@ -89,6 +89,9 @@ bench-index: $(VENV_STAMP) $(NODE_STAMP)
 
 bench-tx: $(VENV_STAMP) $(NODE_STAMP)
 	$(VENV_PATH) $(BIN)/python -m tests.bench.bench_tx
+
+bench-plan: $(VENV_STAMP) $(NODE_STAMP)
+	$(VENV_PATH) $(BIN)/python -m tests.bench.bench_plan
 
 # --- cleanup ----------------------------------------------------------------------------
 
