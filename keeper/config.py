@@ -186,7 +186,7 @@ class PlanConfig(_Section):
         "ORACLE_ROLE; without it usage is switched off with an error at start).",
     )
     usage_intake_per_pass: int = Field(
-        20_000, gt=0, description="Usage inbox rows validated per planning pass."
+        5_000, gt=0, description="Usage inbox rows validated per planning pass."
     )
     unknown_stream_grace: float = Field(
         300.0,

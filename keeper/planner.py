@@ -58,7 +58,7 @@ class PlanSettings:
     settle_gas_per_item: int = 16_000
     refund_gas_per_item: int = 13_000
     usage_gas_per_item: int = 20_000  # a report to a new payee; one payee's run costs less
-    usage_intake_per_pass: int = 20_000  # inbox rows validated per pass
+    usage_intake_per_pass: int = 5_000  # inbox rows validated per pass
     unknown_stream_grace: float = 300.0  # seconds a row for a not yet indexed id waits
     base_fee_ceiling: int | None = None  # wei; above it only urgent work is planned
 
@@ -274,6 +274,11 @@ class Planner:
         """One planning pass: read what is due, cut batches and (unless `dry_run`) create their
         intents, all in one transaction."""
         report = PassReport()
+        if self.usage is not None:
+            # Its own transaction: accepted rows and their sequence numbers are committed
+            # whatever the planning below does, and the intake lock is not held while it runs.
+            async with conn.transaction():
+                report.intake = await self.usage.intake(conn)
         async with conn.transaction():
             block, settle, refund = await self.due(conn)
             report.block = block
@@ -282,7 +287,6 @@ class Planner:
                 return report  # nothing indexed yet
             batches, report.held_by_base_fee = self.batches(block, settle, refund, base_fee)
             if self.usage is not None:
-                report.intake = await self.usage.intake(conn)
                 report.reconciled = await self.usage.reconcile(conn)
                 runs = await self.usage.due(conn, self.usage_batch_size)
                 report.due["usage"] = sum(len(r) for r in runs)

@@ -316,7 +316,7 @@ class UsageOracle:
         self,
         chain_id: int,
         *,
-        intake_per_pass: int = 20_000,
+        intake_per_pass: int = 5_000,
         due_per_pass: int = 20_000,
         unknown_stream_grace: float = 300.0,
         queries: Queries | None = None,
@@ -425,7 +425,10 @@ class UsageOracle:
     async def reconcile(self, conn: Conn) -> dict[str, int]:
         """Bring pending reports up to date with the indexed events; run inside a
         transaction. Returns counts: `undone` (reorged away), `recorded`, `rejected`."""
-        undone = await conn.execute(self.q["unreconcile_reorged"], self.chain_id)
+        finalized = await conn.fetchval(self.q["finalized_block"], self.chain_id)
+        undone = await conn.execute(
+            self.q["unreconcile_reorged"], self.chain_id, -1 if finalized is None else finalized
+        )
         states = [r["state"] for r in await conn.fetch(self.q["reconcile_recorded"], self.chain_id)]
         closed = await conn.execute(self.q["reconcile_closed"], self.chain_id)
         return {

@@ -1356,3 +1356,8 @@ CROSS JOIN LATERAL (
 ) it
 WHERE c.indexed_timestamp IS NOT NULL
 ORDER BY c.chain_id, w.window_seconds;
+
+-- ================================================================ outbox storage (0009)
+
+ALTER TABLE intents ALTER COLUMN calldata SET STORAGE EXTERNAL;
+ALTER TABLE attempts ALTER COLUMN raw SET STORAGE EXTERNAL;

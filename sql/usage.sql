@@ -37,13 +37,12 @@ WHERE u.id = v.id AND u.verdict IS NULL;
 
 -- name: unreconcile_reorged
 -- Reconciliations whose deciding event is no longer indexed (its block was reorged away): the
--- report is pending again. Only blocks above the finalized one can change.
+-- report is pending again. Only blocks above the finalized one ($2, read first: as a constant
+-- the planner knows how few rows are above it and uses the block index) can change.
 UPDATE usage_reports r
 SET state = 'pending', block_number = NULL, tx_hash = NULL, charged = NULL, fee = NULL,
     shortfall = NULL, reason = NULL, detail = NULL, reconciled_at = NULL
-FROM ingest_cursor c
-WHERE r.chain_id = $1 AND c.chain_id = r.chain_id
-  AND r.block_number > COALESCE(c.finalized_block, -1)
+WHERE r.chain_id = $1 AND r.block_number > $2
   AND NOT EXISTS (SELECT 1 FROM usage_recorded e
                   WHERE e.chain_id = r.chain_id AND e.block_number = r.block_number
                     AND e.tx_hash = r.tx_hash AND e.stream_id = r.stream_id AND e.seq = r.seq)
@@ -111,6 +110,9 @@ WHERE r.chain_id = $1 AND r.state = 'pending' AND s.status = 'open' AND r.seq > 
         AND (item.value ->> 0)::numeric(78,0) = r.stream_id)
 ORDER BY r.chain_id, r.stream_id, r.seq
 LIMIT $2;
+
+-- name: finalized_block
+SELECT COALESCE(finalized_block, -1) FROM ingest_cursor WHERE chain_id = $1;
 
 -- name: transaction_time
 SELECT now();
