@@ -33,6 +33,7 @@ from urllib.parse import urlsplit, urlunsplit
 import anyio
 import asyncpg
 import pytest
+import structlog
 
 from keeper import db as keeper_db
 from keeper.anvil import Anvil, start_anvil
@@ -93,6 +94,16 @@ def _create_database(server_url: str, name: str, template: str | None = None) ->
 
 def _drop_database(server_url: str, name: str) -> None:
     _run(_admin, server_url, f"DROP DATABASE IF EXISTS {_quoted_db_name(name)} WITH (FORCE)")
+
+
+@pytest.fixture(autouse=True)
+def _restore_structlog() -> Iterator[None]:
+    """Put structlog's configuration back after each test. A test that runs `keeper.cli.main`
+    in-process configures it to print to the sys.stderr of that moment, which is pytest's
+    capture file for the test: closed afterwards, a later test's log line would fail there."""
+    saved = structlog.get_config()
+    yield
+    structlog.configure(**saved)
 
 
 @pytest.fixture(scope="session")
