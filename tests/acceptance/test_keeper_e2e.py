@@ -31,7 +31,6 @@ At the end, with the daemon stopped and the index caught up:
 
 from __future__ import annotations
 
-import asyncio
 import json
 import random
 import time
@@ -41,15 +40,14 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, cast
 
-import asyncpg
 import pytest
 
-from keeper import db as keeper_db
 from keeper.anvil import Anvil, rpc
 from keeper.deploy import Deployment, deploy_all
 from keeper.keys import dev_key
 from keeper.usage import ORACLE_ROLE
 from tests.acceptance.test_run_crash import Keeper
+from tests.acceptance.test_tx_crash import Outboxes
 from tests.bench.gas import DEV_KEY0
 from tests.integration.ingest_support import (
     Target,
@@ -230,21 +228,12 @@ def usage_waves() -> tuple[list[list[tuple[str | None, ...]]], dict[str, str]]:
 # --------------------------------------------------------------------------- the database
 
 
-class Db:
-    """A synchronous window on the keeper's database."""
+class Db(Outboxes):
+    """A synchronous window on the keeper's database (`Outboxes`'s connection and fetch)."""
 
     def __init__(self, url: str) -> None:
+        super().__init__(url)
         self.url = url
-        self._runner = asyncio.Runner()
-        self._conn: asyncpg.Connection = self._runner.run(keeper_db.connect(url))
-
-    def close(self) -> None:
-        self._runner.run(self._conn.close())
-        self._runner.close()
-
-    def fetch(self, query: str, *args: Any) -> list[asyncpg.Record]:
-        rows: list[asyncpg.Record] = self._runner.run(self._conn.fetch(query, *args))
-        return rows
 
     def value(self, query: str, *args: Any) -> Any:
         return self._runner.run(self._conn.fetchval(query, *args))
