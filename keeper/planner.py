@@ -229,8 +229,7 @@ class Planner:
     ) -> tuple[list[Batch], int]:
         """The batches a pass plans, and how many items the base-fee ceiling held back."""
         s = self.settings
-        ceiling = s.base_fee_ceiling
-        urgent_only = ceiling is not None and base_fee is not None and base_fee > ceiling
+        urgent_only = self.urgent_only(base_fee)
         batches = cut_batches(
             "settle",
             self.stream_manager,
@@ -247,6 +246,11 @@ class Planner:
         if urgent_only:
             held = sum(1 for d in settle if not d.urgent) + len(refund)
         return batches, held
+
+    def urgent_only(self, base_fee: int | None) -> bool:
+        """Whether `base_fee` is above the ceiling, where only urgent work goes out."""
+        ceiling = self.settings.base_fee_ceiling
+        return ceiling is not None and base_fee is not None and base_fee > ceiling
 
     def usage_batches(self, block: int, runs: Sequence[list[UsageItem]]) -> list[Batch]:
         """`recordUsageBatch` batches of whole per-stream runs, by payee."""
@@ -290,8 +294,7 @@ class Planner:
                 report.reconciled = await self.usage.reconcile(conn)
                 runs = await self.usage.due(conn, self.usage_batch_size)
                 report.due["usage"] = sum(len(r) for r in runs)
-                ceiling = self.settings.base_fee_ceiling
-                if ceiling is not None and base_fee is not None and base_fee > ceiling:
+                if self.urgent_only(base_fee):
                     report.held_by_base_fee += report.due["usage"]
                 else:
                     batches += self.usage_batches(block, runs)

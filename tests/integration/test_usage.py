@@ -379,3 +379,22 @@ async def test_keeper_plan_shows_usage_batches_and_leaves_the_inbox_as_it_was(
         # A dry run: the rows are still waiting for the daemon's validation.
         assert await conn.fetchval("SELECT count(*) FROM usage_inbox WHERE verdict IS NULL") == 3
         assert await conn.fetchval("SELECT count(*) FROM usage_reports") == 0
+
+
+async def test_usage_waits_above_the_base_fee_ceiling(env: Env, database_url: str) -> None:
+    world(env)
+    await index(env, database_url)
+    await inbox(env, (1, 10, "a"), (2, 3, "b"))
+    d = env.deployment
+    settings = PlanSettings(**{**SETTINGS.__dict__, "base_fee_ceiling": 10})
+    p = Planner(
+        d.chain_id, stream_manager=d.stream_manager, escrow_vault=d.escrow_vault, settings=settings
+    )
+    async with env.pool.acquire() as conn:
+        await p.store_settings(conn)
+        high = await p.plan_pass(conn, base_fee=11)
+        # Validated and numbered all the same; only the sending waits.
+        assert high.intake is not None and high.intake.accepted == 2
+        assert high.planned == [] and high.held_by_base_fee == 2
+        low = await p.plan_pass(conn, base_fee=10)
+    assert [(b.kind, len(b.items)) for b in low.planned] == [("usage", 2)]
