@@ -209,6 +209,34 @@ class PlanConfig(_Section):
         )
 
 
+class HealthConfig(_Section):
+    """`[health]`: the read-only health and metrics port."""
+
+    enabled: bool = Field(True, description="Serve /healthz, /readyz, /metrics and /status.")
+    host: str = Field("127.0.0.1", min_length=1, description="Address the port listens on.")
+    port: int = Field(9464, ge=0, le=65535, description="TCP port (0: any free port).")
+    max_lag_seconds: float = Field(
+        120.0, gt=0, description="/readyz fails when the index lags the head by more (chain time)."
+    )
+
+
+class DaemonConfig(_Section):
+    """`[daemon]`: process behaviour under systemd and next to other keepers."""
+
+    shutdown_grace: float = Field(
+        10.0,
+        gt=0,
+        description="Seconds a SIGTERM gives the loops to finish their pass before the rest "
+        "is cancelled (its open transactions roll back).",
+    )
+    leader_lease: float = Field(
+        15.0,
+        ge=1,
+        description="Seconds within which a standby takes over from a leader that died or lost "
+        "its database session; the leader steps down when it cannot confirm its lock as long.",
+    )
+
+
 class LogConfig(_Section):
     """`[log]`."""
 
@@ -234,6 +262,8 @@ class KeeperConfig(BaseSettings):
         default_factory=list, description="The signer pool; none: index only, send nothing."
     )
     log: LogConfig = LogConfig()
+    health: HealthConfig = HealthConfig()
+    daemon: DaemonConfig = DaemonConfig()
 
     @classmethod
     def settings_customise_sources(
