@@ -1361,3 +1361,32 @@ ORDER BY c.chain_id, w.window_seconds;
 
 ALTER TABLE intents ALTER COLUMN calldata SET STORAGE EXTERNAL;
 ALTER TABLE attempts ALTER COLUMN raw SET STORAGE EXTERNAL;
+
+-- ================================================================ read-only role (0010)
+
+-- keeper_reader: SELECT on the views and EXECUTE on their functions, nothing on the tables;
+-- PUBLIC may not execute the functions in schema public. The role belongs to the server, so it
+-- is created only when missing (see the migration for what a member can still do).
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'keeper_reader') THEN
+        CREATE ROLE keeper_reader NOLOGIN;
+    END IF;
+EXCEPTION
+    WHEN duplicate_object OR unique_violation THEN
+        NULL;
+END
+$$;
+
+-- first_block_since reads the event tables for keeper.settlement_totals: with its owner's rights.
+ALTER FUNCTION keeper.first_block_since(bigint, bigint, bigint, bigint)
+    SECURITY DEFINER SET search_path = public, pg_temp;
+
+GRANT USAGE ON SCHEMA keeper TO keeper_reader;
+GRANT SELECT ON ALL TABLES IN SCHEMA keeper TO keeper_reader;
+GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA keeper TO keeper_reader;
+ALTER DEFAULT PRIVILEGES IN SCHEMA keeper GRANT SELECT ON TABLES TO keeper_reader;
+ALTER DEFAULT PRIVILEGES IN SCHEMA keeper GRANT EXECUTE ON FUNCTIONS TO keeper_reader;
+
+REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA public FROM PUBLIC;
+ALTER DEFAULT PRIVILEGES REVOKE EXECUTE ON FUNCTIONS FROM PUBLIC;
