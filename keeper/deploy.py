@@ -13,7 +13,7 @@ from typing import Any
 
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
-from eth_utils import to_checksum_address
+from eth_utils import is_checksum_address, is_hex_address, to_checksum_address
 from web3 import Web3
 from web3.contract import Contract
 from web3.types import Nonce, TxReceipt
@@ -22,6 +22,7 @@ from keeper.errors import KeeperError
 from keeper.resources import load_artifact
 
 DEFAULT_FEE_BPS = 250
+MAX_FEE_BPS = 1000  # StreamManager.MAX_FEE_BPS
 DEPLOYMENT_FORMAT = 1
 
 
@@ -61,36 +62,101 @@ class Deployment:
         tmp.replace(path)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Deployment:
-        """Build from parsed JSON, checking every field is present."""
-        try:
-            return cls(
-                chain_id=int(data["chain_id"]),
-                deployment_block=int(data["deployment_block"]),
-                token=to_checksum_address(data["token"]),
-                stream_manager=to_checksum_address(data["stream_manager"]),
-                escrow_vault=to_checksum_address(data["escrow_vault"]),
-                deployer=to_checksum_address(data["deployer"]),
-                oracle=to_checksum_address(data["oracle"]),
-                fee_recipient=to_checksum_address(data["fee_recipient"]),
-                fee_bps=int(data["fee_bps"]),
-                token_decimals=int(data.get("token_decimals", 6)),
-                format=int(data.get("format", DEPLOYMENT_FORMAT)),
+    def from_dict(cls, data: Any, *, source: str = "deployment data") -> Deployment:
+        """Build from parsed JSON, checking every field: present, of the right type, in range,
+        and addresses well-formed with a valid EIP-55 checksum when mixed-case.
+
+        Errors name `source` (e.g. the file), the key, the value found and what is expected.
+        """
+        if not isinstance(data, dict):
+            raise DeploymentFileError(f"{source}: expected a JSON object, found {type(data)!r}")
+        fmt = _integer(data, "format", source, low=1, default=DEPLOYMENT_FORMAT)
+        if fmt != DEPLOYMENT_FORMAT:
+            raise DeploymentFileError(
+                f"{source}: format: {fmt} is not a format this keeper reads "
+                f"(expected {DEPLOYMENT_FORMAT})",
+                help="the file was written by another version of keeper",
             )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise DeploymentFileError(f"bad deployment data: {exc!r}") from exc
+        return cls(
+            chain_id=_integer(data, "chain_id", source, low=1),
+            deployment_block=_integer(data, "deployment_block", source, low=0),
+            token=_checked_address(data, "token", source),
+            stream_manager=_checked_address(data, "stream_manager", source),
+            escrow_vault=_checked_address(data, "escrow_vault", source),
+            deployer=_checked_address(data, "deployer", source),
+            oracle=_checked_address(data, "oracle", source),
+            fee_recipient=_checked_address(data, "fee_recipient", source),
+            fee_bps=_integer(data, "fee_bps", source, low=0, high=MAX_FEE_BPS),
+            token_decimals=_integer(data, "token_decimals", source, low=0, high=77, default=6),
+            format=fmt,
+        )
 
     @classmethod
     def read(cls, path: Path) -> Deployment:
-        """Read a deployment file written by `write`."""
+        """Read and check a deployment file written by `write` (see `from_dict`)."""
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
             raise DeploymentFileError(
-                f"cannot read deployment file {path}: {exc}",
+                f"cannot read deployment file {path}: {exc.strerror}",
                 help="run `keeper deploy` (or `keeper devchain`) to create it",
             ) from exc
-        return cls.from_dict(data)
+        except UnicodeDecodeError:
+            raise DeploymentFileError(f"deployment file {path} is not UTF-8 text") from None
+        try:
+            data = json.loads(text)
+        except ValueError as exc:
+            raise DeploymentFileError(
+                f"deployment file {path} is not JSON: {exc}",
+                help="it is written by `keeper deploy`; restore it from there",
+            ) from exc
+        return cls.from_dict(data, source=f"deployment file {path}")
+
+
+def _integer(
+    data: dict[str, Any],
+    key: str,
+    source: str,
+    *,
+    low: int,
+    high: int | None = None,
+    default: int | None = None,
+) -> int:
+    value = data.get(key, default)
+    if value is None:
+        raise DeploymentFileError(f"{source}: {key} is missing")
+    # JSON has no int type of its own: refuse true/false and 1.5, take 1 and "1" (older files).
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise DeploymentFileError(f"{source}: {key}: {value!r} is not an integer")
+    try:
+        number = int(value)
+    except ValueError:
+        raise DeploymentFileError(f"{source}: {key}: {value!r} is not an integer") from None
+    if number < low or (high is not None and number > high):
+        span = f"between {low} and {high}" if high is not None else f"at least {low}"
+        raise DeploymentFileError(f"{source}: {key}: {number} is out of range (expected {span})")
+    return number
+
+
+def _checked_address(data: dict[str, Any], key: str, source: str) -> str:
+    """The checksummed form of the address at `key`, refusing a mixed-case address whose
+    checksum is wrong (a typo in a hand-edited file: never silently "corrected")."""
+    if key not in data:
+        raise DeploymentFileError(f"{source}: {key} is missing")
+    value = data[key]
+    if not isinstance(value, str) or not is_hex_address(value):
+        raise DeploymentFileError(
+            f"{source}: {key}: {value!r} is not an address (expected 0x and 40 hex digits)"
+        )
+    body = value[2:]
+    if body != body.lower() and body != body.upper() and not is_checksum_address(value):
+        raise DeploymentFileError(
+            f"{source}: {key}: {value!r} has an invalid EIP-55 checksum (expected the "
+            "checksummed address `keeper deploy` wrote, or all lowercase)",
+            help="a mixed-case address whose checksum does not match is usually a typo: "
+            "compare it with the deployment's output",
+        )
+    return str(to_checksum_address(value))
 
 
 class Deployer:

@@ -33,6 +33,27 @@ _HEX_DIGITS = frozenset(string.hexdigits)
 class KeyLoadError(KeeperError):
     """The private key could not be loaded."""
 
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        help: str | None = None,  # noqa: A002
+        file_role: str | None = None,
+    ) -> None:
+        super().__init__(message, help=help)
+        # Which file was at fault, when one clearly was: "key_file", "keystore" or
+        # "password_file" (for messages that name the configuration field).
+        self.file_role = file_role
+
+
+# Why a file could not be read is most often a path that is wrong or a permission: say what is
+# expected, not only what the OS said.
+_READABLE = "expected a file the keeper's user can read"
+
+
+def _unreadable(what: str, path: Path, exc: OSError, role: str) -> KeyLoadError:
+    return KeyLoadError(f"cannot read {what} {path}: {exc.strerror} ({_READABLE})", file_role=role)
+
 
 class PrivateKey:
     """A secp256k1 private key that never prints itself.
@@ -114,14 +135,15 @@ def load_key_file(path: Path) -> PrivateKey:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise KeyLoadError(f"key file {path} does not exist") from None
+        raise KeyLoadError(f"key file {path} does not exist", file_role="key_file") from None
     except UnicodeDecodeError:
         raise KeyLoadError(
             f"key file {path} is not text",
             help="it must hold the key as 64 hex digits (for a keystore use --keystore)",
+            file_role="key_file",
         ) from None
     except OSError as exc:
-        raise KeyLoadError(f"cannot read key file {path}: {exc.strerror}") from None
+        raise _unreadable("key file", path, exc, "key_file") from None
     return parse_hex_key(text, source=f"key file {path}")
 
 
@@ -143,23 +165,32 @@ def load_keystore(keystore: Path, password_file: Path) -> PrivateKey:
     try:
         data = json.loads(keystore.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise KeyLoadError(f"keystore file {keystore} does not exist") from None
+        raise KeyLoadError(
+            f"keystore file {keystore} does not exist", file_role="keystore"
+        ) from None
     except (UnicodeDecodeError, ValueError):
-        raise KeyLoadError(f"keystore file {keystore} is not JSON") from None
+        raise KeyLoadError(f"keystore file {keystore} is not JSON", file_role="keystore") from None
     except OSError as exc:
-        raise KeyLoadError(f"cannot read keystore file {keystore}: {exc.strerror}") from None
+        raise _unreadable("keystore file", keystore, exc, "keystore") from None
     if not isinstance(data, dict) or not ("crypto" in data or "Crypto" in data):
         raise KeyLoadError(
             f"keystore file {keystore} is not an encrypted key (no 'crypto' section)",
             help="use a V3 keystore as written by geth, cast wallet or eth_account.Account.encrypt",
+            file_role="keystore",
         )
     try:
         password = password_file.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise KeyLoadError(f"password file {password_file} does not exist") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) else "it is not text"
-        raise KeyLoadError(f"cannot read password file {password_file}: {reason}") from None
+        raise KeyLoadError(
+            f"password file {password_file} does not exist", file_role="password_file"
+        ) from None
+    except UnicodeDecodeError:
+        raise KeyLoadError(
+            f"cannot read password file {password_file}: it is not text",
+            file_role="password_file",
+        ) from None
+    except OSError as exc:
+        raise _unreadable("password file", password_file, exc, "password_file") from None
     password = password.removesuffix("\n").removesuffix("\r")
     try:
         secret = bytes(Account.decrypt(data, password))
@@ -172,7 +203,8 @@ def load_keystore(keystore: Path, password_file: Path) -> PrivateKey:
     except (KeyError, TypeError, NotImplementedError) as exc:
         raise KeyLoadError(
             f"keystore file {keystore} is malformed or uses an unsupported format "
-            f"({type(exc).__name__})"
+            f"({type(exc).__name__})",
+            file_role="keystore",
         ) from None
     try:
         return PrivateKey(secret)

@@ -84,30 +84,63 @@ def _credential(name: str, environ: Mapping[str, str]) -> PrivateKey:
     return load_key_file(path)
 
 
+def _load(source: KeySource, env: Mapping[str, str]) -> PrivateKey:
+    if source.credential is not None:
+        return _credential(source.credential, env)
+    if source.keystore is not None and source.password_file is not None:
+        return load_keystore(source.keystore, source.password_file)
+    raise SignerConfigError("a signer needs `keystore` and `password_file`, or `credential`")
+
+
+def check_signers(
+    sources: Sequence[KeySource], environ: Mapping[str, str] | None = None
+) -> tuple[list[Signer], list[SignerConfigError]]:
+    """Load every configured key; return the signers loaded and a problem per key that was not.
+
+    Each problem names the configuration field (`signers.<n>.keystore`, `.password_file`,
+    `.credential`), the file and what is wrong, never the key. Two sources holding the same
+    account are a problem too (two lanes on one account would collide).
+    """
+    env = os.environ if environ is None else environ
+    signers: list[Signer] = []
+    problems: list[SignerConfigError] = []
+    seen: dict[str, str] = {}
+    for index, source in enumerate(sources):
+        where = f"signers.{index}"
+        try:
+            key = _load(source, env)
+        except KeyLoadError as exc:
+            if source.credential is not None:
+                # The message names the file inside $CREDENTIALS_DIRECTORY; say which credential.
+                message = f"{where}.credential: {source.describe()}: {exc.message}"
+            elif exc.file_role in ("keystore", "password_file"):
+                message = f"{where}.{exc.file_role}: {exc.message}"
+            else:
+                message = f"{where}: {exc.message}"
+            problems.append(SignerConfigError(message, help=exc.help))
+            continue
+        except SignerConfigError as exc:
+            field = f"{where}.credential" if source.credential is not None else where
+            problems.append(SignerConfigError(f"{field}: {exc.message}", help=exc.help))
+            continue
+        if key.address in seen:
+            problems.append(
+                SignerConfigError(
+                    f"{where}: {source.describe()} holds the same account as {seen[key.address]} "
+                    f"({key.address}); each signer must be a distinct account"
+                )
+            )
+            continue
+        seen[key.address] = f"{where} ({source.describe()})"
+        signers.append(Signer(key))
+    return signers, problems
+
+
 def load_signers(
     sources: Sequence[KeySource], environ: Mapping[str, str] | None = None
 ) -> list[Signer]:
-    """Load every configured key; refuse duplicates (two lanes on one account would collide)."""
-    env = os.environ if environ is None else environ
-    signers: list[Signer] = []
-    seen: dict[str, str] = {}
-    for source in sources:
-        try:
-            if source.credential is not None:
-                key = _credential(source.credential, env)
-            elif source.keystore is not None and source.password_file is not None:
-                key = load_keystore(source.keystore, source.password_file)
-            else:
-                raise SignerConfigError(
-                    "a signer needs `keystore` and `password_file`, or `credential`"
-                )
-        except KeyLoadError as exc:
-            raise SignerConfigError(f"{source.describe()}: {exc.message}", help=exc.help) from None
-        if key.address in seen:
-            raise SignerConfigError(
-                f"{source.describe()} holds the same account as {seen[key.address]} "
-                f"({key.address}); each signer must be a distinct account"
-            )
-        seen[key.address] = source.describe()
-        signers.append(Signer(key))
+    """Load every configured key; raise the first problem `check_signers` finds."""
+    signers, problems = check_signers(sources, environ)
+    if problems:
+        raise problems[0] from None
     return signers
