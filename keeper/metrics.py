@@ -1,7 +1,8 @@
 """Prometheus metrics of the keeper (one registry, bounded label sets).
 
 Names follow the house convention: `keeper_<thing>_total` counters, `_seconds` histograms,
-`_timestamp` gauges. The health port (a later stage) serves `REGISTRY`.
+`_timestamp` gauges. The health port (keeper.http) serves `REGISTRY`; the gauges marked
+"from the database" are refreshed by it at each scrape (at most once a second).
 """
 
 from __future__ import annotations
@@ -61,6 +62,52 @@ INDEXED_TIMESTAMP = Gauge(
 )
 BACKFILL_RANGE = Gauge(
     "keeper_backfill_range_blocks", "Current eth_getLogs range of the backfill.", registry=REGISTRY
+)
+
+# The health port's own, and what it reads from the database at scrape time.
+INTENTS_OPEN = Gauge(
+    "keeper_intents",
+    "Intents not settled yet (planned, assigned, mined, confirmed), by kind and state "
+    "(from the database).",
+    ["kind", "state"],
+    registry=REGISTRY,
+)
+PENDING_WORK = Gauge(
+    "keeper_pending_work",
+    "Work waiting for the keeper (from the database): settle (streams due), refund (escrows "
+    "refundable), usage (accepted reports not recorded), usage_received (rows not validated).",
+    ["kind"],
+    registry=REGISTRY,
+)
+# Token amounts in base units. A float in the exposition only: Prometheus has no other type.
+SETTLED_24H = Gauge(
+    "keeper_settled_amount_24h",
+    "Tokens settled from streams (fee included) in the last 24 h of chain time, base units "
+    "(from the database).",
+    registry=REGISTRY,
+)
+USAGE_CHARGED_24H = Gauge(
+    "keeper_usage_charged_24h",
+    "Tokens charged by usage reports in the last 24 h of chain time, base units "
+    "(from the database).",
+    registry=REGISTRY,
+)
+REFUNDED_24H = Gauge(
+    "keeper_refunded_amount_24h",
+    "Tokens refunded from expired escrows in the last 24 h of chain time, base units "
+    "(from the database).",
+    registry=REGISTRY,
+)
+HTTP_REQUESTS = Counter(
+    "keeper_http_requests_total",
+    "Requests to the health port, by path (other for unknown ones) and status code.",
+    ["path", "code"],
+    registry=REGISTRY,
+)
+METRICS_REFRESH_ERRORS = Counter(
+    "keeper_metrics_refresh_errors_total",
+    "Scrapes whose gauges could not be refreshed from the database (served as they were).",
+    registry=REGISTRY,
 )
 
 

@@ -1,0 +1,106 @@
+-- Named queries of `keeper status`, /status, /readyz and the gauges /metrics reads from the
+-- database (keeper.status, keeper.http). Only SELECTs: the health port changes nothing.
+-- $1 is the chain id unless said otherwise.
+
+-- name: chains
+-- Chains the database knows: registered by a deployment or indexed.
+SELECT chain_id FROM chains
+UNION
+SELECT chain_id FROM keeper.indexer_status
+ORDER BY chain_id;
+
+-- name: chain_name
+SELECT name FROM chains WHERE chain_id = $1;
+
+-- name: database_now
+SELECT now();
+
+-- name: indexer_status
+SELECT head_block, head_time, indexed_block, indexed_time, finalized_block, lag_blocks,
+       lag_seconds, wall_lag_seconds, unfinalized_blocks, backfill_done, reorgs_total,
+       max_reorg_depth, updated_at
+FROM keeper.indexer_status
+WHERE chain_id = $1;
+
+-- name: work_due
+-- What the next planning pass would take up (the planners read the same views).
+SELECT sd.streams_due, sd.streams_urgent, er.escrows_refundable
+FROM (SELECT count(*) AS streams_due, count(*) FILTER (WHERE urgent) AS streams_urgent
+      FROM keeper.streams_due WHERE chain_id = $1) sd
+CROSS JOIN (SELECT count(*) AS escrows_refundable
+            FROM keeper.escrows_refundable WHERE chain_id = $1) er;
+
+-- name: usage_pending
+-- Rows not validated yet may have no chain (NULL: the chain of the keeper that validates them).
+SELECT status, count(*) AS n
+FROM keeper.usage_pending
+WHERE chain_id = $1 OR chain_id IS NULL
+GROUP BY status;
+
+-- name: intents_open
+SELECT kind, state, count(*) AS n
+FROM keeper.tx_pipeline
+WHERE chain_id = $1 AND state IN ('planned', 'assigned', 'mined', 'confirmed')
+GROUP BY kind, state
+ORDER BY kind, state;
+
+-- name: signers
+SELECT address, balance, low_balance, next_nonce, in_flight, confirmed, updated_at
+FROM keeper.signers
+WHERE chain_id = $1
+ORDER BY address;
+
+-- name: last_reorg
+SELECT detected_at, depth, ancestor_block, old_head_block, new_head_block, events_removed
+FROM keeper.reorgs
+WHERE chain_id = $1
+ORDER BY detected_at DESC, id DESC
+LIMIT 1;
+
+-- name: last_failed_intent
+SELECT intent_id, kind, key, reason AS message, updated_at AS at
+FROM keeper.tx_pipeline
+WHERE chain_id = $1 AND state = 'failed'
+ORDER BY updated_at DESC, intent_id DESC
+LIMIT 1;
+
+-- name: last_send_error
+SELECT intent_id, kind, key, latest_send_error AS message, updated_at AS at
+FROM keeper.tx_pipeline
+WHERE chain_id = $1 AND latest_send_error IS NOT NULL
+ORDER BY updated_at DESC, intent_id DESC
+LIMIT 1;
+
+-- name: totals_24h
+-- The `window_name` filter reaches the VALUES list of the view: only this window is counted.
+SELECT settlements, settled_amount, usage_reports, usage_charged, refunds, refunded_amount
+FROM keeper.settlement_totals
+WHERE chain_id = $1 AND window_name = '24h';
+
+-- name: readiness
+SELECT backfill_done, lag_seconds FROM keeper.indexer_status WHERE chain_id = $1;
+
+-- name: metrics_gauges
+-- One row for the gauges /metrics reads from the database at scrape time. Usage is counted
+-- on the base tables' partial indexes: keeper.usage_pending derives each row's status and so
+-- reads the whole inbox, too slow to run at every scrape with millions of rows.
+SELECT s.head_block, s.indexed_block, s.finalized_block, s.lag_seconds, s.indexed_timestamp,
+       (SELECT count(*) FROM keeper.streams_due d WHERE d.chain_id = $1) AS settle_due,
+       (SELECT count(*) FROM keeper.escrows_refundable e WHERE e.chain_id = $1)
+           AS refund_due,
+       (SELECT count(*) FROM usage_reports r WHERE r.chain_id = $1 AND r.state = 'pending')
+           AS usage_pending,
+       (SELECT count(*) FROM usage_inbox u
+        WHERE u.verdict IS NULL AND (u.chain_id = $1 OR u.chain_id IS NULL)) AS usage_received,
+       t.settled_amount, t.usage_charged, t.refunded_amount
+FROM (SELECT $1::bigint AS chain_id) c
+LEFT JOIN keeper.indexer_status s ON s.chain_id = c.chain_id
+LEFT JOIN keeper.settlement_totals t ON t.chain_id = c.chain_id AND t.window_name = '24h';
+
+-- name: metrics_intents
+-- On the base table, through its partial index of unsettled intents (keeper.tx_pipeline would
+-- also look up each intent's latest attempt).
+SELECT kind, state, count(*) AS n
+FROM intents
+WHERE chain_id = $1 AND state IN ('planned', 'assigned', 'mined', 'confirmed')
+GROUP BY kind, state;

@@ -1,0 +1,315 @@
+"""The health port's request parser and server, without a database or a chain: the parser on
+good and bad heads, and the server on a real socket with an empty `HealthState` (and, for the
+500 path, a fake pool whose connection answers nonsense)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, cast
+
+import anyio
+import anyio.abc
+import asyncpg
+import pytest
+from structlog.testing import capture_logs
+
+from keeper.http import (
+    MAX_HEAD,
+    BadRequest,
+    HealthState,
+    Response,
+    encode_response,
+    parse_request,
+    read_head,
+    serve,
+)
+
+pytestmark = pytest.mark.anyio
+
+
+# ---------------------------------------------------------------------- a raw HTTP client
+
+
+@dataclass
+class Reply:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+def parse_reply(raw: bytes) -> Reply:
+    head, _, body = raw.partition(b"\r\n\r\n")
+    lines = head.decode("ascii").split("\r\n")
+    version, status, _ = lines[0].split(" ", 2)
+    assert version == "HTTP/1.1"
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return Reply(int(status), headers, body)
+
+
+async def exchange(port: int, payload: bytes, *, then_wait: bool = True) -> bytes:
+    """Send `payload` on a new connection and read until the server closes it (b"" when it
+    closed without answering, including by a reset)."""
+    async with await anyio.connect_tcp("127.0.0.1", port) as stream:
+        if payload:
+            await stream.send(payload)
+        received = bytearray()
+        with anyio.fail_after(30):
+            while then_wait:
+                try:
+                    received += await stream.receive()
+                except (anyio.EndOfStream, anyio.BrokenResourceError, ConnectionResetError):
+                    break
+        return bytes(received)
+
+
+async def request(
+    port: int,
+    method: str,
+    path: str,
+    body: bytes = b"",
+    headers: dict[str, str] | None = None,
+) -> Reply:
+    """One well-formed HTTP/1.1 request."""
+    lines = [f"{method} {path} HTTP/1.1", f"Host: 127.0.0.1:{port}"]
+    lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
+    if body:
+        lines.append(f"Content-Length: {len(body)}")
+    raw = ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+    return parse_reply(await exchange(port, raw))
+
+
+@asynccontextmanager
+async def serving(state: HealthState, **kwargs: Any) -> AsyncIterator[int]:
+    """`serve` on a free port of 127.0.0.1 for the block; yields the port."""
+    async with anyio.create_task_group() as tg:
+        port: int = await tg.start(partial(serve, "127.0.0.1", 0, state, **kwargs))
+        try:
+            yield port
+        finally:
+            tg.cancel_scope.cancel()
+
+
+# ---------------------------------------------------------------------- the parser
+
+
+def test_a_get_is_parsed_with_its_headers() -> None:
+    req = parse_request(
+        b"GET /metrics?name[]=x HTTP/1.1\r\nHost: localhost:9464\r\n"
+        b"Accept:  text/plain \r\nX-A: 1\r\nx-a: 2"
+    )
+    assert (req.method, req.path, req.query, req.version) == (
+        "GET",
+        "/metrics",
+        "name[]=x",
+        "HTTP/1.1",
+    )
+    assert req.headers == {"host": "localhost:9464", "accept": "text/plain", "x-a": "1, 2"}
+
+
+def test_http_1_0_needs_no_host() -> None:
+    assert parse_request(b"HEAD /healthz HTTP/1.0").method == "HEAD"
+
+
+@pytest.mark.parametrize(
+    ("head", "status"),
+    [
+        (b"", 400),
+        (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", 400),  # a TLS hello
+        (b"GET /healthz", 400),  # no version
+        (b"GET /healthz HTTP/1.1 extra\r\nHost: x", 400),
+        (b"GET  /healthz HTTP/1.1\r\nHost: x", 400),  # two spaces
+        (b"G(T /healthz HTTP/1.1\r\nHost: x", 400),
+        (b"GET /healthz HTTP/1.1", 400),  # no Host
+        (b"GET /healthz HTTP/1.1\r\nHost: a\r\nHost: b", 400),
+        (b"GET /healthz HTTP/2.0\r\nHost: x", 505),
+        (b"GET /healthz HTTPS/1.1\r\nHost: x", 400),
+        (b"GET http://example.com/healthz HTTP/1.1\r\nHost: x", 400),  # absolute form
+        (b"GET * HTTP/1.1\r\nHost: x", 400),
+        (b"GET healthz HTTP/1.1\r\nHost: x", 400),
+        (b"GET /healthz#top HTTP/1.1\r\nHost: x", 400),
+        (b"GET /h\x7f HTTP/1.1\r\nHost: x", 400),
+        (b"GET /healthz HTTP/1.1\r\nHost: x\r\nNoColonHere", 400),
+        (b"GET /healthz HTTP/1.1\r\nHost: x\r\nBad Name: 1", 400),
+        (b"GET /healthz HTTP/1.1\r\nHost : x", 400),  # whitespace before the colon
+        (b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-A: 1\r\n folded", 400),
+        (b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-A: a\x01b", 400),
+        (b"GET /healthz HTTP/1.1\nHost: x", 400),  # bare LF
+        (b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\nX: y", 400),  # an empty line inside
+        (b"GET /h\xc3\xa9 HTTP/1.1\r\nHost: x", 400),
+        (b"GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2", 400),
+        (
+            b"GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nTransfer-Encoding: chunked",
+            400,
+        ),
+        (b"GET /healthz HTTP/1.1\r\nHost: x" + b"\r\nX: y" * 101, 431),
+        (b"GET /healthz HTTP/1.1\r\nHost: x\r\nX: " + b"a" * MAX_HEAD, 431),
+    ],
+)
+def test_malformed_heads_are_refused(head: bytes, status: int) -> None:
+    with pytest.raises(BadRequest) as err:
+        parse_request(head)
+    assert err.value.status == status
+
+
+def test_dot_segments_are_not_resolved() -> None:
+    # The routes are matched exactly: "/../healthz" is no route (404), never "/healthz".
+    assert parse_request(b"GET /../healthz HTTP/1.1\r\nHost: x").path == "/../healthz"
+
+
+class ChunkStream(anyio.abc.ByteReceiveStream):
+    """Gives the chunks it holds, then the end of the stream; counts bytes asked for."""
+
+    def __init__(self, *chunks: bytes) -> None:
+        self.chunks = list(chunks)
+        self.asked = 0
+
+    async def receive(self, max_bytes: int = 65536) -> bytes:
+        self.asked += max_bytes
+        if not self.chunks:
+            raise anyio.EndOfStream
+        chunk = self.chunks.pop(0)
+        head, rest = chunk[:max_bytes], chunk[max_bytes:]
+        if rest:
+            self.chunks.insert(0, rest)
+        return head
+
+    async def aclose(self) -> None:
+        pass
+
+
+async def test_the_head_is_read_across_chunks_and_the_body_is_left() -> None:
+    stream = ChunkStream(b"GET / HTTP/1.1\r\nHo", b"st: x\r", b"\n\r\nbody")
+    assert await read_head(stream) == b"GET / HTTP/1.1\r\nHost: x"
+
+
+async def test_reading_stops_at_the_limit() -> None:
+    stream = ChunkStream(b"A" * (10 * MAX_HEAD))
+    with pytest.raises(BadRequest) as err:
+        await read_head(stream)
+    assert err.value.status == 431
+    assert stream.asked <= MAX_HEAD + 4  # never asked for more than the limit
+
+
+async def test_a_connection_closed_mid_head_or_before_it() -> None:
+    with pytest.raises(BadRequest):
+        await read_head(ChunkStream(b"GET / HTTP/1.1\r\n"))
+    with pytest.raises(anyio.EndOfStream):
+        await read_head(ChunkStream())
+
+
+def test_head_answers_carry_the_length_but_no_body() -> None:
+    response = Response(200, b"hello", headers=(("Allow", "GET"),))
+    full = encode_response(response)
+    head = encode_response(response, head_only=True)
+    assert full == head + b"hello"
+    assert b"Content-Length: 5\r\n" in head and b"Connection: close\r\n" in head
+    assert b"Allow: GET\r\n" in head
+
+
+# ---------------------------------------------------------------------- the server
+
+
+async def test_an_unconnected_process_is_alive_but_not_ready() -> None:
+    state = HealthState(chain_id=31337)
+    async with serving(state) as port:
+        alive = await request(port, "GET", "/healthz")
+        assert (alive.status, alive.body) == (200, b"ok\n")
+        assert alive.headers["connection"] == "close"
+        ready = await request(port, "GET", "/readyz")
+        assert ready.status == 503
+        body = ready.json()
+        assert body["ready"] is False and body["role"] == "starting"
+        assert body["reason"] == ("starting; database not connected yet; rpc not connected yet")
+        assert set(body["checks"]) == {"database", "rpc", "backfill", "lag", "leader"}
+        status = await request(port, "GET", "/status")
+        assert status.status == 503
+        assert status.json()["process"]["role"] == "starting"
+        scraped = await request(port, "GET", "/metrics")
+        assert scraped.status == 200
+        assert scraped.headers["content-type"].startswith("text/plain; version=")
+        assert b'keeper_http_requests_total{code="200",path="/healthz"}' in scraped.body
+
+
+async def test_only_get_and_head_are_allowed() -> None:
+    async with serving(HealthState(chain_id=1)) as port:
+        for method in ("POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "PROPFIND"):
+            reply = await request(port, method, "/healthz", body=b'{"role": "leader"}')
+            assert reply.status == 405, method
+            assert reply.headers["allow"] == "GET, HEAD"
+        head = await request(port, "HEAD", "/healthz")
+        assert head.status == 200 and head.body == b""
+        assert head.headers["content-length"] == "3"
+        assert (await request(port, "GET", "/nothing")).status == 404
+        assert (await request(port, "GET", "/healthz/")).status == 404
+
+
+@dataclass
+class NonsenseConnection:
+    """Answers every query with an empty row: collect_status trips over it."""
+
+    def is_in_transaction(self) -> bool:
+        return True
+
+    async def fetchrow(self, *args: Any) -> dict[str, Any]:
+        return {}
+
+    async def fetch(self, *args: Any) -> list[dict[str, Any]]:
+        return []
+
+    async def fetchval(self, *args: Any) -> None:
+        return None
+
+
+class NonsensePool:
+    @asynccontextmanager
+    async def acquire(self) -> AsyncIterator[NonsenseConnection]:
+        yield NonsenseConnection()
+
+
+async def test_a_failing_handler_answers_500_and_the_server_goes_on() -> None:
+    state = HealthState(chain_id=1, pool=cast(asyncpg.Pool, NonsensePool()))
+    async with serving(state) as port:
+        with capture_logs() as logs:
+            reply = await request(port, "GET", "/status")
+        assert reply.status == 500
+        assert [e["event"] for e in logs if e["log_level"] == "error"] == ["http_handler_failed"]
+        assert (await request(port, "GET", "/healthz")).status == 200
+
+
+async def test_connections_beyond_the_limit_get_503() -> None:
+    async with serving(HealthState(chain_id=1), max_connections=2, read_timeout=60) as port:
+        idle = [await anyio.connect_tcp("127.0.0.1", port) for _ in range(2)]
+        try:
+            # The two idle connections are being read from; let the server take them up.
+            for _ in range(100):
+                refused = parse_reply(await exchange(port, b"GET /healthz HTTP/1.0\r\n\r\n"))
+                if refused.status == 503:
+                    break
+                await anyio.sleep(0.01)
+            assert refused.status == 503
+        finally:
+            for stream in idle:
+                await stream.aclose()
+        for _ in range(100):
+            again = parse_reply(await exchange(port, b"GET /healthz HTTP/1.0\r\n\r\n"))
+            if again.status == 200:
+                break
+            await anyio.sleep(0.01)
+        assert again.status == 200
+
+
+async def test_a_slow_client_times_out_with_408() -> None:
+    async with serving(HealthState(chain_id=1), read_timeout=0.2) as port:
+        reply = parse_reply(await exchange(port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n"))
+        assert reply.status == 408
+        assert (await request(port, "GET", "/healthz")).status == 200
