@@ -4,12 +4,14 @@
 keeper.escrows_refundable, keeper.usage_pending, keeper.tx_pipeline, keeper.signers,
 keeper.reorgs, keeper.settlement_totals) and `keeper.leader.current_leader`, in one
 read-only snapshot, with the named queries of `sql/status.sql`. It only SELECTs, so it runs
-next to a live daemon. The result is JSON-safe: token and wei amounts as decimal strings (they
+next to a live daemon, and only from views and system catalogs, so it also runs as a member
+of the read-only role `keeper_reader` (which then sees no leader `since`: pg_stat_activity
+hides other roles' session start). The result is JSON-safe: token and wei amounts as decimal strings (they
 exceed a float's precision), block numbers and counts as ints, times as ISO 8601. The health
 port serves it as /status; `render_status` is the text of `keeper status`.
 
-With no chain id, the database must hold exactly one chain; with several, `AmbiguousChain`
-asks for `--chain-id` (one screen is one chain).
+With no chain id, the database must have exactly one indexed chain; with several,
+`AmbiguousChain` asks for `--chain-id` (one screen is one chain).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from typing import Any
 
 import asyncpg
 
-from keeper.db import Conn
+from keeper.db import Conn, to_int
 from keeper.errors import KeeperError
 from keeper.leader import current_leader
 from keeper.queries import load_queries
@@ -37,22 +39,22 @@ class StatusError(KeeperError):
 
 
 class NoChain(StatusError):
-    """The database holds no chain yet."""
+    """The database has no indexed chain yet."""
 
     def __init__(self) -> None:
         super().__init__(
-            help="deploy or run the keeper against this database first (`keeper run`), "
-            "or check that the database URL points at the keeper's database"
+            help="run the keeper against this database first (`keeper run`), or check that "
+            "the database URL points at the keeper's database"
         )
 
 
 class AmbiguousChain(StatusError):
-    """The database holds several chains."""
+    """The database has several indexed chains."""
 
     def __init__(self, chain_ids: list[int]) -> None:
         listed = ", ".join(map(str, chain_ids))
         super().__init__(
-            f"the database holds several chains ({listed})",
+            f"the database has several indexed chains ({listed})",
             help="pass --chain-id to choose one",
         )
         self.chain_ids = chain_ids
@@ -94,7 +96,7 @@ async def _collect(conn: Conn, chain_id: int | None) -> dict[str, Any]:
     leader = await current_leader(conn, chain_id)
 
     return {
-        "chain": {"id": chain_id, "name": await conn.fetchval(q["chain_name"], chain_id)},
+        "chain": {"id": chain_id, "name": index["chain_name"] if index else None},
         "as_of": _time(await conn.fetchval(q["database_now"])),
         "leader": None
         if leader is None
@@ -115,7 +117,7 @@ async def _collect(conn: Conn, chain_id: int | None) -> dict[str, Any]:
         "signers": [
             {
                 "address": s["address"],
-                "balance": str(s["balance"]),
+                "balance": _amount(s["balance"]),
                 "low_balance": s["low_balance"],
                 "next_nonce": _int(s["next_nonce"]),
                 "in_flight": _int(s["in_flight"]),
@@ -138,11 +140,11 @@ async def _collect(conn: Conn, chain_id: int | None) -> dict[str, Any]:
         if totals is None
         else {
             "settlements": _int(totals["settlements"]),
-            "settled_amount": str(totals["settled_amount"]),
+            "settled_amount": _amount(totals["settled_amount"]),
             "usage_reports": _int(totals["usage_reports"]),
-            "usage_charged": str(totals["usage_charged"]),
+            "usage_charged": _amount(totals["usage_charged"]),
             "refunds": _int(totals["refunds"]),
-            "refunded_amount": str(totals["refunded_amount"]),
+            "refunded_amount": _amount(totals["refunded_amount"]),
         },
         "last_error": _last_error(failed, send_error),
     }
@@ -191,6 +193,11 @@ def _last_error(
 def _int(value: int | Decimal | None) -> int | None:
     """A count or block number (bigint, or numeric from a view) as an int."""
     return None if value is None else int(value)
+
+
+def _amount(value: Decimal) -> str:
+    """A numeric(78,0) amount as its decimal digits (asyncpg's Decimal may print `1.00E+22`)."""
+    return str(to_int(value))
 
 
 def _time(value: datetime | None) -> str | None:

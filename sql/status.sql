@@ -1,22 +1,19 @@
 -- Named queries of `keeper status`, /status, /readyz and the gauges /metrics reads from the
 -- database (keeper.status, keeper.http). Only SELECTs: the health port changes nothing.
+-- The queries of `keeper status` read the operator views only; those of /metrics (which runs
+-- in the daemon, as the keeper's own role) may read tables where a view would be too slow.
 -- $1 is the chain id unless said otherwise.
 
 -- name: chains
--- Chains the database knows: registered by a deployment or indexed.
-SELECT chain_id FROM chains
-UNION
-SELECT chain_id FROM keeper.indexer_status
-ORDER BY chain_id;
-
--- name: chain_name
-SELECT name FROM chains WHERE chain_id = $1;
+-- Only views here and below (never the tables under them), so that `keeper status` also runs
+-- as a member of keeper_reader (0010_reader_role).
+SELECT chain_id FROM keeper.indexer_status ORDER BY chain_id;
 
 -- name: database_now
 SELECT now();
 
 -- name: indexer_status
-SELECT head_block, head_time, indexed_block, indexed_time, finalized_block, lag_blocks,
+SELECT chain_name, head_block, head_time, indexed_block, indexed_time, finalized_block, lag_blocks,
        lag_seconds, wall_lag_seconds, unfinalized_blocks, backfill_done, reorgs_total,
        max_reorg_depth, updated_at
 FROM keeper.indexer_status
