@@ -2,13 +2,13 @@
 
 `collect_status` reads the operator views (keeper.indexer_status, keeper.streams_due,
 keeper.escrows_refundable, keeper.usage_pending, keeper.tx_pipeline, keeper.signers,
-keeper.reorgs, keeper.settlement_totals) and `keeper.leader.current_leader`, in one
-read-only snapshot, with the named queries of `sql/status.sql`. It only SELECTs, so it runs
-next to a live daemon, and only from views and system catalogs, so it also runs as a member
-of the read-only role `keeper_reader` (which then sees no leader `since`: pg_stat_activity
-hides other roles' session start). The result is JSON-safe: token and wei amounts as decimal strings (they
-exceed a float's precision), block numbers and counts as ints, times as ISO 8601. The health
-port serves it as /status; `render_status` is the text of `keeper status`.
+keeper.reorgs, keeper.settlement_totals) and `keeper.leader.current_leader`, in one read-only
+snapshot, with the named queries of `sql/status.sql`. It only SELECTs, so it runs next to a
+live daemon; and only views and system catalogs, so it also runs as a member of the read-only
+role `keeper_reader` (which then sees no leader `since`: pg_stat_activity hides other roles'
+session start). The result is JSON-safe: token and wei amounts as decimal strings (they exceed
+a float's precision), block numbers and counts as ints, times as ISO 8601. The health port
+serves it as /status; `render_status` is the text of `keeper status`.
 
 With no chain id, the database must have exactly one indexed chain; with several,
 `AmbiguousChain` asks for `--chain-id` (one screen is one chain).
