@@ -186,6 +186,25 @@ def test_migrate_unit_matches_the_cli() -> None:
     assert {k: service.get(k) for k in hardening} == {k: keeper[k] for k in hardening}
 
 
+def test_readme_installs_where_the_units_look() -> None:
+    """The README's install steps put the program, the units, the configuration and the keys
+    where the units expect them, and name the credentials the way LoadCredential= does."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## Installing with systemd") :]
+    assert INSTALLED_KEEPER == "/opt/keeper/bin/keeper"
+    for step in (
+        "/usr/bin/python3 -m venv /opt/keeper\n/opt/keeper/bin/pip install .",
+        "useradd --system --user-group --home-dir /nonexistent --shell /usr/sbin/nologin keeper",
+        "install -m 0644 systemd/keeper@.service systemd/keeper-migrate@.service "
+        "/etc/systemd/system/",
+        "/etc/keeper/mainnet.toml",
+        "install -m 0600 signer1.hex /etc/keeper/keys/mainnet/signer1",
+        'credential = "keys_signer1"',  # LoadCredential=keys:<directory> names it keys_<file>
+        "systemctl enable --now keeper@mainnet",
+    ):
+        assert step in section, step
+
+
 # The child of test_daemon_code_runs_without_writable_executable_memory (argv: a database URL
 # and an RPC URL). It installs a seccomp filter that refuses what systemd's
 # MemoryDenyWriteExecute= refuses (mmap with PROT_WRITE and PROT_EXEC together, mprotect and
