@@ -161,7 +161,7 @@ def parse_request(head: bytes) -> Request:
         key = name.lower()
         seen[key] = seen.get(key, 0) + 1
         headers[key] = f"{headers[key]}, {value}" if key in headers else value
-    if version == "HTTP/1.1" and seen.get("host") != 1:
+    if version != "HTTP/1.0" and seen.get("host") != 1:
         raise BadRequest("HTTP/1.1 needs exactly one Host header")
     if seen.get("content-length", 0) > 1 or (
         seen.get("content-length") and "transfer-encoding" in seen
@@ -240,7 +240,8 @@ def encode_response(response: Response, *, head_only: bool = False) -> bytes:
 
 @dataclass
 class HealthState:
-    """What the daemon tells the health port; it updates the fields as it goes."""
+    """What the daemon tells the health port. The daemon updates `role`, `pool`, `client` and
+    `last_error` as it goes; the port only reads them."""
 
     chain_id: int
     max_lag_seconds: float = 120.0
@@ -471,7 +472,12 @@ class HealthServer:
 
     async def metrics(self) -> Response:
         """The Prometheus exposition, database gauges refreshed first."""
-        await self.gauges.get()
+        try:
+            await self.gauges.get()
+        # A bug in the refresh must not take the process's own metrics down with it.
+        except Exception:
+            metrics.METRICS_REFRESH_ERRORS.inc()
+            log.exception("metrics_refresh_failed")
         return Response(200, generate_latest(metrics.REGISTRY), CONTENT_TYPE_LATEST)
 
     async def _refresh_gauges(self) -> dict[str, Any]:
@@ -563,7 +569,7 @@ async def serve(
     async with listener:
         # (anyio's typed socket attributes, not Django's QuerySet.extra)
         bound: int = listener.extra(SocketAttribute.local_port)  # noqa: S610
-        log.info("http_listening", host=host, port=bound)
+        log.debug("http_listening", host=host, port=bound)
         async with anyio.create_task_group() as tg:
             for sub in listener.listeners:
                 assert isinstance(sub, anyio.abc.SocketListener)  # create_tcp_listener's kind
