@@ -1,17 +1,27 @@
 """The daemon: one root task group running the keeper's loops until a signal stops it.
 
-The loops are the indexer's and, when signers are configured, the planners' and the
-transaction manager's. SIGTERM and SIGINT cancel the group and the process exits 0; a loop
-that dies takes the process down with a non-zero status so systemd restarts it; a reorg below
-the finalized block exits with `EXIT_FATAL_REORG` (3), which the unit file does not restart.
+Start-up: migrations, the database pool and the RPC client, the health port, the first head
+(then systemd hears READY=1), and the leader election. Of the keepers sharing a database and
+chain, the one holding the leader lock (keeper.leader) runs the indexer, the transaction
+manager and the planners; the others wait as standbys, serving the health port.
+
+SIGTERM or SIGINT: systemd hears STOPPING=1, the indexer stops at once (its open transaction
+rolls back), the transaction and planning loops finish the pass they are in, and the process
+exits 0; whatever still runs after `daemon.shutdown_grace` seconds is cancelled (its
+transactions roll back too: every write is crash-safe). A loop that dies takes the process down
+with a non-zero status so systemd restarts it; a reorg below the finalized block exits with
+`EXIT_FATAL_REORG` (3), which the unit file does not restart; a leader that loses its lock
+exits 1 and comes back as a standby.
 """
 
 from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import replace
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 import anyio
 import asyncpg
@@ -19,14 +29,16 @@ import structlog
 from anyio import CancelScope
 from anyio.abc import TaskGroup, TaskStatus
 from asyncpg import PostgresConnectionError
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
-from keeper import db, metrics
+from keeper import db, http, metrics, sdnotify
 from keeper.config import KeeperConfig
 from keeper.db import DatabaseUnavailable
 from keeper.deploy import Deployment
 from keeper.errors import KeeperError, unwrap_group
+from keeper.http import HealthState
 from keeper.ingest import FatalReorg, Indexer
+from keeper.leader import Leadership, LeadershipLost
 from keeper.migrations import migrate
 from keeper.planner import PassReport, Planner
 from keeper.rpc import ChainClient, RpcUnavailable
@@ -48,6 +60,11 @@ USAGE_RECONCILED = Counter(
     ["outcome"],
     registry=metrics.REGISTRY,
 )
+LEADER = Gauge(
+    "keeper_leader",
+    "1 while this process holds the chain's leader lock (indexes, plans and sends), else 0.",
+    registry=metrics.REGISTRY,
+)
 PLAN_PASS_SECONDS = Histogram(
     "keeper_plan_pass_seconds",
     "Duration of one planning pass (settle, refund and usage).",
@@ -56,8 +73,44 @@ PLAN_PASS_SECONDS = Histogram(
 )
 
 
+class Heartbeat:
+    """The loops' passes in progress: the watchdog stops pinging systemd when one of them has
+    been running for longer than `stall_after` seconds (a hung call, not a slow chain)."""
+
+    def __init__(self, stall_after: float) -> None:
+        self.stall_after = stall_after
+        self._since: dict[str, float] = {}
+
+    @contextmanager
+    def busy(self, loop: str) -> Iterator[None]:
+        self._since[loop] = time.monotonic()
+        try:
+            yield
+        finally:
+            self._since.pop(loop, None)
+
+    def stuck(self) -> list[str]:
+        now = time.monotonic()
+        return sorted(name for name, t in self._since.items() if now - t > self.stall_after)
+
+
+@dataclass
+class _Run:
+    """What one `keeper run` works with."""
+
+    config: KeeperConfig
+    deployment: Deployment
+    chain_id: int
+    signers: list[Signer]
+    state: HealthState
+    shutdown: anyio.Event = field(default_factory=anyio.Event)
+    # Closers of what was opened, called in reverse order at exit.
+    resources: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    heartbeat: Heartbeat = field(default_factory=lambda: Heartbeat(stall_after=360.0))
+
+
 async def _stop_on_signal(
-    scope: CancelScope,
+    shutdown: anyio.Event,
     already: Callable[[], bool],
     *,
     task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
@@ -67,30 +120,67 @@ async def _stop_on_signal(
         if already():
             # A stop request that came before this receiver existed (see keeper.cli).
             log.info("stopping", signal="SIGTERM")
-            scope.cancel()
+            shutdown.set()
             return
         async for signum in signals:
             log.info("stopping", signal=signal.Signals(signum).name)
-            scope.cancel()
+            shutdown.set()
             return
 
 
-async def _tx_loop(manager: TxManager, interval: float) -> None:
-    """Drive the outbox forever; outages are reported and waited out like the indexer's."""
+async def _shutdown_deadline(
+    shutdown: anyio.Event, state: HealthState, scope: CancelScope, grace: float
+) -> None:
+    """Once a stop is requested: tell systemd, then cancel whatever still runs after `grace`."""
+    await shutdown.wait()
+    state.role = "stopping"
+    LEADER.set(0)
+    sdnotify.stopping("stopping")
+    await anyio.sleep(grace)
+    log.warning("shutdown_grace_exceeded", grace_s=grace, help="unfinished passes were cancelled")
+    scope.cancel()
+
+
+async def _pause(shutdown: anyio.Event, seconds: float) -> None:
+    """Sleep `seconds`, or less when a stop is requested."""
+    with anyio.move_on_after(seconds):
+        await shutdown.wait()
+
+
+async def _until(
+    shutdown: anyio.Event,
+    func: Callable[..., Coroutine[Any, Any, None]],
+    *,
+    task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run `func` (started with task_status) until it returns or a stop is requested."""
+    async with anyio.create_task_group() as tg:
+        await tg.start(func)
+        task_status.started()
+        await shutdown.wait()
+        tg.cancel_scope.cancel()
+
+
+async def _tx_loop(manager: TxManager, run: _Run) -> None:
+    """Drive the outbox until a stop is requested; outages are reported and waited out like
+    the indexer's. A pass in progress when the stop comes is finished."""
+    interval, shutdown = run.config.tx.poll_interval, run.shutdown
     failures = 0
-    while True:
+    while not shutdown.is_set():
         try:
-            report = await manager.tick()
+            with run.heartbeat.busy("tx"):
+                report = await manager.tick()
         except (RpcUnavailable, DatabaseUnavailable, OSError, PostgresConnectionError) as exc:
             failures += 1
             delay = min(interval * 2**failures, 60.0)
             log.error("tx_pass_failed", error=str(exc), retry_in_s=delay, failures=failures)
-            await anyio.sleep(delay)
+            run.state.last_error = f"tx pass failed: {exc}"
+            await _pause(shutdown, delay)
             continue
         failures = 0
         if any(vars(report).values()):
             log.info("tx_pass", **vars(report))
-        await anyio.sleep(interval)
+        await _pause(shutdown, interval)
 
 
 def _report_pass(report: PassReport) -> None:
@@ -124,31 +214,63 @@ def _report_pass(report: PassReport) -> None:
         )
 
 
-async def _plan_loop(
-    planner: Planner, client: ChainClient, pool: asyncpg.Pool, interval: float
-) -> None:
-    """Plan due work every `interval` once the backfill is done; one summary line per pass
-    that found something."""
+async def _plan_loop(planner: Planner, client: ChainClient, pool: asyncpg.Pool, run: _Run) -> None:
+    """Plan due work every `plan.interval` once the backfill is done, until a stop is
+    requested; one summary line per pass that found something. A pass in progress is finished."""
+    interval, shutdown = run.config.plan.interval, run.shutdown
     failures = 0
     async with pool.acquire() as conn:
         await planner.store_settings(conn)
-    while True:
+    while not shutdown.is_set():
         try:
-            async with pool.acquire() as conn:
-                if await planner.backfill_done(conn):
-                    head = await client.head()
-                    started = time.perf_counter()
-                    report = await planner.plan_pass(conn, base_fee=head.base_fee)
-                    PLAN_PASS_SECONDS.observe(time.perf_counter() - started)
-                    _report_pass(report)
+            with run.heartbeat.busy("plan"):
+                async with pool.acquire() as conn:
+                    if await planner.backfill_done(conn):
+                        head = await client.head()
+                        started = time.perf_counter()
+                        report = await planner.plan_pass(conn, base_fee=head.base_fee)
+                        PLAN_PASS_SECONDS.observe(time.perf_counter() - started)
+                        _report_pass(report)
         except (RpcUnavailable, DatabaseUnavailable, OSError, PostgresConnectionError) as exc:
             failures += 1
             delay = min(interval * 2**failures, 60.0)
             log.error("plan_pass_failed", error=str(exc), retry_in_s=delay, failures=failures)
-            await anyio.sleep(delay)
+            run.state.last_error = f"planning pass failed: {exc}"
+            await _pause(shutdown, delay)
             continue
         failures = 0
-        await anyio.sleep(interval)
+        await _pause(shutdown, interval)
+
+
+def _status_line(state: HealthState) -> str:
+    """The one-line STATUS= systemd shows in `systemctl status`."""
+    indexed = metrics.REGISTRY.get_sample_value("keeper_indexed_block")
+    head = metrics.REGISTRY.get_sample_value("keeper_head_block")
+    parts = [state.role]
+    if state.role == "leader" and indexed:
+        parts.append(f"indexed block {int(indexed)}")
+        if head:
+            parts.append(f"head {int(head)}")
+    return ", ".join(parts)
+
+
+async def _watchdog(state: HealthState, heartbeat: Heartbeat) -> None:
+    """WATCHDOG=1 to systemd at half its WatchdogSec= while no loop is stuck, and a STATUS=
+    line; without a watchdog, only the STATUS= line every 10 s."""
+    interval = sdnotify.watchdog_interval()
+    withheld = False
+    while True:
+        stuck = heartbeat.stuck()
+        if interval is not None:
+            if stuck:
+                if not withheld:
+                    log.error("watchdog_withheld", stuck=stuck, stall_after_s=heartbeat.stall_after)
+                withheld = True
+            else:
+                sdnotify.watchdog()
+                withheld = False
+        sdnotify.status(_status_line(state))
+        await anyio.sleep(interval or 10.0)
 
 
 async def run(config: KeeperConfig, stop_requested: Callable[[], bool] = lambda: False) -> int:
@@ -168,47 +290,75 @@ async def run(config: KeeperConfig, stop_requested: Callable[[], bool] = lambda:
     # Keys first: a bad key file stops the start-up before anything is opened.
     signers = load_signers([s.source() for s in config.signers])
     structlog.contextvars.bind_contextvars(chain_id=chain_id)
-    resources: list[Callable[[], Awaitable[None]]] = []
+    state = HealthState(chain_id=chain_id, max_lag_seconds=config.health.max_lag_seconds)
+    # A pass is stuck (and the watchdog withheld) once it outlasts every retry of one request
+    # twice over, plus a minute for the database.
+    stall = 2 * config.chain.rpc_timeout * config.chain.rpc_attempts + 60
+    run = _Run(config, deployment, chain_id, signers, state, heartbeat=Heartbeat(stall))
+    grace = config.daemon.shutdown_grace
     try:
         with unwrap_group():
             async with anyio.create_task_group() as tg:
-                await tg.start(_stop_on_signal, tg.cancel_scope, stop_requested)
-                await _start(config, deployment, chain_id, signers, tg, resources)
+                await tg.start(_stop_on_signal, run.shutdown, stop_requested)
+                tg.start_soon(_shutdown_deadline, run.shutdown, state, tg.cancel_scope, grace)
+                await _main(run, tg)
+                tg.cancel_scope.cancel()  # the health port and the watchdog stop with the rest
     except FatalReorg as exc:
         log.critical("fatal_reorg", error=exc.message, help=exc.help)
         return FatalReorg.exit_code
+    except LeadershipLost as exc:
+        log.error("leadership_lost", error=exc.message, help=exc.help)
+        raise
     finally:
+        LEADER.set(0)
         with anyio.move_on_after(5, shield=True):
-            for close in reversed(resources):
+            for close in reversed(run.resources):
                 await close()
     log.info("keeper_stopped")
     return 0
 
 
-async def _start(
-    config: KeeperConfig,
-    deployment: Deployment,
-    chain_id: int,
-    signers: list[Signer],
-    tg: TaskGroup,
-    resources: list[Callable[[], Awaitable[None]]],
-) -> None:
-    """Migrate, connect, and start the loops in `tg` (closers are appended to `resources`)."""
+async def _main(run: _Run, tg: TaskGroup) -> None:
+    """Start up, wait to lead, then lead until a stop is requested."""
+    config, state = run.config, run.state
     dsn = config.database.url.get_secret_value()
     # Migrations finish even if a stop is requested meanwhile: each runs in its own transaction
     # under an advisory lock, and an interrupted one would only be rolled back and redone.
     with anyio.CancelScope(shield=True):
         await migrate(dsn)
+    if run.shutdown.is_set():
+        return
     pool = await db.create_pool(
         dsn, min_size=config.database.pool_min, max_size=config.database.pool_max
     )
-    resources.append(pool.close)
+    run.resources.append(pool.close)
     client = ChainClient(
         config.chain.rpc_url.get_secret_value(),
         timeout=config.chain.rpc_timeout,
         attempts=config.chain.rpc_attempts,
     )
-    resources.append(client.close)
+    run.resources.append(client.close)
+    state.pool, state.client = pool, client
+    if config.health.enabled:
+        port = await tg.start(http.serve, config.health.host, config.health.port, state)
+        log.info("health_listening", url=f"http://{config.health.host}:{port}")
+    head = await client.head()
+    state.role = "standby"
+    sdnotify.ready(f"standby, head {head.number}")
+    tg.start_soon(_watchdog, state, run.heartbeat)
+    leadership = Leadership(dsn, run.chain_id, config.daemon.leader_lease)
+    run.resources.append(leadership.close)
+    if not await leadership.acquire(run.shutdown):
+        return
+    state.role = "leader"
+    LEADER.set(1)
+    sdnotify.status(_status_line(state))
+    await _lead(run, pool, client, leadership)
+
+
+async def _lead(run: _Run, pool: asyncpg.Pool, client: ChainClient, leadership: Leadership) -> None:
+    """Index, plan and send until a stop is requested (or the leader lock is lost)."""
+    config, deployment, chain_id, signers = run.config, run.deployment, run.chain_id, run.signers
     indexer = Indexer(
         client,
         pool,
@@ -221,35 +371,37 @@ async def _start(
         settings=config.ingest.settings(),
         ws_url=config.chain.ws_url.get_secret_value() if config.chain.ws_url else None,
     )
-    await tg.start(indexer.run)
-    if signers:
-        # The same finality fallback as the indexer's, so "final" means one thing.
-        settings = replace(config.tx.settings(), finality_depth=config.ingest.finality_depth)
-        manager = TxManager(client, pool, chain_id=chain_id, signers=signers, settings=settings)
-        tg.start_soon(_tx_loop, manager, config.tx.poll_interval)
-        usage = config.plan.usage
-        if usage:
-            lacking = await signers_without_oracle_role(
-                client, deployment.stream_manager, [s.address for s in signers]
-            )
-            if lacking:
-                usage = False
-                log.error(
-                    "usage_disabled",
-                    reason="signers without ORACLE_ROLE on StreamManager",
-                    signers=lacking,
-                    help="grant every signer ORACLE_ROLE, or set plan.usage = false",
+    async with anyio.create_task_group() as work:
+        await work.start(_until, run.shutdown, leadership.hold)
+        await work.start(_until, run.shutdown, indexer.run)
+        if signers:
+            # The same finality fallback as the indexer's, so "final" means one thing.
+            settings = replace(config.tx.settings(), finality_depth=config.ingest.finality_depth)
+            manager = TxManager(client, pool, chain_id=chain_id, signers=signers, settings=settings)
+            work.start_soon(_tx_loop, manager, run)
+            usage = config.plan.usage
+            if usage:
+                lacking = await signers_without_oracle_role(
+                    client, deployment.stream_manager, [s.address for s in signers]
                 )
-        planner = Planner(
-            chain_id,
-            stream_manager=deployment.stream_manager,
-            escrow_vault=deployment.escrow_vault,
-            settings=config.plan.settings(),
-            usage=usage,
+                if lacking:
+                    usage = False
+                    log.error(
+                        "usage_disabled",
+                        reason="signers without ORACLE_ROLE on StreamManager",
+                        signers=lacking,
+                        help="grant every signer ORACLE_ROLE, or set plan.usage = false",
+                    )
+            planner = Planner(
+                chain_id,
+                stream_manager=deployment.stream_manager,
+                escrow_vault=deployment.escrow_vault,
+                settings=config.plan.settings(),
+                usage=usage,
+            )
+            work.start_soon(_plan_loop, planner, client, pool, run)
+        log.info(
+            "keeper_started",
+            start_block=deployment.deployment_block,
+            signers=[s.address for s in signers],
         )
-        tg.start_soon(_plan_loop, planner, client, pool, config.plan.interval)
-    log.info(
-        "keeper_started",
-        start_block=deployment.deployment_block,
-        signers=[s.address for s in signers],
-    )

@@ -1,4 +1,5 @@
-"""structlog set-up: JSON lines when not on a terminal (journald), a console renderer on one."""
+"""structlog set-up for the daemon: JSON lines on stdout when it is not a terminal (journald
+takes them, one object per line), a readable console renderer on a terminal."""
 
 from __future__ import annotations
 
@@ -10,11 +11,12 @@ import structlog
 
 def configure(level: str = "info", fmt: str = "auto") -> None:
     """Configure structlog for the process (`fmt`: auto, json or console)."""
-    json_lines = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
+    stream = sys.stdout
+    json_lines = fmt == "json" or (fmt == "auto" and not stream.isatty())
     renderer: structlog.types.Processor = (
         structlog.processors.JSONRenderer()
         if json_lines
-        else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+        else structlog.dev.ConsoleRenderer(colors=stream.isatty())
     )
     structlog.configure(
         processors=[
@@ -25,6 +27,6 @@ def configure(level: str = "info", fmt: str = "auto") -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(stream),
         cache_logger_on_first_use=False,
     )

@@ -841,6 +841,17 @@ class TxManager:
                 INTENTS.labels(kind=kind, state="confirmed").inc()
                 state = "confirmed"
                 report.confirmed += 1
+                gas_used = int(receipt["gasUsed"], 16)
+                self.log.info(
+                    "batch_confirmed",
+                    intent=intent["key"],
+                    kind=kind,
+                    items=len(_items(intent)),
+                    block=number,
+                    tx_hash=receipt["transactionHash"],
+                    gas_used=gas_used,
+                    cost_wei=gas_used * int(receipt.get("effectiveGasPrice") or "0x0", 16),
+                )
             if (
                 state == "confirmed"
                 and number <= finalized

@@ -41,6 +41,11 @@ from keeper.migrations import migrate
 
 T = TypeVar("T")
 
+# Every keeper the tests start (in-process or as a subprocess, which inherits this) serves its
+# health port on a free port, so that daemons running side by side never fight over 9464.
+# Tests about the port itself set the port in their configuration or environment.
+os.environ.setdefault("KEEPER_HEALTH__PORT", "0")
+
 # Database names are interpolated into CREATE/DROP DATABASE (identifiers cannot be bound as
 # parameters), so they are only ever built by this file and must match this pattern.
 _SAFE_DB_NAME = re.compile(r"^[a-z0-9_]{1,63}$")
