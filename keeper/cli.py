@@ -134,7 +134,12 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     from keeper.db import redact_dsn
     from keeper.migrations import migrate
 
-    dsn = _database_url(args)
+    if args.config is not None:
+        from keeper.config import load_config
+
+        dsn = load_config(args.config).database.url.get_secret_value()
+    else:
+        dsn = _database_url(args)
     applied = anyio.run(migrate, dsn)
     for name in applied:
         print(f"applied {name}")
@@ -144,7 +149,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """Set up a local chain, database and workload, and keep them running."""
+    """Set up a local chain, database and workload, and run the keeper on them."""
     from keeper.demo import DemoOptions, run_demo
 
     return run_demo(
@@ -156,6 +161,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
             rpc_url=args.rpc_url,
             data_dir=args.data_dir,
             wait=not args.no_wait,
+            health_port=args.health_port,
+            duration=args.duration,
         )
     )
 
@@ -262,6 +269,192 @@ def cmd_usage_import(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_status(args: argparse.Namespace) -> int:
+    """Print one chain's status from the database (read-only: safe next to a running keeper)."""
+    import json
+
+    import anyio
+
+    chain_id: int | None = args.chain_id
+    if args.config is not None:
+        from keeper.config import load_config
+
+        config = load_config(args.config)
+        dsn = config.database.url.get_secret_value()
+        if chain_id is None:
+            chain_id = config.chain.chain_id or config.deployment().chain_id
+    else:
+        dsn = _database_url(args)
+
+    async def run() -> dict[str, Any]:
+        from keeper import db
+        from keeper.status import collect_status
+
+        conn = await db.connect(dsn)
+        try:
+            return await collect_status(conn, chain_id)
+        finally:
+            await conn.close()
+
+    status = anyio.run(run)
+    if args.json:
+        print(json.dumps(status, indent=2))
+    else:
+        from keeper.status import render_status
+
+        print(render_status(status), end="")
+    return 0
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    """Check a configuration, one line per check; exit 0 only when every check passes."""
+    import anyio
+
+    from keeper import preflight
+
+    def show(check: preflight.Check) -> None:
+        text = check.detail.replace("\n", "\n" + " " * 20)
+        line = f"{'ok' if check.ok else 'FAIL':<5} {check.name:<13} {text}"
+        print(line, file=sys.stdout if check.ok else sys.stderr, flush=True)
+
+    results = anyio.run(preflight.check_all, args.config, show)
+    failed = [c for c in results if not c.ok]
+    if failed:
+        print(
+            f"keeper check-config: {len(failed)} problem{'s' if len(failed) > 1 else ''} "
+            f"in {args.config}; `keeper run` would not start with it",
+            file=sys.stderr,
+        )
+        return 1
+    print(f"{args.config}: all {len(results)} checks passed")
+    return 0
+
+
+def cmd_config_show(args: argparse.Namespace) -> int:
+    """Print the effective configuration (file, environment, defaults), secrets masked."""
+    import json
+
+    from keeper.config import effective, env_overrides, load_config, to_toml
+
+    data = effective(load_config(args.config))
+    if args.json:
+        print(json.dumps(data, indent=2))
+        return 0
+    header = (
+        f"The effective configuration of {args.config}: the file, KEEPER_ environment\n"
+        "overrides (marked) and defaults. Secrets are masked: this text loads as a\n"
+        "configuration, but its URLs must be filled in again to be used."
+    )
+    print(to_toml(data, overridden=env_overrides(), header=header), end="")
+    return 0
+
+
+def cmd_backfill(args: argparse.Namespace) -> int:
+    """Index a range of finalized blocks into the database, with a progress line."""
+    import anyio
+
+    from keeper.backfill import BackfillResult, ProgressLine, run_backfill
+    from keeper.config import load_config
+
+    config = load_config(args.config)
+    deployment = config.deployment()
+    if sys.stderr.isatty() and args.log_level == "info":
+        # On a terminal the progress line stands for the indexer's own progress log lines.
+        _configure_logging("warning")
+    progress = ProgressLine.on(sys.stderr, interval=config.ingest.progress_interval)
+
+    async def run() -> BackfillResult:
+        return await run_backfill(
+            config, deployment, start=args.from_block, end=args.to_block, progress=progress
+        )
+
+    try:
+        result = anyio.run(run)
+    finally:
+        progress.close()
+    if result.checked is not None:
+        first, last = result.checked
+        if result.differences:
+            print(f"blocks {first}..{last}: the database differs from the chain's logs")
+            for table, (mine, theirs) in sorted(result.differences.items()):
+                print(f"  {table}: {mine} events in the database, {theirs} on the chain")
+            raise KeeperError(
+                f"the index of blocks {first}..{last} does not match the chain; nothing was "
+                "written",
+                help="`keeper verify` compares the projections with the contracts; an index "
+                "that differs from the chain is rebuilt by indexing into an empty database",
+            )
+        print(
+            f"blocks {first}..{last} were indexed already: {result.checked_events:,} events "
+            "re-read from the node, the same number of each kind as in the database"
+        )
+    if result.written is not None:
+        first, last = result.written
+        rate = (last - first + 1) / result.seconds if result.seconds > 0 else 0.0
+        print(
+            f"indexed blocks {first}..{last}: {result.events:,} events in "
+            f"{result.seconds:.1f} s ({rate:,.0f} blocks/s); the index ends at block {last} "
+            f"(finalized: {result.finalized})"
+        )
+    elif result.checked is None:
+        print(
+            f"nothing to do: the index ends at block {result.indexed_before}, the finalized "
+            f"block is {result.finalized}"
+        )
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    """Compare the index with the contracts at the indexed block; exit 1 on any difference."""
+    import json
+
+    import anyio
+
+    from keeper.config import load_config
+    from keeper.verify import Report
+
+    config = load_config(args.config)
+    deployment = config.deployment()
+
+    async def run() -> Report:
+        from keeper import db, preflight
+        from keeper.rpc import ChainClient
+        from keeper.verify import verify
+
+        client = ChainClient(
+            config.chain.rpc_url.get_secret_value(),
+            timeout=config.chain.rpc_timeout,
+            attempts=config.chain.rpc_attempts,
+        )
+        try:
+            await preflight.check_chain(config, deployment, client)
+            conn = await db.connect(config.database.url.get_secret_value())
+            try:
+                return await verify(conn, client, deployment, block=args.block)
+            finally:
+                await conn.close()
+        finally:
+            await client.close()
+
+    report = anyio.run(run)
+    if args.json:
+        print(json.dumps(report.as_dict(), indent=2))
+        return 0 if report.ok else 1
+    for difference in report.differences:
+        print(difference.text())
+    outcome = (
+        "the database matches the contracts"
+        if report.ok
+        else f"{len(report.differences)} difference{'s' if len(report.differences) > 1 else ''}"
+    )
+    print(
+        f"chain {report.chain_id} at block {report.block} ({report.block_hash}): "
+        f"{report.streams:,} streams, {report.escrows:,} escrows, {report.accounts:,} accounts "
+        f"and the contract parameters compared: {outcome}"
+    )
+    return 0 if report.ok else 1
+
+
 def _database_url(args: argparse.Namespace) -> str:
     dsn: str | None = args.database_url or os.environ.get(DATABASE_URL_ENV)
     if not dsn:
@@ -294,13 +487,23 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Keeps on-chain payment streams, escrows and usage billing settled.\n\n"
             "Commands:\n"
-            "  run       the daemon: index the chain and keep the contracts settled\n"
-            "  deploy    deploy the contracts to a chain and write a deployment file\n"
-            "  devchain  run a local anvil chain with the contracts deployed\n"
-            "  migrate   apply the database migrations\n"
-            "  plan      dry run: what the next planning pass would send, and why\n"
-            "  usage     usage rows: `usage import FILE` queues a file of them for the keeper\n"
-            "  demo      local chain + database + example workload, to try things out\n\n"
+            "  run           the daemon: index the chain and keep the contracts settled\n"
+            "  migrate       apply the database migrations\n"
+            "  status        one screen: blocks, lag, pending work, signers, reorgs, errors\n"
+            "  check-config  check a configuration: file, deployment, keys, database, chain\n"
+            "  config        `config show`: the effective configuration, secrets masked\n"
+            "  plan          dry run: what the next planning pass would send, and why\n"
+            "  backfill      index a range of finalized blocks (progress bar), then exit\n"
+            "  verify        compare the index with the contracts (eth_call at one block)\n"
+            "  usage         usage rows: `usage import FILE` queues a file of them\n"
+            "  deploy        deploy the contracts to a chain and write a deployment file\n"
+            "  devchain      run a local anvil chain with the contracts deployed\n"
+            "  demo          local chain + database + example workload, to try things out\n\n"
+            "A command that takes --config reads one TOML file (see\n"
+            "config/keeper.example.toml); any field can be overridden from the environment as\n"
+            "KEEPER_<SECTION>__<FIELD>, e.g. KEEPER_INGEST__POLL_INTERVAL=2.\n"
+            "Exit status: 0 success, 1 error (a one-paragraph message on stderr), 2 usage\n"
+            "error.\n\n"
             "Run `keeper <command> --help` for a command's options."
         ),
     )
@@ -439,10 +642,19 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Apply the migrations this keeper ships that the database lacks, each in its own\n"
             "transaction, and print their names. Safe to run while other keepers start: a\n"
-            "lock serialises concurrent runs."
+            "lock serialises concurrent runs. The database is the one of --config FILE\n"
+            "(database.url, or KEEPER_DATABASE__URL), else --database-url, else\n"
+            f"${DATABASE_URL_ENV}."
         ),
     )
-    migrate.add_argument(
+    target = migrate.add_mutually_exclusive_group()
+    target.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="the keeper's TOML configuration: migrate the database of its database.url",
+    )
+    target.add_argument(
         "--database-url",
         metavar="DSN",
         help="PostgreSQL URL (postgresql://user:password@host:port/db); "
@@ -460,7 +672,11 @@ def build_parser() -> argparse.ArgumentParser:
             "then create a workload with anvil's dev accounts: streams at several rates (one\n"
             "about to deplete), usage prices, escrows (one about to expire, one released), a\n"
             "usage report batch and a settlement batch. Print what was done and how to\n"
-            "connect, then run until Ctrl-C or SIGTERM (then stop everything, exit 0).\n"
+            "connect, then run the keeper daemon (`keeper run`, configuration and log in the\n"
+            "data directory) while payers keep opening streams and escrows and usage rows keep\n"
+            "arriving, and print a line of what the keeper did every 5 s, until Ctrl-C or\n"
+            "SIGTERM: then the keeper, the workload, anvil and the database stop, in that\n"
+            "order, and the exit status is 0 (1 if the keeper died on its own).\n"
             "The embedded database is recreated on every run."
         ),
     )
@@ -488,10 +704,227 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="set everything up, print it, stop it all and exit (for scripts and tests)",
     )
+    demo.add_argument(
+        "--health-port",
+        type=_port,
+        default=9464,
+        metavar="N",
+        help="the keeper's health port; when taken, any free port (0: any free port)",
+    )
+    demo.add_argument(
+        "--duration",
+        type=_seconds,
+        metavar="S",
+        help="stop after running this many seconds, as on Ctrl-C (default: until Ctrl-C)",
+    )
     demo.set_defaults(handler=cmd_demo)
 
     _usage_parser(sub)
+    _operator_parsers(sub)
     return parser
+
+
+def _block(text: str) -> int:
+    try:
+        value = int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a block number: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError("must not be negative")
+    return value
+
+
+def _config_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config",
+        type=Path,
+        required=True,
+        metavar="FILE",
+        help="the keeper's TOML configuration (KEEPER_<SECTION>__<FIELD> variables override it)",
+    )
+
+
+def _operator_parsers(sub: Any) -> None:
+    status = sub.add_parser(
+        "status",
+        formatter_class=_Formatter,
+        help="one screen: blocks, lag, pending work, signers, last reorg, last error",
+        description=(
+            "Print one chain's state on one screen, from the database alone: the leader,\n"
+            "the chain's head, indexed and finalized blocks and the lag (as the indexer last\n"
+            "saw them), pending work per kind (streams due, escrows refundable, usage rows,\n"
+            "intents on their way), each signer's balance, next nonce and work in flight,\n"
+            "the last 24 hours' settlements, usage reports and refunds, the last reorg and\n"
+            "the last error. It only reads, in one read-only snapshot of the operator views,\n"
+            "so it is safe while `keeper run` runs, and works as the read-only role\n"
+            "keeper_reader. The database is the one of --config FILE, else --database-url,\n"
+            f"else ${DATABASE_URL_ENV}."
+        ),
+    )
+    target = status.add_mutually_exclusive_group()
+    target.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="the keeper's TOML configuration: its database, and its chain (chain.chain_id, "
+        "else the deployment file's) unless --chain-id is given",
+    )
+    target.add_argument(
+        "--database-url",
+        metavar="DSN",
+        help="PostgreSQL URL (postgresql://user:password@host:port/db); "
+        f"default: ${DATABASE_URL_ENV}",
+    )
+    status.add_argument(
+        "--chain-id",
+        type=_chain_id,
+        metavar="N",
+        help="the chain to show; default: the configuration's, else the database's only "
+        "indexed chain (an error when it holds several)",
+    )
+    status.add_argument(
+        "--json", action="store_true", help="print the status as one JSON object instead"
+    )
+    status.set_defaults(handler=cmd_status)
+
+    check = sub.add_parser(
+        "check-config",
+        formatter_class=_Formatter,
+        help="check a configuration: file, deployment, keys, database and chain",
+        description=(
+            "Check the configuration FILE the way `keeper run` would use it, and print one\n"
+            "line per check: `ok` and what was found (stdout), or `FAIL` and the problem\n"
+            "(stderr), each problem naming the field's path, the value found (never a\n"
+            "secret) and what is expected. The checks, in order:\n"
+            "  configuration  the file parses and every field is valid (environment\n"
+            "                 overrides applied; unknown keys refused)\n"
+            "  deployment     chain.deployment_file is readable, well-formed, its addresses\n"
+            "                 valid (EIP-55 checksums), and for chain.chain_id if that is set\n"
+            "  signers        every [[signers]] key loads (keystore + password file, or a\n"
+            "                 systemd credential), each a distinct account\n"
+            "  database       database.url is reachable; how many migrations are pending\n"
+            "  chain          the RPC serves the deployment's chain, and the token,\n"
+            "                 StreamManager and EscrowVault have code at the file's addresses\n"
+            "It goes on after a failed check where the next one does not depend on it, so\n"
+            "every problem shows at once. Nothing is written anywhere. Exit status 0 when all\n"
+            "checks pass, 1 otherwise."
+        ),
+    )
+    _config_option(check)
+    check.set_defaults(handler=cmd_check_config)
+
+    config = sub.add_parser(
+        "config",
+        formatter_class=_Formatter,
+        help="the effective configuration: `config show`",
+        description=(
+            "The keeper's configuration.\n\n"
+            "Subcommands:\n"
+            "  show  print the effective configuration, secrets masked\n\n"
+            "Run `keeper config <subcommand> --help` for its options."
+        ),
+    )
+    config_sub = config.add_subparsers(dest="config_command", metavar="<subcommand>", required=True)
+    show = config_sub.add_parser(
+        "show",
+        formatter_class=_Formatter,
+        help="print the effective configuration, secrets masked",
+        description=(
+            "Print the configuration `keeper run --config FILE` would use: the file's values,\n"
+            "KEEPER_ environment overrides (each marked with its variable) and the defaults\n"
+            "of every field left out, as TOML (or JSON with --json). Relative paths are shown\n"
+            "resolved. Secrets are masked: RPC URLs show only scheme://host:port, the\n"
+            "database URL its user, host and database name, each followed by `(masked)`.\n"
+            "The output loads again as a configuration, with the URLs to be filled in.\n"
+            "The deployment file and the keys are not read (see `keeper check-config`)."
+        ),
+    )
+    _config_option(show)
+    show.add_argument("--json", action="store_true", help="print one JSON object instead")
+    show.set_defaults(handler=cmd_config_show)
+
+    backfill = sub.add_parser(
+        "backfill",
+        formatter_class=_Formatter,
+        help="index a range of finalized blocks (with a progress bar), then exit",
+        description=(
+            "Index the contracts' events of blocks --from..--to into the database, with the\n"
+            "daemon's own backfill (adaptive eth_getLogs ranges, COPY, one transaction per\n"
+            "range together with the cursor: an interrupted backfill resumes where it\n"
+            "stopped), then exit. The database must be migrated (`keeper migrate`).\n\n"
+            "The index stays contiguous and final:\n"
+            "  --from  defaults to the block after the indexed one (the deployment block on\n"
+            "          an empty database). A higher --from is refused: it would leave a gap.\n"
+            "          A lower one re-reads blocks already indexed, from --from up to the\n"
+            "          indexed block, and compares the number of events of each kind with\n"
+            "          the database, writing nothing for them; on a difference it stops\n"
+            "          before writing anything and exits 1.\n"
+            "  --to    defaults to the node's finalized block and may not exceed it: blocks\n"
+            "          above it may still be reorganised and are indexed by `keeper run`,\n"
+            "          which checks their parent hashes. Reaching the finalized block marks\n"
+            "          the backfill done (the planners of `keeper run` wait for that).\n"
+            "Before writing, the chain is checked as `keeper check-config` does, and the\n"
+            "indexed block must still be on the node's chain (else `keeper run` must roll\n"
+            "the index back first).\n\n"
+            "Safe while `keeper run` runs on the same chain and database: every write claims\n"
+            "the cursor, and if the daemon moved it meanwhile, this command stops with an\n"
+            "error and nothing of its current range is written (the daemon indexes on).\n\n"
+            "Progress goes to stderr: on a terminal one line rewritten in place (blocks\n"
+            "done/total, percent, blocks/s, events, ETA; the indexer's info log lines are\n"
+            "then hidden, see --log-level), otherwise a plain line every\n"
+            "ingest.progress_interval seconds. A summary goes to stdout.\n"
+            "Exit status 0 when done (or nothing to do), 1 on an error or a difference."
+        ),
+    )
+    _config_option(backfill)
+    backfill.add_argument(
+        "--from",
+        dest="from_block",
+        type=_block,
+        metavar="N",
+        help="first block; default: the block after the indexed one (see above)",
+    )
+    backfill.add_argument(
+        "--to",
+        dest="to_block",
+        type=_block,
+        metavar="M",
+        help="last block, at most the finalized one; default: the finalized block",
+    )
+    backfill.set_defaults(handler=cmd_backfill)
+
+    verify = sub.add_parser(
+        "verify",
+        formatter_class=_Formatter,
+        help="compare the index with the contracts by eth_call at one block",
+        description=(
+            "Re-read the contracts' state with eth_call at the indexed block and compare it\n"
+            "with the database's projections of that block: every stream (payer, payee,\n"
+            "balance, rate, settled_at, usage sequence, price, status), every escrow (payer,\n"
+            "payee, amount, expiry, status), what each account can claim from StreamManager\n"
+            "(credited) and holds in EscrowVault (available, locked), and the fee, fee\n"
+            "recipient and pause flags. Accounts are those the index or the streams and\n"
+            "escrows name. The projections are read in one snapshot with the cursor and the\n"
+            "calls are pinned to the block's hash (EIP-1898), in JSON-RPC batches, so this\n"
+            "is safe and consistent while `keeper run` indexes. The node must still have\n"
+            "the state of that block (a pruned node keeps the recent ones only).\n\n"
+            "Each difference is printed as `<kind> <id> <field>: database <value>, chain\n"
+            "<value>`, then a summary. Exit status 0 when the database matches the\n"
+            "contracts, 1 when anything differs (or on an error), 2 on a usage error."
+        ),
+    )
+    _config_option(verify)
+    verify.add_argument(
+        "--block",
+        type=_block,
+        metavar="N",
+        help="the block to verify at; must be the indexed block, the only one whose state "
+        "the database holds (default: the indexed block)",
+    )
+    verify.add_argument(
+        "--json", action="store_true", help="print the report as one JSON object instead"
+    )
+    verify.set_defaults(handler=cmd_verify)
 
 
 def _usage_parser(sub: Any) -> None:

@@ -395,7 +395,7 @@ def load_config(path: Path) -> KeeperConfig:
         raise ConfigError(f"configuration {path} is not UTF-8 text") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path} is not valid TOML: {exc}") from exc
-    base = path.parent
+    base = path.absolute().parent
     chain = data.get("chain")
     if isinstance(chain, dict) and isinstance(chain.get("deployment_file"), str):
         # Relative paths are relative to the configuration file, not the working directory.

@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -87,6 +87,27 @@ class IngestSettings:
     progress_interval: float = 5.0
     recheck_delay: float = 0.25
     keep_blocks: int = 256  # block rows kept below the finalized block
+
+
+@dataclass(frozen=True)
+class BackfillProgress:
+    """Where a backfill is, after each range written (for a caller's progress display)."""
+
+    first: int  # the first block of the backfill
+    target: int  # its last block
+    block: int  # the last block written
+    events: int  # events written so far
+    elapsed: float  # seconds since the backfill started
+
+    @property
+    def total_blocks(self) -> int:
+        """Blocks in the whole backfill."""
+        return self.target - self.first + 1
+
+    @property
+    def blocks_done(self) -> int:
+        """Blocks written so far."""
+        return self.block - self.first + 1
 
 
 @dataclass
@@ -210,8 +231,20 @@ class Indexer:
 
     # ------------------------------------------------------------------ backfill
 
-    async def backfill(self, cursor: Cursor, target: int) -> int:
-        """Index (cursor, target] in wide ranges; target must be final. Returns blocks done."""
+    async def backfill(
+        self,
+        cursor: Cursor,
+        target: int,
+        *,
+        progress: Callable[[BackfillProgress], None] | None = None,
+        mark_done: bool = True,
+    ) -> int:
+        """Index (cursor, target] in wide ranges; target must be final. Returns blocks done.
+
+        `progress` is called after each range is written. With `mark_done` (the default),
+        reaching `target` marks the backfill done (the planners wait for that): a caller that
+        stops short of the finalized block passes False.
+        """
         first = cursor.indexed_block + 1
         if first > target:
             return 0
@@ -243,10 +276,16 @@ class Indexer:
                                 self._decoded_parts(fetched),
                                 fetched.start,
                                 fetched.end,
-                                backfill_done=done,
+                                backfill_done=done and mark_done,
                             )
                         done_blocks += fetched.end.number - fetched.start + 1
                         now = time.monotonic()
+                        if progress is not None:
+                            progress(
+                                BackfillProgress(
+                                    first, target, fetched.end.number, done_events, now - started
+                                )
+                            )
                         if now - collected >= GC_COLLECT_EVERY:
                             gc.collect()
                             collected = now
@@ -268,6 +307,13 @@ class Indexer:
         async with self.pool.acquire() as conn:
             await self.store.prune_blocks(conn, target - self.settings.keep_blocks)
         return done_blocks
+
+    async def read_range(self, start: int, target: int) -> tuple[int, DecodedBatch]:
+        """Read and decode the widest range from `start` (up to `target`) the provider accepts,
+        adapting the range as backfill does, without writing anything; return the range's last
+        block and its rows (for `keeper backfill`'s check of blocks already indexed)."""
+        fetched = await self._fetch_range(start, target)
+        return fetched.end.number, self.decoder.decode(fetched.logs, fetched.timestamps)
 
     def _decoded_parts(self, fetched: _Range) -> Iterator[DecodedBatch]:
         """The range's logs decoded DECODE_PART_LOGS at a time, each when it is asked for.

@@ -25,7 +25,7 @@ from keeper.errors import KeeperError
 from keeper.metrics import redact_url
 from keeper.queries import load_queries
 from keeper.resources import migration_files
-from keeper.rpc import ChainClient, RpcResponseError
+from keeper.rpc import ChainClient, RpcError, RpcResponseError
 from keeper.signers import check_signers
 
 # The contracts of a deployment the keeper needs code at, as the deployment file names them.
@@ -96,7 +96,7 @@ async def check_chain(
     empty = [
         f"{name} {address}"
         for (name, address), code in zip(addresses.items(), codes, strict=True)
-        if not code or int(str(code), 16) == 0
+        if not int(str(code or '0x')[2:] or '0', 16)
     ]
     if empty:
         raise ConfigError(
@@ -243,6 +243,8 @@ async def check_all(path: Path, report: Callable[[Check], None]) -> list[Check]:
             # Without a deployment file, the chain id is all that can be checked.
             chain_id = await check_rpc_chain_id(config, None, client)
             record("chain", True, f"the RPC at {redact_url(client.url)} serves chain {chain_id}")
+    except RpcError as exc:
+        record("chain", False, f"chain.rpc_url: {exc}")
     except KeeperError as exc:
         record("chain", False, str(exc))
     finally:

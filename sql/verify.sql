@@ -1,0 +1,32 @@
+-- Queries of `keeper verify` (keeper/verify.py): the projections of one chain, read in one
+-- REPEATABLE READ transaction so that they and the cursor describe one indexed block.
+
+-- name: cursor
+SELECT indexed_block, indexed_hash, indexed_timestamp
+FROM ingest_cursor
+WHERE chain_id = $1;
+
+-- name: streams
+SELECT stream_id, payer, payee, balance, rate, settled_at, usage_seq, price, status
+FROM streams
+WHERE chain_id = $1;
+
+-- name: escrows
+SELECT escrow_id, payer, payee, amount, expires_at, status
+FROM escrows
+WHERE chain_id = $1;
+
+-- name: ledger
+SELECT account, credited
+FROM payee_ledger
+WHERE chain_id = $1;
+
+-- name: vault_accounts
+SELECT account, available, locked
+FROM vault_accounts
+WHERE chain_id = $1;
+
+-- name: contract_params
+SELECT fee_bps, fee_recipient, manager_paused, vault_paused
+FROM contract_params
+WHERE chain_id = $1;
