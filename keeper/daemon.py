@@ -31,7 +31,7 @@ from anyio.abc import TaskGroup, TaskStatus
 from asyncpg import PostgresConnectionError
 from prometheus_client import Counter, Gauge, Histogram
 
-from keeper import db, http, metrics, sdnotify
+from keeper import db, http, metrics, preflight, sdnotify
 from keeper.config import KeeperConfig
 from keeper.db import DatabaseUnavailable
 from keeper.deploy import Deployment
@@ -343,6 +343,7 @@ async def _main(run: _Run, tg: TaskGroup) -> None:
         port = await tg.start(http.serve, config.health.host, config.health.port, state)
         log.info("health_listening", url=f"http://{config.health.host}:{port}")
     head = await client.head()
+    await preflight.check_chain(config, run.deployment, client)
     state.role = "standby"
     sdnotify.ready(f"standby, head {head.number}")
     tg.start_soon(_watchdog, state, run.heartbeat)
