@@ -4,7 +4,9 @@ Starts anvil (see `keeper.devchain`) and, unless a database URL is given, an emb
 PostgreSQL (pgserver) under the data directory; migrates the database, deploys the contracts,
 records the deployment in `chains`/`deployments`, then has anvil's dev accounts open streams,
 set usage prices, create escrows, report usage through the oracle and settle a batch. It
-prints what it did and how to connect, and serves until SIGINT/SIGTERM.
+prints what it did and how to connect, then runs the keeper daemon on all of it with a workload
+that keeps coming (`keeper.demo_run`), printing a line of what the keeper did every few seconds,
+until SIGINT/SIGTERM (or `--duration`); `--no-wait` stops after the set-up instead.
 
 The embedded database `keeper_demo` is dropped and created afresh on every run, because the
 chain it describes is new on every run too; the server's files stay in the data directory, so
@@ -14,7 +16,6 @@ a second run starts faster.
 from __future__ import annotations
 
 import sys
-import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,17 @@ import anyio
 
 from keeper import db
 from keeper.anvil import Anvil, rpc
+from keeper.demo_run import (
+    DEFAULT_HEALTH_PORT,
+    KeeperFiles,
+    LiveDemo,
+    LiveStream,
+    grant_oracle_role,
+    health_port,
+    keeper_text,
+    prepare_keeper,
+    supervise,
+)
 from keeper.deploy import Deployer, Deployment, contract, receipt_logs
 from keeper.devchain import (
     DEFAULT_BLOCK_TIME,
@@ -36,7 +48,6 @@ from keeper.devchain import (
     set_interval_mining,
     start_dev_anvil,
     stop_on_signals,
-    wait_until_stopped,
 )
 from keeper.errors import KeeperError
 from keeper.keys import dev_key
@@ -69,16 +80,17 @@ class PgserverMissing(DemoError):
         )
 
 
-def format_units(amount: int, decimals: int) -> str:
-    """An integer amount of base units as a decimal string: (1_500_000, 6) -> "1.5".
+def format_units(amount: int, decimals: int, *, min_decimals: int = 0) -> str:
+    """An integer amount of base units as a decimal string: (1_500_000, 6) -> "1.5", and with
+    `min_decimals=2` -> "1.50" (never fewer digits than the amount needs).
 
     Integer arithmetic only: a float would round money.
     """
     sign = "-" if amount < 0 else ""
     whole, frac = divmod(abs(amount), 10**decimals)
-    if frac == 0:
-        return f"{sign}{whole}"
-    return f"{sign}{whole}.{str(frac).rjust(decimals, '0').rstrip('0')}"
+    digits = str(frac).rjust(decimals, "0").rstrip("0") if frac else ""
+    digits = digits.ljust(min(min_decimals, decimals), "0")
+    return f"{sign}{whole}.{digits}" if digits else f"{sign}{whole}"
 
 
 # --------------------------------------------------------------------------- Postgres
@@ -422,12 +434,16 @@ class DemoOptions:
     rpc_url: str | None = None
     data_dir: Path = DEFAULT_DATA_DIR
     wait: bool = True
+    health_port: int = DEFAULT_HEALTH_PORT  # taken: any free port; 0: any free port
+    duration: float | None = None  # stop after this many seconds of running, as on Ctrl-C
 
 
 def run_demo(options: DemoOptions, stdout: TextIO | None = None) -> int:
-    """`keeper demo`: set everything up, print it, serve until SIGINT/SIGTERM (or not).
+    """`keeper demo`: set everything up, print it, then run the keeper on it until
+    SIGINT/SIGTERM or `duration` (or stop at once: `wait=False`).
 
-    Returns the exit status: 0 when done (`wait=False`) or stopped by a signal.
+    Returns the exit status: 0 when done (`wait=False`) or stopped by a signal or the duration;
+    1 when the keeper daemon (or anvil) died while the demo ran.
     """
     out = stdout or sys.stdout
 
@@ -436,6 +452,7 @@ def run_demo(options: DemoOptions, stdout: TextIO | None = None) -> int:
 
     data_dir = options.data_dir.resolve()
     deployment_file = data_dir / "deployment.json"
+    status = 0
     with stop_on_signals():
         node: Anvil | None = None
         pg: EmbeddedPostgres | None = None
@@ -462,6 +479,13 @@ def run_demo(options: DemoOptions, stdout: TextIO | None = None) -> int:
             say(f"database migrated ({', '.join(applied) or 'already up to date'})")
             say("deployment recorded in the chains and deployments tables")
             work = create_workload(rpc_url, deployment)
+            files: KeeperFiles | None = None
+            if options.wait:
+                port = health_port("127.0.0.1", options.health_port)
+                files = prepare_keeper(
+                    data_dir, rpc_url=rpc_url, dsn=dsn, chain_name=CHAIN_NAME, port=port
+                )
+                grant_oracle_role(rpc_url, deployment, [a for _, a in files.signers])
             if node is not None and options.wait:
                 set_interval_mining(rpc_url, options.block_time)
             say()
@@ -470,38 +494,62 @@ def run_demo(options: DemoOptions, stdout: TextIO | None = None) -> int:
             say(workload_text(work, deployment))
             say()
             say(_connect_text(dsn, pg, data_dir))
-            if options.wait:
-                if node is None:
-                    say("\nPress Ctrl-C to stop.")
-                    _wait_forever()
-                else:
-                    say("\nPress Ctrl-C to stop anvil and the database.")
-                    wait_until_stopped(node)
+            if files is not None:
+                say()
+                say(keeper_text(files, _psql_command(dsn, pg)))
+                say("\nPress Ctrl-C to stop the keeper, the workload, anvil and the database.\n")
+                status = supervise(
+                    LiveDemo(
+                        files=files,
+                        rpc_url=rpc_url,
+                        dsn=dsn,
+                        deployment=deployment,
+                        node=node,
+                        streams=[
+                            LiveStream(s.id, s.plan.usage_price)
+                            for s in work.streams
+                            if s.plan.usage_price
+                        ],
+                        amount=lambda v: (
+                            f"{format_units(v, work.decimals, min_decimals=2)} {work.symbol}"
+                        ),
+                        say=say,
+                        payers=PAYERS,
+                        payees=PAYEES,
+                        duration=options.duration,
+                    )
+                )
         except StopRequested:
             say("stopping the demo")
         finally:
             hold_stop_signals()
             if node is not None:
                 node.stop()
+                if options.wait:
+                    say("anvil stopped")
             if pg is not None:
                 pg.stop()
-    return 0
+                if options.wait:
+                    say("the embedded PostgreSQL stopped")
+    return status
 
 
-def _wait_forever() -> None:
-    while True:
-        time.sleep(3600)
+def _safe_dsn(dsn: str, pg: EmbeddedPostgres | None) -> str:
+    # The embedded server trusts local connections (no password), and masking its empty
+    # password would break the psql line; a URL the operator gave us may hold a real one.
+    return dsn if pg is not None else db.redact_dsn(dsn)
+
+
+def _psql_command(dsn: str, pg: EmbeddedPostgres | None) -> str:
+    psql = str(pg.psql) if pg is not None else "psql"
+    return f"{psql} '{_safe_dsn(dsn, pg)}'"
 
 
 def _connect_text(dsn: str, pg: EmbeddedPostgres | None, data_dir: Path) -> str:
-    # The embedded server trusts local connections (no password), and masking its empty
-    # password would break the psql line; a URL the operator gave us may hold a real one.
-    safe = dsn if pg is not None else db.redact_dsn(dsn)
-    psql = str(pg.psql) if pg is not None else "psql"
     lines = [
         "connect",
-        f"  PostgreSQL      {safe}",
-        f"  psql            {psql} '{safe}'",
+        f"  PostgreSQL      {_safe_dsn(dsn, pg)}",
+        f"  psql            {_psql_command(dsn, pg)}",
         "  e.g.            SELECT chain_id, name, encode(address, 'hex') FROM deployments;",
         f"  data directory  {data_dir}",
     ]

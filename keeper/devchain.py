@@ -117,7 +117,23 @@ def start_dev_anvil(*, host: str, port: int, log_path: Path | None = None) -> An
         )
     if log_path is not None:
         log_path.parent.mkdir(parents=True, exist_ok=True)
-    return start_anvil(host=host, port=port, log_path=log_path)
+    # A Ctrl-C on the terminal goes to the whole foreground process group, anvil included,
+    # which would then die before the processes that use it (the demo's keeper) are stopped.
+    # anvil inherits a blocked SIGINT through fork and exec and never unblocks it; its parent
+    # stops it with SIGTERM, in its turn.
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        node = start_anvil(host=host, port=port, log_path=log_path)
+    except BaseException:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+        raise
+    try:
+        # A SIGINT that came meanwhile is delivered here (stop_on_signals raises).
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+    except BaseException:
+        node.stop()
+        raise
+    return node
 
 
 def deploy_dev(rpc_url: str, *, fee_bps: int = DEFAULT_FEE_BPS) -> Deployment:

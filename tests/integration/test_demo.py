@@ -1,13 +1,21 @@
-"""`keeper demo` end to end: the workload it reports is the one on chain and in the database."""
+"""`keeper demo` end to end: the workload it reports is the one on chain and in the database,
+and the keeper it runs settles, records usage and refunds, then stops in order on Ctrl-C."""
 
 from __future__ import annotations
 
+import json
+import os
+import queue
 import re
 import signal
 import socket
+import stat
 import subprocess
 import sys
+import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
@@ -28,6 +36,7 @@ from keeper.demo import (
     format_units,
     start_embedded_postgres,
 )
+from keeper.demo_run import Activity, LiveStream, activity_text, usage_rows
 from keeper.deploy import Deployment, contract
 from keeper.keys import dev_key
 
@@ -50,6 +59,50 @@ def test_format_units_is_exact() -> None:
     assert format_units(-25, 2) == "-0.25"
     # Far beyond a float's 53 bits of mantissa, still exact.
     assert format_units(2**96 - 1, 6) == "79228162514264337593543.950335"
+
+
+def test_format_units_with_a_minimum_of_decimals() -> None:
+    assert format_units(4_200_000, 6, min_decimals=2) == "4.20"
+    assert format_units(5 * 10**6, 6, min_decimals=2) == "5.00"
+    assert format_units(1_083_125, 6, min_decimals=2) == "1.083125"
+    assert format_units(0, 6, min_decimals=2) == "0.00"
+    assert format_units(-25, 2, min_decimals=4) == "-0.25"  # never past the token's decimals
+
+
+def test_activity_line() -> None:
+    def amount(v: int) -> str:
+        return f"{format_units(v, 6, min_decimals=2)} USDC"
+
+    busy = Activity(
+        block=123,
+        settled_streams=3,
+        settled_amount=4_200_000,
+        usage_reports=25,
+        usage_charged=750_000,
+        refunded_escrows=1,
+        refunded_amount=5_000_000,
+        txs_confirmed=2,
+        usage_pending=4,
+    )
+    assert activity_text(busy, amount) == (
+        "block 123  settled 3 streams (4.20 USDC)  recorded 25 usage reports (0.75 USDC)  "
+        "refunded 1 escrow (5.00 USDC)  txs 2 confirmed  pending: 4 usage rows"
+    )
+    assert activity_text(Activity(block=124), amount) == "block 124, nothing due"
+    assert activity_text(Activity(block=125, txs_in_flight=1), amount) == (
+        "block 125  pending: 1 tx in flight"
+    )
+
+
+def test_usage_rows_go_to_priced_streams_with_unique_keys() -> None:
+    streams = [LiveStream(1, 100), LiveStream(2, 0), LiveStream(3, 50)]
+    ids, units, keys, labels = usage_rows(streams, 10, 4, "run1")
+    assert set(ids) == {"1", "3"}
+    assert all(int(u) > 0 for u in units)
+    assert len(set(keys)) == 4
+    assert keys == [f"demo-run1-{n}" for n in range(10, 14)]
+    assert len(labels) == 4
+    assert usage_rows([LiveStream(2, 0)], 0, 4, "run1") == ([], [], [], [])
 
 
 def test_format_duration() -> None:
@@ -176,40 +229,231 @@ def port_open(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
-@pytest.mark.slow
-def test_demo_with_embedded_postgres_stops_cleanly_on_sigint(tmp_path: Path) -> None:
-    """What `make demo` runs: its own anvil and PostgreSQL, both gone after Ctrl-C."""
-    port = free_port()
+class Output:
+    """A running command's output lines, read in a thread so that waits have deadlines."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.lines: list[str] = []
+        self._queue: queue.Queue[str | None] = queue.Queue()
+        assert proc.stdout is not None
+        stream = proc.stdout
+
+        def read() -> None:
+            for line in stream:
+                self._queue.put(line)
+            self._queue.put(None)
+
+        threading.Thread(target=read, daemon=True).start()
+
+    def until(self, done: Callable[[str], bool], timeout: float) -> bool:
+        """Read lines until `done(all the text so far)` or the deadline; True when done."""
+        deadline = time.monotonic() + timeout
+        while not done(self.text):
+            try:
+                line = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                return False
+            if line is None:
+                return done(self.text)
+            self.lines.append(line)
+        return True
+
+    def rest(self, timeout: float) -> None:
+        self.until(lambda _: False, timeout)
+
+    @property
+    def text(self) -> str:
+        return "".join(self.lines)
+
+
+ACTIVITY = re.compile(r"^\d\d:\d\d:\d\d  block \d+", re.MULTILINE)
+DONE = {
+    "settled": re.compile(r"  settled \d+ streams? \([\d.]+ tUSD\)"),
+    "recorded": re.compile(r"  recorded \d+ usage reports? \([\d.]+ tUSD\)"),
+    "refunded": re.compile(r"  refunded \d+ escrows? \([\d.]+ tUSD\)"),
+}
+
+
+def get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as answer:  # noqa: S310 - http://127.0.0.1
+            return int(answer.status), answer.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_demo_runs_the_keeper_and_stops_everything_on_sigint(
+    database_url: str, tmp_path: Path
+) -> None:
+    """`make demo` with a given database: the keeper settles, records usage and refunds an
+    escrow while the workload goes on; the health port answers; SIGINT stops it all, exit 0."""
+    port, health = free_port(), free_port()
     data_dir = tmp_path / "demo"
     proc = subprocess.Popen(
-        [*KEEPER, "demo", "--port", str(port), "--data-dir", str(data_dir)],
+        [
+            *KEEPER,
+            "demo",
+            "--port",
+            str(port),
+            "--health-port",
+            str(health),
+            "--database-url",
+            database_url,
+            "--data-dir",
+            str(data_dir),
+        ],
         cwd=tmp_path,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
     )
-    output: list[str] = []
+    out = Output(proc)
     try:
-        assert proc.stdout is not None
-        deadline = time.monotonic() + 120
-        for line in proc.stdout:
-            output.append(line)
-            if "Press Ctrl-C" in line or time.monotonic() > deadline:
-                break
-        assert "Press Ctrl-C" in "".join(output), "".join(output)
-        assert port_open(port)
-        assert (data_dir / "pgdata" / "postmaster.pid").exists()
+        started = out.until(lambda t: "keeper run started" in t, 120)
+        assert started, out.text
+        m = re.search(r"keeper run started \(pid (\d+)\)", out.text)
+        assert m, out.text
+        daemon_pid = int(m[1])
+        # What an operator is told, before the activity lines.
+        assert f"http://127.0.0.1:{port}" in out.text
+        assert f"http://127.0.0.1:{health}/status" in out.text
+        assert f"http://127.0.0.1:{health}/readyz" in out.text
+        assert "-c 'SELECT * FROM keeper.indexer_status'" in out.text
+        assert str(data_dir / "keeper.log") in out.text
+
+        # The keeper's work shows up in the activity lines (bounded, generous: the first
+        # escrow expires a minute of chain time after the set-up).
+        everything = out.until(lambda t: all(p.search(t) for p in DONE.values()), 180)
+        assert everything, out.text
+        assert ACTIVITY.search(out.text), out.text
+        assert "workload: payer-" in out.text
+
+        # The health port of the running daemon.
+        deadline = time.monotonic() + 60
+        while (ready := get(f"http://127.0.0.1:{health}/readyz"))[0] != 200:
+            assert time.monotonic() < deadline, ready
+            time.sleep(1)
+        status, body = get(f"http://127.0.0.1:{health}/status")
+        assert status == 200
+        assert json.loads(body)["chain"]["id"] == 31337
+        status, body = get(f"http://127.0.0.1:{health}/metrics")
+        assert status == 200
+        assert "keeper_" in body
+
         proc.send_signal(signal.SIGINT)
-        rest, _ = proc.communicate(timeout=30)
-        output.append(rest)
+        proc.wait(timeout=60)
+        out.rest(5)
     finally:
         if proc.poll() is None:
             proc.kill()
-            proc.communicate()
-    text = "".join(output)
+            proc.wait()
+    text = out.text
+    assert proc.returncode == 0, text
+    assert "stopping the demo (SIGINT)" in text
+    # In order: the keeper, then anvil.
+    assert text.index("keeper stopped") < text.index("anvil stopped"), text
+    assert not port_open(port)
+    assert not port_open(health)
+    assert not pid_alive(daemon_pid)
+    for index in range(10):
+        assert dev_key(index).reveal_hex()[2:] not in text.lower()
+
+    log = (data_dir / "keeper.log").read_text()
+    assert '"keeper_started"' in log
+    assert '"keeper_stopped"' in log
+    for secret in [data_dir / "keeper.toml", *(data_dir / "keys").iterdir()]:
+        assert stat.S_IMODE(secret.stat().st_mode) == 0o600, secret
+
+
+def test_demo_stops_everything_when_the_keeper_dies(database_url: str, tmp_path: Path) -> None:
+    """A keeper that dies is reported with its status and the end of its log; the demo stops
+    the rest and exits non-zero."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            *KEEPER,
+            "demo",
+            "--port",
+            str(port),
+            "--health-port",
+            "0",
+            "--database-url",
+            database_url,
+            "--data-dir",
+            str(tmp_path / "demo"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    out = Output(proc)
+    try:
+        assert out.until(lambda t: ACTIVITY.search(t) is not None, 120), out.text
+        m = re.search(r"keeper run started \(pid (\d+)\)", out.text)
+        assert m, out.text
+        os.kill(int(m[1]), signal.SIGKILL)
+        proc.wait(timeout=60)
+        out.rest(5)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    text = out.text
+    assert proc.returncode == 1, text
+    assert f"the keeper exited on its own with status {-signal.SIGKILL}" in text
+    assert re.search(r"^  \| \{.*\"event\"", text, re.MULTILINE), text  # its JSON log lines
+    assert "anvil stopped" in text
+    assert not port_open(port)
+
+
+@pytest.mark.slow
+def test_demo_with_embedded_postgres_stops_cleanly_on_sigint(tmp_path: Path) -> None:
+    """What `make demo` runs: its own anvil, PostgreSQL and keeper, all gone after Ctrl-C."""
+    port, health = free_port(), free_port()
+    data_dir = tmp_path / "demo"
+    proc = subprocess.Popen(
+        [
+            *KEEPER,
+            "demo",
+            "--port",
+            str(port),
+            "--health-port",
+            str(health),
+            "--data-dir",
+            str(data_dir),
+        ],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    out = Output(proc)
+    try:
+        assert out.until(lambda t: ACTIVITY.search(t) is not None, 180), out.text
+        m = re.search(r"keeper run started \(pid (\d+)\)", out.text)
+        assert m, out.text
+        assert port_open(port)
+        assert (data_dir / "pgdata" / "postmaster.pid").exists()
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=60)
+        out.rest(5)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    text = out.text
     assert proc.returncode == 0, text
     assert "stopping the demo" in text
     assert not port_open(port)
+    assert not pid_alive(int(m[1]))
     assert not (data_dir / "pgdata" / "postmaster.pid").exists(), "PostgreSQL still running"
     assert f"http://127.0.0.1:{port}" in text
     assert "psql" in text
