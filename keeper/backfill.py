@@ -88,16 +88,17 @@ async def run_backfill(
                 start_block=deployment.deployment_block,
                 settings=config.ingest.settings(),
             )
-            return await _backfill(indexer, start, end, progress)
+            return await backfill_range(indexer, start, end, progress)
         finally:
             await pool.close()
     finally:
         await client.close()
 
 
-async def _backfill(
+async def backfill_range(
     indexer: Indexer, start: int | None, end: int | None, progress: Progress | None
 ) -> BackfillResult:
+    """`run_backfill` with an indexer already made (its client and pool are the caller's)."""
     try:
         async with indexer.pool.acquire() as conn:
             cursor = await indexer.store.cursor(conn, indexer.start_block)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import signal
@@ -9,7 +10,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -40,8 +41,14 @@ COMMANDS = {
         "--out",
     ],
     "devchain": ["--port", "--host", "--block-time", "--out"],
-    "migrate": ["--database-url", "KEEPER_DATABASE_URL"],
+    "migrate": ["--config", "--database-url", "KEEPER_DATABASE_URL"],
+    "run": ["--config"],
+    "status": ["--config", "--database-url", "--chain-id", "--json", "KEEPER_DATABASE_URL"],
+    "check-config": ["--config"],
+    "config": ["show"],
     "plan": ["--config", "--json"],
+    "backfill": ["--config", "--from", "--to"],
+    "verify": ["--config", "--block", "--json"],
     "usage": ["import"],
     "demo": [
         "--port",
@@ -106,6 +113,33 @@ def test_command_help_mentions_its_options(command: str) -> None:
     assert result.stdout.startswith(f"usage: keeper {command}")
     for option in COMMANDS[command]:
         assert option in result.stdout, f"{command} --help does not mention {option}"
+
+
+def test_config_show_help_mentions_its_options() -> None:
+    result = keeper("config", "show", "--help")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("usage: keeper config show")
+    for option in ("--config", "--json", "(masked)"):
+        assert option in result.stdout, option
+
+
+def test_every_option_has_a_help_text() -> None:
+    """No option of any command is left unexplained in its --help."""
+    from keeper.cli import build_parser
+
+    def parsers(parser: argparse.ArgumentParser) -> Iterator[argparse.ArgumentParser]:
+        yield parser
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for sub in action.choices.values():
+                    yield from parsers(sub)
+
+    for parser in parsers(build_parser()):
+        assert parser.description or parser.prog == "keeper", parser.prog
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                continue  # its choices are listed in the description, and checked above
+            assert action.help, f"{parser.prog} {action.option_strings or action.dest}"
 
 
 def test_usage_import_help_mentions_its_options() -> None:
