@@ -2,12 +2,36 @@
 
 from __future__ import annotations
 
+import json
+import os
+import re
+import tomllib
 from pathlib import Path
+from typing import Any
 
 import pytest
+from eth_utils import to_checksum_address
+from pydantic import BaseModel
 
-from keeper.config import ConfigError, load_config
+from keeper.config import (
+    ChainConfig,
+    ConfigError,
+    DaemonConfig,
+    DatabaseConfig,
+    HealthConfig,
+    IngestConfig,
+    KeeperConfig,
+    LogConfig,
+    PlanConfig,
+    SignerConfig,
+    TxConfig,
+    effective,
+    env_overrides,
+    load_config,
+    to_toml,
+)
 from keeper.planner import PlanSettings
+from keeper.signers import KeySource, check_signers
 
 ROOT = Path(__file__).resolve().parents[2]
 MINIMAL = """
@@ -84,3 +108,258 @@ def test_environment_overrides_the_file(tmp_path: Path, monkeypatch: pytest.Monk
     monkeypatch.setenv("KEEPER_INGEST__POLL_INTERVAL", "0.5")
     config = load_config(write(tmp_path, MINIMAL + "[ingest]\npoll_interval = 3\n"))
     assert config.ingest.poll_interval == 0.5
+
+
+# --------------------------------------------------------------------------- the example file
+
+SECTIONS: dict[str, type[BaseModel]] = {
+    "ingest": IngestConfig,
+    "tx": TxConfig,
+    "plan": PlanConfig,
+    "log": LogConfig,
+    "health": HealthConfig,
+    "daemon": DaemonConfig,
+}
+
+
+def test_the_example_holds_the_defaults_of_every_section(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in os.environ:
+        if name.upper().startswith("KEEPER_"):
+            monkeypatch.delenv(name)  # e.g. the test session's KEEPER_HEALTH__PORT=0
+    config = load_config(ROOT / "config" / "keeper.example.toml")
+    for name, model in SECTIONS.items():
+        assert getattr(config, name) == model(), name
+    # [chain] and [database]: the required fields have examples, the rest their defaults.
+    chain_defaults = {
+        k: f.default for k, f in ChainConfig.model_fields.items() if not f.is_required()
+    }
+    assert {k: getattr(config.chain, k) for k in chain_defaults} == chain_defaults
+    database_defaults = {
+        k: f.default for k, f in DatabaseConfig.model_fields.items() if not f.is_required()
+    }
+    assert {k: getattr(config.database, k) for k in database_defaults} == database_defaults
+
+
+def _example_keys() -> dict[str, set[str]]:
+    """The keys the example sets or shows commented out (`# key = ...`), per section."""
+    found: dict[str, set[str]] = {}
+    section = ""
+    for line in (ROOT / "config" / "keeper.example.toml").read_text().splitlines():
+        text = line.lstrip("# ").strip()
+        header = re.fullmatch(r"\[\[?([a-z_]+)\]\]?", text)
+        if header:
+            section = header.group(1)
+            continue
+        key = re.match(r"([a-z_]+) = ", text)
+        if key and section:
+            found.setdefault(section, set()).add(key.group(1))
+    return found
+
+
+def test_the_example_documents_every_field() -> None:
+    keys = _example_keys()
+    models: dict[str, type[BaseModel]] = {
+        **SECTIONS,
+        "chain": ChainConfig,
+        "database": DatabaseConfig,
+        "signers": SignerConfig,
+    }
+    for name, model in models.items():
+        missing = set(model.model_fields) - keys.get(name, set())
+        assert not missing, f"[{name}] fields missing from the example: {sorted(missing)}"
+        unknown = keys.get(name, set()) - set(model.model_fields)
+        assert not unknown, f"[{name}] keys in the example that are not fields: {sorted(unknown)}"
+    assert set(keys) == set(models)
+
+
+# --------------------------------------------------------------------------- error messages
+
+
+def test_a_missing_field_is_named_without_echoing_its_section(tmp_path: Path) -> None:
+    # The section's other values (here the RPC URL with its API key) must not be shown.
+    text = MINIMAL.replace('deployment_file = "deployment.json"\n', "")
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, text))
+    message = str(err.value)
+    assert "chain.deployment_file: required but not set" in message
+    assert "KEEPER_CHAIN__DEPLOYMENT_FILE" in message
+    assert "SECRETKEY" not in message
+    with pytest.raises(ConfigError, match=r"database: required but not set") as err:
+        load_config(write(tmp_path, MINIMAL.split("[database]")[0]))
+    assert "SECRETKEY" not in str(err.value)
+
+
+def test_unknown_keys_get_a_suggestion_and_their_value_is_not_shown(tmp_path: Path) -> None:
+    text = MINIMAL + '[ingest]\npoll_intervall = 2\n[[signers]]\ncredentail = "x"\n'
+    text = text.replace("[chain]\n", '[chain]\nrpc_ulr = "https://rpc.example/v2/OTHERKEY"\n')
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, text))
+    message = str(err.value)
+    assert "ingest.poll_intervall: unknown key" in message
+    assert "did you mean 'poll_interval'?" in message
+    assert "did you mean 'rpc_url'?" in message
+    assert "signers.0.credentail: unknown key" in message
+    assert "OTHERKEY" not in message
+
+
+def test_an_environment_override_is_named_in_the_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KEEPER_TX__CONFIRMATIONS", "0")
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, MINIMAL))
+    message = str(err.value)
+    assert "tx.confirmations" in message
+    assert "greater than or equal to 1" in message
+    assert "(got '0' from KEEPER_TX__CONFIRMATIONS)" in message
+
+
+def test_a_secret_value_is_never_shown(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KEEPER_DATABASE__URL", "")
+    bad = MINIMAL.replace('rpc_url = "https://rpc.example/v2/SECRETKEY"', "rpc_url = 12")
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, bad))
+    assert "chain.rpc_url" in str(err.value)
+    assert "<secret>" in str(err.value)
+
+
+def test_relative_paths_are_absolute_even_from_a_relative_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write(tmp_path, MINIMAL)
+    monkeypatch.chdir(tmp_path)
+    config = load_config(Path("keeper.toml"))
+    assert config.chain.deployment_file == tmp_path / "deployment.json"
+
+
+# --------------------------------------------------------------------------- the deployment file
+
+
+def deployment_data() -> dict[str, Any]:
+    address = "0x" + "ab" * 20
+    return {
+        "chain_id": 31337,
+        "deployment_block": 1,
+        "token": address,
+        "stream_manager": "0x5FbDB2315678afecb367f032d93F642f64180aa3",
+        "escrow_vault": address,
+        "deployer": address,
+        "oracle": address,
+        "fee_recipient": address,
+        "fee_bps": 250,
+    }
+
+
+def config_for(tmp_path: Path, data: dict[str, Any], extra: str = "") -> KeeperConfig:
+    (tmp_path / "deployment.json").write_text(json.dumps(data))
+    return load_config(write(tmp_path, MINIMAL.replace("[chain]\n", f"[chain]\n{extra}")))
+
+
+def test_deployment_addresses_any_case_with_a_valid_checksum(tmp_path: Path) -> None:
+    data = deployment_data()
+    data["escrow_vault"] = data["escrow_vault"].upper().replace("0X", "0x")
+    d = config_for(tmp_path, data).deployment()
+    assert d.stream_manager == "0x5FbDB2315678afecb367f032d93F642f64180aa3"
+    assert d.token == to_checksum_address("0x" + "ab" * 20)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "expected"),
+    [
+        (
+            "stream_manager",
+            "0x5fbDB2315678afecb367f032d93F642f64180aa3",
+            "invalid EIP-55 checksum (expected the checksummed address",
+        ),
+        ("token", "0x1234", "is not an address (expected 0x and 40 hex digits)"),
+        ("oracle", 42, "42 is not an address"),
+        ("chain_id", 0, "chain_id: 0 is out of range (expected at least 1)"),
+        ("fee_bps", 1001, "fee_bps: 1001 is out of range (expected between 0 and 1000)"),
+        ("deployment_block", "x", "deployment_block: 'x' is not an integer"),
+        ("format", 2, "format: 2 is not a format this keeper reads"),
+    ],
+)
+def test_bad_deployment_values_name_the_field_value_and_expectation(
+    tmp_path: Path, key: str, value: object, expected: str
+) -> None:
+    data = deployment_data()
+    data[key] = value
+    with pytest.raises(ConfigError) as err:
+        config_for(tmp_path, data).deployment()
+    message = str(err.value)
+    assert message.startswith(f"chain.deployment_file: deployment file {tmp_path}")
+    assert f"{key}: " in message and expected in message
+
+
+def test_a_deployment_key_missing_or_not_json(tmp_path: Path) -> None:
+    data = deployment_data()
+    del data["escrow_vault"]
+    with pytest.raises(ConfigError, match="escrow_vault is missing"):
+        config_for(tmp_path, data).deployment()
+    config = config_for(tmp_path, deployment_data())
+    (tmp_path / "deployment.json").write_text("{")
+    with pytest.raises(ConfigError, match=r"chain\.deployment_file: deployment file .* not JSON"):
+        config.deployment()
+    (tmp_path / "deployment.json").unlink()
+    with pytest.raises(ConfigError, match="No such file or directory") as err:
+        config.deployment()
+    assert err.value.help is not None and "keeper deploy" in err.value.help
+
+
+def test_chain_id_must_match_the_deployment_file(tmp_path: Path) -> None:
+    config = config_for(tmp_path, deployment_data(), extra="chain_id = 1\n")
+    with pytest.raises(ConfigError) as err:
+        config.deployment()
+    message = str(err.value)
+    assert message.startswith("chain.chain_id: 1 does not match chain.deployment_file")
+    assert "which is for chain 31337" in message
+
+
+# --------------------------------------------------------------------------- signer keys
+
+
+def test_signer_problems_name_their_field_and_all_are_reported(tmp_path: Path) -> None:
+    (tmp_path / "dir").mkdir()
+    sources = [
+        KeySource(keystore=tmp_path / "dir", password_file=tmp_path / "p"),
+        KeySource(keystore=tmp_path / "missing.json", password_file=tmp_path / "p"),
+        KeySource(credential="lane"),
+    ]
+    signers, problems = check_signers(sources, environ={})
+    assert signers == []
+    messages = [str(p) for p in problems]
+    assert messages[0].startswith(f"signers.0.keystore: cannot read keystore file {tmp_path}/dir")
+    assert "Is a directory (expected a file the keeper's user can read)" in messages[0]
+    assert messages[1].startswith("signers.1.keystore: keystore file")
+    assert "does not exist" in messages[1]
+    assert messages[2].startswith("signers.2.credential: credential 'lane'")
+
+
+# --------------------------------------------------------------------------- config show
+
+
+def test_effective_configuration_masks_secrets_and_round_trips(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KEEPER_TX__TIP_WEI", "7")
+    text = MINIMAL.replace("[database]", 'ws_url = "wss://ws.example/v2/WSKEY"\n[database]')
+    config = load_config(write(tmp_path, text))
+    data = effective(config)
+    assert data["chain"]["rpc_url"] == "https://rpc.example (masked)"
+    assert data["chain"]["ws_url"] == "wss://ws.example (masked)"
+    assert data["database"]["url"] == "postgresql://keeper:***@db/keeper (masked)"
+    shown = to_toml(data, overridden=env_overrides(), header="a header\n\nline")
+    for secret in ("SECRETKEY", "WSKEY", "hunter2"):
+        assert secret not in shown and secret not in json.dumps(data)
+    assert "tip_wei = 7  # from KEEPER_TX__TIP_WEI" in shown
+    assert "# budget_per_hour_wei: unset" in shown
+    assert shown.startswith("# a header\n#\n# line\n")
+    again = tmp_path / "again.toml"
+    again.write_text(shown)
+    monkeypatch.delenv("KEEPER_TX__TIP_WEI")
+    reloaded = load_config(again)
+    assert reloaded.tx.tip_wei == 7
+    for name in (*SECTIONS, "signers"):
+        assert getattr(reloaded, name) == getattr(config, name), name
+    assert reloaded.chain.deployment_file == config.chain.deployment_file
+    assert tomllib.loads(shown)["chain"]["rpc_url"].endswith("(masked)")
