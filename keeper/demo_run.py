@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import collections
 import itertools
+import json
 import os
 import queue
 import secrets
@@ -98,17 +99,13 @@ def health_port(host: str, wanted: int) -> int:
 
 
 def _toml_string(value: str) -> str:
-    # A TOML basic string: backslash and double quote escaped (the paths and URLs written
-    # here hold no control characters).
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return json.dumps(value, ensure_ascii=False)  # a JSON string is a TOML basic string
 
 
 def prepare_keeper(
     data_dir: Path, *, rpc_url: str, dsn: str, chain_name: str, port: int
 ) -> KeeperFiles:
     """Write the keystores and `keeper.toml` for the demo's daemon into `data_dir`."""
-    import json
-
     keys_dir = data_dir / "keys"
     keys_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     signer_tables = []
@@ -230,6 +227,7 @@ class ChainWorkload(threading.Thread):
             self.join(timeout)
 
     def run(self) -> None:
+        """One round per `interval` until `stop`; a failed round is reported, not fatal."""
         from web3 import Web3
 
         w3 = Web3(Web3.HTTPProvider(self.rpc_url, request_kwargs={"timeout": 30}))
@@ -419,7 +417,8 @@ class _Stop:
             self.event.set()
 
 
-def now_text() -> str:
+def _now() -> str:
+    """The wall-clock time that starts each printed line."""
     return time.strftime("%H:%M:%S")
 
 
@@ -456,7 +455,7 @@ async def _supervise(live: LiveDemo) -> int:
                     start_new_session=True,
                     env=daemon_environment(),
                 )
-            live.say(f"{now_text()}  keeper run started (pid {proc.pid})")
+            live.say(f"{_now()}  keeper run started (pid {proc.pid})")
             workload.start()
             async with anyio.create_task_group() as tg:
                 tg.start_soon(_on_signal, signals, stop, live)
@@ -540,7 +539,7 @@ async def _feed_usage(pool: asyncpg.Pool, live: LiveDemo) -> None:
         try:
             await pool.execute(insert, *columns)
         except (asyncpg.PostgresError, OSError) as exc:
-            live.say(f"{now_text()}  workload: usage rows not inserted: {exc}")
+            live.say(f"{_now()}  workload: usage rows not inserted: {exc}")
 
 
 async def _report(
@@ -556,23 +555,23 @@ async def _report(
         if stop.event.is_set():
             return
         while not live.messages.empty():
-            live.say(f"{now_text()}  {live.messages.get_nowait()}")
+            live.say(f"{_now()}  {live.messages.get_nowait()}")
         try:
             async with pool.acquire() as conn:
                 progress = await conn.fetchrow(queries["indexer_progress"], chain_id)
                 if progress is None or not progress["backfill_done"]:
                     indexed = "-" if progress is None else progress["indexed_block"]
-                    live.say(f"{now_text()}  keeper starting: indexed block {indexed}")
+                    live.say(f"{_now()}  keeper starting: indexed block {indexed}")
                     continue
                 to_block = max(int(progress["indexed_block"]), since_block)
                 activity, since_time = await read_activity(
                     conn, chain_id, since_block, to_block, since_time
                 )
         except (asyncpg.PostgresError, OSError) as exc:
-            live.say(f"{now_text()}  the database did not answer: {exc}")
+            live.say(f"{_now()}  the database did not answer: {exc}")
             continue
         since_block = to_block
-        live.say(f"{now_text()}  {activity_text(activity, live.amount)}")
+        live.say(f"{_now()}  {activity_text(activity, live.amount)}")
 
 
 def keeper_text(files: KeeperFiles, psql: str) -> str:
