@@ -15,6 +15,7 @@ it moved fails as `CursorMoved`, reported here as `BackfillError`.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -233,7 +234,7 @@ class ProgressLine:
         self.out = out
         self.tty = tty
         self.interval = 0.2 if tty else interval
-        self._last = 0.0
+        self._last = -math.inf  # the first call always draws
         self._width = 0
         self._open = False
 

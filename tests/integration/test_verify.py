@@ -1,0 +1,144 @@
+"""`keeper verify` against anvil and PostgreSQL: a faithful index verifies (exit 0), and each
+corrupted projection value is named by kind, id and field (exit 1). The check is pinned to the
+indexed block, so activity after it changes nothing, and a reorganised-away indexed block is
+reported rather than compared with another block's state."""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from keeper import db as keeper_db
+from keeper.anvil import Anvil, rpc, start_anvil
+from tests.acceptance.test_cli import keeper
+from tests.integration.ingest_support import Target, index_until_caught_up, open_indexer
+from tests.integration.test_rpc_limits import DevChain, deploy_chain, make_activity, write_config
+
+
+@pytest.fixture(scope="module")
+def chain() -> Iterator[DevChain]:
+    node = start_anvil()
+    try:
+        dev = deploy_chain(node)
+        make_activity(dev, 5, random.Random(5), max_gap=10)
+        yield dev
+    finally:
+        node.stop()
+
+
+async def index(chain: DevChain, database_url: str) -> int:
+    """Index the chain up to its head; return the indexed block."""
+    d = chain.deployment
+    target = Target(chain_id=d.chain_id, addresses=chain.addresses, start_block=d.deployment_block)
+    async with open_indexer(chain.url, database_url, target) as indexer:
+        await index_until_caught_up(indexer)
+    return chain.head()
+
+
+async def execute(url: str, query: str, *args: Any) -> Any:
+    conn = await keeper_db.connect(url)
+    try:
+        return await conn.fetchval(query, *args)
+    finally:
+        await conn.close()
+
+
+def verify(config: Path, *args: str) -> Any:
+    return keeper("verify", "--config", str(config), *args)
+
+
+@pytest.mark.anyio
+async def test_a_faithful_index_verifies_and_each_corruption_is_named(
+    chain: DevChain, database_url: str, tmp_path: Path
+) -> None:
+    block = await index(chain, database_url)
+    config = write_config(tmp_path, chain, chain.url, database_url)
+    ok = verify(config)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert f"chain 31337 at block {block} (0x" in ok.stdout
+    assert "the database matches the contracts" in ok.stdout
+    report = json.loads(verify(config, "--json").stdout)
+    assert report["ok"] and report["streams"] == 18 and report["escrows"] >= 5
+    assert report["accounts"] >= 7
+
+    sid = 4
+    balance = await execute(
+        database_url,
+        "UPDATE streams SET balance = balance + 1 WHERE stream_id = $1 RETURNING balance",
+        sid,
+    )
+    bad = verify(config)
+    assert bad.returncode == 1
+    assert f"stream {sid} balance: database {balance}, chain {balance - 1}" in bad.stdout
+    assert "1 difference" in bad.stdout
+
+    # More kinds at once: an escrow's status, a ledger entry, a vault balance, a lost stream.
+    await execute(database_url, "UPDATE escrows SET status = 'open' WHERE escrow_id = 1")
+    account = await execute(
+        database_url,
+        "UPDATE payee_ledger SET credited = credited + 5 "
+        "WHERE account = (SELECT account FROM payee_ledger WHERE credited > 0 "
+        "ORDER BY account LIMIT 1) "
+        "RETURNING account",
+    )
+    await execute(database_url, "DELETE FROM streams WHERE stream_id = 9")
+    report = json.loads(verify(config, "--json").stdout)
+    assert not report["ok"]
+    named = {(d["kind"], d["key"], d["field"]) for d in report["differences"]}
+    assert named == {
+        ("stream", str(sid), "balance"),
+        ("escrow", "1", "status"),
+        ("credited", "0x" + bytes(account).hex(), "credited"),
+        ("stream", "9", "exists"),
+    }
+
+
+@pytest.mark.anyio
+async def test_verify_reads_the_contracts_at_the_indexed_block(
+    chain: DevChain, database_url: str, tmp_path: Path
+) -> None:
+    block = await index(chain, database_url)
+    config = write_config(tmp_path, chain, chain.url, database_url)
+    # The chain moves on after the indexed block: money moves, a stream closes.
+    admin = chain.deployment.deployer
+    payer = chain.manager.functions.getStream(3).call()[0]
+    chain.block(
+        (admin, chain.manager, "settleStreams", [list(range(1, 19))]),
+        (payer, chain.manager, "closeStream", [3]),
+    )
+    assert chain.head() > block
+    result = verify(config)
+    assert result.returncode == 0, result.stdout
+    assert f"at block {block} " in result.stdout
+    pinned = verify(config, "--block", str(block))
+    assert pinned.returncode == 0
+    other = verify(config, "--block", str(block + 1))
+    assert other.returncode == 1
+    assert f"--block {block + 1}: the database holds the state at its indexed block {block}" in (
+        other.stderr
+    )
+    assert f"pass --block {block}" in other.stderr
+
+
+@pytest.mark.anyio
+async def test_an_indexed_block_reorganised_away_is_reported(
+    anvil_factory: Callable[..., Anvil], database_url: str, tmp_path: Path
+) -> None:
+    dev = deploy_chain(anvil_factory())
+    make_activity(dev, 1, random.Random(1), max_gap=2)
+    block = await index(dev, database_url)
+    indexed_hash = await execute(database_url, "SELECT indexed_hash FROM ingest_cursor")
+    rpc(dev.url, "anvil_reorg", [2, []])
+    assert dev.head() == block
+    config = write_config(tmp_path, dev, dev.url, database_url)
+    result = verify(config)
+    assert result.returncode == 1
+    assert f"the indexed block {block} (0x{bytes(indexed_hash).hex()}) is not on the" in (
+        result.stderr
+    )
+    assert "Traceback" not in result.stderr
