@@ -96,7 +96,7 @@ async def check_chain(
     empty = [
         f"{name} {address}"
         for (name, address), code in zip(addresses.items(), codes, strict=True)
-        if not int(str(code or '0x')[2:] or '0', 16)
+        if not _has_code(code)
     ]
     if empty:
         raise ConfigError(
@@ -107,6 +107,12 @@ async def check_chain(
         )
     await _check_token(deployment, client, tag, where, source)
     return ChainFacts(chain_id=chain_id, head=head)
+
+
+def _has_code(code: object) -> bool:
+    """Whether an eth_getCode answer holds any code ("0x", or null from some nodes: none)."""
+    text = str(code or "0x").removeprefix("0x")
+    return bool(text) and int(text, 16) != 0
 
 
 async def _check_token(
