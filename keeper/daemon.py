@@ -35,7 +35,7 @@ from keeper import db, http, metrics, preflight, sdnotify
 from keeper.config import KeeperConfig
 from keeper.db import DatabaseUnavailable
 from keeper.deploy import Deployment
-from keeper.errors import KeeperError, unwrap_group
+from keeper.errors import unwrap_group
 from keeper.http import HealthState
 from keeper.ingest import FatalReorg, Indexer
 from keeper.leader import Leadership, LeadershipLost
@@ -280,13 +280,8 @@ async def run(config: KeeperConfig, stop_requested: Callable[[], bool] = lambda:
     migrations or connection set-up stops the daemon cleanly too. `stop_requested` reports a
     signal that arrived even earlier, before the event loop ran.
     """
-    deployment = config.deployment()
-    chain_id = config.chain.chain_id or deployment.chain_id
-    if chain_id != deployment.chain_id:
-        raise KeeperError(
-            f"chain.chain_id is {chain_id} but the deployment file is for {deployment.chain_id}",
-            help="point chain.deployment_file at this chain's deployment",
-        )
+    deployment = config.deployment()  # refuses a chain.chain_id other than the file's
+    chain_id = deployment.chain_id
     # Keys first: a bad key file stops the start-up before anything is opened.
     signers = load_signers([s.source() for s in config.signers])
     structlog.contextvars.bind_contextvars(chain_id=chain_id)

@@ -58,6 +58,8 @@ COMMANDS = {
         "--rpc-url",
         "--data-dir",
         "--no-wait",
+        "--health-port",
+        "--duration",
     ],
 }
 
