@@ -40,6 +40,17 @@ def identity() -> str:
     return f"{APPLICATION_NAME_PREFIX} {socket.gethostname()}:{os.getpid()}"
 
 
+# What asking the lock's session may fail with: the server unreachable or gone, the session
+# closed or terminated by the server, or no answer in time.
+_LOCK_ERRORS = (
+    DatabaseUnavailable,
+    OSError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    TimeoutError,
+)
+
+
 class LeadershipLost(KeeperError):
     """This process could not confirm that it still holds the leader lock."""
 
@@ -112,7 +123,7 @@ class Leadership:
                 if name != reported:
                     log.info("standby", leader=name, retry_every_s=self.lease / 5)
                     reported = name
-            except (DatabaseUnavailable, OSError, asyncpg.PostgresError, TimeoutError) as exc:
+            except _LOCK_ERRORS as exc:
                 log.error("leader_election_failed", error=str(exc), retry_in_s=self.lease / 5)
                 await self.close()
             with anyio.move_on_after(self.lease / 5):
@@ -129,7 +140,7 @@ class Leadership:
                 conn = await self._connect()
                 with anyio.fail_after(self.lease / 5):
                     held = await conn.fetchval(self.q["lock_held"], *_key_parts(self.key))
-            except (DatabaseUnavailable, OSError, asyncpg.PostgresError, TimeoutError) as exc:
+            except _LOCK_ERRORS as exc:
                 held = None
                 log.warning("leader_lock_unconfirmed", error=str(exc))
             if held:

@@ -327,3 +327,37 @@ def test_a_standby_takes_over_when_the_leader_is_killed(
         first.stop()
         second.stop()
         outbox.close()
+
+
+def test_a_leader_that_loses_its_lock_session_stops_leading(
+    world: tuple[Anvil, Deployment], database_url: str, tmp_path: Path
+) -> None:
+    """The lock lives with its session: when the server drops that session, the leader must
+    notice, stop planning and sending, and exit 1 (systemd restarts it as a standby)."""
+    node, d = world
+    keeper = keeper_in(tmp_path / "a", node.url, d, database_url)
+    outbox = Outboxes(database_url)
+    try:
+        keeper.start()
+        wait_until("it leads", logged(keeper, "leader_elected"), keeper)
+        wait_until("batches", lambda: confirmed(outbox) >= 1, keeper, timeout=90)
+        dropped = outbox.fetch(
+            "SELECT pg_terminate_backend(pid) AS done FROM pg_stat_activity "
+            "WHERE application_name LIKE 'keeper-leader %' AND datname = current_database()"
+        )
+        assert [r["done"] for r in dropped] == [True]
+        assert keeper.proc is not None
+        assert keeper.proc.wait(timeout=LEASE + GRACE + 10) == 1, keeper.tail()
+        lost = events(keeper, "leadership_lost")
+        assert lost and "lost" in lost[0]["error"], keeper.tail()
+        assert "Traceback" not in keeper.tail(60)
+        # Restarted, it leads again (nobody else holds the lock) and carries on.
+        keeper.start()
+        wait_until("it leads again", logged(keeper, "leader_elected"), keeper)
+        before = confirmed(outbox)
+        wait_until("more batches", lambda: confirmed(outbox) > before, keeper, timeout=90)
+        assert keeper.terminate(within=GRACE + 10)[0] == 0
+        assert_exactly_once(node, outbox)
+    finally:
+        keeper.stop()
+        outbox.close()
