@@ -29,7 +29,6 @@ from keeper.deploy import Deployment
 from keeper.errors import KeeperError
 from keeper.ingest import BackfillProgress, Indexer
 from keeper.queries import load_queries
-from keeper.rpc import ChainClient
 from keeper.store import CursorMoved
 
 Progress = Callable[[str, BackfillProgress], None]
@@ -69,11 +68,7 @@ async def run_backfill(
     progress: Progress | None = None,
 ) -> BackfillResult:
     """Check and/or index blocks [start, end] (defaults: cursor + 1, the finalized block)."""
-    client = ChainClient(
-        config.chain.rpc_url.get_secret_value(),
-        timeout=config.chain.rpc_timeout,
-        attempts=config.chain.rpc_attempts,
-    )
+    client = config.chain.client()
     try:
         await preflight.check_chain(config, deployment, client)
         pool = await db.create_pool(config.database.url.get_secret_value(), min_size=1, max_size=2)

@@ -229,7 +229,6 @@ def cmd_plan(args: argparse.Namespace) -> int:
 async def _dry_plan(config: Any) -> dict[str, Any]:
     from keeper import db
     from keeper.planner import Planner, dry_run
-    from keeper.rpc import ChainClient
 
     deployment = config.deployment()
     planner = Planner(
@@ -239,7 +238,7 @@ async def _dry_plan(config: Any) -> dict[str, Any]:
         settings=config.plan.settings(),
     )
     conn = await db.connect(config.database.url.get_secret_value())
-    client = ChainClient(config.chain.rpc_url.get_secret_value(), timeout=config.chain.rpc_timeout)
+    client = config.chain.client()
     try:
         return await dry_run(planner, conn, client, deployment.deployer, deployment.oracle)
     finally:
@@ -418,14 +417,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
     async def run() -> Report:
         from keeper import db, preflight
-        from keeper.rpc import ChainClient
         from keeper.verify import verify
 
-        client = ChainClient(
-            config.chain.rpc_url.get_secret_value(),
-            timeout=config.chain.rpc_timeout,
-            attempts=config.chain.rpc_attempts,
-        )
+        client = config.chain.client()
         try:
             await preflight.check_chain(config, deployment, client)
             conn = await db.connect(config.database.url.get_secret_value())

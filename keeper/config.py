@@ -34,6 +34,7 @@ from keeper.errors import KeeperError
 from keeper.ingest import IngestSettings
 from keeper.metrics import redact_url
 from keeper.planner import PlanSettings
+from keeper.rpc import ChainClient
 from keeper.signers import KeySource
 from keeper.txmanager import TxSettings
 
@@ -58,6 +59,12 @@ class ChainConfig(_Section):
     deployment_file: Path = Field(description="Deployment file written by `keeper deploy`.")
     rpc_timeout: float = Field(30.0, gt=0, description="Seconds before one RPC request fails.")
     rpc_attempts: int = Field(5, ge=1, le=20, description="Tries per request on transient errors.")
+
+    def client(self) -> ChainClient:
+        """A JSON-RPC client for `rpc_url` with this section's timeout and retries."""
+        return ChainClient(
+            self.rpc_url.get_secret_value(), timeout=self.rpc_timeout, attempts=self.rpc_attempts
+        )
 
 
 class DatabaseConfig(_Section):

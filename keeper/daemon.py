@@ -103,10 +103,10 @@ class _Run:
     chain_id: int
     signers: list[Signer]
     state: HealthState
+    heartbeat: Heartbeat
     shutdown: anyio.Event = field(default_factory=anyio.Event)
     # Closers of what was opened, called in reverse order at exit.
     resources: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
-    heartbeat: Heartbeat = field(default_factory=lambda: Heartbeat(stall_after=360.0))
 
 
 async def _stop_on_signal(
@@ -289,7 +289,7 @@ async def run(config: KeeperConfig, stop_requested: Callable[[], bool] = lambda:
     # A pass is stuck (and the watchdog withheld) once it outlasts every retry of one request
     # twice over, plus a minute for the database.
     stall = 2 * config.chain.rpc_timeout * config.chain.rpc_attempts + 60
-    run = _Run(config, deployment, chain_id, signers, state, heartbeat=Heartbeat(stall))
+    run = _Run(config, deployment, chain_id, signers, state, Heartbeat(stall))
     grace = config.daemon.shutdown_grace
     try:
         with unwrap_group():
@@ -327,11 +327,7 @@ async def _main(run: _Run, tg: TaskGroup) -> None:
         dsn, min_size=config.database.pool_min, max_size=config.database.pool_max
     )
     run.resources.append(pool.close)
-    client = ChainClient(
-        config.chain.rpc_url.get_secret_value(),
-        timeout=config.chain.rpc_timeout,
-        attempts=config.chain.rpc_attempts,
-    )
+    client = config.chain.client()
     run.resources.append(client.close)
     state.pool, state.client = pool, client
     if config.health.enabled:

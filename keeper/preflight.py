@@ -231,11 +231,7 @@ async def check_all(path: Path, report: Callable[[Check], None]) -> list[Check]:
     else:
         record("database", True, f"{db.redact_dsn(dsn)}: reachable, {schema}")
 
-    client = ChainClient(
-        config.chain.rpc_url.get_secret_value(),
-        timeout=config.chain.rpc_timeout,
-        attempts=config.chain.rpc_attempts,
-    )
+    client = config.chain.client()
     try:
         if deployment is not None:
             facts = await check_chain(config, deployment, client)
