@@ -28,20 +28,19 @@ import asyncpg
 import structlog
 from anyio import CancelScope
 from anyio.abc import TaskGroup, TaskStatus
-from asyncpg import PostgresConnectionError
 from prometheus_client import Counter, Gauge, Histogram
 
 from keeper import db, http, metrics, preflight, sdnotify
 from keeper.config import KeeperConfig
-from keeper.db import DatabaseUnavailable
 from keeper.deploy import Deployment
 from keeper.errors import unwrap_group
 from keeper.http import HealthState
 from keeper.ingest import FatalReorg, Indexer
 from keeper.leader import Leadership, LeadershipLost
+from keeper.loops import LoopGuard
 from keeper.migrations import migrate
 from keeper.planner import PassReport, Planner
-from keeper.rpc import ChainClient, RpcUnavailable
+from keeper.rpc import ChainClient
 from keeper.signers import Signer, load_signers
 from keeper.txmanager import TxManager
 from keeper.usage import signers_without_oracle_role
@@ -161,23 +160,29 @@ async def _until(
         tg.cancel_scope.cancel()
 
 
+def _guard(loop: str, interval: float, run: _Run) -> LoopGuard:
+    """The failure accounting of one of `run`'s loops; its errors show in /status."""
+
+    def report(text: str) -> None:
+        run.state.last_error = text
+
+    return LoopGuard(loop, interval, on_error=report)
+
+
 async def _tx_loop(manager: TxManager, run: _Run) -> None:
-    """Drive the outbox until a stop is requested; outages are reported and waited out like
-    the indexer's. A pass in progress when the stop comes is finished."""
+    """Drive the outbox until a stop is requested; a failed pass (an outage or any other
+    error) is reported and retried after a growing pause, never fatal. A pass in progress when
+    the stop comes is finished."""
     interval, shutdown = run.config.tx.poll_interval, run.shutdown
-    failures = 0
+    guard = _guard("tx", interval, run)
     while not shutdown.is_set():
         try:
             with run.heartbeat.busy("tx"):
                 report = await manager.tick()
-        except (RpcUnavailable, DatabaseUnavailable, OSError, PostgresConnectionError) as exc:
-            failures += 1
-            delay = min(interval * 2**failures, 60.0)
-            log.error("tx_pass_failed", error=str(exc), retry_in_s=delay, failures=failures)
-            run.state.last_error = f"tx pass failed: {exc}"
-            await _pause(shutdown, delay)
+        except Exception as exc:  # contained: see keeper.loops
+            await _pause(shutdown, guard.failed(exc))
             continue
-        failures = 0
+        guard.succeeded()
         if any(vars(report).values()):
             log.info("tx_pass", **vars(report))
         await _pause(shutdown, interval)
@@ -218,27 +223,25 @@ async def _plan_loop(planner: Planner, client: ChainClient, pool: asyncpg.Pool, 
     """Plan due work every `plan.interval` once the backfill is done, until a stop is
     requested; one summary line per pass that found something. A pass in progress is finished."""
     interval, shutdown = run.config.plan.interval, run.shutdown
-    failures = 0
-    async with pool.acquire() as conn:
-        await planner.store_settings(conn)
+    guard = _guard("plan", interval, run)
+    stored = False
     while not shutdown.is_set():
         try:
             with run.heartbeat.busy("plan"):
                 async with pool.acquire() as conn:
+                    if not stored:
+                        await planner.store_settings(conn)
+                        stored = True
                     if await planner.backfill_done(conn):
                         head = await client.head()
                         started = time.perf_counter()
                         report = await planner.plan_pass(conn, base_fee=head.base_fee)
                         PLAN_PASS_SECONDS.observe(time.perf_counter() - started)
                         _report_pass(report)
-        except (RpcUnavailable, DatabaseUnavailable, OSError, PostgresConnectionError) as exc:
-            failures += 1
-            delay = min(interval * 2**failures, 60.0)
-            log.error("plan_pass_failed", error=str(exc), retry_in_s=delay, failures=failures)
-            run.state.last_error = f"planning pass failed: {exc}"
-            await _pause(shutdown, delay)
+        except Exception as exc:  # contained: see keeper.loops
+            await _pause(shutdown, guard.failed(exc))
             continue
-        failures = 0
+        guard.succeeded()
         await _pause(shutdown, interval)
 
 
@@ -362,6 +365,7 @@ async def _lead(run: _Run, pool: asyncpg.Pool, client: ChainClient, leadership: 
         start_block=deployment.deployment_block,
         settings=config.ingest.settings(),
         ws_url=config.chain.ws_url.get_secret_value() if config.chain.ws_url else None,
+        on_error=lambda text: setattr(run.state, "last_error", text),
     )
     async with anyio.create_task_group() as work:
         await work.start(_until, run.shutdown, leadership.hold)

@@ -24,16 +24,15 @@ import structlog
 from anyio.abc import TaskStatus
 
 from keeper import metrics
-from keeper.db import DatabaseUnavailable
 from keeper.errors import KeeperError, unwrap_group
 from keeper.events import DecodedBatch, Decoder
 from keeper.heads import HeadWatcher
+from keeper.loops import OUTAGES, LoopGuard
 from keeper.rpc import (
     BlockHeader,
     ChainClient,
     RangeTooLarge,
     RpcResponseError,
-    RpcUnavailable,
 )
 from keeper.store import Cursor, CursorMoved, Store
 
@@ -131,9 +130,11 @@ class Indexer:
         start_block: int,
         settings: IngestSettings | None = None,
         ws_url: str | None = None,
+        on_error: Callable[[str], None] | None = None,
     ) -> None:
         self.client = client
         self.ws_url = ws_url
+        self.on_error = on_error  # told each failed poll's one-line text (for /status)
         self._wake = anyio.Event()
         self.pool = pool
         self.chain_id = chain_id
@@ -177,24 +178,25 @@ class Indexer:
         self._wake = anyio.Event()
 
     async def _poll_forever(self) -> None:
-        failures = 0
+        # Outages are reported and waited out, any other error too (the guard logs it with its
+        # traceback once); the poll resumes from the cursor. Only a reorg below the finalized
+        # block stops the indexer.
+        guard = LoopGuard(
+            "sync",
+            self.settings.poll_interval,
+            outages=(*OUTAGES, CursorMoved),
+            on_error=self.on_error,
+            logger=self.log,
+        )
         while True:
             try:
                 advanced = await self.sync_once()
-            except (
-                RpcUnavailable,
-                DatabaseUnavailable,
-                CursorMoved,
-                OSError,
-                asyncpg.PostgresConnectionError,
-            ) as exc:
-                # Outages are reported and waited out; the poll resumes from the cursor.
-                failures += 1
-                delay = min(self.settings.poll_interval * 2**failures, 60.0)
-                self.log.error("sync_failed", error=str(exc), retry_in_s=delay, failures=failures)
-                await anyio.sleep(delay)
+            except FatalReorg:
+                raise
+            except Exception as exc:  # contained: see keeper.loops
+                await anyio.sleep(guard.failed(exc))
                 continue
-            failures = 0
+            guard.succeeded()
             if advanced == 0:
                 await self._idle(self.settings.poll_interval)
 

@@ -6,6 +6,13 @@ faster than web3's formatted objects. Transient failures (connection errors, tim
 429/5xx, "header not found" from a lagging node) are retried here with backoff; anything else is
 raised as a typed error. Range-limit answers to `eth_getLogs` become `RangeTooLarge`, carrying
 the range the provider suggests when its message names one.
+
+A JSON-RPC error answer to a plain read (a block, logs, a receipt, a balance: `READS`) is the
+node failing, not an answer about the chain: a provider's "bad request", a backend behind a load
+balancer that is not ready. It is retried like a transport fault and, once the attempts are
+used up, raised as `RpcUnavailable`, which every loop of the daemon reports and waits out. Error
+answers that carry meaning stay typed errors: a revert of `eth_call` / `eth_estimateGas`, a send
+refusal, a range limit, and a node that does not know the `finalized` or `safe` tag.
 """
 
 from __future__ import annotations
@@ -99,6 +106,47 @@ _TRANSIENT_PATTERNS = re.compile(
 )
 
 
+# Methods that only read the chain (see the module docstring).
+READS = frozenset(
+    {
+        "eth_blockNumber",
+        "eth_chainId",
+        "eth_feeHistory",
+        "eth_gasPrice",
+        "eth_getBalance",
+        "eth_getBlockByHash",
+        "eth_getBlockByNumber",
+        "eth_getCode",
+        "eth_getLogs",
+        "eth_getTransactionCount",
+        "eth_getTransactionReceipt",
+        "net_version",
+    }
+)
+# Block tags some nodes do not serve: an error answer means "no such tag", and the callers fall
+# back (head - finality_depth).
+_OPTIONAL_TAGS = frozenset({"finalized", "safe"})
+
+
+def _optional_tag(method: str, params: Sequence[Any]) -> bool:
+    return method == "eth_getBlockByNumber" and bool(params) and params[0] in _OPTIONAL_TAGS
+
+
+def answer_error(method: str, params: Sequence[Any], error: Any) -> RpcError:
+    """The typed error of a JSON-RPC error answer to `method(params)`: `RpcTransient` when it
+    is worth asking again (a transient fault, or any error answer to a read: the node failing),
+    else the error the caller acts on. A node's refusal of an optional block tag is never
+    retried: the caller falls back at once."""
+    err = classify_error(method, _error_object(error))
+    if _optional_tag(method, params):
+        if isinstance(err, RpcTransient):
+            return RpcResponseError(err.message, method=method)
+        return err
+    if method in READS and type(err) is RpcResponseError:
+        return RpcTransient(err.message, method=method)
+    return err
+
+
 def _int(text: str) -> int:
     return int(text, 16) if text.lower().startswith("0x") else int(text.replace(",", ""))
 
@@ -129,6 +177,11 @@ def classify_error(method: str, error: dict[str, Any]) -> RpcError:
     return RpcResponseError(
         f"{method}: {message}", method=method, code=code, data=revert_data(error)
     )
+
+
+def _error_object(error: Any) -> dict[str, Any]:
+    """A reply's `error` member as a dict (a provider may send a bare string)."""
+    return dict(error) if isinstance(error, dict) else {"message": str(error)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,7 +250,7 @@ class ChainClient:
             metrics.RPC_LATENCY.labels(method=method).observe(time.perf_counter() - started)
             metrics.RPC_REQUESTS.labels(method=method).inc()
         if "error" in reply:
-            err = classify_error(method, dict(reply["error"]))
+            err = answer_error(method, params, reply["error"])
             metrics.RPC_ERRORS.labels(method=method, kind=type(err).__name__).inc()
             raise err
         return reply.get("result")
@@ -240,8 +293,9 @@ class ChainClient:
         out: list[Any] = []
         for (method, params), reply in zip(calls, by_id, strict=True):
             if "error" in reply:
-                err = classify_error(method, dict(reply["error"]))
+                err = answer_error(method, params, reply["error"])
                 if isinstance(err, RpcTransient):
+                    # Asked again on its own, through the retry layer.
                     out.append(await self.request(method, params))
                     continue
                 raise err

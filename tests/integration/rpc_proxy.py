@@ -7,7 +7,8 @@ except that it can:
   exceed `max_results` logs, answering with the error a real provider sends (`style`, below);
 - inject faults into the next `n` HTTP requests (or every request until `clear_faults()`;
   all requests, or those carrying given methods, optionally only with given params):
-  an HTTP status (502, 429, ...), a dropped connection, or a delay before forwarding;
+  an HTTP status (502, 429, ...), a dropped connection, a delay before forwarding, or a
+  well-formed JSON-RPC error answer (HTTP 200) to each call of the given methods;
 - answer JSON-RPC batch arrays, applying the limits call by call;
 - count what it saw: calls per method, refused `eth_getLogs` calls, and every `eth_getLogs`
   range with its outcome, in order (`getlogs`);
@@ -63,7 +64,7 @@ import aiohttp
 from aiohttp import web
 
 LimitStyle = Literal["alchemy", "infura", "geth", "quicknode", "nohint"]
-FaultKind = Literal["status", "drop", "delay"]
+FaultKind = Literal["status", "drop", "delay", "error"]
 
 _TAGS_FROM_NODE = ("latest", "safe", "finalized", "pending")
 
@@ -78,6 +79,7 @@ class Fault:
     delay: float = 0.0
     methods: frozenset[str] | None = None  # only requests carrying one of these methods
     params: Callable[[list[Any]], bool] | None = None  # ... in a call whose params pass this
+    error: tuple[int, str] = (-32600, "bad request")  # the JSON-RPC error of an "error" fault
 
     def matches(self, calls: Iterable[dict[str, Any]]) -> bool:
         """Whether this fault applies to a request carrying `calls`."""
@@ -195,6 +197,7 @@ class RpcProxy:
         self.http_requests = 0
         self.batches = 0
         self.faults_served: Counter[str] = Counter()
+        self.errors_served: Counter[str] = Counter()  # JSON-RPC error answers, by method
         self.getlogs: list[GetLogsCall] = []
         self._faults: list[Fault] = []
         self._holds: list[Hold] = []  # not reached yet
@@ -314,6 +317,20 @@ class RpcProxy:
         """Wait `seconds` before forwarding the next `n` requests."""
         self._add(Fault("delay", n, delay=seconds, **_only(methods, params)))
 
+    def error_next(
+        self,
+        n: int | None,
+        code: int = -32600,
+        message: str = "bad request",
+        *,
+        methods: Iterable[str] | None = None,
+        params: Callable[[list[Any]], bool] | None = None,
+    ) -> None:
+        """Answer the next `n` requests (None: all, until `clear_faults`) carrying one of
+        `methods` (None: any) with a JSON-RPC error `{code, message}` in an HTTP 200 reply, one
+        per matching call; the other calls of a batch are forwarded as usual."""
+        self._add(Fault("error", n, error=(code, message), **_only(methods, params)))
+
     def clear_faults(self) -> None:
         """Drop every pending fault: the proxy forwards normally again."""
         with self._lock:
@@ -364,6 +381,7 @@ class RpcProxy:
         with self._lock:
             self.calls.clear()
             self.faults_served.clear()
+            self.errors_served.clear()
             self.getlogs.clear()
             self.http_requests = 0
             self.batches = 0
@@ -433,6 +451,19 @@ class RpcProxy:
                 raise asyncio.CancelledError  # nothing is sent: the client sees a reset
             if fault.kind == "status":
                 return _status_response(fault.status)
+            if fault.kind == "error":
+                code, message = fault.error
+                with self._lock:
+                    self.errors_served.update(
+                        str(c.get("method", "")) for c in calls if fault.matches([c])
+                    )
+                replies = [
+                    _error(c.get("id"), code, message)
+                    if fault.matches([c])
+                    else await self._call(c)
+                    for c in calls
+                ]
+                return web.json_response(replies if isinstance(body, list) else replies[0])
             await asyncio.sleep(fault.delay)
         held = self._take_hold(calls, None)
         if held is not None:

@@ -307,21 +307,101 @@ async def test_rpc_errors_never_show_the_api_key(
 
 @pytest.mark.anyio
 @pytest.mark.parametrize(
-    "reply",
+    ("method", "params", "reply"),
     [
-        error(-32000, "exceed maximum block range: 5000"),
-        error(3, "execution reverted"),
-        error(-32602, "invalid argument 0: hex string without 0x prefix"),
+        ("eth_getLogs", [{}], error(-32000, "exceed maximum block range: 5000")),
+        ("eth_call", [{}, "latest"], error(3, "execution reverted")),
+        ("eth_estimateGas", [{}], error(-32000, "insufficient funds for gas * price + value")),
+        ("eth_sendRawTransaction", ["0x00"], error(-32000, "nonce too low")),
+        ("eth_getBlockByNumber", ["finalized", False], error(-39001, "unknown block")),
+        ("eth_getBlockByNumber", ["finalized", False], error(-32000, "finalized block not found")),
+        ("eth_getBlockByNumber", ["safe", False], error(-32602, "invalid block tag")),
     ],
-    ids=["range", "revert", "invalid"],
+    ids=["range", "revert", "estimate", "send", "unknown-block", "no-finalized", "no-safe-tag"],
 )
-async def test_final_errors_are_not_retried(
-    monkeypatch: pytest.MonkeyPatch, reply: dict[str, Any]
+async def test_answers_with_meaning_are_not_retried(
+    monkeypatch: pytest.MonkeyPatch, method: str, params: list[Any], reply: dict[str, Any]
 ) -> None:
+    """Error answers the caller acts on (a range limit, a revert, a send refusal, a node
+    without the `finalized` tag) come back at once, typed."""
     client, fake = client_with(monkeypatch, [reply])
     with pytest.raises(RpcResponseError):
-        await client.get_logs(["0x" + "11" * 20], 1, 10_000)
-    assert fake.requests == ["eth_getLogs"]
+        await client.request(method, params)
+    assert fake.requests == [method]
+
+
+READ_CALLS: list[tuple[str, list[Any]]] = [
+    ("eth_getBlockByNumber", ["latest", False]),
+    ("eth_getBlockByNumber", ["0x10", False]),
+    ("eth_getBlockByHash", ["0x" + "ab" * 32, False]),
+    ("eth_getLogs", [{"fromBlock": "0x1", "toBlock": "0x2"}]),
+    ("eth_getTransactionReceipt", ["0x" + "ab" * 32]),
+    ("eth_getTransactionCount", ["0x" + "11" * 20, "pending"]),
+    ("eth_getBalance", ["0x" + "11" * 20, "latest"]),
+    ("eth_chainId", []),
+    ("eth_blockNumber", []),
+    ("eth_gasPrice", []),
+    ("eth_getCode", ["0x" + "11" * 20, "latest"]),
+]
+# Error answers providers give to reads when a backend fails (their own words).
+READ_FAILURES = [
+    error(-32600, "bad request"),
+    error(-32000, "missing trie node 2b3a... (path )"),
+    error(-32601, "the method eth_getLogs does not exist/is not available"),
+    error(-32602, "invalid argument 0: json: cannot unmarshal hex string"),
+    {"jsonrpc": "2.0", "id": 1, "error": "upstream failed"},  # a bare string, not an object
+]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(("method", "params"), READ_CALLS, ids=[m for m, _ in READ_CALLS])
+@pytest.mark.parametrize("reply", READ_FAILURES, ids=["bad", "trie", "nomethod", "invalid", "str"])
+async def test_error_answers_to_reads_are_retried(
+    monkeypatch: pytest.MonkeyPatch, method: str, params: list[Any], reply: dict[str, Any]
+) -> None:
+    """A read's error answer is the node failing: asked again, and the answer that follows
+    counts."""
+    client, fake = client_with(monkeypatch, [reply, reply, ok("0x1")])
+    assert await client.request(method, params) == "0x1"
+    assert fake.requests == [method] * 3
+
+
+@pytest.mark.anyio
+async def test_a_read_that_keeps_failing_is_an_outage(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past the attempts, a read's error answers are `RpcUnavailable`, which the daemon's loops
+    wait out; the provider's text (which may repeat the request path) stays in the message."""
+    client, fake = client_with(monkeypatch, [error(-32600, "bad request")] * 3, attempts=3)
+    with pytest.raises(RpcUnavailable) as raised:
+        await client.head()
+    assert fake.requests == ["eth_getBlockByNumber"] * 3
+    assert "bad request" in str(raised.value) and "after 3 attempts" in str(raised.value)
+
+
+@pytest.mark.anyio
+async def test_a_node_without_the_finalized_tag_falls_back_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    client, fake = client_with(monkeypatch, [error(-39001, "unknown block")])
+    head = BlockHeader(1000, "0x" + "ab" * 32, "0x" + "cd" * 32, 1_700_000_000)
+    assert await client.finalized(head, 64) == 936
+    assert fake.requests == ["eth_getBlockByNumber"]
+
+
+@pytest.mark.anyio
+async def test_a_read_error_inside_a_batch_is_asked_again_alone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    replies = [
+        {"jsonrpc": "2.0", "id": 1, "result": "a"},
+        {"jsonrpc": "2.0", "id": 2, "error": {"code": -32600, "message": "bad request"}},
+    ]
+    client, fake = client_with(monkeypatch, [replies, error(-32600, "bad request"), ok("b")])
+    calls: list[tuple[str, Sequence[Any]]] = [
+        ("eth_getBlockByNumber", ["latest", False]),
+        ("eth_getTransactionReceipt", ["0x" + "ab" * 32]),
+    ]
+    assert await client.batch(calls) == ["a", "b"]
+    assert fake.requests == ["eth_getTransactionReceipt"] * 2
 
 
 @pytest.mark.anyio
