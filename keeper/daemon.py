@@ -224,6 +224,7 @@ async def _plan_loop(planner: Planner, client: ChainClient, pool: asyncpg.Pool, 
     requested; one summary line per pass that found something. A pass in progress is finished."""
     interval, shutdown = run.config.plan.interval, run.shutdown
     guard = _guard("plan", interval, run)
+    usage_guard = _guard("usage", interval, run)
     stored = False
     while not shutdown.is_set():
         try:
@@ -238,6 +239,10 @@ async def _plan_loop(planner: Planner, client: ChainClient, pool: asyncpg.Pool, 
                         report = await planner.plan_pass(conn, base_fee=head.base_fee)
                         PLAN_PASS_SECONDS.observe(time.perf_counter() - started)
                         _report_pass(report)
+                        if report.usage_error is not None:
+                            usage_guard.failed(report.usage_error)
+                        else:
+                            usage_guard.succeeded()
         except Exception as exc:  # contained: see keeper.loops
             await _pause(shutdown, guard.failed(exc))
             continue

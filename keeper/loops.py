@@ -29,11 +29,14 @@ from keeper.rpc import RpcUnavailable
 
 log = structlog.get_logger(__name__)
 
-LOOPS = ("sync", "plan", "tx")
+# The loops, and the usage part of the planning pass, which fails on its own (keeper.planner).
+LOOPS = ("sync", "plan", "tx", "usage")
 LOOP_FAILURES = Counter(
     "keeper_loop_failures_total",
-    "Passes of a daemon loop that failed, by loop (sync, plan, tx) and kind: outage (RPC or "
-    "database unreachable, waited out) or fault (an unexpected error, logged with its traceback).",
+    "Passes of a daemon loop that failed, by loop (sync, plan, tx; usage: the usage part of a "
+    "planning pass, which fails without holding up settlement and refunds) and kind: outage "
+    "(RPC or database unreachable, waited out) or fault (an unexpected error, logged with its "
+    "traceback).",
     ["loop", "kind"],
     registry=metrics.REGISTRY,
 )

@@ -36,6 +36,7 @@ import structlog
 from keeper.batches import encode_batch, item_key
 from keeper.db import Conn, to_int
 from keeper.errors import KeeperError
+from keeper.loops import OUTAGES
 from keeper.outbox import AlreadyPlanned, IntentRequest, Outbox, Planned
 from keeper.queries import Queries, load_queries
 from keeper.reverts import revert_reason
@@ -114,6 +115,9 @@ class PassReport:
     held_by_base_fee: int = 0
     intake: IntakeReport | None = None
     reconciled: dict[str, int] = field(default_factory=dict)
+    # An unexpected error of the usage part of the pass (intake, reconciliation or planning):
+    # contained, so that settlement and refunds are planned all the same.
+    usage_error: Exception | None = None
 
 
 def cut_batches(
@@ -281,8 +285,13 @@ class Planner:
         if self.usage is not None:
             # Its own transaction: accepted rows and their sequence numbers are committed
             # whatever the planning below does, and the intake lock is not held while it runs.
-            async with conn.transaction():
-                report.intake = await self.usage.intake(conn)
+            try:
+                async with conn.transaction():
+                    report.intake = await self.usage.intake(conn)
+            except OUTAGES:
+                raise
+            except Exception as exc:
+                report.usage_error = exc
         async with conn.transaction():
             block, settle, refund = await self.due(conn)
             report.block = block
@@ -290,14 +299,14 @@ class Planner:
             if block is None:
                 return report  # nothing indexed yet
             batches, report.held_by_base_fee = self.batches(block, settle, refund, base_fee)
-            if self.usage is not None:
-                report.reconciled = await self.usage.reconcile(conn)
-                runs = await self.usage.due(conn, self.usage_batch_size)
-                report.due["usage"] = sum(len(r) for r in runs)
-                if self.urgent_only(base_fee):
-                    report.held_by_base_fee += report.due["usage"]
-                else:
-                    batches += self.usage_batches(block, runs)
+            if self.usage is not None and report.usage_error is None:
+                try:
+                    async with conn.transaction():  # a savepoint: a failure undoes only this
+                        batches += await self._usage_part(conn, block, base_fee, report)
+                except OUTAGES:
+                    raise
+                except Exception as exc:
+                    report.usage_error = exc
             for batch in batches:
                 if dry_run:
                     report.planned.append(batch)
@@ -309,6 +318,21 @@ class Planner:
                     assert isinstance(outcome, Planned)
                     report.planned.append(batch)
         return report
+
+    async def _usage_part(
+        self, conn: Conn, block: int, base_fee: int | None, report: PassReport
+    ) -> list[Batch]:
+        """Reconcile usage reports and cut the batches of those due (none above the base-fee
+        ceiling)."""
+        assert self.usage is not None
+        reconciled = await self.usage.reconcile(conn)
+        runs = await self.usage.due(conn, self.usage_batch_size)
+        report.reconciled = reconciled  # only once nothing can undo it any more
+        report.due["usage"] = sum(len(r) for r in runs)
+        if self.urgent_only(base_fee):
+            report.held_by_base_fee += report.due["usage"]
+            return []
+        return self.usage_batches(block, runs)
 
     def request(self, batch: Batch) -> IntentRequest:
         """The outbox request for `batch`."""

@@ -93,6 +93,7 @@ async def _collect(conn: Conn, chain_id: int | None) -> dict[str, Any]:
     totals = await conn.fetchrow(q["totals_24h"], chain_id)
     failed = await conn.fetchrow(q["last_failed_intent"], chain_id)
     send_error = await conn.fetchrow(q["last_send_error"], chain_id)
+    fault = await conn.fetchrow(q["tx_faults"], chain_id)
     leader = await current_leader(conn, chain_id)
 
     return {
@@ -147,6 +148,21 @@ async def _collect(conn: Conn, chain_id: int | None) -> dict[str, Any]:
             "refunded_amount": _amount(totals["refunded_amount"]),
         },
         "last_error": _last_error(failed, send_error),
+        "tx_faults": None
+        if fault is None
+        else {
+            "intents": _int(fault["total"]),
+            "latest": {
+                "at": _time(fault["at"]),
+                "intent_id": _int(fault["intent_id"]),
+                "kind": fault["kind"],
+                "key": fault["key"],
+                "stage": fault["stage"],
+                "message": fault["message"],
+                "failures": _int(fault["failures"]),
+                "retry_at": _time(fault["retry_at"]),
+            },
+        },
     }
 
 
@@ -291,6 +307,15 @@ def render_status(status: Mapping[str, Any]) -> str:
         if error
         else "last error  none"
     )
+    faults = status.get("tx_faults")
+    if faults:
+        latest = faults["latest"]
+        lines.append(
+            f"backed off  {faults['intents']} intent(s) after an unexpected error; latest "
+            f"{latest['kind']} intent {latest['intent_id']} ({latest['stage']}, "
+            f"{latest['failures']} time(s), retry {_short(latest['retry_at'])}): "
+            f"{_one_line(latest['message'])}"
+        )
     if process and process.get("last_error"):
         lines.append(f"loop error  {_one_line(process['last_error'])}")
     return "\n".join(lines) + "\n"

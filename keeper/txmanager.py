@@ -51,6 +51,7 @@ from keeper.reverts import revert_reason
 from keeper.rpc import BlockHeader, ChainClient, RpcError, RpcResponseError
 from keeper.send_errors import SendOutcome, classify_send_error
 from keeper.signers import Signer
+from keeper.tx_faults import IntentFaults
 
 log = structlog.get_logger(__name__)
 
@@ -150,6 +151,7 @@ class TxSettings:
     min_signer_balance: int = 0  # wei; a signer below it gets no new assignments
     budget_per_hour: int | None = None  # wei per hour on this chain; None: unlimited
     purge_after_blocks: int = 50  # lowest nonce broadcast this long without a receipt: purged
+    fault_backoff: float = 30.0  # seconds an intent waits after its first unexpected error
 
     @property
     def caps(self) -> FeeCaps:
@@ -265,15 +267,23 @@ def purge_candidates(latest: Sequence[Any], head: int, after_blocks: int) -> lis
     ]
 
 
-def purge_fees(previous: Fees, base_fee: int | None, tip: int, caps: FeeCaps) -> Fees:
+def purge_fees(previous: Fees, base_fee: int | None, tip: int, caps: FeeCaps) -> Fees | None:
     """Fees of a purge replacing an attempt with `previous` fees: bumped like a replacement,
-    or the caps themselves when a bump would pass them (never above the caps)."""
+    or the caps themselves when a bump would pass them (never above the caps). None when even
+    the caps do not rise above `previous` in both fields: such a purge could not replace the
+    stuck attempt, and signed at the same fees as an earlier purge it would be the very same
+    transaction. The stuck attempt then waits for the base fee to fall, its stored bytes sent
+    again by the bump rule."""
     bumped = bump(previous, base_fee, tip, caps)
     if bumped is not None:
         return bumped
     if previous.legacy or base_fee is None:
-        return Fees(caps.max_fee, caps.max_fee, legacy=True)
-    return Fees(caps.max_fee, min(caps.max_priority_fee, caps.max_fee))
+        fees = Fees(caps.max_fee, caps.max_fee, legacy=True)
+    else:
+        fees = Fees(caps.max_fee, min(caps.max_priority_fee, caps.max_fee))
+    if fees.max_fee <= previous.max_fee or fees.priority_fee <= previous.priority_fee:
+        return None
+    return fees
 
 
 class TxManager:
@@ -297,6 +307,7 @@ class TxManager:
         self.settings = settings or TxSettings()
         self.outbox = Outbox(chain_id)
         self.q = self.outbox.q
+        self.faults = IntentFaults(pool, self.q, chain_id, base_delay=self.settings.fault_backoff)
         self.lanes: dict[bytes, int] = {}
         self._quote: tuple[int | None, int] | None = None
         self._foreign_nonce_seen: dict[int, int] = {}
@@ -308,6 +319,8 @@ class TxManager:
         # Attempts whose last send had an unsure answer (timeout, unknown error): the next
         # pass sends the same bytes again rather than waiting for the bump.
         self._unsure: set[int] = set()
+        # Stuck intents that cannot be purged (at the caps, or purges themselves), logged once.
+        self._purge_waiting: set[int] = set()
         self.log = log.bind(chain_id=chain_id)
 
     # ------------------------------------------------------------------ one pass
@@ -507,11 +520,14 @@ class TxManager:
                     self.q["unsure_attempts"], self.chain_id, sorted(self._unsure)
                 )
         for row in rows:
-            outcome = await self._broadcast(row["id"], bytes(row["raw"]), head.number)
-            if outcome is SendOutcome.ACCEPTED or outcome.ambiguous:
-                report.sent += 1
-            else:
-                report.refused += 1
+            if self.faults.backed_off(row["intent_id"]):
+                continue
+            async with self.faults.contain(row["intent_id"], row["key"], "send"):
+                outcome = await self._broadcast(row["id"], bytes(row["raw"]), head.number)
+                if outcome is SendOutcome.ACCEPTED or outcome.ambiguous:
+                    report.sent += 1
+                else:
+                    report.refused += 1
 
     # ------------------------------------------------------------------ assignment
 
@@ -550,62 +566,67 @@ class TxManager:
         base, tip = await self._fees(head)
         fees = initial_fees(base, tip, self.settings.caps)
         for intent in planned:
-            urgent = bool(intent["urgent"])
-            if budget is not None and not urgent and spent >= budget:
-                # Urgent intents come first, so nothing after this one is urgent either.
-                report.held_by_budget += 1
-                return True
-            signer = self._pick_signer(in_flight, low)
-            if signer is None:
-                return False  # every usable lane is full; the rest waits
-            simulated = await self._simulate_or_split(intent, signer, report)
-            if simulated is None:
+            if self.faults.backed_off(intent["id"]):
                 continue
-            estimate, call = simulated
-            gas_limit = max(
-                estimate * (100 + self.settings.gas_margin_pct) // 100,
-                gas_floor(intent["kind"], call["items"]),
-            )
-            cost = fees.worst_case_cost(gas_limit)
-            if not budget_allows(spent, cost, budget, urgent=urgent):
-                report.held_by_budget += 1
-                return True
-            async with self.pool.acquire() as conn, conn.transaction():
-                # One assignment per lane at a time, across processes: the nonce is computed
-                # and stored under the lane's lock (held to the end of the transaction).
-                await conn.execute(self.q["lock_lane"], lane_lock_key(self.chain_id, signer))
-                nonce = await self._next_nonce(conn, signer)
-                raw, tx_hash = self._sign(signer, nonce, call, gas_limit, fees)
-                done = await conn.execute(
-                    self.q["assign_intent"], intent["id"], signer, nonce, gas_limit
+            async with self.faults.contain(intent["id"], intent["key"], "assign"):
+                urgent = bool(intent["urgent"])
+                if budget is not None and not urgent and spent >= budget:
+                    # Urgent intents come first, so nothing after this one is urgent either.
+                    report.held_by_budget += 1
+                    return True
+                signer = self._pick_signer(in_flight, low)
+                if signer is None:
+                    return False  # every usable lane is full; the rest waits
+                simulated = await self._simulate_or_split(intent, signer, report)
+                if simulated is None:
+                    continue
+                estimate, call = simulated
+                gas_limit = max(
+                    estimate * (100 + self.settings.gas_margin_pct) // 100,
+                    gas_floor(intent["kind"], call["items"]),
                 )
-                if done != "UPDATE 1":
-                    continue  # taken meanwhile (another manager): nothing was stored
-                attempt_id = await conn.fetchval(
-                    self.q["insert_attempt"],
-                    intent["id"],
-                    self.chain_id,
-                    signer,
-                    nonce,
-                    fees.max_fee,
-                    fees.priority_fee,
-                    fees.legacy,
-                    gas_limit,
-                    raw,
-                    tx_hash,
+                cost = fees.worst_case_cost(gas_limit)
+                if not budget_allows(spent, cost, budget, urgent=urgent):
+                    report.held_by_budget += 1
+                    return True
+                async with self.pool.acquire() as conn, conn.transaction():
+                    # One assignment per lane at a time, across processes: the nonce is computed
+                    # and stored under the lane's lock (held to the end of the transaction).
+                    await conn.execute(self.q["lock_lane"], lane_lock_key(self.chain_id, signer))
+                    nonce = await self._next_nonce(conn, signer)
+                    raw, tx_hash = self._sign(signer, nonce, call, gas_limit, fees)
+                    done = await conn.execute(
+                        self.q["assign_intent"], intent["id"], signer, nonce, gas_limit
+                    )
+                    if done != "UPDATE 1":
+                        continue  # taken meanwhile (another manager): nothing was stored
+                    attempt_id = await conn.fetchval(
+                        self.q["insert_attempt"],
+                        intent["id"],
+                        self.chain_id,
+                        signer,
+                        nonce,
+                        fees.max_fee,
+                        fees.priority_fee,
+                        fees.legacy,
+                        gas_limit,
+                        raw,
+                        tx_hash,
+                    )
+                # Stored before sent: a crash here leaves a signed attempt that the next pass sends.
+                self.lanes[signer] = nonce + 1
+                in_flight[signer] = in_flight.get(signer, 0) + 1
+                SIGNER_NEXT_NONCE.labels(signer=self.signers[signer].address).set(nonce + 1)
+                INTENTS.labels(kind=intent["kind"], state="assigned").inc()
+                ATTEMPTS.labels(reason="first").inc()
+                spent += cost
+                report.assigned += 1
+                self.log.info(
+                    "intent_assigned", intent=intent["key"], signer=_hex(signer), nonce=nonce
                 )
-            # Stored before sent: a crash here leaves a signed attempt that the next pass sends.
-            self.lanes[signer] = nonce + 1
-            in_flight[signer] = in_flight.get(signer, 0) + 1
-            SIGNER_NEXT_NONCE.labels(signer=self.signers[signer].address).set(nonce + 1)
-            INTENTS.labels(kind=intent["kind"], state="assigned").inc()
-            ATTEMPTS.labels(reason="first").inc()
-            spent += cost
-            report.assigned += 1
-            self.log.info("intent_assigned", intent=intent["key"], signer=_hex(signer), nonce=nonce)
-            outcome = await self._broadcast(attempt_id, raw, head.number)
-            if not (outcome is SendOutcome.ACCEPTED or outcome.ambiguous):
-                report.refused += 1
+                outcome = await self._broadcast(attempt_id, raw, head.number)
+                if not (outcome is SendOutcome.ACCEPTED or outcome.ambiguous):
+                    report.refused += 1
         return False
 
     # ------------------------------------------------------------------ simulation
@@ -767,7 +788,12 @@ class TxManager:
         )
         canonical = dict(zip(mined_blocks, await self.client.headers(mined_blocks), strict=True))
         for intent in intents:
-            await self._advance(intent, found.get(intent["id"]), canonical, head, finalized, report)
+            if self.faults.backed_off(intent["id"]):
+                continue
+            async with self.faults.contain(intent["id"], intent["key"], "receipts"):
+                await self._advance(
+                    intent, found.get(intent["id"]), canonical, head, finalized, report
+                )
 
     async def _advance(
         self,
@@ -907,45 +933,51 @@ class TxManager:
         async with self.pool.acquire() as conn:
             due = await conn.fetch(self.q["effects_due"], self.chain_id)
             for intent in due:
-                kind = intent["kind"]
-                items = _items(intent)
-                tx_hash, block = bytes(intent["tx_hash"]), int(intent["block_number"])
-                if kind == "usage":
-                    ids = [Decimal(int(i)) for i, _, _ in items]
-                    seqs = [Decimal(int(q)) for _, _, q in items]
-                    rows = await conn.fetch(
-                        self.q["usage_effects"], self.chain_id, tx_hash, block, ids, seqs
-                    )
-                else:
-                    ids = [Decimal(int(i)) for i in items]
-                    rows = await conn.fetch(
-                        self.q[f"{kind}_effects"], self.chain_id, tx_hash, block, ids
-                    )
-                names = SKIP_REASONS[kind]
-                by_outcome: dict[str, list[tuple[str, str | None]]] = {}
-                for r in rows:
-                    if r["effect"]:
-                        outcome, detail = "effect", None
-                    elif r["skip_reason"] is not None:
-                        code = int(r["skip_reason"])
-                        outcome, detail = "skipped", names.get(code, f"reason code {code}")
+                if self.faults.backed_off(intent["id"]):
+                    continue
+                async with self.faults.contain(intent["id"], intent["key"], "effects"):
+                    kind = intent["kind"]
+                    items = _items(intent)
+                    tx_hash, block = bytes(intent["tx_hash"]), int(intent["block_number"])
+                    if kind == "usage":
+                        ids = [Decimal(int(i)) for i, _, _ in items]
+                        seqs = [Decimal(int(q)) for _, _, q in items]
+                        rows = await conn.fetch(
+                            self.q["usage_effects"], self.chain_id, tx_hash, block, ids, seqs
+                        )
                     else:
-                        outcome, detail = "no_effect", "no event of this item in the transaction"
-                    by_outcome.setdefault(outcome, []).append((r["item"], detail))
-                async with conn.transaction():
-                    for outcome, found in by_outcome.items():
-                        await self._record_items(conn, intent["id"], kind, outcome, found)
-                    await conn.execute(self.q["mark_effects_checked"], intent["id"])
-                report.effects_checked += 1
-                missing = by_outcome.get("no_effect", [])
-                if missing:
-                    report.no_effect += len(missing)
-                    self.log.warning(
-                        "batch_items_without_effect",
-                        intent=intent["key"],
-                        items=[item for item, _ in missing][:20],
-                        count=len(missing),
-                    )
+                        ids = [Decimal(int(i)) for i in items]
+                        rows = await conn.fetch(
+                            self.q[f"{kind}_effects"], self.chain_id, tx_hash, block, ids
+                        )
+                    names = SKIP_REASONS[kind]
+                    by_outcome: dict[str, list[tuple[str, str | None]]] = {}
+                    for r in rows:
+                        if r["effect"]:
+                            outcome, detail = "effect", None
+                        elif r["skip_reason"] is not None:
+                            code = int(r["skip_reason"])
+                            outcome, detail = "skipped", names.get(code, f"reason code {code}")
+                        else:
+                            outcome, detail = (
+                                "no_effect",
+                                "no event of this item in the transaction",
+                            )
+                        by_outcome.setdefault(outcome, []).append((r["item"], detail))
+                    async with conn.transaction():
+                        for outcome, found in by_outcome.items():
+                            await self._record_items(conn, intent["id"], kind, outcome, found)
+                        await conn.execute(self.q["mark_effects_checked"], intent["id"])
+                    report.effects_checked += 1
+                    missing = by_outcome.get("no_effect", [])
+                    if missing:
+                        report.no_effect += len(missing)
+                        self.log.warning(
+                            "batch_items_without_effect",
+                            intent=intent["key"],
+                            items=[item for item, _ in missing][:20],
+                            count=len(missing),
+                        )
 
     # ------------------------------------------------------------------ purging
 
@@ -959,60 +991,87 @@ class TxManager:
             return
         base, tip = await self._fees(head)
         for a in stuck:
-            signer = bytes(a["signer"])
-            nonce = int(a["nonce"])
-            mined = await self._mined_nonce(signer)
-            if mined != nonce:
-                # Passed: used elsewhere or mined after all (receipts / re-plan decide).
-                # Below: a lower nonce is missing, purging this one would not unblock the lane.
+            if self.faults.backed_off(a["intent_id"]):
                 continue
-            previous = Fees(int(a["max_fee"]), int(a["priority_fee"]), a["legacy"])
-            fees = purge_fees(previous, base, tip, self.settings.caps)
-            purge = {"target": signer, "calldata": b"", "value": 0}
-            raw, tx_hash = self._sign(signer, nonce, purge, PURGE_GAS, fees)
-            key = f"purge:{_hex(signer)}:{nonce}:{a['intent_id']}"
-            async with self.pool.acquire() as conn, conn.transaction():
-                done = await conn.execute(
-                    self.q["mark_replan"],
-                    a["intent_id"],
-                    f"nonce {nonce} stuck for {head.number - a['first_broadcast_block']} blocks "
-                    "without a receipt: purged by a zero-value self-send",
+            async with self.faults.contain(a["intent_id"], a["key"], "purge"):
+                signer = bytes(a["signer"])
+                nonce = int(a["nonce"])
+                mined = await self._mined_nonce(signer)
+                if mined != nonce:
+                    # Passed: used elsewhere or mined after all (receipts / re-plan decide).
+                    # Below: a lower nonce is missing, purging this one would not unblock the lane.
+                    continue
+                previous = Fees(int(a["max_fee"]), int(a["priority_fee"]), a["legacy"])
+                fees = purge_fees(previous, base, tip, self.settings.caps)
+                if a["kind"] == "purge" or fees is None:
+                    # A purge is never purged again, nor an attempt already at the caps: the
+                    # bump rule sends its stored bytes again until the base fee falls.
+                    if a["intent_id"] not in self._purge_waiting:
+                        self._purge_waiting.add(a["intent_id"])
+                        self.log.warning(
+                            "purge_waits_for_fees",
+                            intent=a["key"],
+                            nonce=nonce,
+                            max_fee=previous.max_fee,
+                            base_fee=base,
+                            help="the lowest nonce is at the fee caps (tx.max_fee_wei, "
+                            "tx.max_priority_fee_wei): it is sent again as it is until the "
+                            "base fee falls under the cap, or raise the caps",
+                        )
+                    continue
+                purge = {"target": signer, "calldata": b"", "value": 0}
+                raw, tx_hash = self._sign(signer, nonce, purge, PURGE_GAS, fees)
+                key = f"purge:{_hex(signer)}:{nonce}:{a['intent_id']}"
+                async with self.pool.acquire() as conn, conn.transaction():
+                    done = await conn.execute(
+                        self.q["mark_replan"],
+                        a["intent_id"],
+                        f"nonce {nonce} stuck for {head.number - a['first_broadcast_block']} "
+                        "blocks without a receipt: purged by a zero-value self-send",
+                    )
+                    if done != "UPDATE 1":
+                        continue  # mined or re-planned meanwhile
+                    await conn.execute(self.q["supersede_attempts"], a["intent_id"])
+                    purge_id = await conn.fetchval(
+                        self.q["insert_intent"],
+                        self.chain_id,
+                        "purge",
+                        key,
+                        signer,
+                        b"",
+                        0,
+                        "[]",
+                        True,
+                    )
+                    await conn.execute(self.q["assign_intent"], purge_id, signer, nonce, PURGE_GAS)
+                    attempt_id = await conn.fetchval(
+                        self.q["insert_attempt"],
+                        purge_id,
+                        self.chain_id,
+                        signer,
+                        nonce,
+                        fees.max_fee,
+                        fees.priority_fee,
+                        fees.legacy,
+                        PURGE_GAS,
+                        raw,
+                        tx_hash,
+                    )
+                report.purged += 1
+                report.replanned += 1
+                ATTEMPTS.labels(reason="purge").inc()
+                INTENTS.labels(kind="purge", state="assigned").inc()
+                self._unsure.discard(int(a["id"]))
+                self._foreign_nonce_seen.pop(a["intent_id"], None)
+                outcome = await self._broadcast(attempt_id, raw, head.number)
+                self.log.warning(
+                    "nonce_purged",
+                    intent=a["key"],
+                    signer=_hex(signer),
+                    nonce=nonce,
+                    max_fee=fees.max_fee,
+                    outcome=outcome.value,
                 )
-                if done != "UPDATE 1":
-                    continue  # mined or re-planned meanwhile
-                await conn.execute(self.q["supersede_attempts"], a["intent_id"])
-                purge_id = await conn.fetchval(
-                    self.q["insert_intent"], self.chain_id, "purge", key, signer, b"", 0, "[]", True
-                )
-                await conn.execute(self.q["assign_intent"], purge_id, signer, nonce, PURGE_GAS)
-                attempt_id = await conn.fetchval(
-                    self.q["insert_attempt"],
-                    purge_id,
-                    self.chain_id,
-                    signer,
-                    nonce,
-                    fees.max_fee,
-                    fees.priority_fee,
-                    fees.legacy,
-                    PURGE_GAS,
-                    raw,
-                    tx_hash,
-                )
-            report.purged += 1
-            report.replanned += 1
-            ATTEMPTS.labels(reason="purge").inc()
-            INTENTS.labels(kind="purge", state="assigned").inc()
-            self._unsure.discard(int(a["id"]))
-            self._foreign_nonce_seen.pop(a["intent_id"], None)
-            outcome = await self._broadcast(attempt_id, raw, head.number)
-            self.log.warning(
-                "nonce_purged",
-                intent=a["key"],
-                signer=_hex(signer),
-                nonce=nonce,
-                max_fee=fees.max_fee,
-                outcome=outcome.value,
-            )
 
     # ------------------------------------------------------------------ bumping
 
@@ -1029,43 +1088,46 @@ class TxManager:
             return
         base, tip = await self._fees(head)
         for a in stale:
-            signer = bytes(a["signer"])
-            if await self._nonce_used_elsewhere(a, report):
+            if self.faults.backed_off(a["intent_id"]):
                 continue
-            previous = Fees(int(a["max_fee"]), int(a["priority_fee"]), a["legacy"])
-            fees = bump(previous, base, tip, self.settings.caps)
-            if fees is None:
-                # At the cap: the same bytes again (the node may have dropped them).
-                await self._broadcast(a["id"], bytes(a["raw"]), head.number)
-                REBROADCASTS.inc()
-                report.rebroadcast += 1
-                continue
-            raw, tx_hash = self._sign(signer, a["nonce"], a, a["gas_limit"], fees)
-            async with self.pool.acquire() as conn:
-                attempt_id = await conn.fetchval(
-                    self.q["insert_attempt"],
-                    a["intent_id"],
-                    self.chain_id,
-                    signer,
-                    a["nonce"],
-                    fees.max_fee,
-                    fees.priority_fee,
-                    fees.legacy,
-                    a["gas_limit"],
-                    raw,
-                    tx_hash,
+            async with self.faults.contain(a["intent_id"], a["key"], "bump"):
+                signer = bytes(a["signer"])
+                if await self._nonce_used_elsewhere(a, report):
+                    continue
+                previous = Fees(int(a["max_fee"]), int(a["priority_fee"]), a["legacy"])
+                fees = bump(previous, base, tip, self.settings.caps)
+                if fees is None:
+                    # At the cap: the same bytes again (the node may have dropped them).
+                    await self._broadcast(a["id"], bytes(a["raw"]), head.number)
+                    REBROADCASTS.inc()
+                    report.rebroadcast += 1
+                    continue
+                raw, tx_hash = self._sign(signer, a["nonce"], a, a["gas_limit"], fees)
+                async with self.pool.acquire() as conn:
+                    attempt_id = await conn.fetchval(
+                        self.q["insert_attempt"],
+                        a["intent_id"],
+                        self.chain_id,
+                        signer,
+                        a["nonce"],
+                        fees.max_fee,
+                        fees.priority_fee,
+                        fees.legacy,
+                        a["gas_limit"],
+                        raw,
+                        tx_hash,
+                    )
+                self._unsure.discard(int(a["id"]))
+                ATTEMPTS.labels(reason="bump").inc()
+                outcome = await self._broadcast(attempt_id, raw, head.number)
+                report.bumped += 1
+                self.log.info(
+                    "attempt_bumped",
+                    intent_id=a["intent_id"],
+                    nonce=a["nonce"],
+                    max_fee=fees.max_fee,
+                    outcome=outcome.value,
                 )
-            self._unsure.discard(int(a["id"]))
-            ATTEMPTS.labels(reason="bump").inc()
-            outcome = await self._broadcast(attempt_id, raw, head.number)
-            report.bumped += 1
-            self.log.info(
-                "attempt_bumped",
-                intent_id=a["intent_id"],
-                nonce=a["nonce"],
-                max_fee=fees.max_fee,
-                outcome=outcome.value,
-            )
 
     async def _nonce_used_elsewhere(self, attempt: Any, report: TickReport) -> bool:
         """True (and the intent re-planned) when the account's mined nonce passed this intent's

@@ -113,7 +113,7 @@ WHERE chain_id = $1 AND mined_at >= $2 AND gas_used IS NOT NULL;
 
 -- name: unsent_attempts
 -- Signed but never broadcast (a crash between storing and sending): send these bytes first.
-SELECT a.id, a.raw, a.tx_hash, a.intent_id, a.signer, a.nonce
+SELECT a.id, a.raw, a.tx_hash, a.intent_id, a.signer, a.nonce, i.key
 FROM attempts a JOIN intents i ON i.id = a.intent_id
 WHERE a.chain_id = $1 AND a.state = 'signed' AND i.state = 'assigned'
 ORDER BY a.signer, a.nonce, a.id;
@@ -228,7 +228,7 @@ SELECT item, outcome, detail FROM intent_items WHERE intent_id = $1 ORDER BY ite
 
 -- name: unsure_attempts
 -- Attempts (of still-assigned intents) whose last send had an unsure answer: sent again.
-SELECT a.id, a.raw, a.tx_hash, a.intent_id, a.signer, a.nonce
+SELECT a.id, a.raw, a.tx_hash, a.intent_id, a.signer, a.nonce, i.key
 FROM attempts a JOIN intents i ON i.id = a.intent_id
 WHERE a.chain_id = $1 AND a.id = ANY($2::bigint[]) AND a.state = 'broadcast'
   AND i.state = 'assigned'
@@ -242,3 +242,14 @@ SET balance = EXCLUDED.balance, low_balance = EXCLUDED.low_balance, updated_at =
 -- name: lock_lane
 -- A signer's nonce lane, locked to the end of the transaction (see txmanager.lane_lock_key).
 SELECT pg_advisory_xact_lock($1::bigint);
+
+-- name: record_fault
+-- An unexpected error while handling one intent (keeper.tx_faults): the latest, counted.
+INSERT INTO tx_faults (intent_id, chain_id, stage, error, failures, retry_at)
+VALUES ($1, $2, $3, $4, $5, now() + make_interval(secs => $6))
+ON CONFLICT (intent_id) DO UPDATE
+SET stage = EXCLUDED.stage, error = EXCLUDED.error, failures = EXCLUDED.failures,
+    last_at = now(), retry_at = EXCLUDED.retry_at;
+
+-- name: clear_fault
+DELETE FROM tx_faults WHERE intent_id = $1 AND stage = $2;

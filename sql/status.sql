@@ -101,3 +101,13 @@ SELECT kind, state, count(*) AS n
 FROM intents
 WHERE chain_id = $1 AND state IN ('planned', 'assigned', 'mined', 'confirmed')
 GROUP BY kind, state;
+
+-- name: tx_faults
+-- Intents the transaction manager backed off after an unexpected error (the newest first),
+-- with how many there are in all.
+SELECT intent_id, kind, key, state, stage, error AS message, failures, last_at AS at, retry_at,
+       count(*) OVER () AS total
+FROM keeper.tx_faults
+WHERE chain_id = $1 AND state NOT IN ('final', 'failed', 'replan')
+ORDER BY last_at DESC, intent_id DESC
+LIMIT 1;

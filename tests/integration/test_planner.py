@@ -228,3 +228,29 @@ async def test_keeper_plan_is_a_dry_run_with_reasons_and_simulated_gas(
         # Nothing planned, and the thresholds were not left behind either.
         assert await conn.fetchval("SELECT count(*) FROM intents") == 0
         assert await conn.fetchval("SELECT count(*) FROM planner_settings") == 0
+
+
+@pytest.mark.parametrize("part", ["intake", "reconcile", "due"])
+async def test_a_usage_failure_does_not_hold_up_settlement(
+    env: Env, database_url: str, part: str
+) -> None:
+    """An unexpected error in the usage part of a pass (validating the inbox, reconciling, or
+    finding the reports due) is contained there: settlement and refunds are planned as ever."""
+    world(env)
+    await index(env, database_url)
+    p = planner(env)
+    assert p.usage is not None
+
+    async def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError(f"injected bug in usage {part}")
+
+    setattr(p.usage, part, broken)
+    async with env.pool.acquire() as conn:
+        await p.store_settings(conn)
+        report = await p.plan_pass(conn)
+        planned = await conn.fetchval("SELECT count(*) FROM intents")
+    assert isinstance(report.usage_error, RuntimeError)
+    assert str(report.usage_error) == f"injected bug in usage {part}"
+    kinds = [(b.kind, b.items) for b in report.planned]
+    assert kinds == [("settle", [3]), ("settle", [2, 1]), ("refund", [1])]
+    assert planned == 3

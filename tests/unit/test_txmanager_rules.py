@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, cast
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -69,20 +70,43 @@ def test_a_never_broadcast_attempt_is_not_purged() -> None:
 def test_purge_fees_are_a_valid_bump_or_the_caps() -> None:
     caps = FeeCaps(max_fee=100 * GWEI, max_priority_fee=5 * GWEI)
     bumped = purge_fees(Fees(40 * GWEI, 2 * GWEI), 10 * GWEI, 2 * GWEI, caps)
+    assert bumped is not None
     assert bumped.max_fee * 1000 >= 40 * GWEI * 1125
     assert bumped.priority_fee * 1000 >= 2 * GWEI * 1125
-    at_cap = purge_fees(Fees(100 * GWEI, 5 * GWEI), 10 * GWEI, 2 * GWEI, caps)
-    assert at_cap == Fees(100 * GWEI, 5 * GWEI)  # never above the operator's caps
-    legacy = purge_fees(Fees(100 * GWEI, 100 * GWEI, legacy=True), None, GWEI, caps)
+    near_cap = purge_fees(Fees(95 * GWEI, 4 * GWEI), 10 * GWEI, 2 * GWEI, caps)
+    assert near_cap == Fees(100 * GWEI, 5 * GWEI)  # never above the operator's caps
+    legacy = purge_fees(Fees(90 * GWEI, 90 * GWEI, legacy=True), None, GWEI, caps)
     assert legacy == Fees(100 * GWEI, 100 * GWEI, legacy=True)
 
 
+@pytest.mark.parametrize(
+    "previous",
+    [
+        Fees(100 * GWEI, 5 * GWEI),  # at both caps: a purge would be signed at the same fees
+        Fees(100 * GWEI, 3 * GWEI),  # the max fee at its cap cannot rise
+        Fees(60 * GWEI, 5 * GWEI),  # the tip at its cap cannot rise
+        Fees(100 * GWEI, 100 * GWEI, legacy=True),
+    ],
+    ids=["both-caps", "max-fee-cap", "tip-cap", "legacy-cap"],
+)
+def test_no_purge_at_the_caps(previous: Fees) -> None:
+    """A purge that cannot rise above the stuck attempt in both fields is not signed: it could
+    not replace it, and a purge of a purge would be the same transaction again."""
+    caps = FeeCaps(max_fee=100 * GWEI, max_priority_fee=5 * GWEI)
+    base = None if previous.legacy else 10 * GWEI
+    assert purge_fees(previous, base, 2 * GWEI, caps) is None
+
+
 @given(max_fee=st.integers(0, 10**12), tip=st.integers(0, 10**12), base=st.integers(0, 10**12))
-def test_purge_fees_stay_under_the_caps(max_fee: int, tip: int, base: int) -> None:
+def test_purge_fees_stay_under_the_caps_and_rise(max_fee: int, tip: int, base: int) -> None:
     caps = FeeCaps(max_fee=10**12, max_priority_fee=10**11)
-    fees = purge_fees(Fees(max(max_fee, tip), tip), base, tip, caps)
+    previous = Fees(max(max_fee, tip), tip)
+    fees = purge_fees(previous, base, tip, caps)
+    if fees is None:
+        return
     assert fees.max_fee <= caps.max_fee and fees.priority_fee <= caps.max_priority_fee
     assert fees.priority_fee <= fees.max_fee
+    assert fees.max_fee > previous.max_fee and fees.priority_fee > previous.priority_fee
 
 
 def test_least_loaded_assignment_skips_excluded_lanes() -> None:
