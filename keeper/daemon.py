@@ -21,7 +21,7 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 import asyncpg
@@ -37,15 +37,19 @@ from keeper.errors import unwrap_group
 from keeper.http import HealthState
 from keeper.ingest import FatalReorg, Indexer
 from keeper.leader import Leadership, LeadershipLost
-from keeper.loops import LoopGuard
+from keeper.loops import OUTAGES, LoopGuard
 from keeper.migrations import migrate
 from keeper.planner import PassReport, Planner
-from keeper.rpc import ChainClient
+from keeper.rpc import BlockHeader, ChainClient, RpcResponseError
 from keeper.signers import Signer, load_signers
 from keeper.txmanager import TxManager
 from keeper.usage import signers_without_oracle_role
 
 log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
+# What the start-up's chain checks wait out (a node answering them with an error included).
+_WAITED_OUT_AT_START: tuple[type[Exception], ...] = (*OUTAGES, RpcResponseError)
 
 USAGE_ROWS = Counter(
     "keeper_usage_rows_total",
@@ -160,13 +164,13 @@ async def _until(
         tg.cancel_scope.cancel()
 
 
-def _guard(loop: str, interval: float, run: _Run) -> LoopGuard:
+def _guard(loop: str, interval: float, run: _Run, event: str | None = None) -> LoopGuard:
     """The failure accounting of one of `run`'s loops; its errors show in /status."""
 
     def report(text: str) -> None:
         run.state.last_error = text
 
-    return LoopGuard(loop, interval, on_error=report)
+    return LoopGuard(loop, interval, on_error=report, event=event)
 
 
 async def _tx_loop(manager: TxManager, run: _Run) -> None:
@@ -186,6 +190,19 @@ async def _tx_loop(manager: TxManager, run: _Run) -> None:
         if any(vars(report).values()):
             log.info("tx_pass", **vars(report))
         await _pause(shutdown, interval)
+
+
+async def _waiting_out_the_rpc(run: _Run, what: str, func: Callable[[], Awaitable[T]]) -> T | None:
+    """`func()`, asked again while the RPC is unreachable or answers with an error (logged as
+    `<what>_failed`, counted under loop="start"); None if a stop is requested meanwhile. A
+    configuration mistake it finds (`ConfigError`) is raised: waiting would not mend it."""
+    guard = _guard("start", 1.0, run, event=f"{what}_failed")
+    while not run.shutdown.is_set():
+        try:
+            return await func()
+        except _WAITED_OUT_AT_START as exc:
+            await _pause(run.shutdown, guard.failed(exc))
+    return None
 
 
 def _report_pass(report: PassReport) -> None:
@@ -341,8 +358,15 @@ async def _main(run: _Run, tg: TaskGroup) -> None:
     if config.health.enabled:
         port = await tg.start(http.serve, config.health.host, config.health.port, state)
         log.info("health_listening", url=f"http://{config.health.host}:{port}")
-    head = await client.head()
-    await preflight.check_chain(config, run.deployment, client)
+
+    async def chain_checked() -> BlockHeader:
+        head = await client.head()
+        await preflight.check_chain(config, run.deployment, client)
+        return head
+
+    head = await _waiting_out_the_rpc(run, "chain_check", chain_checked)
+    if head is None:
+        return
     state.role = "standby"
     sdnotify.ready(f"standby, head {head.number}")
     tg.start_soon(_watchdog, state, run.heartbeat)
@@ -382,9 +406,15 @@ async def _lead(run: _Run, pool: asyncpg.Pool, client: ChainClient, leadership: 
             work.start_soon(_tx_loop, manager, run)
             usage = config.plan.usage
             if usage:
-                lacking = await signers_without_oracle_role(
-                    client, deployment.stream_manager, [s.address for s in signers]
+                lacking = await _waiting_out_the_rpc(
+                    run,
+                    "oracle_role_check",
+                    lambda: signers_without_oracle_role(
+                        client, deployment.stream_manager, [s.address for s in signers]
+                    ),
                 )
+                if lacking is None:
+                    return  # stopped while waiting
                 if lacking:
                     usage = False
                     log.error(

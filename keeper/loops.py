@@ -29,12 +29,14 @@ from keeper.rpc import RpcUnavailable
 
 log = structlog.get_logger(__name__)
 
-# The loops, and the usage part of the planning pass, which fails on its own (keeper.planner).
-LOOPS = ("sync", "plan", "tx", "usage")
+# The loops, the usage part of the planning pass, which fails on its own (keeper.planner), and
+# the start-up's chain checks, which wait for the RPC like the loops do.
+LOOPS = ("sync", "plan", "tx", "usage", "start")
 LOOP_FAILURES = Counter(
     "keeper_loop_failures_total",
     "Passes of a daemon loop that failed, by loop (sync, plan, tx; usage: the usage part of a "
-    "planning pass, which fails without holding up settlement and refunds) and kind: outage "
+    "planning pass, which fails without holding up settlement and refunds; start: the start-up's "
+    "chain checks) and kind: outage "
     "(RPC or database unreachable, waited out) or fault (an unexpected error, logged with its "
     "traceback).",
     ["loop", "kind"],
@@ -45,7 +47,7 @@ for _loop in LOOPS:
         LOOP_FAILURES.labels(loop=_loop, kind=_kind)
 
 # What counts as an outage everywhere; a loop may add its own (the indexer's CursorMoved).
-OUTAGES: tuple[type[BaseException], ...] = (
+OUTAGES: tuple[type[Exception], ...] = (
     RpcUnavailable,
     DatabaseUnavailable,
     OSError,
@@ -73,10 +75,11 @@ class LoopGuard:
         loop: str,
         interval: float,
         *,
-        outages: tuple[type[BaseException], ...] = OUTAGES,
+        outages: tuple[type[Exception], ...] = OUTAGES,
         on_error: Callable[[str], None] | None = None,
         max_delay: float = 60.0,
         logger: Any = None,
+        event: str | None = None,
     ) -> None:
         self.loop = loop
         self.interval = interval
@@ -85,6 +88,7 @@ class LoopGuard:
         self.max_delay = max_delay
         self.failures = 0
         self.log = logger if logger is not None else log
+        self.event = event or ("sync_failed" if loop == "sync" else f"{loop}_pass_failed")
         self._last_fault: str | None = None
 
     def failed(self, exc: Exception) -> float:
@@ -92,7 +96,7 @@ class LoopGuard:
         self.failures += 1
         delay = float(min(self.interval * 2.0**self.failures, self.max_delay))
         text = describe(exc)
-        event = "sync_failed" if self.loop == "sync" else f"{self.loop}_pass_failed"
+        event = self.event
         if isinstance(exc, self.outages):
             LOOP_FAILURES.labels(loop=self.loop, kind="outage").inc()
             self.log.error(event, error=str(exc), retry_in_s=delay, failures=self.failures)

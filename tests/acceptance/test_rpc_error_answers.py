@@ -105,3 +105,36 @@ def test_error_answers_to_reads_are_waited_out(
         assert_exactly_once(node, outbox)
     finally:
         outbox.close()
+
+
+def test_a_start_while_the_provider_answers_errors_waits_for_it(
+    world: tuple[Anvil, Deployment],  # noqa: F811 - the fixture imported above
+    database_url: str,
+    tmp_path: Path,
+) -> None:
+    """The start-up's chain checks (chain id, head, code, `token()`) wait for the provider like
+    the loops do, instead of exiting for systemd to restart the process."""
+    node, d = world
+    with RpcProxy(node.url) as proxy:
+        keeper = keeper_in(tmp_path / "a", proxy.url, d, database_url)
+        proxy.error_next(
+            None,
+            -32600,
+            "bad request",
+            methods=["eth_chainId", "eth_getBlockByNumber", "eth_getCode", "eth_call"],
+        )
+        try:
+            keeper.start()
+            wait_until(
+                "two chain_check_failed",
+                lambda: len(events(keeper, "chain_check_failed")) >= 2,
+                keeper,
+                timeout=60,
+            )
+            assert not events(keeper, "keeper_started")
+            proxy.clear_faults()
+            wait_until("keeper_started", lambda: bool(events(keeper, "keeper_started")), keeper)
+            status, _ = keeper.terminate(within=15)
+            assert status == 0, keeper.tail()
+        finally:
+            keeper.stop()
