@@ -3,13 +3,15 @@
 Producers put rows into `usage_inbox` (INSERT, COPY or `keeper usage import`). A planning pass
 then, in one database transaction:
 
-1. **validates** unvalidated rows in id order (`intake`). A row that is malformed, names an
-   unknown or closed stream, has units outside 1..2^64-1 (StreamManager.MAX_USAGE_UNITS) or
-   repeats a producer key already accepted is kept with `verdict = 'rejected'`, a reason code
-   and a readable detail. An accepted row gets the stream's next usage sequence number in
-   `usage_reports`, committed before any transaction carrying it is signed. A row naming a
-   stream above the highest indexed id may be a stream the indexer has not reached yet: it
-   waits up to `unknown_stream_grace` seconds before it is rejected as unknown.
+1. **validates** unvalidated rows in id order (`intake`). A row that is malformed (the
+   grammar is in the README, "Usage reports"), names an unknown or closed stream, has units
+   outside 1..2^64-1 (StreamManager.MAX_USAGE_UNITS), a time outside its range or repeats a
+   producer key already accepted is kept with `verdict = 'rejected'`, a reason code and a
+   readable detail: no value a row holds makes the intake raise. An accepted row gets the
+   stream's next usage sequence number in `usage_reports`, committed before any transaction
+   carrying it is signed. A row naming a stream above the highest indexed id may be a stream
+   the indexer has not reached yet: it waits up to `unknown_stream_grace` seconds before it is
+   rejected as unknown.
 2. **reconciles** pending reports from the indexed events (`reconcile`): `recorded` from
    UsageRecorded with the charged amount, fee and shortfall; `rejected` (`stream_closed`) when
    the stream closed first. A reconciliation whose block was reorged away is undone first.
@@ -28,10 +30,11 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import MAXYEAR, MINYEAR, UTC, datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
 import structlog
 from eth_abi.abi import encode
@@ -40,6 +43,7 @@ from eth_utils import keccak
 from keeper.db import Conn, to_int
 from keeper.queries import Queries, load_queries
 from keeper.rpc import ChainClient
+from keeper.usage_import import HUGE_DIGITS, WHITESPACE, blank, whole_number
 
 log = structlog.get_logger(__name__)
 
@@ -48,9 +52,24 @@ MAX_SEQ = 2**48 - 1  # the contract keeps a stream's usage sequence in 48 bits
 MAX_UINT256 = 2**256 - 1
 MAX_KEY_LENGTH = 200
 MAX_LABEL_LENGTH = 200
+# The range of observed_at (and of received_at, which a producer may set too): not before the
+# start of Ethereum (no chain the keeper serves has blocks from earlier), and not more than
+# OBSERVED_AT_SKEW after the row arrived (a producer's clock may run a little ahead of the
+# database's). Both keep every accepted time well inside what Python and PostgreSQL hold.
+EARLIEST_OBSERVED_AT = datetime(2015, 7, 30, tzinfo=UTC)
+OBSERVED_AT_SKEW = timedelta(minutes=5)
 
-_INTEGER = re.compile(r"[+-]?[0-9]+")
-_UNIX_SECONDS = re.compile(r"[0-9]{1,12}(\.[0-9]{1,9})?")
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_UNIX_SECONDS = re.compile(r"([+-]?[0-9]+)(?:\.([0-9]+))?")
+# RFC 3339, also with a space for the T and an offset of hours only or with seconds, as
+# PostgreSQL prints a timestamptz (`2026-11-21 10:00:00.5+00`); `[0-9]`: ASCII digits only.
+_TIMESTAMP = re.compile(
+    r"(?P<year>[0-9]{4,})-(?P<month>[0-9]{2})-(?P<day>[0-9]{2})[Tt ]"
+    r"(?P<hour>[0-9]{2}):(?P<minute>[0-9]{2})"
+    r"(?::(?P<second>[0-9]{2})(?:[.,](?P<fraction>[0-9]+))?)?"
+    r"(?P<offset>[Zz]|[+-][0-9]{2}(?::[0-9]{2}(?::[0-9]{2})?|[0-9]{2})?)?"
+)
+_NUMBER_GRAMMAR = "ASCII digits, optionally signed, with only ASCII whitespace around them"
 
 
 ORACLE_ROLE = keccak(text="ORACLE_ROLE")
@@ -101,33 +120,119 @@ def _shown(value: str) -> str:
     return repr(value if len(value) <= 80 else value[:77] + "...")
 
 
-def _integer(name: str, value: str | None) -> int | Rejection:
-    if value is None or not value.strip():
+def _whole(name: str, value: str | None) -> int | Rejection:
+    if value is None or blank(value):
         return Rejection(f"missing_{name}", f"{name} is empty")
-    text = value.strip()
-    if not _INTEGER.fullmatch(text) or len(text.lstrip("+-")) > 78:
-        return Rejection(f"malformed_{name}", f"{name} {_shown(value)} is not a whole number")
-    return int(text)
+    number = whole_number(value)
+    if number is None:
+        return Rejection(
+            f"malformed_{name}", f"{name} {_shown(value)} is not a whole number ({_NUMBER_GRAMMAR})"
+        )
+    return number
+
+
+def _written(number: int, value: str) -> str:
+    """A number for a detail: its digits, or the start of the value when it has too many."""
+    return str(number) if abs(number) < 10**HUGE_DIGITS else _shown(value.strip(WHITESPACE))
+
+
+# Stand-ins for times before or after what Python's datetime holds (both out of range).
+_TOO_EARLY = datetime.min.replace(tzinfo=UTC)
+_TOO_LATE = datetime.max.replace(tzinfo=UTC)
+
+
+def _from_unix(whole: str, fraction: str) -> datetime:
+    magnitude = abs(whole_number(whole) or 0)
+    micros = magnitude * 10**6 + int(fraction[:6].ljust(6, "0"))  # finer digits are dropped
+    if whole.startswith("-"):
+        micros = -micros
+    try:
+        return _EPOCH + timedelta(microseconds=micros)
+    except OverflowError:
+        return _TOO_EARLY if micros < 0 else _TOO_LATE
+
+
+def _from_timestamp(m: re.Match[str]) -> datetime | str:
+    """The time a `_TIMESTAMP` match names, or what is wrong with it."""
+    if m["offset"] is None:
+        return "has no time zone offset (add Z or +HH:MM)"
+    offset = timedelta(0)
+    if m["offset"] not in ("Z", "z"):
+        digits = m["offset"][1:].replace(":", "")
+        hours, minutes, seconds = int(digits[:2]), int(digits[2:4] or 0), int(digits[4:] or 0)
+        if hours > 23 or minutes > 59 or seconds > 59:
+            return "has an offset that is not a time zone offset"
+        offset = timedelta(hours=hours, minutes=minutes, seconds=seconds)
+        if m["offset"][0] == "-":
+            offset = -offset
+    digits = m["year"].lstrip("0")
+    year = int(digits or 0) if len(digits) <= 4 else MAXYEAR + 1
+    try:
+        # A year Python cannot hold is checked in a leap year: out of range if it is a date.
+        local = datetime(
+            year if MINYEAR <= year <= MAXYEAR else 2000,
+            int(m["month"]),
+            int(m["day"]),
+            int(m["hour"]),
+            int(m["minute"]),
+            int(m["second"] or 0),
+            int((m["fraction"] or "")[:6].ljust(6, "0")),  # finer digits are dropped
+            tzinfo=UTC,
+        )
+    except ValueError:
+        return "is not a valid date and time"
+    if year < MINYEAR:
+        return _TOO_EARLY
+    if year > MAXYEAR:
+        return _TOO_LATE
+    try:
+        return local - offset
+    except OverflowError:
+        return _TOO_EARLY if offset > timedelta(0) else _TOO_LATE
 
 
 def _observed_at(value: str | None, received_at: datetime) -> datetime | Rejection:
-    if value is None or not value.strip():
+    if value is None or blank(value):
         return received_at
-    text = value.strip()
-    try:
-        if _UNIX_SECONDS.fullmatch(text):
-            return datetime.fromtimestamp(0, UTC) + timedelta(seconds=float(text))
-        parsed = datetime.fromisoformat(text)
-    except (ValueError, OverflowError):
+    text = value.strip(WHITESPACE)
+    when: datetime | str
+    if (unix := _UNIX_SECONDS.fullmatch(text)) is not None:
+        when = _from_unix(unix[1], unix[2] or "")
+    elif (stamp := _TIMESTAMP.fullmatch(text)) is not None:
+        when = _from_timestamp(stamp)
+    else:
+        when = "is neither an RFC 3339 time (2026-11-21T10:00:00Z) nor unix seconds"
+    if isinstance(when, str):
+        return Rejection("malformed_observed_at", f"observed_at {_shown(value)} {when}")
+    if when < EARLIEST_OBSERVED_AT:
         return Rejection(
-            "malformed_observed_at",
-            f"observed_at {_shown(value)} is neither an ISO 8601 time nor unix seconds",
+            "observed_at_out_of_range",
+            f"observed_at {_shown(value)} is before {EARLIEST_OBSERVED_AT:%Y-%m-%d}, "
+            "the earliest accepted",
         )
-    if parsed.tzinfo is None:
+    if when > received_at + OBSERVED_AT_SKEW:
         return Rejection(
-            "malformed_observed_at", f"observed_at {_shown(value)} has no time zone offset"
+            "observed_at_out_of_range",
+            f"observed_at {_shown(value)} is more than {_duration(OBSERVED_AT_SKEW)} after "
+            f"the row arrived (received_at {received_at.isoformat()})",
         )
-    return parsed
+    return when
+
+
+def _duration(span: timedelta) -> str:
+    seconds = int(span.total_seconds())
+    return f"{seconds // 60} minutes" if seconds % 60 == 0 else f"{seconds} seconds"
+
+
+def received_at_out_of_range(received_at: str) -> Rejection:
+    """The rejection of a row whose received_at (which a producer may set) is not a time it can
+    have arrived at: before EARLIEST_OBSERVED_AT or more than OBSERVED_AT_SKEW from now."""
+    return Rejection(
+        "received_at_out_of_range",
+        f"received_at {_shown(received_at)} is not a time the row can have arrived at "
+        f"(from {EARLIEST_OBSERVED_AT:%Y-%m-%d} to {_duration(OBSERVED_AT_SKEW)} from now); "
+        "leave received_at to its default",
+    )
 
 
 def parse_row(
@@ -138,28 +243,36 @@ def parse_row(
     observed_at: str | None,
     received_at: datetime,
 ) -> ParsedRow | Rejection:
-    """Check one inbox row's fields (not yet against the chain)."""
-    if producer_key is None or not producer_key.strip():
+    """Check one inbox row's fields (not yet against the chain). `received_at` must be a time
+    the row can have arrived at (the intake rejects other rows with
+    `received_at_out_of_range` first). Nothing a field holds makes this raise."""
+    if producer_key is None or blank(producer_key):
         return Rejection("missing_producer_key", "producer_key is empty")
     if len(producer_key) > MAX_KEY_LENGTH:
         return Rejection(
             "malformed_producer_key",
             f"producer_key is {len(producer_key)} characters (at most {MAX_KEY_LENGTH})",
         )
-    sid = _integer("stream_id", stream_id)
+    sid = _whole("stream_id", stream_id)
     if isinstance(sid, Rejection):
         return sid
     if not 0 < sid <= MAX_UINT256:
-        return Rejection("malformed_stream_id", f"stream_id {sid} is not a stream id")
-    count = _integer("units", units)
+        return Rejection(
+            "stream_id_out_of_range",
+            f"stream_id {_written(sid, stream_id or '')} is not a stream id (1 to 2^256-1)",
+        )
+    count = _whole("units", units)
     if isinstance(count, Rejection):
         return count
     if count <= 0:
-        return Rejection("units_not_positive", f"units {count} is not positive")
+        return Rejection(
+            "units_not_positive", f"units {_written(count, units or '')} is not positive"
+        )
     if count > MAX_USAGE_UNITS:
         return Rejection(
             "units_out_of_range",
-            f"units {count} is above the contract's maximum per report ({MAX_USAGE_UNITS})",
+            f"units {_written(count, units or '')} is above the contract's maximum per report "
+            f"({MAX_USAGE_UNITS})",
         )
     if label is not None and len(label) > MAX_LABEL_LENGTH:
         return Rejection(
@@ -169,6 +282,21 @@ def parse_row(
     if isinstance(when, Rejection):
         return when
     return ParsedRow(sid, count, producer_key, label, when)
+
+
+def _parse(row: Mapping[str, Any], now: datetime) -> ParsedRow | Rejection:
+    """An `unvalidated` row checked (its received_at is NULL when Python cannot hold it)."""
+    received_at = row["received_at"]
+    if received_at is None or not EARLIEST_OBSERVED_AT <= received_at <= now + OBSERVED_AT_SKEW:
+        return received_at_out_of_range(row["received_text"])
+    return parse_row(
+        row["stream_id"],
+        row["units"],
+        row["producer_key"],
+        row["label"],
+        row["observed_at"],
+        received_at,
+    )
 
 
 @dataclass(frozen=True)
@@ -222,7 +350,7 @@ def judge(
             continue
         state = streams.get(parsed.stream_id)
         if state is None:
-            if parsed.stream_id > highest_stream and received_at + grace > now:
+            if parsed.stream_id > highest_stream and now - received_at < grace:
                 waiting += 1
                 continue
             rejection = Rejection(
@@ -335,21 +463,8 @@ class UsageOracle:
         raw = await conn.fetch(self.q["unvalidated"], self.chain_id, self.intake_per_pass)
         if not raw:
             return report
-        rows = [
-            (
-                int(r["id"]),
-                parse_row(
-                    r["stream_id"],
-                    r["units"],
-                    r["producer_key"],
-                    r["label"],
-                    r["observed_at"],
-                    r["received_at"],
-                ),
-                r["received_at"],
-            )
-            for r in raw
-        ]
+        now = await conn.fetchval(self.q["transaction_time"])
+        rows = [(int(r["id"]), _parse(r, now), r["received_at"] or now) for r in raw]
         named = sorted({p.stream_id for _, p, _ in rows if isinstance(p, ParsedRow)})
         streams = {
             to_int(s["stream_id"]): StreamState(
@@ -366,7 +481,6 @@ class UsageOracle:
             for k in await conn.fetch(self.q["accepted_keys"], self.chain_id, keys)
         }
         highest = await conn.fetchval(self.q["highest_stream"], self.chain_id)
-        now = await conn.fetchval(self.q["transaction_time"])
         verdicts, report.waiting = judge(
             rows,
             streams,

@@ -4,7 +4,9 @@ The file is read one line at a time and copied in chunks, all in one transaction
 millions of rows never sits in memory and a failure part-way leaves nothing imported. Values are
 stored as the text they had in the file: nothing here parses an amount, a stream id or a
 timestamp (the keeper's validation does, and keeps what it refuses with a reason). Only
-`chain_id`, a bigint column, is read as an integer. A line that cannot be read at all is not
+`chain_id`, a bigint column, is read as an integer, in the whole-number grammar the validation
+uses for `stream_id` and `units` too (`whole_number`, kept here so that the import command does
+not load the chain libraries `keeper.usage` needs). A line that cannot be read at all is not
 dropped: it is stored as a row rejected with reason `malformed_line`.
 """
 
@@ -78,9 +80,16 @@ _SNIPPET_CHARS = 80
 _MAX_DEPTH = 20  # arrays and objects inside one JSON line; a usage row needs one
 _KNOWN = frozenset(FIELDS)
 _FIELD_LIST = f"{', '.join(REQUIRED_FIELDS)} and optionally {', '.join(OPTIONAL_FIELDS)}"
-# What PostgreSQL's bigint input accepts, less its v16 additions (0x…, 1_000): the column is
-# bigint, so this one value has to be an integer before it can be stored at all.
-_INTEGER = re.compile(r"[ \t\n\r\f\v]*([+-]?[0-9]+)[ \t\n\r\f\v]*")
+# ASCII whitespace, the only kind a value may have around it (what PostgreSQL's integer input
+# skips too); Python's str.strip() would also take NBSP, U+3000 and the like.
+WHITESPACE = " \t\n\v\f\r"
+# A whole number: PostgreSQL's integer syntax before version 16 (no 0x…, no 1_000). `[0-9]`,
+# not `\d`, which would take any script's digits (so does int(): '\u0665' is 5 to it).
+_WHOLE = re.compile(r"([+-]?)([0-9]+)")
+# Significant digits read exactly; a longer number is beyond every range the keeper checks
+# (2^256 has 78 digits) and comes back as ±10^HUGE_DIGITS, so its length is never why it is
+# refused, and int() never meets thousands of digits (it refuses more than 4,300).
+HUGE_DIGITS = 80
 _BIGINT_MIN, _BIGINT_MAX = -(2**63), 2**63 - 1
 _COPY_ROW = re.compile(rf"COPY {TABLE}, line ([0-9]+)")
 
@@ -335,13 +344,31 @@ def _json_dump(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False)
 
 
-def parse_chain_id(text: str) -> int | None:
-    """The integer a chain_id value reads as (PostgreSQL's bigint input), None if it is not one."""
-    match = _INTEGER.fullmatch(text)
+def blank(value: str | None) -> bool:
+    """Whether a field is missing: NULL, empty, or nothing but ASCII whitespace."""
+    return value is None or not value.strip(WHITESPACE)
+
+
+def whole_number(text: str) -> int | None:
+    """The integer `text` writes, or None if it is not a whole number.
+
+    A whole number is optional ASCII whitespace, an optional sign, one or more ASCII digits 0-9
+    (leading zeros allowed, any number of them) and optional ASCII whitespace again. A value
+    of more than `HUGE_DIGITS` significant digits is returned as ±10**HUGE_DIGITS.
+    """
+    match = _WHOLE.fullmatch(text.strip(WHITESPACE))
     if match is None:
         return None
-    value = int(match.group(1))
-    return value if _BIGINT_MIN <= value <= _BIGINT_MAX else None
+    sign, digits = match.groups()
+    digits = digits.lstrip("0") or "0"
+    value = 10**HUGE_DIGITS if len(digits) > HUGE_DIGITS else int(digits)
+    return -value if sign == "-" else value
+
+
+def parse_chain_id(text: str) -> int | None:
+    """The integer a chain_id value reads as (a whole number in bigint's range), else None."""
+    value = whole_number(text)
+    return value if value is not None and _BIGINT_MIN <= value <= _BIGINT_MAX else None
 
 
 def snippet(line: str) -> str:
@@ -354,10 +381,10 @@ def snippet(line: str) -> str:
 class UsageReader:
     """The rows of one usage file, read a line at a time.
 
-    A CSV file's header is read and checked when the reader is made, so a bad header fails
-    before a database is touched. `records()` then yields one COPY row per non-blank line and
-    keeps the counts (`queued`, `malformed`, `blank_lines`), the number of the line last read
-    (`line`) and the bytes read so far (`bytes_read`).
+    A CSV file's header is read and checked when the reader is made, so a bad or missing header
+    (an empty file) fails before a database is touched. `records()` then yields one COPY row
+    per non-blank line and keeps the counts (`queued`, `malformed`, `blank_lines`), the number
+    of the line last read (`line`) and the bytes read so far (`bytes_read`).
     """
 
     def __init__(
@@ -418,7 +445,16 @@ class UsageReader:
             self.header = parse_csv_header(text, self.source, self.line)
             self._positions = [self.header.index(f) if f in self.header else -1 for f in FIELDS]
             return
-        # An empty file: no rows, nothing to check.
+        # Without a header nothing says what the columns are: an error, as a file whose first
+        # line is not a header is (an empty export usually means the producer failed).
+        raise UsageImportError(
+            f"{self.source}: no header row (the file "
+            f"{'is empty' if self.line == 0 else 'holds only blank lines'})",
+            source=self.source,
+            line=self.line or None,
+            help=f"a CSV file starts with a header row naming its columns, {_FIELD_LIST}; "
+            "nothing was imported",
+        )
 
     def records(self, validated_at: datetime | None) -> Iterator[Record]:
         """One COPY row per non-blank line; `validated_at` goes to the rejected ones.
@@ -426,8 +462,6 @@ class UsageReader:
         Raises `UsageImportError` for a chain_id that is not an integer and, in JSON lines, a
         key that is not a usage field (the import stops: its transaction writes nothing).
         """
-        if self.format == "csv" and self.header is None:
-            return
         while (raw := self._next_line()) is not None:
             if not raw.strip():
                 self.blank_lines += 1
@@ -453,7 +487,9 @@ class UsageReader:
                 continue
             self.queued += 1
             yield (
-                self.chain_id if chain_id is None else self._chain_id(chain_id, source),
+                self.chain_id
+                if chain_id is None or blank(chain_id)
+                else self._chain_id(chain_id, source),
                 stream_id,
                 units,
                 producer_key,
@@ -493,8 +529,13 @@ class UsageReader:
     def _chain_id(self, text: str, source: str) -> int:
         value = parse_chain_id(text)
         if value is None:
+            problem = (
+                "is not an integer"
+                if whole_number(text) is None
+                else "is out of range (-2^63 to 2^63-1)"
+            )
             raise UsageImportError(
-                f"{source}: chain_id {text!r} is not an integer, and usage_inbox.chain_id is a "
+                f"{source}: chain_id {_shown(text)} {problem}, and usage_inbox.chain_id is a "
                 "bigint column",
                 source=self.source,
                 line=self.line,
@@ -502,6 +543,10 @@ class UsageReader:
                 "take --chain-id) and import the file again",
             )
         return value
+
+
+def _shown(value: str) -> str:
+    return repr(value if len(value) <= _SNIPPET_CHARS else value[: _SNIPPET_CHARS - 3] + "...")
 
 
 def _lenient(raw: bytes) -> str:

@@ -6,7 +6,13 @@
 SELECT pg_advisory_xact_lock($1::bigint);
 
 -- name: unvalidated
-SELECT id, stream_id, units, producer_key, label, observed_at, received_at
+-- received_at is whatever timestamptz the row was given (the default is now(), but a producer
+-- may set it): ±infinity and years Python's datetime cannot hold come as NULL, which the
+-- intake rejects, with the value as text for the detail.
+SELECT id, stream_id, units, producer_key, label, observed_at,
+       CASE WHEN received_at BETWEEN '0001-01-02 00:00:00+00' AND '9999-12-30 00:00:00+00'
+            THEN received_at END AS received_at,
+       received_at::text AS received_text
 FROM usage_inbox
 WHERE verdict IS NULL AND (chain_id = $1 OR chain_id IS NULL)
 ORDER BY id

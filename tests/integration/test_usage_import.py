@@ -350,6 +350,32 @@ def test_cli_failure_part_way_exits_1_and_writes_nothing(
     assert count(database_url) == 0
 
 
+@pytest.mark.parametrize("content", ["", "\n\n", "\ufeff\r\n"])
+def test_cli_refuses_a_csv_file_without_a_header_row(
+    database_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str
+) -> None:
+    path = tmp_path / "usage.csv"
+    path.write_text(content, encoding="utf-8")
+    status = main(["usage", "import", str(path), "--database-url", database_url])
+    out, err = capsys.readouterr()
+    assert status == 1
+    assert out == ""  # no "rows read 0" summary
+    assert f"{path}: no header row" in err
+    assert "a CSV file starts with a header row naming its columns" in err
+    assert count(database_url) == 0
+
+
+def test_cli_imports_an_empty_jsonl_file_as_nothing(
+    database_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "usage.jsonl"
+    path.write_text("")
+    status = main(["usage", "import", str(path), "--json", "--database-url", database_url])
+    out, err = capsys.readouterr()
+    assert status == 0, err
+    assert json.loads(out)["rows_read"] == 0  # no header to miss: JSON lines have none
+
+
 @pytest.mark.parametrize(
     ("args", "says"),
     [

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import sys
 from datetime import UTC, datetime
 
 import pytest
 
 from keeper.usage_import import (
+    HUGE_DIGITS,
     NEXT_STEP,
     ImportSummary,
     MalformedLine,
@@ -24,6 +26,7 @@ from keeper.usage_import import (
     parse_csv_line,
     parse_json_line,
     snippet,
+    whole_number,
 )
 
 NOW = datetime(2024, 6, 1, tzinfo=UTC)
@@ -189,15 +192,79 @@ def test_a_proper_escaped_character_is_fine() -> None:
 
 @pytest.mark.parametrize(
     ("text", "value"),
-    [("31337", 31337), (" 5 ", 5), ("+7", 7), ("-1", -1), (str(2**63 - 1), 2**63 - 1)],
+    [
+        ("31337", 31337),
+        (" 5 ", 5),
+        ("+7", 7),
+        ("-1", -1),
+        ("5\n", 5),
+        ("\t0005\r", 5),
+        ("0" * 94 + "5", 5),  # length is never the reason: zeros are zeros
+        ("0" * 5_000 + "31337", 31337),
+        (str(2**63 - 1), 2**63 - 1),
+        (str(-(2**63)), -(2**63)),
+    ],
 )
 def test_chain_ids_that_read_as_bigints(text: str, value: int) -> None:
     assert parse_chain_id(text) == value
 
 
-@pytest.mark.parametrize("text", ["abc", "1.0", "1e3", "0x1", "1_000", str(2**63), "", "٣"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "abc",
+        "1.0",
+        "1e3",
+        "0x1",
+        "1_000",
+        str(2**63),
+        str(-(2**63) - 1),
+        "9" * 5_000,  # beyond int()'s 4,300 digits: out of range, not a crash
+        "",
+        "+",
+        "- 1",
+        "\u0663",  # ARABIC-INDIC DIGIT THREE
+        "\uff15",  # FULLWIDTH DIGIT FIVE
+        "\u00a05",  # NBSP is not ASCII whitespace
+        "5\x1c",  # nor is a file separator, which str.strip() would take
+    ],
+)
 def test_chain_ids_that_do_not(text: str) -> None:
     assert parse_chain_id(text) is None
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ("5", 5),
+        ("0005", 5),
+        ("+5", 5),
+        (" 5 ", 5),
+        ("5\n", 5),
+        ("\v\f5\t\r", 5),
+        ("0" * 94 + "5", 5),
+        ("-0", 0),
+        ("-" + "0" * 200 + "7", -7),
+        ("9" * 80, int("9" * 80)),
+        ("9" * 81, 10**HUGE_DIGITS),
+        ("-" + "1" * 5_000, -(10**HUGE_DIGITS)),
+    ],
+)
+def test_the_whole_number_grammar(text: str, value: int) -> None:
+    assert whole_number(text) == value
+
+
+@pytest.mark.parametrize(
+    "text", ["", " ", "+", "1 2", "1.5", "1e3", "0x10", "1_000", "\uff15", "\u0665", "\u00a05"]
+)
+def test_what_is_not_a_whole_number(text: str) -> None:
+    assert whole_number(text) is None
+
+
+def test_a_blank_chain_id_takes_the_default_like_an_empty_one() -> None:
+    data = b"stream_id,units,producer_key,chain_id\n1,2,a, \n1,2,b,\t007\n"
+    _, records = read(data, "csv", chain_id=9)
+    assert [r[0] for r in records] == [9, 7]
 
 
 def test_snippet_escapes_control_characters_and_cuts_long_lines() -> None:
@@ -256,11 +323,25 @@ def test_the_csv_header_is_checked_when_the_reader_is_made() -> None:
         UsageReader(io.BytesIO(b"stream_id,units\xff\n"), "csv", source="f")
 
 
-def test_an_empty_file_has_no_rows() -> None:
-    for fmt in ("csv", "jsonl"):
-        reader, records = read(b"", fmt)
-        assert records == []
-        assert reader.rows_read == 0
+def test_an_empty_jsonl_file_has_no_rows() -> None:
+    reader, records = read(b"", "jsonl")
+    assert records == []
+    assert reader.rows_read == 0
+
+
+@pytest.mark.parametrize(
+    ("data", "says"),
+    [
+        (b"", "f: no header row (the file is empty)"),
+        (b"\xef\xbb\xbf", "f: no header row (the file holds only blank lines)"),
+        (b"\n  \r\n\t\n", "f: no header row (the file holds only blank lines)"),
+    ],
+)
+def test_a_csv_file_without_a_header_row_is_refused(data: bytes, says: str) -> None:
+    with pytest.raises(UsageImportError, match=re.escape(says)) as caught:
+        UsageReader(io.BytesIO(data), "csv", source="f")
+    assert "a CSV file starts with a header row naming its columns" in str(caught.value)
+    assert "nothing was imported" in str(caught.value)
 
 
 def test_undecodable_and_nul_lines_are_kept_as_malformed() -> None:
@@ -296,6 +377,13 @@ def test_a_chain_id_that_is_not_an_integer_stops_the_import() -> None:
     data = b"stream_id,units,producer_key,chain_id\n1,2,3,31337\n1,2,3,abc\n"
     with pytest.raises(UsageImportError, match=r"f:3: chain_id 'abc' is not an integer"):
         read(data, "csv")
+
+
+def test_a_chain_id_out_of_range_stops_the_import_whatever_its_length() -> None:
+    for value in (str(2**63), "9" * 5_000):
+        data = f"stream_id,units,producer_key,chain_id\n1,2,3,{value}\n".encode()
+        with pytest.raises(UsageImportError, match=r"f:2: chain_id '9.*' is out of range"):
+            read(data, "csv")
 
 
 def test_records_stream_one_line_at_a_time() -> None:
