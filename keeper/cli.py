@@ -19,7 +19,7 @@ from typing import Any
 
 import structlog
 
-from keeper import __version__
+from keeper import __version__, logs, secrets
 from keeper.errors import KeeperError
 
 DATABASE_URL_ENV = "KEEPER_DATABASE_URL"
@@ -79,6 +79,26 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _rpc_url(text: str) -> str:
+    from keeper.urls import RPC_SCHEMES, url_problem
+
+    secrets.register_url(text)  # before anything could print it
+    problem = url_problem(text, RPC_SCHEMES)
+    if problem is not None:
+        raise argparse.ArgumentTypeError(f"not an RPC URL: {problem}")
+    return text
+
+
+def _database_url_option(text: str) -> str:
+    from keeper.urls import database_url_problem
+
+    secrets.register_dsn(text)  # before anything could print it
+    problem = database_url_problem(text)
+    if problem is not None:
+        raise argparse.ArgumentTypeError(f"not a database URL: {problem}")
+    return text
+
+
 # --------------------------------------------------------------------------- commands
 
 
@@ -87,18 +107,24 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     from keeper import keys
     from keeper.deploy import DeployError, deploy_all
     from keeper.devchain import connection_text
+    from keeper.urls import redact_url
 
     if args.keystore is not None and args.password_file is None:
         raise KeeperError("--keystore needs --password-file", help="put the password in a file")
     if args.password_file is not None and args.keystore is None:
         raise KeeperError("--password-file only goes with --keystore")
+    secrets.register_url(args.rpc_url)
+    if args.password_file is not None:
+        secrets.register_file(args.password_file)
     if args.key_file is not None:
         key = keys.load_key_file(args.key_file)
     elif args.key_env is not None:
         key = keys.load_key_env(args.key_env)
     else:
         key = keys.load_keystore(args.keystore, args.password_file)
-    print(f"deploying to {args.rpc_url} as {key.address}", file=sys.stderr, flush=True)
+    secrets.register_key(key.reveal_hex())
+    shown = redact_url(args.rpc_url)
+    print(f"deploying to {shown} as {key.address}", file=sys.stderr, flush=True)
     try:
         deployment = deploy_all(
             args.rpc_url,
@@ -113,7 +139,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     except Exception as exc:
         # Node errors (insufficient funds, reverts) as a message, not a traceback. They hold
         # transaction fields at most: the key itself never leaves this process.
-        raise DeployError(f"deploying to {args.rpc_url} failed: {exc}") from exc
+        raise DeployError(f"deploying to {shown} failed: {exc}") from exc
     out: Path = args.out.resolve()
     deployment.write(out)
     print(connection_text(args.rpc_url, deployment, out, dev_accounts=False))
@@ -152,6 +178,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """Set up a local chain, database and workload, and run the keeper on them."""
     from keeper.demo import DemoOptions, run_demo
 
+    secrets.register_dsn(args.database_url)
+    secrets.register_url(args.rpc_url)
     return run_demo(
         DemoOptions(
             port=args.port,
@@ -173,12 +201,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     # noted, and the daemon stops as soon as it starts: never killed by the default action.
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
-    import anyio
-
-    from keeper import daemon, logs
     from keeper.config import load_config
 
-    config = load_config(args.config)
+    config = load_config(args.config)  # first: a bad file is refused before web3 is loaded
+    import anyio
+
+    from keeper import daemon
+
     logs.configure(
         args.log_level if args.log_level != "info" else config.log.level, config.log.format
     )
@@ -450,12 +479,24 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def _database_url(args: argparse.Namespace) -> str:
+    """--database-url, else $KEEPER_DATABASE_URL: registered as a secret, and checked."""
+    from keeper.urls import database_url_problem
+
+    origin = "--database-url" if args.database_url else DATABASE_URL_ENV
     dsn: str | None = args.database_url or os.environ.get(DATABASE_URL_ENV)
     if not dsn:
         raise KeeperError(
             "no database URL",
             help="pass --database-url postgresql://user:password@host/db "
             f"or set {DATABASE_URL_ENV}",
+        )
+    secrets.register_dsn(dsn)
+    problem = database_url_problem(dsn)
+    if problem is not None:
+        raise KeeperError(
+            f"{origin}: not a database URL: {problem}",
+            help="give a postgresql://user:password@host:port/dbname URL, with special "
+            "characters of the user name and password percent-encoded",
         )
     return dsn
 
@@ -555,7 +596,9 @@ def build_parser() -> argparse.ArgumentParser:
             "printed."
         ),
     )
-    deploy.add_argument("--rpc-url", required=True, metavar="URL", help="JSON-RPC endpoint")
+    deploy.add_argument(
+        "--rpc-url", type=_rpc_url, required=True, metavar="URL", help="JSON-RPC endpoint"
+    )
     source = deploy.add_mutually_exclusive_group(required=True)
     source.add_argument(
         "--key-file",
@@ -650,6 +693,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     target.add_argument(
         "--database-url",
+        type=_database_url_option,
         metavar="DSN",
         help="PostgreSQL URL (postgresql://user:password@host:port/db); "
         f"default: ${DATABASE_URL_ENV}",
@@ -677,11 +721,13 @@ def build_parser() -> argparse.ArgumentParser:
     _chain_options(demo)
     demo.add_argument(
         "--database-url",
+        type=_database_url_option,
         metavar="DSN",
         help="use this PostgreSQL instead of the embedded one (it is migrated, not emptied)",
     )
     demo.add_argument(
         "--rpc-url",
+        type=_rpc_url,
         metavar="URL",
         help="use this running anvil node (with anvil's default dev accounts) instead of "
         "starting one; --port, --host and --block-time are then ignored",
@@ -765,6 +811,7 @@ def _operator_parsers(sub: Any) -> None:
     )
     target.add_argument(
         "--database-url",
+        type=_database_url_option,
         metavar="DSN",
         help="PostgreSQL URL (postgresql://user:password@host:port/db); "
         f"default: ${DATABASE_URL_ENV}",
@@ -947,7 +994,8 @@ def _usage_parser(sub: Any) -> None:
             "  csv    (.csv) a header row naming the columns stream_id, units, producer_key\n"
             "         and optionally label, observed_at, chain_id, in any order; then one row\n"
             "         per line (a quoted field may not hold a line break). An empty field is\n"
-            "         stored as NULL. Any other column is refused before anything is written.\n"
+            "         stored as NULL. Any other column, and a file without a header row (an\n"
+            "         empty one too), is refused before anything is written.\n"
             "  jsonl  (.jsonl, .ndjson) one JSON object per line with those keys. Numbers\n"
             "         keep the text they were written with (1e3 stays 1e3), null and a\n"
             "         missing key are NULL, true/false are stored as text. A key that is\n"
@@ -958,7 +1006,9 @@ def _usage_parser(sub: Any) -> None:
             "number of CSV fields, not UTF-8, a NUL character) is not dropped: it is stored\n"
             "as a row rejected with reason malformed_line, the problem and the start of the\n"
             "line in its detail. Blank lines are skipped. chain_id is a bigint column: a\n"
-            "chain_id that is not an integer stops the import.\n\n"
+            "chain_id that is not a whole number (ASCII digits, an optional sign, only\n"
+            "spaces around them; the grammar of stream_id and units too) or is outside\n"
+            "bigint's range stops the import; a blank one takes --chain-id.\n\n"
             "The rows are copied 10,000 at a time, all in ONE transaction: if anything fails\n"
             "part-way (a bad chain_id, a row the database refuses, a lost connection,\n"
             "Ctrl-C), nothing at all is imported, and the file can be imported again as a\n"
@@ -996,6 +1046,7 @@ def _usage_parser(sub: Any) -> None:
     )
     imp.add_argument(
         "--database-url",
+        type=_database_url_option,
         metavar="DSN",
         help="PostgreSQL URL (postgresql://user:password@host:port/db); "
         f"default: ${DATABASE_URL_ENV}",
@@ -1028,7 +1079,7 @@ def _configure_logging(level: str) -> None:
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso"),
-            structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty()),
+            logs.scrubbed(structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),
@@ -1037,15 +1088,21 @@ def _configure_logging(level: str) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the `keeper` command line; return the exit status."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    _configure_logging(args.log_level)
-    handler: Handler = args.handler
-    try:
-        return handler(args)
-    except KeeperError as exc:
-        print(f"keeper {args.command}: error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
+    """Run the `keeper` command line; return the exit status.
+
+    Whatever the command prints, and the traceback of a crash, goes through
+    `keeper.secrets.scrub`: no secret of the configuration reaches the terminal or the log.
+    """
+    secrets.install_hooks()
+    with secrets.scrubbed_output():
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        _configure_logging(args.log_level)
+        handler: Handler = args.handler
+        try:
+            return handler(args)
+        except KeeperError as exc:
+            print(f"keeper {args.command}: error: {secrets.scrub(str(exc))}", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:
+            return 130

@@ -15,7 +15,7 @@ import tomllib
 from collections.abc import Mapping
 from collections.abc import Set as AbstractSet
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import (
     BaseModel,
@@ -28,15 +28,27 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from keeper.db import redact_dsn
-from keeper.deploy import Deployment, DeploymentFileError
+from keeper import secrets
 from keeper.errors import KeeperError
-from keeper.ingest import IngestSettings
-from keeper.metrics import redact_url
-from keeper.planner import PlanSettings
-from keeper.rpc import ChainClient
-from keeper.signers import KeySource
-from keeper.txmanager import TxSettings
+from keeper.urls import (
+    DATABASE_SCHEMES,
+    RPC_SCHEMES,
+    WS_SCHEMES,
+    database_url_problem,
+    redact_dsn,
+    redact_url,
+    url_problem,
+)
+
+if TYPE_CHECKING:
+    # Imported where used: reading a configuration (`keeper config show`, and any command's
+    # refusal of a bad file) then takes a fraction of a second instead of loading web3.
+    from keeper.deploy import Deployment
+    from keeper.ingest import IngestSettings
+    from keeper.planner import PlanSettings
+    from keeper.rpc import ChainClient
+    from keeper.signers import KeySource
+    from keeper.txmanager import TxSettings
 
 
 class ConfigError(KeeperError):
@@ -45,6 +57,23 @@ class ConfigError(KeeperError):
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# What `keeper config show` appends to a masked URL. Its output loads again as a configuration
+# (its URLs to be filled in before use), so a masked URL is checked without the suffix.
+MASKED = " (masked)"
+
+
+def _checked_url(value: SecretStr, schemes: tuple[str, ...]) -> SecretStr:
+    """`value` if it is a URL with one of `schemes`; else a ValueError saying what is wrong
+    without quoting it."""
+    text = value.get_secret_value().removesuffix(MASKED)
+    problem = (
+        database_url_problem(text) if schemes == DATABASE_SCHEMES else url_problem(text, schemes)
+    )
+    if problem is not None:
+        raise ValueError(problem)
+    return value
 
 
 class ChainConfig(_Section):
@@ -60,8 +89,20 @@ class ChainConfig(_Section):
     rpc_timeout: float = Field(30.0, gt=0, description="Seconds before one RPC request fails.")
     rpc_attempts: int = Field(5, ge=1, le=20, description="Tries per request on transient errors.")
 
+    @field_validator("rpc_url")
+    @classmethod
+    def _rpc_url_form(cls, v: SecretStr) -> SecretStr:
+        return _checked_url(v, RPC_SCHEMES)
+
+    @field_validator("ws_url")
+    @classmethod
+    def _ws_url_form(cls, v: SecretStr | None) -> SecretStr | None:
+        return None if v is None else _checked_url(v, WS_SCHEMES)
+
     def client(self) -> ChainClient:
         """A JSON-RPC client for `rpc_url` with this section's timeout and retries."""
+        from keeper.rpc import ChainClient
+
         return ChainClient(
             self.rpc_url.get_secret_value(), timeout=self.rpc_timeout, attempts=self.rpc_attempts
         )
@@ -70,9 +111,17 @@ class ChainConfig(_Section):
 class DatabaseConfig(_Section):
     """`[database]`."""
 
-    url: SecretStr = Field(description="postgresql:// URL of the keeper's database.")
+    url: SecretStr = Field(
+        description="postgresql:// (or postgres://) URL of the keeper's database; special "
+        "characters of the password percent-encoded."
+    )
     pool_min: int = Field(1, ge=1, description="Connections kept open.")
     pool_max: int = Field(8, ge=1, description="Most connections open at once.")
+
+    @field_validator("url")
+    @classmethod
+    def _url_form(cls, v: SecretStr) -> SecretStr:
+        return _checked_url(v, DATABASE_SCHEMES)
 
 
 class IngestConfig(_Section):
@@ -101,6 +150,8 @@ class IngestConfig(_Section):
 
     def settings(self) -> IngestSettings:
         """The ingest tuning as the indexer takes it."""
+        from keeper.ingest import IngestSettings
+
         return IngestSettings(**self.model_dump())
 
 
@@ -131,6 +182,8 @@ class SignerConfig(_Section):
 
     def source(self) -> KeySource:
         """The key source for keeper.signers."""
+        from keeper.signers import KeySource
+
         return KeySource(
             keystore=self.keystore, password_file=self.password_file, credential=self.credential
         )
@@ -160,6 +213,8 @@ class TxConfig(_Section):
 
     def settings(self) -> TxSettings:
         """The tuning as keeper.txmanager takes it."""
+        from keeper.txmanager import TxSettings
+
         return TxSettings(
             confirmations=self.confirmations,
             bump_after_blocks=self.bump_after_blocks,
@@ -212,6 +267,8 @@ class PlanConfig(_Section):
 
     def settings(self) -> PlanSettings:
         """The tuning as keeper.planner takes it."""
+        from keeper.planner import PlanSettings
+
         return PlanSettings(
             settle_min_amount=self.settle_min_amount,
             settle_max_interval=self.settle_max_interval,
@@ -298,6 +355,8 @@ class KeeperConfig(BaseSettings):
         Raises `ConfigError` naming `chain.deployment_file` (unreadable, malformed, a bad
         address) or `chain.chain_id` (the file is for another chain).
         """
+        from keeper.deploy import Deployment, DeploymentFileError
+
         path = self.chain.deployment_file
         try:
             deployment = Deployment.read(path)
@@ -387,7 +446,8 @@ def _problem(err: Any, overridden: set[str]) -> str:
         hint = f"; did you mean {close[0]!r}?" if close else ""
         return f"{where}: unknown key{origin}, not a configuration field{hint}"
     value = "<secret>" if _is_secret(where) else repr(err.get("input"))
-    return f"{where}: {err['msg']} (got {value}{origin})"
+    message = str(err["msg"]).removeprefix("Value error, ")
+    return f"{where}: {message} (got {value}{origin})"
 
 
 def load_config(path: Path) -> KeeperConfig:
@@ -411,8 +471,10 @@ def load_config(path: Path) -> KeeperConfig:
         for key in ("keystore", "password_file"):
             if isinstance(signer, dict) and isinstance(signer.get(key), str):
                 signer[key] = str(base / signer[key])
+    # Before validation: a value refused below must not be printed either.
+    _register_raw_secrets(data)
     try:
-        return KeeperConfig(**data)
+        config = KeeperConfig(**data)
     except ValidationError as exc:
         overridden = env_overrides()
         problems = [f"  {_problem(err, overridden)}" for err in exc.errors()]
@@ -420,6 +482,37 @@ def load_config(path: Path) -> KeeperConfig:
             f"invalid configuration {path}:\n" + "\n".join(problems),
             help="see config/keeper.example.toml for every field and its default",
         ) from None
+    register_secrets(config)
+    return config
+
+
+def _register_raw_secrets(data: Mapping[str, Any]) -> None:
+    """Register the secret fields' values as the file and the environment give them."""
+    environ = {name.upper(): value for name, value in os.environ.items()}
+    for where in SECRET_PATHS:
+        section, name = where.split(".")
+        register = secrets.register_dsn if section == "database" else secrets.register_url
+        register(environ.get(env_name((section, name)), "").removesuffix(MASKED))
+        table = data.get(section)
+        if isinstance(table, Mapping) and isinstance(table.get(name), str):
+            register(table[name].removesuffix(MASKED))
+
+
+def register_secrets(config: KeeperConfig) -> None:
+    """Register every secret the configuration holds or points at with `keeper.secrets`, so
+    that no output of this process shows them: the database password, the RPC and websocket
+    URLs' user info, path and query, and the signers' password files, hex keys and
+    credential passwords (read here; files that cannot be read are reported when the keys
+    load)."""
+    secrets.register_dsn(config.database.url.get_secret_value().removesuffix(MASKED))
+    for url in (config.chain.rpc_url, config.chain.ws_url):
+        if url is not None:
+            secrets.register_url(url.get_secret_value().removesuffix(MASKED))
+    for signer in config.signers:
+        if signer.password_file is not None:
+            secrets.register_file(signer.password_file)
+        if signer.credential is not None:
+            secrets.register_credential(signer.credential)
 
 
 # ------------------------------------------------------------------ `keeper config show`
@@ -434,11 +527,11 @@ def effective(config: KeeperConfig) -> dict[str, Any]:
         secret = getattr(getattr(config, section), name)
         if secret is None:
             continue
-        text = secret.get_secret_value()
+        text = secret.get_secret_value().removesuffix(MASKED)  # shown again: mask it once
         if section == "database":
-            shown = f"{redact_dsn(text)} (masked)"
+            shown = f"{redact_dsn(text)}{MASKED}"
         elif "://" in text:
-            shown = f"{redact_url(text)} (masked)"
+            shown = f"{redact_url(text)}{MASKED}"
         else:
             shown = MASK
         data[section][name] = shown

@@ -30,7 +30,7 @@ from anyio import CancelScope
 from anyio.abc import TaskGroup, TaskStatus
 from prometheus_client import Counter, Gauge, Histogram
 
-from keeper import db, http, metrics, preflight, sdnotify
+from keeper import db, http, metrics, preflight, sdnotify, secrets
 from keeper.config import KeeperConfig
 from keeper.deploy import Deployment
 from keeper.errors import unwrap_group
@@ -168,7 +168,7 @@ def _guard(loop: str, interval: float, run: _Run, event: str | None = None) -> L
     """The failure accounting of one of `run`'s loops; its errors show in /status."""
 
     def report(text: str) -> None:
-        run.state.last_error = text
+        run.state.last_error = secrets.scrub(text)
 
     return LoopGuard(loop, interval, on_error=report, event=event)
 
@@ -309,6 +309,8 @@ async def run(config: KeeperConfig, stop_requested: Callable[[], bool] = lambda:
     chain_id = deployment.chain_id
     # Keys first: a bad key file stops the start-up before anything is opened.
     signers = load_signers([s.source() for s in config.signers])
+    for signer in signers:  # keys decrypted from keystores: scrubbed from all output too
+        secrets.register_key(signer.key.reveal_hex())
     structlog.contextvars.bind_contextvars(chain_id=chain_id)
     state = HealthState(chain_id=chain_id, max_lag_seconds=config.health.max_lag_seconds)
     # A pass is stuck (and the watchdog withheld) once it outlasts every retry of one request
@@ -394,7 +396,7 @@ async def _lead(run: _Run, pool: asyncpg.Pool, client: ChainClient, leadership: 
         start_block=deployment.deployment_block,
         settings=config.ingest.settings(),
         ws_url=config.chain.ws_url.get_secret_value() if config.chain.ws_url else None,
-        on_error=lambda text: setattr(run.state, "last_error", text),
+        on_error=lambda text: setattr(run.state, "last_error", secrets.scrub(text)),
     )
     async with anyio.create_task_group() as work:
         await work.start(_until, run.shutdown, leadership.hold)

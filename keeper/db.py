@@ -7,12 +7,11 @@ password masked.
 
 from __future__ import annotations
 
-import re
 from typing import Any, TypeAlias
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
+from keeper import urls
 from keeper.errors import KeeperError
 
 _HELP = (
@@ -31,6 +30,8 @@ _CONNECT_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.TooManyConnectionsError,
     asyncpg.ClientConfigurationError,
 )
+# ...and what it raises reading a URL it cannot make sense of (int() of a "port").
+_CONNECT_OR_URL_ERRORS: tuple[type[BaseException], ...] = (*_CONNECT_ERRORS, ValueError)
 
 
 class DatabaseUnavailable(KeeperError):
@@ -42,19 +43,33 @@ class DatabaseUnavailable(KeeperError):
 
 
 def redact_dsn(dsn: str) -> str:
-    """The DSN with any password replaced by `***`, fit for logs and error messages."""
-    dsn = re.sub(r"(password=)[^&\s]*", r"\1***", dsn)
-    parts = urlsplit(dsn)
-    if parts.scheme and parts.password is not None:
-        host = parts.netloc.rpartition("@")[2]
-        parts = parts._replace(netloc=f"{parts.username or ''}:***@{host}")
-        return urlunsplit(parts)
-    return dsn
+    """The DSN with any password replaced by `***`, fit for logs and error messages. Never
+    raises, whatever `dsn` is (see keeper.urls)."""
+    return urls.redact_dsn(dsn)
 
 
 def _unavailable(dsn: str, exc: BaseException) -> DatabaseUnavailable:
     safe = redact_dsn(dsn)
-    return DatabaseUnavailable(f"cannot connect to PostgreSQL at {safe}: {exc}", dsn=safe)
+    # asyncpg's ValueErrors come from reading the URL and may quote a piece of it.
+    detail = f"the URL could not be read ({type(exc).__name__})" if _is_parse(exc) else exc
+    return DatabaseUnavailable(f"cannot connect to PostgreSQL at {safe}: {detail}", dsn=safe)
+
+
+def _is_parse(exc: BaseException) -> bool:
+    return isinstance(exc, ValueError) and not isinstance(exc, asyncpg.ClientConfigurationError)
+
+
+def _checked(dsn: str) -> None:
+    """Refuse a malformed URL before asyncpg reads it: asyncpg would fail with a message
+    quoting part of it (a password taken for a port number)."""
+    problem = urls.database_url_problem(dsn)
+    if problem is not None:
+        raise DatabaseUnavailable(
+            f"cannot connect to PostgreSQL: the database URL is malformed: {problem}",
+            dsn=redact_dsn(dsn),
+            help="give a postgresql://user:password@host:port/dbname URL, with special "
+            "characters of the user name and password percent-encoded",
+        )
 
 
 # Session settings of every keeper connection. JIT compilation off: the keeper's queries are
@@ -69,9 +84,10 @@ def _settings(kwargs: dict[str, Any]) -> dict[str, Any]:
 
 async def connect(dsn: str, **kwargs: Any) -> asyncpg.Connection:
     """Open one connection (`kwargs` go to `asyncpg.connect`), or raise `DatabaseUnavailable`."""
+    _checked(dsn)
     try:
         return await asyncpg.connect(dsn, **_settings(kwargs))
-    except _CONNECT_ERRORS as exc:
+    except _CONNECT_OR_URL_ERRORS as exc:
         raise _unavailable(dsn, exc) from exc
 
 
@@ -83,11 +99,12 @@ async def create_pool(
     The first `min_size` connections are opened here, so a wrong URL or a server that is down
     fails at start-up with `DatabaseUnavailable` rather than at the first query.
     """
+    _checked(dsn)
     try:
         return await asyncpg.create_pool(
             dsn, min_size=min_size, max_size=max_size, **_settings(kwargs)
         )
-    except _CONNECT_ERRORS as exc:
+    except _CONNECT_OR_URL_ERRORS as exc:
         raise _unavailable(dsn, exc) from exc
 
 

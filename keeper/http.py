@@ -34,7 +34,7 @@ import structlog
 from anyio.abc import SocketAttribute
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from keeper import metrics
+from keeper import metrics, secrets
 from keeper.errors import KeeperError
 from keeper.queries import load_queries
 from keeper.rpc import ChainClient
@@ -221,18 +221,21 @@ def json_response(status: int, data: Any) -> Response:
 
 
 def encode_response(response: Response, *, head_only: bool = False) -> bytes:
-    """The bytes on the wire; `head_only` for HEAD (same headers, no body)."""
+    """The bytes on the wire; `head_only` for HEAD (same headers, no body). The body goes
+    through `keeper.secrets.scrub`: /status carries error texts from the RPC and the database,
+    which may quote a secret."""
+    body = secrets.scrub_bytes(response.body)
     lines = [
         f"HTTP/1.1 {response.status} {REASONS.get(response.status, 'Unknown')}",
         f"Content-Type: {response.content_type}",
-        f"Content-Length: {len(response.body)}",
+        f"Content-Length: {len(body)}",
         "Connection: close",
         "Cache-Control: no-store",
         "X-Content-Type-Options: nosniff",
         *(f"{name}: {value}" for name, value in response.headers),
     ]
     head = ("\r\n".join(lines) + "\r\n\r\n").encode("ascii")
-    return head if head_only else head + response.body
+    return head if head_only else head + body
 
 
 # ---------------------------------------------------------------------- the server

@@ -7,9 +7,9 @@ Names follow the house convention: `keeper_<thing>_total` counters, `_seconds` h
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit
-
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from keeper import urls
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -113,8 +113,5 @@ METRICS_REFRESH_ERRORS = Counter(
 
 def redact_url(url: str) -> str:
     """An RPC or database URL safe to log: scheme, host and port only (paths and query strings
-    of hosted RPCs carry API keys)."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    port = f":{parts.port}" if parts.port else ""
-    return f"{parts.scheme}://{host}{port}" if parts.scheme else "<url>"
+    of hosted RPCs carry API keys). Never raises, whatever `url` is (see keeper.urls)."""
+    return urls.redact_url(url)

@@ -18,7 +18,7 @@ from pathlib import Path
 import asyncpg
 from eth_utils import keccak
 
-from keeper import db
+from keeper import db, secrets
 from keeper.config import ConfigError, KeeperConfig, env_overrides, load_config
 from keeper.deploy import Deployment
 from keeper.errors import KeeperError
@@ -186,7 +186,8 @@ async def check_all(path: Path, report: Callable[[Check], None]) -> list[Check]:
     results: list[Check] = []
 
     def record(name: str, ok: bool, detail: str) -> None:
-        check = Check(name, ok, detail)
+        # A provider's or a driver's message can quote a secret (a request path with its key).
+        check = Check(name, ok, secrets.scrub(detail))
         results.append(check)
         report(check)
 
@@ -214,6 +215,8 @@ async def check_all(path: Path, report: Callable[[Check], None]) -> list[Check]:
         )
 
     signers, problems = check_signers([s.source() for s in config.signers])
+    for signer in signers:
+        secrets.register_key(signer.key.reveal_hex())  # registered, never shown
     for problem in problems:
         record("signers", False, str(problem))
     if not problems:

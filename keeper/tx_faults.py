@@ -29,7 +29,7 @@ import asyncpg
 import structlog
 from prometheus_client import Counter
 
-from keeper import metrics
+from keeper import metrics, secrets
 from keeper.loops import OUTAGES, describe
 from keeper.queries import Queries
 
@@ -105,7 +105,7 @@ class IntentFaults:
         previous = self._faults.get(intent_id)
         failures = previous.failures + 1 if previous is not None else 1
         delay = min(self.base_delay * 2.0 ** (failures - 1), self.max_delay)
-        text = describe(exc)
+        text = secrets.scrub(describe(exc))  # stored, and read by processes that may not know it
         self._faults[intent_id] = _Fault(stage, text, failures, time.monotonic() + delay)
         INTENT_FAULTS.labels(stage=stage).inc()
         repeat = previous is not None and previous.text == text and previous.stage == stage

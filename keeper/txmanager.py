@@ -43,7 +43,7 @@ from eth_account import Account
 from eth_utils import to_checksum_address
 from prometheus_client import Counter, Gauge, Histogram
 
-from keeper import metrics
+from keeper import metrics, secrets
 from keeper.batches import Revert, encode_batch, item_key, split_batch, splittable
 from keeper.fees import FeeCaps, Fees, bump, initial_fees
 from keeper.outbox import Outbox
@@ -487,10 +487,10 @@ class TxManager:
             error = None
         except RpcResponseError as exc:
             outcome = classify_send_error(exc.message)
-            error = exc.message
+            error = secrets.scrub(exc.message)  # stored: `keeper status` shows it
         except RpcError as exc:
             outcome = SendOutcome.TIMEOUT
-            error = exc.message
+            error = secrets.scrub(exc.message)
         BROADCASTS.labels(outcome=outcome.value).inc()
         sent = outcome is SendOutcome.ACCEPTED or outcome.ambiguous or outcome in REPRICE
         if outcome in (SendOutcome.TIMEOUT, SendOutcome.UNKNOWN):
@@ -678,7 +678,9 @@ class TxManager:
         except RpcResponseError as exc:
             async with self.pool.acquire() as conn:
                 await conn.execute(
-                    self.q["note_planned"], intent["id"], f"simulation failed: {exc.message}"
+                    self.q["note_planned"],
+                    intent["id"],
+                    secrets.scrub(f"simulation failed: {exc.message}"),
                 )
             self.log.warning("intent_simulation_error", intent=key, error=exc.message)
             return None

@@ -6,6 +6,7 @@ import json
 import os
 import re
 import tomllib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ import pytest
 from eth_utils import to_checksum_address
 from pydantic import BaseModel
 
+from keeper import secrets
 from keeper.config import (
     ChainConfig,
     ConfigError,
@@ -41,6 +43,14 @@ deployment_file = "deployment.json"
 [database]
 url = "postgresql://keeper:hunter2@db/keeper"
 """
+
+
+@pytest.fixture(autouse=True)
+def _forget_secrets() -> Iterator[None]:
+    """Loading a configuration registers its secrets process-wide: forget them after each
+    test, so they are not scrubbed from the output of tests that run later."""
+    yield
+    secrets.clear()
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -230,6 +240,101 @@ def test_relative_paths_are_absolute_even_from_a_relative_file(
     monkeypatch.chdir(tmp_path)
     config = load_config(Path("keeper.toml"))
     assert config.chain.deployment_file == tmp_path / "deployment.json"
+
+
+# --------------------------------------------------------------------------- URLs and secrets
+
+
+@pytest.mark.parametrize(
+    ("field", "line", "problem"),
+    [
+        # `wss//` (a missing colon) passed `check-config` before.
+        ("chain.ws_url", 'ws_url = "wss//ws.example/v2/WSKEY1"', "does not start with ws://"),
+        ("chain.ws_url", 'ws_url = "https://ws.example/v2/WSKEY1"', "scheme is not ws or wss"),
+        ("chain.rpc_url", 'rpc_url = "ws://rpc.example/v2/WSKEY1"', "scheme is not http"),
+        ("chain.rpc_url", 'rpc_url = "https://rpc.example:99999/WSKEY1"', "port is not a number"),
+        ("chain.rpc_url", 'rpc_url = "rpc.example/v2/WSKEY1"', "does not start with http://"),
+        ("database.url", 'url = "keeper:WSKEY1@db:5432/keeper"', "does not start with postgres"),
+        ("database.url", 'url = "postgresql://k:WSKEY1/x@db/k"', "percent-encoded (%2F"),
+        ("database.url", "url = \"host=db password='WSKEY1 x'\"", "key=value connection string"),
+    ],
+)
+def test_urls_are_checked_and_never_echoed(
+    tmp_path: Path, field: str, line: str, problem: str
+) -> None:
+    text = MINIMAL.replace('rpc_url = "https://rpc.example/v2/SECRETKEY"', "")
+    text = text.replace('url = "postgresql://keeper:hunter2@db/keeper"', "")
+    text = text.replace("[chain]", '[chain]\nrpc_url = "https://rpc.example/v2/SECRETKEY"')
+    text = text.replace("[database]", '[database]\nurl = "postgresql://keeper:hunter2@db/keeper"')
+    section = "[chain]" if field.startswith("chain") else "[database]"
+    key = line.split(" = ")[0]
+    kept = [x for x in text.splitlines() if not x.startswith(f"{key} = ")]
+    text = "\n".join(kept).replace(section, f"{section}\n{line}")
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, text))
+    message = str(err.value)
+    assert f"{field}: " in message and problem in message, message
+    assert "(got <secret>)" in message
+    assert "WSKEY1" not in message and "Value error" not in message
+    assert "WSKEY1" in "".join(secrets.registered())  # registered although refused
+
+
+def test_good_url_forms_load(tmp_path: Path) -> None:
+    text = MINIMAL.replace("https://rpc.example/v2/SECRETKEY", "http://[::1]:8545")
+    text = text.replace("postgresql://keeper:hunter2@db/keeper", "postgres://k:p%2F%23@db/k")
+    text = text.replace("[database]", 'ws_url = "wss://u:p@ws.example:443/v2/K?a=b"\n[database]')
+    config = load_config(write(tmp_path, text))
+    assert effective(config)["database"]["url"] == "postgres://k:***@db/k (masked)"
+    assert effective(config)["chain"]["ws_url"] == "wss://ws.example:443 (masked)"
+
+
+def test_a_shown_configuration_shows_again_the_same_and_registers_nothing(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, MINIMAL))
+    shown = tmp_path / "shown.toml"
+    shown.write_text(to_toml(effective(config)))
+    secrets.clear()
+    again = load_config(shown)
+    assert effective(again)["chain"] == effective(config)["chain"]
+    assert effective(again)["database"] == effective(config)["database"]
+    assert secrets.registered() == frozenset()  # a masked value holds no secret
+
+
+def test_loading_registers_every_secret_the_configuration_holds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    credentials = tmp_path / "credentials"
+    credentials.mkdir()
+    key = "0x" + "5eed" * 16
+    (credentials / "lane1").write_text(key + "\n")
+    (credentials / "lane2").write_text('{"crypto": {}}')
+    (credentials / "lane2.password").write_text("CredPass55\n")
+    (tmp_path / "ks.password").write_text("KeystorePass55\n")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(credentials))
+    monkeypatch.setenv(
+        "KEEPER_CHAIN__WS_URL", "wss://wsuser:WsPass55@ws.example/ws/WsPath55?k=WsQ55"
+    )
+    text = MINIMAL.replace(
+        "https://rpc.example/v2/SECRETKEY",
+        "https://ruser:RpcPass55@rpc.example/v2/RpcPath55?apikey=RpcQ55",
+    )
+    text += '[[signers]]\ncredential = "lane1"\n[[signers]]\ncredential = "lane2"\n'
+    text += '[[signers]]\nkeystore = "ks.json"\npassword_file = "ks.password"\n'
+    load_config(write(tmp_path, text))
+    registered = secrets.registered()
+    for value in (
+        "hunter2",
+        "RpcPass55",
+        "/v2/RpcPath55",
+        "RpcQ55",
+        "WsPass55",
+        "/ws/WsPath55",
+        "WsQ55",
+        "CredPass55",
+        "KeystorePass55",
+        key[2:],
+    ):
+        assert value in registered, value
+    assert "rpc.example" not in registered and "keeper" not in registered
 
 
 # --------------------------------------------------------------------------- the deployment file
