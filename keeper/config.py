@@ -56,7 +56,9 @@ class ConfigError(KeeperError):
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # No infinity or NaN in a duration or amount: `unknown_stream_grace = inf` passed and then
+    # broke the start with an OverflowError.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 # What `keeper config show` appends to a masked URL. Its output loads again as a configuration

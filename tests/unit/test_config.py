@@ -84,6 +84,22 @@ def test_bad_values_name_field_value_and_expectation(tmp_path: Path) -> None:
     assert "ingest.poll_interval" in text and "-1" in text and "greater than 0" in text
 
 
+@pytest.mark.parametrize(
+    ("section", "field", "value"),
+    [
+        ("plan", "unknown_stream_grace", "inf"),
+        ("ingest", "poll_interval", "nan"),
+        ("daemon", "shutdown_grace", "inf"),
+    ],
+)
+def test_infinity_and_nan_are_refused(tmp_path: Path, section: str, field: str, value: str) -> None:
+    """`unknown_stream_grace = inf` used to pass and then stop the start with an OverflowError."""
+    path = write(tmp_path, MINIMAL + f"[{section}]\n{field} = {value}\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert f"{section}.{field}" in str(err.value) and "finite" in str(err.value)
+
+
 def test_a_bad_plan_value_names_its_field(tmp_path: Path) -> None:
     path = write(tmp_path, MINIMAL + "[plan]\nsettle_max_interval = 0\n")
     with pytest.raises(ConfigError) as err:
