@@ -50,7 +50,7 @@ class HeadWatcher:
                 try:
                     await self._subscribe_once(session)
                     failures = 0  # the server closed a working socket: reconnect promptly
-                except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
+                except Exception as exc:  # whatever the provider sends: polling carries on
                     failures += 1
                     log.warning(
                         "ws_disconnected",
@@ -70,14 +70,14 @@ class HeadWatcher:
                 )
             )
             reply = await ws.receive_json(timeout=10)
-            if "error" in reply:
-                raise ValueError(f"eth_subscribe refused: {reply['error']}")
+            if not isinstance(reply, dict) or "error" in reply:
+                raise ValueError(f"eth_subscribe refused: {reply!r:.200}")
             WS_CONNECTED.set(1)
             log.info("ws_subscribed", url=metrics.redact_url(self.url))
             async for msg in ws:
                 if msg.type is not aiohttp.WSMsgType.TEXT:
                     break
                 data = json.loads(msg.data)
-                if data.get("method") == "eth_subscription":
+                if isinstance(data, dict) and data.get("method") == "eth_subscription":
                     HEADS_RECEIVED.inc()
                     self.wake()

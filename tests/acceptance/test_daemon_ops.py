@@ -31,6 +31,7 @@ import pytest
 from keeper.anvil import Anvil, rpc
 from keeper.deploy import Deployment, deploy_all
 from keeper.keys import dev_key
+from tests.acceptance.credentials import install_credentials
 from tests.acceptance.test_keeper_e2e import batch, send_in_order, tx
 from tests.acceptance.test_run_crash import Keeper, wait_until
 from tests.acceptance.test_tx_crash import Outboxes
@@ -116,11 +117,7 @@ def world(
     node = anvil_factory()
     d = deploy_all(node.url, DEV_KEY0)
     build_world(node, d)
-    creds = tmp_path / "creds"
-    creds.mkdir()
-    for i in SIGNER_KEYS:
-        (creds / f"signer-{i}").write_text(dev_key(i).reveal_hex() + "\n")
-    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
+    install_credentials(tmp_path, monkeypatch, SIGNER_KEYS)
     rpc(node.url, "evm_setIntervalMining", [1])
     yield node, d
     rpc(node.url, "evm_setIntervalMining", [0])

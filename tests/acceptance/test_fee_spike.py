@@ -22,6 +22,7 @@ import pytest
 from keeper.anvil import Anvil, rpc
 from keeper.deploy import Deployment, deploy_all
 from keeper.keys import dev_key
+from tests.acceptance.credentials import install_credentials
 from tests.acceptance.test_daemon_ops import build_world, confirmed, events
 from tests.acceptance.test_run_crash import Keeper, wait_until
 from tests.acceptance.test_tx_crash import Outboxes
@@ -122,10 +123,7 @@ def node(
     anvil = anvil_factory()
     d = deploy_all(anvil.url, DEV_KEY0)
     build_world(anvil, d)
-    creds = tmp_path / "creds"
-    creds.mkdir()
-    (creds / f"signer-{SIGNER}").write_text(dev_key(SIGNER).reveal_hex() + "\n")
-    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
+    install_credentials(tmp_path, monkeypatch, [SIGNER])
     rpc(anvil.url, "evm_setAutomine", [False])
     yield anvil, d
 

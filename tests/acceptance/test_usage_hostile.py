@@ -20,6 +20,7 @@ from keeper.anvil import Anvil, rpc
 from keeper.deploy import Deployment, deploy_all
 from keeper.keys import dev_key
 from keeper.usage import ORACLE_ROLE
+from tests.acceptance.credentials import install_credentials
 from tests.acceptance.test_keeper_e2e import batch, send_in_order, tx
 from tests.acceptance.test_run_crash import Keeper, wait_until
 from tests.acceptance.test_tx_crash import Outboxes
@@ -121,10 +122,7 @@ def node(
     chain = anvil_factory()
     d = deploy_all(chain.url, DEV_KEY0)
     build_world(chain, d)
-    creds = tmp_path / "creds"
-    creds.mkdir()
-    (creds / f"signer-{SIGNER}").write_text(dev_key(SIGNER).reveal_hex() + "\n")
-    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
+    install_credentials(tmp_path, monkeypatch, [SIGNER])
     rpc(chain.url, "evm_setIntervalMining", [1])
     yield chain, d
     rpc(chain.url, "evm_setIntervalMining", [0])

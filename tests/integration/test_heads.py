@@ -52,6 +52,56 @@ async def test_a_dead_socket_is_reported_and_retried() -> None:
     assert all(e["url"].startswith("ws://127.0.0.1:") for e in failures)
 
 
+@pytest.mark.parametrize(
+    "answers",
+    [
+        ['"just a string"'],
+        ["42"],
+        ['{"jsonrpc": "2.0", "id": 1, "result": "0x1"}', "[1, 2, 3]"],
+        ['{"jsonrpc": "2.0", "id": 1, "result": "0x1"}', "not json at all"],
+    ],
+    ids=["string-reply", "number-reply", "list-notification", "garbage-notification"],
+)
+async def test_a_socket_answering_nonsense_is_reported_and_retried(answers: list[str]) -> None:
+    """Whatever a websocket provider sends, the watcher logs it and reconnects: it never ends
+    (it runs in the indexer's task group, which it would take down with it)."""
+    from aiohttp import web
+
+    connections = 0
+
+    async def handler(request: web.Request) -> web.WebSocketResponse:
+        nonlocal connections
+        connections += 1
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        await ws.receive()  # the eth_subscribe request
+        for text in answers:
+            await ws.send_str(text)
+        await anyio.sleep(0.2)
+        await ws.close()
+        return ws
+
+    app = web.Application()
+    app.router.add_get("/", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        with capture_logs() as logs:
+            async with anyio.create_task_group() as tg:
+                watcher = HeadWatcher(f"ws://127.0.0.1:{port}/", lambda: None, max_backoff=0.2)
+                await tg.start(watcher.run)
+                await anyio.sleep(2.0)
+                tg.cancel_scope.cancel()
+    finally:
+        await runner.cleanup()
+    # The watcher was still running when cancelled (had it raised, the task group would have
+    # raised it here), and it came back after the nonsense.
+    assert connections >= 2
+    assert not [e for e in logs if e["log_level"] == "error"]
+
+
 async def test_indexer_follows_by_polling_when_the_socket_is_dead(
     anvil_factory: Callable[..., Anvil], database_url: str
 ) -> None:
