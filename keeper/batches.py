@@ -28,6 +28,27 @@ SIGNATURES = {
 SELECTORS = {kind: keccak(text=sig)[:4] for kind, sig in SIGNATURES.items()}
 
 
+# The gas of a batch, one number per kind for both sides: the planners cut batches so that
+# BATCH_BASE_GAS + GAS_PER_ITEM[kind] x items stays under `max_batch_gas`, and the transaction
+# manager never sends a batch with less (`gas_floor`) nor more (`max_batch_gas`). Per item, the
+# worst case: eth_estimateGas runs on the latest block's state, where an item may take a cheaper
+# path (a stream settled in that very block has nothing due) than in the block that includes it.
+BATCH_BASE_GAS = 60_000
+GAS_PER_ITEM = {"settle": 40_000, "refund": 35_000, "usage": 40_000}
+
+
+def gas_floor(kind: str, items: int) -> int:
+    """The least gas limit a batch of `items` of `kind` is sent with (0 for other calls)."""
+    per_item = GAS_PER_ITEM.get(kind)
+    return BATCH_BASE_GAS + per_item * items if per_item and items else 0
+
+
+def batch_size(kind: str, max_batch_gas: int) -> int:
+    """Items of `kind` per batch so that its gas floor stays within `max_batch_gas` (at least
+    one)."""
+    return max(1, (max_batch_gas - BATCH_BASE_GAS) // GAS_PER_ITEM[kind])
+
+
 def splittable(kind: str) -> bool:
     """True for the batch kinds whose items can be re-encoded in any subset."""
     return kind in SIGNATURES

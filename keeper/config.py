@@ -131,7 +131,10 @@ class IngestConfig(_Section):
 
     poll_interval: float = Field(1.0, gt=0, description="Seconds between head polls.")
     finality_depth: int = Field(
-        64, ge=0, description="Blocks below head taken as final when the node has no tag."
+        64,
+        ge=0,
+        description="The finalized block is never closer to the head than this (the node's "
+        "finalized tag counts only when lower).",
     )
     initial_range: int = Field(2_000, ge=1, description="First eth_getLogs range, in blocks.")
     min_range: int = Field(1, ge=1, description="Smallest range backfill shrinks to.")

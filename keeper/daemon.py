@@ -402,8 +402,13 @@ async def _lead(run: _Run, pool: asyncpg.Pool, client: ChainClient, leadership: 
         await work.start(_until, run.shutdown, leadership.hold)
         await work.start(_until, run.shutdown, indexer.run)
         if signers:
-            # The same finality fallback as the indexer's, so "final" means one thing.
-            settings = replace(config.tx.settings(), finality_depth=config.ingest.finality_depth)
+            # The same finality depth as the indexer's, so "final" means one thing, and one
+            # batch gas cap for the planner and the manager.
+            settings = replace(
+                config.tx.settings(),
+                finality_depth=config.ingest.finality_depth,
+                max_batch_gas=config.plan.max_batch_gas,
+            )
             manager = TxManager(client, pool, chain_id=chain_id, signers=signers, settings=settings)
             work.start_soon(_tx_loop, manager, run)
             usage = config.plan.usage

@@ -33,6 +33,7 @@ from keeper.rpc import (
     ChainClient,
     RangeTooLarge,
     RpcResponseError,
+    effective_finalized,
 )
 from keeper.store import Cursor, CursorMoved, Store
 
@@ -400,10 +401,8 @@ class Indexer:
             )
             return head, finalized, at_cursor
         head = BlockHeader.from_rpc(results[0])
-        if results[1]:
-            finalized = min(int(results[1]["number"], 16), head.number)
-        else:
-            finalized = max(head.number - self.settings.finality_depth, -1)
+        tag = int(results[1]["number"], 16) if results[1] else None
+        finalized = effective_finalized(tag, head.number, self.settings.finality_depth)
         at_cursor = None
         if len(results) > 2 and results[2]:
             at_cursor = BlockHeader.from_rpc(results[2])

@@ -33,7 +33,7 @@ from typing import Any
 import asyncpg
 import structlog
 
-from keeper.batches import encode_batch, item_key
+from keeper.batches import batch_size, encode_batch, item_key
 from keeper.db import Conn, to_int
 from keeper.errors import KeeperError
 from keeper.loops import OUTAGES
@@ -54,18 +54,14 @@ class PlanSettings:
     settle_max_interval: int = 86_400  # seconds
     settle_horizon: int = 3_600  # seconds of runway left that make a stream urgent
     backoff_seconds: int = 600  # an item that reverted or had no effect waits this long
-    max_batch_gas: int = 3_000_000
-    batch_overhead_gas: int = 60_000
-    settle_gas_per_item: int = 16_000
-    refund_gas_per_item: int = 13_000
-    usage_gas_per_item: int = 20_000  # a report to a new payee; one payee's run costs less
+    max_batch_gas: int = 3_000_000  # a batch's gas limit, at most (keeper.batches)
     usage_intake_per_pass: int = 5_000  # inbox rows validated per pass
     unknown_stream_grace: float = 300.0  # seconds a row for a not yet indexed id waits
     base_fee_ceiling: int | None = None  # wei; above it only urgent work is planned
 
-    def batch_size(self, per_item: int) -> int:
-        """Items per batch under `max_batch_gas` (at least one)."""
-        return max(1, (self.max_batch_gas - self.batch_overhead_gas) // per_item)
+    def batch_size(self, kind: str) -> int:
+        """Items of `kind` per batch under `max_batch_gas` (at least one)."""
+        return batch_size(kind, self.max_batch_gas)
 
 
 @dataclass(frozen=True)
@@ -238,13 +234,13 @@ class Planner:
             "settle",
             self.stream_manager,
             settle,
-            s.batch_size(s.settle_gas_per_item),
+            s.batch_size("settle"),
             block,
             urgent_only=urgent_only,
         )
         if not urgent_only:
             batches += cut_batches(
-                "refund", self.escrow_vault, refund, s.batch_size(s.refund_gas_per_item), block
+                "refund", self.escrow_vault, refund, s.batch_size("refund"), block
             )
         held = 0
         if urgent_only:
@@ -274,7 +270,7 @@ class Planner:
     @property
     def usage_batch_size(self) -> int:
         """Reports per usage batch (also the most of one stream's reports per pass)."""
-        return self.settings.batch_size(self.settings.usage_gas_per_item)
+        return self.settings.batch_size("usage")
 
     async def plan_pass(
         self, conn: Conn, *, base_fee: int | None = None, dry_run: bool = False

@@ -106,7 +106,36 @@ async def check_chain(
             "chain.rpc_url and chain.deployment_file, or redeploy with `keeper deploy`",
         )
     await _check_token(deployment, client, tag, where, source)
+    await _check_gas_cap(config, client, tag, where)
     return ChainFacts(chain_id=chain_id, head=head)
+
+
+# EIP-7825 (Osaka) caps a transaction's gas limit at 2^24; Hardhat's node enforces it too, and a
+# batch never needs more. The keeper holds max_batch_gas under it on every chain.
+TX_GAS_CAP = 2**24
+
+
+async def _check_gas_cap(config: KeeperConfig, client: ChainClient, tag: str, where: str) -> None:
+    """`plan.max_batch_gas` must fit a transaction on this chain: under the per-transaction cap
+    (EIP-7825) and the head block's gas limit. A batch above either is refused by the node, and
+    would be planned again and refused again."""
+    block = await client.request("eth_getBlockByNumber", [tag, False])
+    limit = int(str((block or {}).get("gasLimit") or "0x0"), 16)
+    cap = min(TX_GAS_CAP, limit) if limit else TX_GAS_CAP
+    wanted = config.plan.max_batch_gas
+    if wanted > cap:
+        which = "per-transaction gas cap (EIP-7825)" if cap == TX_GAS_CAP else "block gas limit"
+        raise ConfigError(
+            f"plan.max_batch_gas: {wanted:,} is above the {which} of {cap:,} {where}; expected "
+            f"at most {cap:,}",
+            help="lower plan.max_batch_gas (3,000,000 is the default; larger batches save "
+            "little gas per item)",
+        )
+
+
+def _reverted(exc: RpcResponseError) -> bool:
+    """Whether an eth_call error answer is the call reverting."""
+    return exc.data is not None or exc.code == 3 or "revert" in exc.message.lower()
 
 
 def _has_code(code: object) -> bool:
@@ -125,7 +154,9 @@ async def _check_token(
             answer = await client.request(
                 "eth_call", [{"to": address, "data": _TOKEN_SELECTOR}, tag]
             )
-        except RpcResponseError:
+        except RpcResponseError as exc:
+            if not _reverted(exc):
+                raise  # the node failing, not the contract answering: waited out at start-up
             answer = None
         raw = bytes.fromhex(str(answer or "0x")[2:])
         if len(raw) != 32:

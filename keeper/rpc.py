@@ -179,6 +179,16 @@ def classify_error(method: str, error: dict[str, Any]) -> RpcError:
     )
 
 
+def effective_finalized(tag: int | None, head: int, depth: int) -> int:
+    """The block the keeper treats as final: the node's `finalized` tag (`tag`, None when the
+    node has none), but never closer to the head than `depth` blocks. Hardhat's node and
+    Ganache answer the tag with the head itself, which would make every reorg look deeper than
+    finality; an L2 sequencer's tag may run ahead of what its L1 has settled. The same value
+    drives the backfill, the fatal-reorg rule and intent finality. -1 before block `depth`."""
+    floor = head - depth
+    return max(floor if tag is None else min(tag, floor), -1)
+
+
 def _error_object(error: Any) -> dict[str, Any]:
     """A reply's `error` member as a dict (a provider may send a bare string)."""
     return dict(error) if isinstance(error, dict) else {"message": str(error)}
@@ -326,15 +336,13 @@ class ChainClient:
             raise RpcResponseError("eth_getBlockByNumber(latest) returned nothing", method="head")
         return header
 
-    async def finalized(self, head: BlockHeader, fallback_depth: int) -> int:
-        """The node's finalized block number, or head - `fallback_depth` if it has no such tag."""
+    async def finalized(self, head: BlockHeader, depth: int) -> int:
+        """The effective finalized block (see `effective_finalized`)."""
         try:
             header = await self.header("finalized")
         except RpcResponseError:
             header = None
-        if header is None:
-            return max(head.number - fallback_depth, -1)
-        return min(header.number, head.number)
+        return effective_finalized(header.number if header else None, head.number, depth)
 
     async def get_logs(
         self, addresses: Sequence[str], from_block: int, to_block: int

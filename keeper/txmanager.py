@@ -44,7 +44,14 @@ from eth_utils import to_checksum_address
 from prometheus_client import Counter, Gauge, Histogram
 
 from keeper import metrics, secrets
-from keeper.batches import Revert, encode_batch, item_key, split_batch, splittable
+from keeper.batches import (
+    Revert,
+    encode_batch,
+    gas_floor,
+    item_key,
+    split_batch,
+    splittable,
+)
 from keeper.fees import FeeCaps, Fees, bump, initial_fees
 from keeper.outbox import Outbox
 from keeper.reverts import revert_reason
@@ -152,6 +159,7 @@ class TxSettings:
     budget_per_hour: int | None = None  # wei per hour on this chain; None: unlimited
     purge_after_blocks: int = 50  # lowest nonce broadcast this long without a receipt: purged
     fault_backoff: float = 30.0  # seconds an intent waits after its first unexpected error
+    max_batch_gas: int | None = None  # no gas limit above it; a batch estimated above is halved
 
     @property
     def caps(self) -> FeeCaps:
@@ -183,19 +191,6 @@ class TickReport:
 
 def _hex(data: bytes) -> str:
     return "0x" + data.hex()
-
-
-# Gas limit floors per batch item: eth_estimateGas runs on the latest block's state, where an
-# item may take a cheaper path (a stream settled in that very block has nothing due) than it
-# will in the block that includes the transaction. Unused gas is not paid for.
-GAS_FLOOR_BASE = 60_000
-GAS_FLOOR_PER_ITEM = {"settle": 40_000, "refund": 35_000, "usage": 40_000}
-
-
-def gas_floor(kind: str, items: int) -> int:
-    """The least gas limit a batch of `items` of `kind` is sent with (0 for other calls)."""
-    per_item = GAS_FLOOR_PER_ITEM.get(kind)
-    return GAS_FLOOR_BASE + per_item * items if per_item and items else 0
 
 
 def lane_lock_key(chain_id: int, signer: bytes) -> int:
@@ -581,10 +576,7 @@ class TxManager:
                 if simulated is None:
                     continue
                 estimate, call = simulated
-                gas_limit = max(
-                    estimate * (100 + self.settings.gas_margin_pct) // 100,
-                    gas_floor(intent["kind"], call["items"]),
-                )
+                gas_limit = self._gas_limit(intent["kind"], estimate, call["items"])
                 cost = fees.worst_case_cost(gas_limit)
                 if not budget_allows(spent, cost, budget, urgent=urgent):
                     report.held_by_budget += 1
@@ -659,6 +651,58 @@ class TxManager:
             return _revert_of(exc)
         return None
 
+    def _gas_limit(self, kind: str, estimate: int, items: int) -> int:
+        """The estimate plus the margin, at least the kind's floor, at most `max_batch_gas`
+        (an estimate above it was halved before: see `_halve`)."""
+        limit = max(estimate * (100 + self.settings.gas_margin_pct) // 100, gas_floor(kind, items))
+        cap = self.settings.max_batch_gas
+        return limit if cap is None else max(min(limit, cap), estimate)
+
+    async def _halve(
+        self, intent: Any, signer: bytes, estimate: int, report: TickReport
+    ) -> tuple[int, dict[str, Any]] | None:
+        """A planned batch whose estimate is above `max_batch_gas`: keep its first half until
+        it fits (the planner plans the rest again), re-estimated each time. A single item that
+        does not fit fails the intent."""
+        cap = self.settings.max_batch_gas
+        assert cap is not None
+        kind, key = intent["kind"], intent["key"]
+        target, value = bytes(intent["target"]), int(intent["value"])
+        items = _items(intent)
+        total = len(items)
+        result: int | Revert = estimate
+        calldata = bytes(intent["calldata"])
+        while isinstance(result, int) and result > cap and len(items) > 1:
+            items = items[: len(items) // 2]
+            calldata = encode_batch(kind, items)
+            result = await self._estimate(self._call(signer, target, calldata, value))
+        if isinstance(result, Revert):
+            return None  # the next pass simulates what is left and splits out what reverts
+        if result > cap:
+            await self._fail(
+                intent,
+                f"one item needs {result:,} gas, above plan.max_batch_gas {cap:,}",
+                [],
+                report,
+            )
+            return None
+        async with self.pool.acquire() as conn:
+            done = await conn.execute(
+                self.q["rewrite_batch"],
+                intent["id"],
+                calldata,
+                json.dumps(items),
+                f"estimated at {estimate:,} gas, above plan.max_batch_gas {cap:,}: "
+                f"{len(items)} of {total} items kept, the rest is planned again",
+            )
+        if done != "UPDATE 1":
+            return None
+        report.split += 1
+        self.log.warning(
+            "batch_halved", intent=key, items=total, kept=len(items), estimate=estimate, cap=cap
+        )
+        return result, {"target": target, "calldata": calldata, "value": value, "items": len(items)}
+
     async def _simulate_or_split(
         self, intent: Any, signer: bytes, report: TickReport
     ) -> tuple[int, dict[str, Any]] | None:
@@ -685,6 +729,9 @@ class TxManager:
             self.log.warning("intent_simulation_error", intent=key, error=exc.message)
             return None
         if isinstance(result, int):
+            cap = self.settings.max_batch_gas
+            if cap is not None and result > cap and splittable(kind):
+                return await self._halve(intent, signer, result, report)
             sent = len(_items(intent))
             return result, {"target": target, "calldata": calldata, "value": value, "items": sent}
         items = _items(intent)

@@ -318,6 +318,19 @@ def test_contracts_not_deployed_at_the_addresses(setup: Setup) -> None:
     )
 
 
+def test_max_batch_gas_above_the_transaction_gas_cap(setup: Setup) -> None:
+    """A batch above 2^24 gas is refused by nodes that apply EIP-7825 (and by Hardhat's): the
+    start refuses such a max_batch_gas rather than planning batches that can never be sent."""
+    setup.sections = "[plan]\nmax_batch_gas = 30000000\n"
+    check_both(
+        setup.write(),
+        "chain",
+        "plan.max_batch_gas: 30,000,000 is above the per-transaction gas cap (EIP-7825) of "
+        "16,777,216 on chain 31337",
+        "expected at most 16,777,216",
+    )
+
+
 def test_every_problem_is_reported_at_once(setup: Setup) -> None:
     setup.deployment["token"] = "not an address"
     setup.signers = signer_table(setup.root / "a.json", setup.root / "a.password")

@@ -10,6 +10,8 @@ except that it can:
   an HTTP status (502, 429, ...), a dropped connection, a delay before forwarding, or a
   well-formed JSON-RPC error answer (HTTP 200) to each call of the given methods;
 - answer JSON-RPC batch arrays, applying the limits call by call;
+- with `finalized_is_head`, answer the `finalized` and `safe` block tags with the latest block,
+  as Hardhat's node and Ganache do (anvil answers head - 64);
 - count what it saw: calls per method, refused `eth_getLogs` calls, and every `eth_getLogs`
   range with its outcome, in order (`getlogs`);
 - **hold** a request (`hold()`): the n-th request carrying a given method is stopped either
@@ -187,8 +189,10 @@ class RpcProxy:
         max_results: int | None = None,
         style: LimitStyle = "geth",
         port: int = 0,
+        finalized_is_head: bool = False,
     ) -> None:
         self.upstream = upstream
+        self.finalized_is_head = finalized_is_head
         self.max_blocks = max_blocks
         self.max_results = max_results
         self.style: LimitStyle = style
@@ -477,6 +481,14 @@ class RpcProxy:
     async def _call(self, call: dict[str, Any]) -> dict[str, Any]:
         if call.get("method") == "eth_getLogs":
             return await self._get_logs(call)
+        params = list(call.get("params") or [])
+        if (
+            self.finalized_is_head
+            and call.get("method") == "eth_getBlockByNumber"
+            and params
+            and params[0] in ("finalized", "safe")
+        ):
+            return await self._forward({**call, "params": ["latest", *params[1:]]})
         return await self._forward(call)
 
     async def _forward(self, call: dict[str, Any]) -> dict[str, Any]:

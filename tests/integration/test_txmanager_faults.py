@@ -5,6 +5,7 @@ matters), real Postgres."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -15,11 +16,11 @@ from structlog.testing import capture_logs
 
 from keeper import metrics
 from keeper.anvil import rpc
-from keeper.batches import encode_batch
+from keeper.batches import encode_batch, gas_floor
 from keeper.deploy import contract
 from keeper.outbox import IntentRequest, Outbox, Planned
 from keeper.rpc import ChainClient, RpcError
-from keeper.txmanager import TxManager, gas_floor
+from keeper.txmanager import TxManager
 from tests.integration.ingest_support import Target, index_until_caught_up, open_indexer
 from tests.integration.rpc_proxy import RpcProxy
 from tests.integration.tx_support import Env, install_probe
@@ -389,3 +390,52 @@ async def test_dropped_at_the_fee_cap_is_rebroadcast_unchanged(env: Env) -> None
     row = await intent_row(env, intent)
     assert row["state"] == "mined" and bytes(row["tx_hash"]) == bytes(first["tx_hash"])
     assert len(await attempt_rows(env, intent)) == 1
+
+
+# --------------------------------------------------------------------------- max_batch_gas
+
+
+async def _estimate(env: Env, ids: list[int]) -> int:
+    call = {
+        "from": env.signers[0].address,
+        "to": env.deployment.stream_manager,
+        "data": "0x" + env.settle_call(ids).hex(),
+    }
+    return int(str(await env.manager.client.request("eth_estimateGas", [call])), 16)
+
+
+async def test_a_batch_never_goes_out_with_more_gas_than_max_batch_gas(env: Env) -> None:
+    """The floor of 18 items (780,000) is above the cap: the limit is the cap, never more."""
+    ids = list(range(1, 19))
+    cap = 200_000
+    assert gas_floor("settle", len(ids)) > cap > await _estimate(env, ids)
+    manager = env.manager_with(max_batch_gas=cap)
+    intent = await env.plan("capped", ids)
+    await manager.tick()
+    [attempt] = await attempt_rows(env, intent)
+    assert attempt["gas_limit"] == cap
+
+
+async def test_a_batch_estimated_above_max_batch_gas_is_halved(env: Env) -> None:
+    """Estimated above the cap, a planned batch keeps its first half (re-estimated) and the
+    rest is left to be planned again; a single item above the cap fails with the reason."""
+    ids = list(range(1, 201))
+    whole, half = await _estimate(env, ids), await _estimate(env, ids[:100])
+    assert half < whole
+    manager = env.manager_with(max_batch_gas=(whole + half) // 2)
+    intent = await env.plan("halved", ids)
+    with capture_logs() as logs:
+        await manager.tick()
+    row = await intent_row(env, intent)
+    assert json.loads(row["items"]) == ids[:100]
+    assert "100 of 200 items kept" in row["reason"]
+    [attempt] = await attempt_rows(env, intent)
+    assert half <= attempt["gas_limit"] <= (whole + half) // 2
+    assert [e["kept"] for e in logs if e["event"] == "batch_halved"] == [100]
+
+    tiny = env.manager_with(max_batch_gas=21_000)
+    lone = await env.plan("too-big", [7, 8])
+    await tiny.tick()
+    row = await intent_row(env, lone)
+    assert row["state"] == "failed"
+    assert "above plan.max_batch_gas 21,000" in row["reason"]

@@ -11,7 +11,15 @@ from eth_utils import keccak
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from keeper.batches import Revert, encode_batch, item_key, split_batch, splittable
+from keeper.batches import (
+    Revert,
+    batch_size,
+    encode_batch,
+    gas_floor,
+    item_key,
+    split_batch,
+    splittable,
+)
 from keeper.reverts import revert_data, revert_reason
 
 
@@ -95,3 +103,17 @@ def test_revert_data_is_found_however_the_node_nests_it() -> None:
     assert revert_data({"code": -32000, "data": {"data": "0xabcd"}}) == b"\xab\xcd"
     assert revert_data({"code": -32000, "message": "execution reverted"}) is None
     assert revert_data({"data": "not hex"}) is None
+
+
+@given(
+    kind=st.sampled_from(["settle", "refund", "usage"]),
+    max_batch_gas=st.integers(100_000, 2**24),
+)
+def test_a_planned_batch_fits_max_batch_gas_at_its_floor(kind: str, max_batch_gas: int) -> None:
+    """The planner's batch size and the manager's gas floor use one number per kind: the
+    floor of a full batch never passes `max_batch_gas` (it was 2 to 2.7 times over)."""
+    size = batch_size(kind, max_batch_gas)
+    assert size >= 1
+    assert gas_floor(kind, size) <= max_batch_gas
+    # ...and the batch is as large as that allows.
+    assert gas_floor(kind, size + 1) > max_batch_gas
