@@ -56,7 +56,7 @@ from keeper.fees import FeeCaps, Fees, bump, initial_fees
 from keeper.outbox import Outbox
 from keeper.reverts import revert_reason
 from keeper.rpc import BlockHeader, ChainClient, RpcError, RpcResponseError
-from keeper.send_errors import SendOutcome, classify_send_error
+from keeper.send_errors import SendOutcome, classify_send_error, unknown_backoff_blocks
 from keeper.signers import Signer
 from keeper.tx_faults import IntentFaults
 
@@ -138,6 +138,18 @@ PURGE_GAS = 21_000  # a plain value transfer to an account without code
 
 # Answers that mean "this fee will not do": the attempt is repriced by the bump rule.
 REPRICE = frozenset({SendOutcome.REPLACEMENT_UNDERPRICED, SendOutcome.UNDERPRICED})
+# Answers after which the same bytes are sent again, paced (see TxManager._broadcast).
+PACED = frozenset({SendOutcome.TIMEOUT, SendOutcome.UNKNOWN, SendOutcome.POOL_FULL})
+# Refusals of the transaction itself: the same bytes can never be taken, so its nonce is purged
+# at once and its work planned again (see TxManager._replace_refused).
+REPLACE = frozenset(
+    {
+        SendOutcome.GAS_LIMIT_TOO_HIGH,
+        SendOutcome.OVERSIZED_DATA,
+        SendOutcome.INTRINSIC_GAS,
+        SendOutcome.TIP_ABOVE_FEE_CAP,
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -313,7 +325,14 @@ class TxManager:
         self._mined_count: dict[bytes, int] = {}
         # Attempts whose last send had an unsure answer (timeout, unknown error): the next
         # pass sends the same bytes again rather than waiting for the bump.
-        self._unsure: set[int] = set()
+        # Attempts sent again from the same bytes after an unsure answer or a refusal that may
+        # pass: attempt id -> (answers so far, block from which it is sent again).
+        self._paced: dict[int, tuple[int, int]] = {}
+        self._answers: dict[int, SendOutcome] = {}  # each attempt's last answer (logged once)
+        # Attempts refused for what they are, their nonce to be purged this pass (reason).
+        self._refused: dict[int, str] = {}
+        self._gas_limits: dict[int, int] = {}  # attempt id -> gas limit, for gas refusals
+        self._learned_cap: int | None = None  # max_batch_gas lowered after a gas refusal
         # Stuck intents that cannot be purged (at the caps, or purges themselves), logged once.
         self._purge_waiting: set[int] = set()
         self.log = log.bind(chain_id=chain_id)
@@ -331,6 +350,7 @@ class TxManager:
         self._mined_count.clear()
         await self._send_unsent(head, report)
         await self._assign(head, report)
+        await self._replace_refused(head, report)
         await self._receipts(head, finalized, report)
         await self._check_effects(report)
         await self._purge(head, report)
@@ -469,12 +489,17 @@ class TxManager:
 
         - accepted, or ambiguous (already known, nonce too low, timeout, unknown): counted as
           sent; receipts and the account's nonce decide later. A timeout or unknown answer
-          also sends the same bytes again next pass (harmless if the node had them).
+          also sends the same bytes again, after 1, 2, 4, ... blocks (never every pass).
         - underpriced (replacement or not): counted as sent too, with the error kept, so the
           bump rule reprices it after `bump_after_blocks` from its own fees; resending the
           same bytes could never succeed.
-        - refused for certain (insufficient funds, nonce too high, ...): the attempt keeps its
-          state with the error recorded; a signed one is sent again next pass.
+        - refused for what the transaction is (a gas limit above the node's cap, oversized,
+          inconsistent fees): its nonce is purged this pass and its work planned again
+          (`_replace_refused`); after a gas-limit refusal batches are halved until they fit.
+        - refused for now (insufficient funds, nonce too high, ...): the attempt keeps its
+          state with the error recorded and is sent again next pass (a full pool: after 1, 2,
+          4, ... blocks).
+        Each attempt's answer is logged when it changes, then only counted.
         """
         try:
             await self.client.request("eth_sendRawTransaction", [_hex(raw)])
@@ -488,33 +513,63 @@ class TxManager:
             error = secrets.scrub(exc.message)
         BROADCASTS.labels(outcome=outcome.value).inc()
         sent = outcome is SendOutcome.ACCEPTED or outcome.ambiguous or outcome in REPRICE
-        if outcome in (SendOutcome.TIMEOUT, SendOutcome.UNKNOWN):
-            self._unsure.add(attempt_id)
+        if outcome in PACED:
+            # Sent again from the same bytes: after an unknown answer or a full pool after 1,
+            # 2, 4, ... blocks, never every pass; a send that did not reach the node (timeout,
+            # connection) the next pass.
+            failures = self._paced.get(attempt_id, (0, 0))[0] + 1
+            wait = 0 if outcome is SendOutcome.TIMEOUT else unknown_backoff_blocks(failures)
+            self._paced[attempt_id] = (failures, head + wait)
         else:
-            self._unsure.discard(attempt_id)
+            self._paced.pop(attempt_id, None)
+        if outcome in REPLACE:
+            self._refused[attempt_id] = f"refused by the node ({outcome.value}): {error}"
+            if outcome in (SendOutcome.GAS_LIMIT_TOO_HIGH, SendOutcome.OVERSIZED_DATA):
+                self._lower_gas_cap(attempt_id)
         async with self.pool.acquire() as conn:
             if sent:
                 await conn.execute(self.q["mark_broadcast"], attempt_id, head, error)
             else:
                 await conn.execute(self.q["record_send_error"], attempt_id, error)
         if error is not None:
-            self.log.warning(
-                "send_refused" if not (sent or outcome.ambiguous) else "send_answer",
-                attempt=attempt_id,
-                outcome=outcome.value,
-                error=error,
+            # A state change is logged once; the same answer again only counted (and at debug).
+            repeat = self._answers.get(attempt_id) == outcome
+            self._answers[attempt_id] = outcome
+            event = "send_refused" if not (sent or outcome.ambiguous) else "send_answer"
+            (self.log.debug if repeat else self.log.warning)(
+                event, attempt=attempt_id, outcome=outcome.value, error=error
             )
         return outcome
+
+    def _lower_gas_cap(self, attempt_id: int) -> None:
+        """After a gas-limit refusal, batches are halved until they fit under what the node
+        takes (learned, for this process: check-config names the configured cap)."""
+        limit = self._gas_limits.get(attempt_id)
+        if limit is None:
+            return
+        cap = self.settings.max_batch_gas
+        learned = limit // 2 if cap is None else min(cap, limit // 2)
+        if self._learned_cap is None or learned < self._learned_cap:
+            self._learned_cap = learned
+            self.log.warning(
+                "batch_gas_cap_lowered",
+                cap=learned,
+                refused_gas_limit=limit,
+                help="the node refused a gas limit under plan.max_batch_gas: lower it",
+            )
 
     async def _send_unsent(self, head: BlockHeader, report: TickReport) -> None:
         """Send what was signed but never sent, and again what had an unsure answer."""
         async with self.pool.acquire() as conn:
             rows = list(await conn.fetch(self.q["unsent_attempts"], self.chain_id))
-            if self._unsure:
+            if self._paced:
                 rows += await conn.fetch(
-                    self.q["unsure_attempts"], self.chain_id, sorted(self._unsure)
+                    self.q["unsure_attempts"], self.chain_id, sorted(self._paced)
                 )
         for row in rows:
+            paced = self._paced.get(int(row["id"]))
+            if paced is not None and head.number < paced[1]:
+                continue  # backed off after its last answer
             if self.faults.backed_off(row["intent_id"]):
                 continue
             async with self.faults.contain(row["intent_id"], row["key"], "send"):
@@ -606,6 +661,7 @@ class TxManager:
                         tx_hash,
                     )
                 # Stored before sent: a crash here leaves a signed attempt that the next pass sends.
+                self._gas_limits[attempt_id] = gas_limit
                 self.lanes[signer] = nonce + 1
                 in_flight[signer] = in_flight.get(signer, 0) + 1
                 SIGNER_NEXT_NONCE.labels(signer=self.signers[signer].address).set(nonce + 1)
@@ -651,11 +707,18 @@ class TxManager:
             return _revert_of(exc)
         return None
 
+    @property
+    def batch_gas_cap(self) -> int | None:
+        """The most gas a batch is sent with: `max_batch_gas`, or less once a node refused a
+        gas limit under it."""
+        caps = [c for c in (self.settings.max_batch_gas, self._learned_cap) if c is not None]
+        return min(caps) if caps else None
+
     def _gas_limit(self, kind: str, estimate: int, items: int) -> int:
         """The estimate plus the margin, at least the kind's floor, at most `max_batch_gas`
         (an estimate above it was halved before: see `_halve`)."""
         limit = max(estimate * (100 + self.settings.gas_margin_pct) // 100, gas_floor(kind, items))
-        cap = self.settings.max_batch_gas
+        cap = self.batch_gas_cap
         return limit if cap is None else max(min(limit, cap), estimate)
 
     async def _halve(
@@ -664,7 +727,7 @@ class TxManager:
         """A planned batch whose estimate is above `max_batch_gas`: keep its first half until
         it fits (the planner plans the rest again), re-estimated each time. A single item that
         does not fit fails the intent."""
-        cap = self.settings.max_batch_gas
+        cap = self.batch_gas_cap
         assert cap is not None
         kind, key = intent["kind"], intent["key"]
         target, value = bytes(intent["target"]), int(intent["value"])
@@ -729,7 +792,7 @@ class TxManager:
             self.log.warning("intent_simulation_error", intent=key, error=exc.message)
             return None
         if isinstance(result, int):
-            cap = self.settings.max_batch_gas
+            cap = self.batch_gas_cap
             if cap is not None and result > cap and splittable(kind):
                 return await self._halve(intent, signer, result, report)
             sent = len(_items(intent))
@@ -1068,59 +1131,78 @@ class TxManager:
                             "base fee falls under the cap, or raise the caps",
                         )
                     continue
-                purge = {"target": signer, "calldata": b"", "value": 0}
-                raw, tx_hash = self._sign(signer, nonce, purge, PURGE_GAS, fees)
-                key = f"purge:{_hex(signer)}:{nonce}:{a['intent_id']}"
-                async with self.pool.acquire() as conn, conn.transaction():
-                    done = await conn.execute(
-                        self.q["mark_replan"],
-                        a["intent_id"],
-                        f"nonce {nonce} stuck for {head.number - a['first_broadcast_block']} "
-                        "blocks without a receipt: purged by a zero-value self-send",
-                    )
-                    if done != "UPDATE 1":
-                        continue  # mined or re-planned meanwhile
-                    await conn.execute(self.q["supersede_attempts"], a["intent_id"])
-                    purge_id = await conn.fetchval(
-                        self.q["insert_intent"],
-                        self.chain_id,
-                        "purge",
-                        key,
-                        signer,
-                        b"",
-                        0,
-                        "[]",
-                        True,
-                    )
-                    await conn.execute(self.q["assign_intent"], purge_id, signer, nonce, PURGE_GAS)
-                    attempt_id = await conn.fetchval(
-                        self.q["insert_attempt"],
-                        purge_id,
-                        self.chain_id,
-                        signer,
-                        nonce,
-                        fees.max_fee,
-                        fees.priority_fee,
-                        fees.legacy,
-                        PURGE_GAS,
-                        raw,
-                        tx_hash,
-                    )
-                report.purged += 1
-                report.replanned += 1
-                ATTEMPTS.labels(reason="purge").inc()
-                INTENTS.labels(kind="purge", state="assigned").inc()
-                self._unsure.discard(int(a["id"]))
-                self._foreign_nonce_seen.pop(a["intent_id"], None)
-                outcome = await self._broadcast(attempt_id, raw, head.number)
-                self.log.warning(
-                    "nonce_purged",
-                    intent=a["key"],
-                    signer=_hex(signer),
-                    nonce=nonce,
-                    max_fee=fees.max_fee,
-                    outcome=outcome.value,
+                reason = (
+                    f"nonce {nonce} stuck for {head.number - a['first_broadcast_block']} "
+                    "blocks without a receipt: purged by a zero-value self-send"
                 )
+                await self._purge_nonce(a, fees, reason, head, report)
+
+    async def _purge_nonce(
+        self, a: Any, fees: Fees, reason: str, head: BlockHeader, report: TickReport
+    ) -> None:
+        """Give the nonce of attempt `a` (its intent's newest) to a zero-value self-send, an
+        intent of kind `purge`; `a`'s intent goes to `replan` with `reason`."""
+        signer, nonce = bytes(a["signer"]), int(a["nonce"])
+        purge = {"target": signer, "calldata": b"", "value": 0}
+        raw, tx_hash = self._sign(signer, nonce, purge, PURGE_GAS, fees)
+        key = f"purge:{_hex(signer)}:{nonce}:{a['intent_id']}"
+        async with self.pool.acquire() as conn, conn.transaction():
+            done = await conn.execute(self.q["mark_replan"], a["intent_id"], reason)
+            if done != "UPDATE 1":
+                return  # mined or re-planned meanwhile
+            await conn.execute(self.q["supersede_attempts"], a["intent_id"])
+            purge_id = await conn.fetchval(
+                self.q["insert_intent"], self.chain_id, "purge", key, signer, b"", 0, "[]", True
+            )
+            await conn.execute(self.q["assign_intent"], purge_id, signer, nonce, PURGE_GAS)
+            attempt_id = await conn.fetchval(
+                self.q["insert_attempt"],
+                purge_id,
+                self.chain_id,
+                signer,
+                nonce,
+                fees.max_fee,
+                fees.priority_fee,
+                fees.legacy,
+                PURGE_GAS,
+                raw,
+                tx_hash,
+            )
+        report.purged += 1
+        report.replanned += 1
+        ATTEMPTS.labels(reason="purge").inc()
+        INTENTS.labels(kind="purge", state="assigned").inc()
+        self._paced.pop(int(a["id"]), None)
+        self._foreign_nonce_seen.pop(a["intent_id"], None)
+        outcome = await self._broadcast(attempt_id, raw, head.number)
+        self.log.warning(
+            "nonce_purged",
+            intent=a["key"],
+            signer=_hex(signer),
+            nonce=nonce,
+            max_fee=fees.max_fee,
+            outcome=outcome.value,
+            reason=reason,
+        )
+
+    async def _replace_refused(self, head: BlockHeader, report: TickReport) -> None:
+        """Attempts a node refused for what they are (a gas limit above its cap, an oversized
+        or inconsistent transaction): the same bytes can never be taken, so their nonce goes
+        to a purge at once and their intents are planned again (smaller, after a gas-limit
+        refusal: see `_refused`)."""
+        if not self._refused:
+            return
+        refused, self._refused = self._refused, {}
+        async with self.pool.acquire() as conn:
+            latest = await conn.fetch(self.q["latest_attempts"], self.chain_id)
+        base, tip = await self._fees(head)
+        for a in latest:
+            reason = refused.get(int(a["id"]))
+            if reason is None or a["kind"] == "purge":
+                continue
+            async with self.faults.contain(a["intent_id"], a["key"], "purge"):
+                fees = initial_fees(base, tip, self.settings.caps)
+                await self._purge_nonce(a, fees, reason, head, report)
 
     # ------------------------------------------------------------------ bumping
 
@@ -1143,6 +1225,8 @@ class TxManager:
                 signer = bytes(a["signer"])
                 if await self._nonce_used_elsewhere(a, report):
                     continue
+                if self._answers.get(int(a["id"])) is SendOutcome.UNKNOWN:
+                    continue  # a fee bump would not answer it: sent again, paced (_broadcast)
                 previous = Fees(int(a["max_fee"]), int(a["priority_fee"]), a["legacy"])
                 fees = bump(previous, base, tip, self.settings.caps)
                 if fees is None:
@@ -1166,7 +1250,8 @@ class TxManager:
                         raw,
                         tx_hash,
                     )
-                self._unsure.discard(int(a["id"]))
+                self._paced.pop(int(a["id"]), None)
+                self._gas_limits[attempt_id] = int(a["gas_limit"])
                 ATTEMPTS.labels(reason="bump").inc()
                 outcome = await self._broadcast(attempt_id, raw, head.number)
                 report.bumped += 1

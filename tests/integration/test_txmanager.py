@@ -207,8 +207,11 @@ async def test_insufficient_funds_then_funded(env: Env) -> None:
     intent = await env.plan("settle:poor")
     report = await manager.tick()
     assert (report.assigned, report.refused) == (1, 1)
-    report = await manager.tick()  # sent again from the stored bytes, refused again
+    with capture_logs() as logs:
+        report = await manager.tick()  # sent again from the stored bytes, refused again
     assert (report.sent, report.refused) == (0, 1)
+    # The same refusal again is counted, not logged again as a warning.
+    assert [e["log_level"] for e in logs if e["event"] == "send_refused"] == ["debug"]
     async with env.pool.acquire() as conn:
         row = await conn.fetchrow(
             "SELECT state, last_error, tx_hash FROM attempts WHERE intent_id = $1", intent

@@ -6,6 +6,7 @@ matters), real Postgres."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -439,3 +440,83 @@ async def test_a_batch_estimated_above_max_batch_gas_is_halved(env: Env) -> None
     row = await intent_row(env, lone)
     assert row["state"] == "failed"
     assert "above plan.max_batch_gas 21,000" in row["reason"]
+
+
+# --------------------------------------------------------------------------- answers
+
+
+async def _proxied(env: Env, proxy: RpcProxy, **settings: Any) -> TxManager:
+    client = ChainClient(proxy.url, attempts=2, max_backoff=0.05)
+    return TxManager(
+        client,
+        env.pool,
+        chain_id=env.deployment.chain_id,
+        signers=env.signers[:1],
+        settings=replace(env.manager.settings, **settings),
+    )
+
+
+async def test_a_gas_cap_refusal_purges_the_nonce_and_halves_the_next_batch(env: Env) -> None:
+    """EDR's (and EIP-7825 nodes') refusal of a gas limit above their cap: the same bytes can
+    never go, so the nonce goes to a purge at once, the batch is planned again, and from then
+    on batches are halved under half the refused limit. Never a resend of the same bytes."""
+    with RpcProxy(env.node.url) as proxy:
+        manager = await _proxied(env, proxy)
+        try:
+            intent = await env.plan("settle:too-much-gas", list(range(1, 41)))
+            proxy.error_next(
+                1,
+                -32000,
+                "Transaction gas limit is 1660000 and exceeds transaction gas cap of 1000000",
+                methods=["eth_sendRawTransaction"],
+            )
+            with capture_logs() as logs:
+                report = await manager.tick()
+            assert report.purged == 1
+            row = await intent_row(env, intent)
+            assert row["state"] == "replan"
+            assert "gas_limit_too_high" in row["reason"]
+            [attempt] = await attempt_rows(env, intent)
+            assert attempt["broadcasts"] == 0  # refused: never counted as sent, never resent
+            assert manager.batch_gas_cap == gas_floor("settle", 40) // 2
+            assert [e["cap"] for e in logs if e["event"] == "batch_gas_cap_lowered"] == [
+                gas_floor("settle", 40) // 2
+            ]
+            # The nonce is the purge's, mined; the lane goes on.
+            env.mine()
+            await manager.tick()
+            async with env.pool.acquire() as conn:
+                purge = await conn.fetchrow("SELECT state, nonce FROM intents WHERE kind = 'purge'")
+            assert purge is not None and purge["nonce"] == row["nonce"]
+            assert purge["state"] in ("mined", "confirmed")
+        finally:
+            await manager.client.close()
+
+
+async def test_an_unknown_answer_is_sent_again_with_backoff_and_logged_once(env: Env) -> None:
+    """An answer the table does not know is not resent every pass: after 1, 2, 4, ... blocks,
+    and logged once (then counted)."""
+    env.automine(False)
+    with RpcProxy(env.node.url) as proxy:
+        manager = await _proxied(env, proxy)
+        try:
+            await env.plan("settle:unknown-answer")
+            proxy.error_next(
+                None, -32000, "the node is thinking about it", methods=["eth_sendRawTransaction"]
+            )
+            sends: list[int] = []
+            with capture_logs() as logs:
+                for _ in range(8):  # 8 blocks, 3 passes each
+                    for _ in range(3):
+                        await manager.tick()
+                    sends.append(proxy.calls["eth_sendRawTransaction"])
+                    env.mine()
+            # First send, then again after 1, 2 and 4 blocks: 4 sends over 24 passes.
+            assert sends[-1] == 4, sends
+            warned = [
+                e for e in logs if e["event"] == "send_answer" and e["log_level"] == "warning"
+            ]
+            assert len(warned) == 1
+        finally:
+            proxy.clear_faults()
+            await manager.client.close()
