@@ -7,6 +7,7 @@ a reason is always recorded even when it cannot be decoded.
 
 from __future__ import annotations
 
+import re
 from functools import cache
 from typing import Any
 
@@ -78,17 +79,86 @@ def revert_reason(data: bytes | None) -> str:
     return f"unknown revert data 0x{data.hex()}"
 
 
+# Where nodes put revert data in a JSON-RPC error, outermost first: `data` (geth, anvil,
+# erigon, reth; Hardhat/EDR nest it as `data.data`), `result` (Ganache 7: `data.result`),
+# `return` (Ganache 6: `data.<tx hash>.return`).
+_DATA_KEYS = ("data", "result", "return")
+_TX_HASH = re.compile(r"0x[0-9a-fA-F]{64}")
+# Hex after a revert in an error's text: `execution reverted: 0x08c379a0…`, Nethermind's
+# `Reverted 0x…`, Hardhat's `reverted with an unrecognized custom error (return data: 0x…)`.
+_REVERT_WORD = re.compile(r"\brevert(?:ed)?\b", re.IGNORECASE)
+_HEX_WORD = re.compile(r"(?<![0-9a-zA-Z])0x([0-9a-fA-F]*)(?![0-9a-zA-Z])")
+_NESTING = 4  # how deep data objects are searched
+
+
+def _hex(value: str) -> bytes | None:
+    if not value.startswith("0x") or len(value) % 2:
+        return None
+    try:
+        return bytes.fromhex(value[2:])
+    except ValueError:
+        return None
+
+
+def _nested(value: Any, depth: int) -> bytes | None:
+    """Revert data held in `value` as a hex string, or under one of `_DATA_KEYS` or a tx hash."""
+    if isinstance(value, str):
+        return _hex(value)
+    if not isinstance(value, dict) or depth > _NESTING:
+        return None
+    for key in _DATA_KEYS:
+        if key in value:
+            found = _nested(value[key], depth + 1)
+            if found is not None:
+                return found
+    for key, inner in value.items():
+        if isinstance(key, str) and _TX_HASH.fullmatch(key) and isinstance(inner, dict):
+            found = _nested(inner, depth + 1)
+            if found is not None:
+                return found
+    return None
+
+
+def _texts(value: Any, depth: int = 0) -> list[str]:
+    """The messages of an error and of its data objects, and data strings that are not hex."""
+    if isinstance(value, str):
+        return [value]
+    if not isinstance(value, dict) or depth > _NESTING:
+        return []
+    out = [str(value["message"])] if isinstance(value.get("message"), str) else []
+    for key in _DATA_KEYS:
+        inner = value.get(key)
+        if (isinstance(inner, str) and _hex(inner) is None) or isinstance(inner, dict):
+            out += _texts(inner, depth + 1)
+    return out
+
+
+def _in_text(text: str) -> bytes | None:
+    """Hex revert data written after a revert in `text`. Only a plausible length counts (none,
+    or a selector and whole 32-byte words), so an address or a hash in the text never does."""
+    revert = _REVERT_WORD.search(text)
+    if revert is None:
+        return None
+    for match in _HEX_WORD.finditer(text, revert.end()):
+        digits = match.group(1)
+        if digits == "" or (len(digits) >= 8 and (len(digits) - 8) % 64 == 0):
+            return bytes.fromhex(digits)
+    return None
+
+
 def revert_data(error: Any) -> bytes | None:
-    """The revert data inside a JSON-RPC error's `data` field, however the node nests it
-    (a hex string, or an object with `data`); None when there is none."""
-    for _ in range(3):
-        if isinstance(error, dict):
-            error = error.get("data")
-            continue
-        break
-    if isinstance(error, str) and error.startswith("0x"):
-        try:
-            return bytes.fromhex(error[2:])
-        except ValueError:
-            return None
+    """The revert data inside a JSON-RPC error, however the node words it; None when there is
+    none.
+
+    In order: a hex `data` (geth, anvil), nested as `data.data` (Hardhat, EDR, some providers),
+    `data.result` (Ganache 7) or `data.<tx hash>.return` (Ganache 6); then hex written after a
+    revert in the message or in a textual `data` (`execution reverted: 0x…`, `Reverted 0x…`).
+    """
+    found = _nested(error, 0)
+    if found is not None:
+        return found
+    for text in _texts(error):
+        found = _in_text(text)
+        if found is not None:
+            return found
     return None

@@ -4,12 +4,14 @@ The projections in the database (streams, escrows, the payee ledger, vault accou
 contract parameters) describe the chain at the indexed block; they are read in one REPEATABLE
 READ transaction together with the cursor, so a keeper writing meanwhile does not mix two
 blocks. The contracts are then read with `eth_call` at that very block, named by its hash
-(EIP-1898), in JSON-RPC batches: every stream below `nextStreamId` (`getStream`: payer, payee,
-balance, rate, settledAt, usage sequence, price, status), every escrow below `nextEscrowId`
-(`getEscrow`), `credited` (what `claim()` pays) and vault `balanceOf` of every account the
-index or those streams and escrows name, and the fee, fee recipient and pause flags. An
-account the index has never seen and no stream or escrow names cannot be enumerated by
-`eth_call`, and is not read.
+(EIP-1898), in JSON-RPC batches. A node that refuses a block hash there (Ganache, older nodes)
+is asked by block number instead, and that number's block hash is checked before and after the
+calls: a reorg in between voids the comparison and is reported. The calls read every stream
+below `nextStreamId` (`getStream`: payer, payee, balance, rate, settledAt, usage sequence,
+price, status), every escrow below `nextEscrowId` (`getEscrow`), `credited` (what `claim()`
+pays) and vault `balanceOf` of every account the index or those streams and escrows name, and
+the fee, fee recipient and pause flags. An account the index has never seen and no stream or
+escrow names cannot be enumerated by `eth_call`, and is not read.
 
 The indexer never calls the contracts to learn state (events carry it); this is the check
 that it got it right.
@@ -22,13 +24,16 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import structlog
 from eth_utils import keccak
 
 from keeper.db import Conn, to_int
 from keeper.deploy import Deployment
 from keeper.errors import KeeperError
 from keeper.queries import load_queries
-from keeper.rpc import ChainClient
+from keeper.rpc import ChainClient, RpcResponseError
+
+log = structlog.get_logger(__name__)
 
 BATCH_CALLS = 500  # eth_calls per JSON-RPC batch
 ZERO = bytes(20)
@@ -66,6 +71,7 @@ class Report:
     chain_id: int
     block: int
     block_hash: str
+    pinned_by: str = "hash"  # how the eth_calls named the block: "hash" (EIP-1898) or "number"
     streams: int = 0
     escrows: int = 0
     accounts: int = 0
@@ -163,7 +169,7 @@ def _selector(signature: str) -> str:
     return "0x" + keccak(text=signature)[:4].hex()
 
 
-def _call(to: str, signature: str, args: Sequence[int | bytes], at: dict[str, str]) -> Any:
+def _call(to: str, signature: str, args: Sequence[int | bytes], at: dict[str, str] | str) -> Any:
     """An eth_call of a view with static arguments (uint256 values or 20-byte addresses)."""
     words = "".join(
         (a.rjust(32, b"\0") if isinstance(a, bytes) else a.to_bytes(32, "big")).hex() for a in args
@@ -189,11 +195,19 @@ async def _batched(client: ChainClient, calls: list[Any]) -> list[list[int]]:
 
 
 async def read_contracts(
-    client: ChainClient, deployment: Deployment, block_hash: str, accounts: Iterable[bytes]
+    client: ChainClient,
+    deployment: Deployment,
+    block_hash: str,
+    accounts: Iterable[bytes],
+    *,
+    by_number: int | None = None,
 ) -> State:
     """What the contracts report at the block `block_hash`, by eth_call in batches; `credited`
-    and vault balances of `accounts` and of every account the streams and escrows name."""
-    at = {"blockHash": block_hash}
+    and vault balances of `accounts` and of every account the streams and escrows name.
+
+    The calls name the block by its hash (EIP-1898), or by the number `by_number` when given;
+    then the caller checks that the number still names `block_hash` (see `verify`)."""
+    at: dict[str, str] | str = {"blockHash": block_hash} if by_number is None else hex(by_number)
     m, v = deployment.stream_manager, deployment.escrow_vault
     first = await _batched(
         client,
@@ -330,10 +344,53 @@ async def verify(
             "node's chain: a reorg the index has not caught up with yet",
             help="let `keeper run` handle it (or run it), then verify again",
         )
-    chain = await read_contracts(client, deployment, block_hash, index.accounts())
     report = Report(chain_id, indexed, block_hash)
+    if await takes_block_hash(client, deployment, block_hash):
+        chain = await read_contracts(client, deployment, block_hash, index.accounts())
+    else:
+        report.pinned_by = "number"
+        await _check_hash(client, chain_id, indexed, block_hash, when="before")
+        chain = await read_contracts(
+            client, deployment, block_hash, index.accounts(), by_number=indexed
+        )
+        await _check_hash(client, chain_id, indexed, block_hash, when="after")
     report.streams = len(set(index.streams) | set(chain.streams))
     report.escrows = len(set(index.escrows) | set(chain.escrows))
     report.accounts = len(index.accounts() | chain.accounts())
     report.differences = compare(index, chain)
     return report
+
+
+async def takes_block_hash(client: ChainClient, deployment: Deployment, block_hash: str) -> bool:
+    """Whether the node answers an eth_call at `{"blockHash": …}` (EIP-1898). Any error answer
+    counts as no: Ganache, for one, refuses the object form of the block parameter."""
+    probe = _call(deployment.stream_manager, "nextStreamId()", [], {"blockHash": block_hash})
+    try:
+        await client.request(*probe)
+    except RpcResponseError as exc:
+        log.warning("verify_pinned_by_number", block_hash=block_hash, reason=exc.message)
+        return False
+    return True
+
+
+async def _check_hash(
+    client: ChainClient, chain_id: int, number: int, block_hash: str, *, when: str
+) -> None:
+    """Raise `VerifyError` unless block `number` of the node's chain is `block_hash`."""
+    header = await client.header(number)
+    found = header.hash.lower() if header is not None else None
+    if found == block_hash.lower():
+        return
+    if when == "before":
+        raise VerifyError(
+            f"chain {chain_id}: block {number} is {found or 'unknown'} on the node, not the "
+            f"indexed {block_hash}: a reorg the index has not caught up with yet",
+            help="let `keeper run` handle it (or run it), then verify again",
+        )
+    raise VerifyError(
+        f"chain {chain_id}: block {number} changed while the contracts were read "
+        f"(was {block_hash}, now {found or 'unknown'}): a reorg during verify, so the reads "
+        "may mix two blocks and nothing was compared",
+        help="this node cannot pin eth_call to a block hash (EIP-1898); verify again once "
+        "the chain is quiet, or point chain.rpc_url at a node that supports it",
+    )

@@ -1,22 +1,26 @@
 """`keeper verify` against anvil and PostgreSQL: a faithful index verifies (exit 0), and each
 corrupted projection value is named by kind, id and field (exit 1). The check is pinned to the
 indexed block, so activity after it changes nothing, and a reorganised-away indexed block is
-reported rather than compared with another block's state."""
+reported rather than compared with another block's state. A node that refuses EIP-1898 block
+hashes in eth_call is read by block number, and a reorg during those reads is reported."""
 
 from __future__ import annotations
 
 import json
 import random
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
+from eth_utils import keccak
 
 from keeper import db as keeper_db
 from keeper.anvil import Anvil, rpc, start_anvil
 from tests.acceptance.test_cli import keeper
 from tests.integration.ingest_support import Target, index_until_caught_up, open_indexer
+from tests.integration.rpc_proxy import RpcProxy
 from tests.integration.test_rpc_limits import DevChain, deploy_chain, make_activity, write_config
 
 
@@ -142,3 +146,80 @@ async def test_an_indexed_block_reorganised_away_is_reported(
         result.stderr
     )
     assert "Traceback" not in result.stderr
+
+
+def _at_block_hash(params: list[Any]) -> bool:
+    """An eth_call naming its block by hash (EIP-1898)."""
+    return len(params) > 1 and isinstance(params[1], dict) and "blockHash" in params[1]
+
+
+def refuse_block_hash(proxy: RpcProxy) -> None:
+    """Answer every eth_call at `{"blockHash": …}` with an error, as Ganache does."""
+    proxy.error_next(None, -32602, "Invalid block tag", methods=["eth_call"], params=_at_block_hash)
+
+
+@pytest.mark.anyio
+async def test_a_node_without_eip1898_is_read_by_block_number(
+    chain: DevChain, database_url: str, tmp_path: Path
+) -> None:
+    block = await index(chain, database_url)
+    with RpcProxy(chain.url) as proxy:
+        refuse_block_hash(proxy)
+        config = write_config(tmp_path, chain, proxy.url, database_url)
+        ok = verify(config)
+        assert ok.returncode == 0, ok.stdout + ok.stderr
+        assert f"chain 31337 at block {block} (0x" in ok.stdout
+        assert "the database matches the contracts" in ok.stdout
+        assert "verify_pinned_by_number" in ok.stderr
+        assert proxy.errors_served["eth_call"] >= 1
+        report = json.loads(verify(config, "--json").stdout)
+        assert report["ok"] and report["pinned_by"] == "number" and report["streams"] == 18
+
+        # Differences are still found, read at the indexed block's number.
+        balance = await execute(
+            database_url,
+            "UPDATE streams SET balance = balance + 1 WHERE stream_id = 2 RETURNING balance",
+        )
+        bad = verify(config)
+        assert bad.returncode == 1
+        assert f"stream 2 balance: database {balance}, chain {balance - 1}" in bad.stdout
+    direct = json.loads(
+        verify(write_config(tmp_path, chain, chain.url, database_url), "--json").stdout
+    )
+    assert direct["pinned_by"] == "hash"
+
+
+@pytest.mark.anyio
+async def test_a_reorg_while_reading_by_block_number_is_reported(
+    anvil_factory: Callable[..., Anvil], database_url: str, tmp_path: Path
+) -> None:
+    dev = deploy_chain(anvil_factory())
+    make_activity(dev, 1, random.Random(1), max_gap=2)
+    block = await index(dev, database_url)
+    stored = await execute(database_url, "SELECT indexed_hash FROM ingest_cursor")
+    indexed_hash = "0x" + bytes(stored).hex()
+    with RpcProxy(dev.url) as proxy:
+        refuse_block_hash(proxy)
+        # verify's first read at the block's number waits until the chain has been reorganised.
+        first_read = "0x" + keccak(text="nextStreamId()")[:4].hex()
+        held = proxy.hold(
+            "eth_call", params=lambda p: p[1:] == [hex(block)] and p[0]["data"] == first_read
+        )
+        config = write_config(tmp_path, dev, proxy.url, database_url)
+        with ThreadPoolExecutor(1) as pool:
+            running = pool.submit(verify, config)
+            assert held.wait(60), "verify never read by block number"
+            rpc(dev.url, "anvil_reorg", [2, []])
+            assert dev.head() == block
+            held.release()
+            result = running.result(120)
+    assert result.returncode == 1, result.stdout
+    new_hash = str(rpc(dev.url, "eth_getBlockByNumber", [hex(block), False])["hash"])  # type: ignore[index]
+    assert new_hash != indexed_hash
+    assert (
+        f"block {block} changed while the contracts were read (was {indexed_hash}, now "
+        f"{new_hash})" in " ".join(result.stderr.split())
+    )
+    assert "nothing was compared" in " ".join(result.stderr.split())
+    assert "Traceback" not in result.stderr
+    assert result.stdout == ""
