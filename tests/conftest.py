@@ -9,6 +9,8 @@ Fixtures:
 - `anyio_backend`: "asyncio", so `@pytest.mark.anyio` tests and async fixtures run on asyncio.
 - `anvil`: one anvil node for the session (`keeper.anvil.Anvil`).
 - `anvil_factory`: `(**start_anvil kwargs) -> Anvil`, nodes stopped at the end of the test.
+- `node_factory`: parametrized over anvil and Hardhat's node: `() -> DevNode` (see
+  `tests/dev_nodes.py`), nodes stopped at the end of the test.
 - `database_server_url`: URL of the PostgreSQL server (its maintenance database).
 - `template_database`: name of the migrated template database of this session.
 - `database_factory`: `(template=None) -> url` of a new database (empty, or a copy of
@@ -38,6 +40,7 @@ import structlog
 from keeper import db as keeper_db
 from keeper.anvil import Anvil, start_anvil
 from keeper.migrations import migrate
+from tests.dev_nodes import NODE_KINDS, AnvilNode, DevNode, start_hardhat
 
 T = TypeVar("T")
 
@@ -134,6 +137,24 @@ def anvil_factory() -> Iterator[Callable[..., Anvil]]:
 
     def factory(**kwargs: Any) -> Anvil:
         node = start_anvil(**kwargs)
+        nodes.append(node)
+        return node
+
+    try:
+        yield factory
+    finally:
+        for node in nodes:
+            node.stop()
+
+
+@pytest.fixture(params=NODE_KINDS)
+def node_factory(request: pytest.FixtureRequest) -> Iterator[Callable[[], DevNode]]:
+    """Start development nodes of one kind (the test runs once per kind), on free ports, with
+    the dev accounts funded and automine; all stop after the test."""
+    nodes: list[DevNode] = []
+
+    def factory() -> DevNode:
+        node: DevNode = AnvilNode(start_anvil()) if request.param == "anvil" else start_hardhat()
         nodes.append(node)
         return node
 

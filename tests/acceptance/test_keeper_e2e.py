@@ -1,6 +1,7 @@
-"""The keeper's whole job, end to end: `keeper run` as a subprocess against anvil with 1 s
-blocks and a real PostgreSQL, with two signers, while the chain reorganises and the daemon is
-killed with SIGKILL twice.
+"""The keeper's whole job, end to end: `keeper run` as a subprocess against a development node
+with 1 s blocks and a real PostgreSQL, with two signers, while the chain reorganises and the
+daemon is killed with SIGKILL twice. It runs once on anvil and once on Hardhat's node (EDR),
+through `tests.dev_nodes.DevNode`.
 
 The world (set up with automine, before the daemon starts):
 - 1,000 streams from one payer to 40 payees: 600 "fast" (1,000-5,000 per second, deep
@@ -14,9 +15,11 @@ The world (set up with automine, before the daemon starts):
   and closed streams, reused producer keys). Streams 491-500 are closed during the run, so
   some of their accepted reports can no longer be recorded.
 
-While the daemon runs: three reorgs (`anvil_reorg`, 2-3 blocks, taking the keeper's mined
-transactions with them), two SIGKILLs each followed by a restart, and a 3,600 s time jump
-that makes every stream due and every short escrow expire.
+While the daemon runs: three reorgs (2-3 blocks, taking the keeper's mined transactions with
+them: `anvil_reorg` on anvil; on Hardhat, `evm_revert` to a snapshot taken that many blocks
+earlier and new blocks, which also drops the keeper's transactions still pending), two SIGKILLs
+each followed by a restart, and a 3,600 s time jump that makes every stream due and every
+short escrow expire.
 
 At the end, with the daemon stopped and the index caught up:
 - every stream that was due at the snapshot block was settled after it;
@@ -42,13 +45,14 @@ from typing import Any, cast
 
 import pytest
 
-from keeper.anvil import Anvil, rpc
+from keeper.anvil import rpc
 from keeper.deploy import Deployment, deploy_all
 from keeper.keys import dev_key
 from keeper.usage import ORACLE_ROLE
 from tests.acceptance.test_run_crash import Keeper
 from tests.acceptance.test_tx_crash import Outboxes
 from tests.bench.gas import DEV_KEY0
+from tests.dev_nodes import DevNode
 from tests.integration.ingest_support import (
     Target,
     assert_states_equal,
@@ -125,7 +129,7 @@ def send_in_order(url: str, sender: str, calls: list[tuple[str, list[Any]]]) -> 
 class ChainView:
     """What `contract_state` needs of a chain: the contracts, blocks and batched calls."""
 
-    def __init__(self, node: Anvil, deployment: Deployment) -> None:
+    def __init__(self, node: DevNode, deployment: Deployment) -> None:
         self.url = node.url
         self.manager = type("M", (), {"address": deployment.stream_manager})()
         self.vault = type("V", (), {"address": deployment.escrow_vault})()
@@ -150,7 +154,7 @@ class ChainView:
 # --------------------------------------------------------------------------- the world
 
 
-def build_world(node: Anvil, d: Deployment) -> None:
+def build_world(node: DevNode, d: Deployment) -> None:
     """Streams, prices, closures, escrows and roles, with automine (see the module text)."""
     admin = d.deployer
     m, v, t = d.stream_manager, d.escrow_vault, d.token
@@ -185,10 +189,12 @@ def build_world(node: Anvil, d: Deployment) -> None:
     calls += [tx(admin, v, "releaseEscrow(uint256)", eid) for eid in range(3, 101, 3)]
     # Automine off: blocks packed full, so chain time moves on a few seconds, not a second
     # per set-up transaction (the short escrows must still be open when the daemon starts).
-    rpc(node.url, "evm_setAutomine", [False])
+    node.set_automine(False)
     hashes = send_in_order(node.url, admin, calls)
-    while int(str(rpc(node.url, "txpool_status")["pending"]), 16):  # type: ignore[index]
-        rpc(node.url, "evm_mine", [])
+    # All mined once the last nonce is (Hardhat has no txpool_status, and its "pending" nonce
+    # counts only what fits in the next block).
+    while rpc(node.url, "eth_getTransactionReceipt", [hashes[-1]]) is None:
+        node.mine()
     receipts = batch(node.url, [("eth_getTransactionReceipt", [h]) for h in hashes])
     failed = [i for i, r in enumerate(receipts) if r is None or r["status"] != "0x1"]
     assert not failed, f"set-up transactions failed: {failed[:5]}"
@@ -247,7 +253,7 @@ class Db(Outboxes):
             )
         )
 
-    def catch_up(self, node: Anvil, d: Deployment) -> Any:
+    def catch_up(self, node: DevNode, d: Deployment) -> Any:
         """Index to the node's head in this process; return the projections' state."""
         target = Target(
             chain_id=d.chain_id,
@@ -263,7 +269,7 @@ class Db(Outboxes):
         return self._runner.run(run())
 
 
-def write_config(path: Path, node: Anvil, d: Deployment, database_url: str) -> Path:
+def write_config(path: Path, node: DevNode, d: Deployment, database_url: str) -> Path:
     deployment_file = path / "deployment.json"
     d.write(deployment_file)
     creds = path / "creds"
@@ -327,12 +333,12 @@ def due_streams(state: Any) -> set[int]:
 
 
 def test_the_keeper_does_its_whole_job_through_reorgs_and_kills(
-    anvil_factory: Callable[..., Anvil],
+    node_factory: Callable[[], DevNode],
     database_url: str,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    node = anvil_factory()
+    node = node_factory()
     d = deploy_all(node.url, DEV_KEY0)
     build_world(node, d)
     chain = ChainView(node, d)
@@ -341,7 +347,7 @@ def test_the_keeper_does_its_whole_job_through_reorgs_and_kills(
     keeper = Keeper(write_config(tmp_path, node, d, database_url), tmp_path / "keeper.log")
     db = Db(database_url)
     waves, bad = usage_waves()
-    rpc(node.url, "evm_setIntervalMining", [1])
+    node.set_interval_mining(1)
     try:
         keeper.start()
 
@@ -355,22 +361,33 @@ def test_the_keeper_does_its_whole_job_through_reorgs_and_kills(
             keeper.kill()
             keeper.start()
 
+        def reorg(depth: int) -> None:
+            """Let `depth` blocks be mined (with the keeper's transactions) and replace them."""
+            fork = node.fork_point()
+            deadline = time.monotonic() + 30
+            while node.head() < fork.block + depth:
+                assert time.monotonic() < deadline, "the node stopped mining"
+                assert keeper.alive(), keeper.tail()
+                time.sleep(0.1)
+            assert node.reorg_to(fork) >= depth
+
         run_for(8)
         db.copy_usage(waves[0])
-        run_for(5)
-        rpc(node.url, "anvil_reorg", [3, []])
+        run_for(2)
+        reorg(3)
         db.copy_usage(waves[1])
         run_for(4)
         restart()
-        run_for(6)
+        run_for(4)
+        reorg(2)
+        # After the reorg: on Hardhat, it would drop these pending transactions too.
         batch(
             node.url,
             [tx(d.deployer, d.stream_manager, "closeStream(uint256)", s) for s in CLOSED_DURING],
         )
-        rpc(node.url, "anvil_reorg", [2, []])
         db.copy_usage(waves[2])
         run_for(4)
-        rpc(node.url, "evm_increaseTime", [JUMP])
+        node.increase_time(JUMP)
         run_for(1.5)
         # The snapshot: what is due now must be settled after this block.
         snapshot = chain.state("latest")
@@ -379,8 +396,8 @@ def test_the_keeper_does_its_whole_job_through_reorgs_and_kills(
         run_for(3.5)
         restart()
         db.copy_usage(waves[3])
-        run_for(6)
-        rpc(node.url, "anvil_reorg", [2, []])
+        run_for(4)
+        reorg(2)
         run_for(3)
 
         def done() -> tuple[bool, str]:
@@ -414,8 +431,8 @@ def test_the_keeper_does_its_whole_job_through_reorgs_and_kills(
 
         status, _ = keeper.terminate(within=30)
         assert status == 0, keeper.tail()
-        rpc(node.url, "evm_setIntervalMining", [0])
-        rpc(node.url, "evm_mine", [])
+        node.set_interval_mining(0)
+        node.mine()
         indexed = db.catch_up(node, d)
         final = chain.state(indexed.block)
 
