@@ -105,7 +105,8 @@ REBROADCASTS = Counter(
 )
 GAS_SPENT = Counter(
     "keeper_tx_gas_spent_wei_total",
-    "Gas paid by mined intents (gas used x effective gas price), by intent kind.",
+    "Gas paid by mined intents (gas used x effective gas price, plus the L1 fee on an OP-stack "
+    "chain), by intent kind.",
     ["kind"],
     registry=metrics.REGISTRY,
 )
@@ -203,6 +204,19 @@ class TickReport:
 
 def _hex(data: bytes) -> str:
     return "0x" + data.hex()
+
+
+def l1_fee(receipt: Mapping[str, Any]) -> int | None:
+    """The L1 fee an OP-stack chain's receipt carries (`l1Fee`), None elsewhere."""
+    value = receipt.get("l1Fee")
+    return int(str(value), 16) if value else None
+
+
+def receipt_cost(receipt: Mapping[str, Any]) -> int:
+    """What a mined transaction cost its signer, in wei: gas used x effective gas price, plus
+    the L1 fee on an OP-stack chain."""
+    gas = int(receipt["gasUsed"], 16) * int(receipt.get("effectiveGasPrice") or "0x0", 16)
+    return gas + (l1_fee(receipt) or 0)
 
 
 def lane_lock_key(chain_id: int, signer: bytes) -> int:
@@ -948,6 +962,7 @@ class TxManager:
                     int(receipt["status"], 16),
                     int(receipt["gasUsed"], 16),
                     int(receipt.get("effectiveGasPrice") or "0x0", 16),
+                    l1_fee(receipt),
                 )
                 if done != "UPDATE 1":
                     return  # another manager recorded it meanwhile
@@ -956,9 +971,7 @@ class TxManager:
                 state = "mined"
                 report.mined += 1
                 INTENTS.labels(kind=kind, state="mined").inc()
-                GAS_SPENT.labels(kind=kind).inc(
-                    int(receipt["gasUsed"], 16) * int(receipt.get("effectiveGasPrice") or "0x0", 16)
-                )
+                GAS_SPENT.labels(kind=kind).inc(receipt_cost(receipt))
             elif intent["block_hash"] is not None and (
                 "0x" + bytes(intent["block_hash"]).hex() != receipt["blockHash"]
             ):
@@ -979,7 +992,6 @@ class TxManager:
                 INTENTS.labels(kind=kind, state="confirmed").inc()
                 state = "confirmed"
                 report.confirmed += 1
-                gas_used = int(receipt["gasUsed"], 16)
                 self.log.info(
                     "batch_confirmed",
                     intent=intent["key"],
@@ -987,8 +999,8 @@ class TxManager:
                     items=len(_items(intent)),
                     block=number,
                     tx_hash=receipt["transactionHash"],
-                    gas_used=gas_used,
-                    cost_wei=gas_used * int(receipt.get("effectiveGasPrice") or "0x0", 16),
+                    gas_used=int(receipt["gasUsed"], 16),
+                    cost_wei=receipt_cost(receipt),
                 )
             if (
                 state == "confirmed"

@@ -70,7 +70,7 @@ ORDER BY signer, nonce;
 -- name: mark_mined
 UPDATE intents
 SET state = 'mined', tx_hash = $2, block_number = $3, block_hash = $4, receipt_status = $5,
-    gas_used = $6, effective_gas_price = $7, mined_at = now()
+    gas_used = $6, effective_gas_price = $7, l1_fee = $8, mined_at = now()
 WHERE id = $1 AND state = 'assigned';
 
 -- name: attempt_mined
@@ -85,7 +85,8 @@ WHERE intent_id = $1 AND tx_hash <> $2 AND state IN ('signed', 'broadcast');
 -- The receipt's block was reorged out: back to assigned, to be rebroadcast.
 UPDATE intents
 SET state = 'assigned', tx_hash = NULL, block_number = NULL, block_hash = NULL,
-    receipt_status = NULL, gas_used = NULL, effective_gas_price = NULL, mined_at = NULL,
+    receipt_status = NULL, gas_used = NULL, effective_gas_price = NULL, l1_fee = NULL,
+    mined_at = NULL,
     confirmed_at = NULL, effects_checked_at = NULL
 WHERE id = $1 AND state = $2 AND state IN ('mined', 'confirmed');
 
@@ -107,8 +108,10 @@ UPDATE intents SET state = 'final' WHERE id = $1 AND state = 'confirmed';
 UPDATE intents SET state = 'replan', reason = $2 WHERE id = $1 AND state = 'assigned';
 
 -- name: spent_since
--- Gas spent (gas_used * effective price) by mined intents since $2: the hourly budget.
-SELECT COALESCE(sum(gas_used::numeric * effective_gas_price), 0) FROM intents
+-- Gas spent (gas_used * effective price, plus an L2's L1 fee) by mined intents since $2: the
+-- hourly budget.
+SELECT COALESCE(sum(gas_used::numeric * effective_gas_price + COALESCE(l1_fee, 0)), 0)
+FROM intents
 WHERE chain_id = $1 AND mined_at >= $2 AND gas_used IS NOT NULL;
 
 -- name: unsent_attempts

@@ -735,6 +735,8 @@ CREATE TABLE intents (
     mined_at            timestamptz,
     confirmed_at        timestamptz,
     effects_checked_at  timestamptz,
+    -- OP-stack chains: the receipt's l1Fee, paid on top of gas_used x effective_gas_price.
+    l1_fee              numeric(78,0) CHECK (l1_fee >= 0),
     UNIQUE (chain_id, key),
     CHECK ((signer IS NULL) = (nonce IS NULL)),
     -- Past `planned`, an intent is pinned to its signer and nonce for good.
@@ -931,7 +933,8 @@ CREATE TABLE signer_state (
     PRIMARY KEY (chain_id, signer)
 );
 
--- Intents and their latest attempt: state, gas and cost, newest first.
+-- Intents and their latest attempt: state, gas and cost (with the L1 fee of an L2), newest
+-- first.
 CREATE VIEW keeper.tx_pipeline AS
 SELECT i.chain_id,
        i.id AS intent_id,
@@ -949,7 +952,8 @@ SELECT i.chain_id,
        i.gas_limit,
        i.gas_used,
        i.effective_gas_price,
-       (i.gas_used::numeric * i.effective_gas_price)::numeric(78,0) AS cost_wei,
+       (i.gas_used::numeric * i.effective_gas_price + COALESCE(i.l1_fee, 0))::numeric(78,0)
+           AS cost_wei,
        keeper.hex(i.tx_hash) AS tx_hash,
        i.block_number,
        i.receipt_status,
@@ -958,7 +962,8 @@ SELECT i.chain_id,
        i.assigned_at,
        i.mined_at,
        i.confirmed_at,
-       i.updated_at
+       i.updated_at,
+       i.l1_fee
 FROM intents i
 LEFT JOIN LATERAL (
     SELECT a.max_fee, a.priority_fee, a.last_error FROM attempts a

@@ -12,6 +12,8 @@ except that it can:
 - answer JSON-RPC batch arrays, applying the limits call by call;
 - with `finalized_is_head`, answer the `finalized` and `safe` block tags with the latest block,
   as Hardhat's node and Ganache do (anvil answers head - 64);
+- add `receipt_fields` to every receipt it returns (e.g. `{"l1Fee": "0x…"}`, as an OP-stack
+  node's receipts carry);
 - count what it saw: calls per method, refused `eth_getLogs` calls, and every `eth_getLogs`
   range with its outcome, in order (`getlogs`);
 - **hold** a request (`hold()`): the n-th request carrying a given method is stopped either
@@ -190,9 +192,11 @@ class RpcProxy:
         style: LimitStyle = "geth",
         port: int = 0,
         finalized_is_head: bool = False,
+        receipt_fields: dict[str, Any] | None = None,
     ) -> None:
         self.upstream = upstream
         self.finalized_is_head = finalized_is_head
+        self.receipt_fields = dict(receipt_fields or {})
         self.max_blocks = max_blocks
         self.max_results = max_results
         self.style: LimitStyle = style
@@ -489,7 +493,14 @@ class RpcProxy:
             and params[0] in ("finalized", "safe")
         ):
             return await self._forward({**call, "params": ["latest", *params[1:]]})
-        return await self._forward(call)
+        reply = await self._forward(call)
+        if (
+            self.receipt_fields
+            and call.get("method") == "eth_getTransactionReceipt"
+            and isinstance(reply.get("result"), dict)
+        ):
+            reply["result"] = {**reply["result"], **self.receipt_fields}
+        return reply
 
     async def _forward(self, call: dict[str, Any]) -> dict[str, Any]:
         assert self._session is not None

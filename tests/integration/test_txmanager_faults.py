@@ -21,7 +21,7 @@ from keeper.batches import encode_batch, gas_floor
 from keeper.deploy import contract
 from keeper.outbox import IntentRequest, Outbox, Planned
 from keeper.rpc import ChainClient, RpcError
-from keeper.txmanager import TxManager
+from keeper.txmanager import TxManager, l1_fee, receipt_cost
 from tests.integration.ingest_support import Target, index_until_caught_up, open_indexer
 from tests.integration.rpc_proxy import RpcProxy
 from tests.integration.tx_support import Env, install_probe
@@ -519,4 +519,47 @@ async def test_an_unknown_answer_is_sent_again_with_backoff_and_logged_once(env:
             assert len(warned) == 1
         finally:
             proxy.clear_faults()
+            await manager.client.close()
+
+
+# --------------------------------------------------------------------------- L2 costs
+
+
+def test_a_receipt_cost_counts_the_l1_fee() -> None:
+    receipt = {"gasUsed": hex(50_000), "effectiveGasPrice": hex(10**9)}
+    assert receipt_cost(receipt) == 50_000 * 10**9
+    assert l1_fee(receipt) is None
+    op = {**receipt, "l1Fee": hex(123_456_789)}
+    assert receipt_cost(op) == 50_000 * 10**9 + 123_456_789
+    assert l1_fee(op) == 123_456_789
+
+
+async def test_the_l1_fee_of_an_op_stack_receipt_is_paid_for(env: Env) -> None:
+    """On an OP-stack chain (receipts carrying `l1Fee`) the cost of a transaction includes its
+    L1 fee: in keeper.tx_pipeline's cost_wei, the hourly budget and the gas-spent metric."""
+    fee = 7 * 10**13
+    with RpcProxy(env.node.url, receipt_fields={"l1Fee": hex(fee)}) as proxy:
+        manager = await _proxied(env, proxy)
+        try:
+            before = metrics.REGISTRY.get_sample_value(
+                "keeper_tx_gas_spent_wei_total", {"kind": "settle"}
+            )
+            intent = await env.plan("settle:on-an-l2")
+            await manager.tick()
+            async with env.pool.acquire() as conn:
+                row = await conn.fetchrow(
+                    "SELECT gas_used, effective_gas_price, l1_fee, cost_wei "
+                    "FROM keeper.tx_pipeline WHERE intent_id = $1",
+                    intent,
+                )
+                spent = await manager._spent_last_hour(conn)
+            assert row is not None and row["l1_fee"] == fee
+            gas = int(row["gas_used"]) * int(row["effective_gas_price"])
+            assert row["cost_wei"] == gas + fee
+            assert spent == gas + fee
+            after = metrics.REGISTRY.get_sample_value(
+                "keeper_tx_gas_spent_wei_total", {"kind": "settle"}
+            )
+            assert (after or 0) - (before or 0) == gas + fee
+        finally:
             await manager.client.close()
