@@ -1,4 +1,5 @@
-"""The transaction manager against a real anvil (automine off where it matters) and Postgres."""
+"""The transaction manager against a real anvil (automine off where it matters) and Postgres;
+the cases a node answers in its own words on Hardhat's node too (`on_both_nodes`)."""
 
 from __future__ import annotations
 
@@ -14,9 +15,10 @@ from structlog.testing import capture_logs
 from keeper import metrics
 from keeper.anvil import rpc
 from keeper.outbox import IntentRequest, Outbox, Planned
+from keeper.send_errors import SendOutcome, classify_send_error
 from keeper.signers import Signer
 from keeper.txmanager import TxManager
-from tests.integration.tx_support import Env
+from tests.integration.tx_support import Env, on_both_nodes
 
 pytestmark = pytest.mark.anyio
 
@@ -33,16 +35,19 @@ async def test_confirms_first_try(env: Env) -> None:
     assert await env.attempts(intent) == 1
 
 
+@on_both_nodes
 async def test_confirms_only_after_a_bump(env: Env) -> None:
     env.automine(False)
     intent = await env.plan("settle:bump")
     await env.manager.tick()
-    # The first attempt sits in the mempool; blocks pass without it (drop it to simulate a
-    # node that will not mine it at this price).
     async with env.pool.acquire() as conn:
-        first = await conn.fetchval("SELECT tx_hash FROM attempts WHERE intent_id = $1", intent)
-    rpc(env.node.url, "anvil_dropTransaction", ["0x" + bytes(first).hex()])
-    env.mine(2)
+        first_fee = await conn.fetchval("SELECT max_fee FROM attempts WHERE intent_id = $1", intent)
+    # The base fee jumps to twice the first attempt's fee cap: it sits in the mempool while
+    # blocks pass without it.
+    high = 2 * int(first_fee)
+    for _ in range(2):
+        env.node.set_next_base_fee(high)
+        env.mine()
     report = await env.manager.tick()
     assert report.bumped == 1
     assert await env.attempts(intent) == 2
@@ -57,6 +62,7 @@ async def test_confirms_only_after_a_bump(env: Env) -> None:
         )
     assert row is not None and row["nonces"] == 1
     assert row["hi"] * 1000 >= row["lo"] * 1125
+    assert row["hi"] >= 2 * high  # repriced from the head's base fee, not only +12.5 %
 
 
 async def test_simulation_revert_fails_the_intent_with_a_reason(env: Env) -> None:
@@ -78,13 +84,16 @@ async def test_simulation_revert_fails_the_intent_with_a_reason(env: Env) -> Non
     assert row is not None and row["state"] == "failed" and "revert" in row["reason"]
 
 
+@on_both_nodes
 async def test_receipt_reorged_out_goes_back_and_is_mined_again(env: Env) -> None:
     intent = await env.plan("settle:reorg")
+    fork = env.node.fork_point()
     await env.manager.tick()
     await env.manager.tick()
     assert await env.state(intent) == "mined"
-    # Replace the block that holds it with one that does not.
-    rpc(env.node.url, "anvil_reorg", [1, []])
+    # Replace the block that holds it with one that does not. On Hardhat (evm_revert) the
+    # transaction leaves the mempool too, and `finalized` is the head all along.
+    assert env.node.reorg_to(fork) == 1
     report = await env.manager.tick()
     assert report.unmined == 1
     assert await env.state(intent) in ("assigned", "mined")
@@ -200,6 +209,7 @@ async def test_above_the_hourly_budget_only_urgent_intents_go_out(env: Env) -> N
     assert [e["event"] for e in later].count("budget_available") == 1
 
 
+@on_both_nodes
 async def test_insufficient_funds_then_funded(env: Env) -> None:
     poor = env.signers[0]
     manager = env.manager_with(signers=[poor])
@@ -217,7 +227,9 @@ async def test_insufficient_funds_then_funded(env: Env) -> None:
             "SELECT state, last_error, tx_hash FROM attempts WHERE intent_id = $1", intent
         )
     assert row is not None and row["state"] == "signed"
-    assert "insufficient funds" in row["last_error"].lower()
+    # Each node in its own words (anvil: "Insufficient funds for gas * price + value", EDR:
+    # "Sender doesn't have enough funds to send tx. ..."), one outcome.
+    assert classify_send_error(row["last_error"]) is SendOutcome.INSUFFICIENT_FUNDS
     assert await env.state(intent) == "assigned"
 
     env.set_balance(poor, 10**20)

@@ -1,7 +1,8 @@
 """The transaction manager when things go wrong: reverting batches, reverted receipts, effects
 that did not happen, attempts mined out of order, refused replacements, a key used elsewhere,
 an RPC down while sending or while reading receipts. Real anvil (automine off where it
-matters), real Postgres."""
+matters), real Postgres; the cases a node answers in its own words on Hardhat's node too
+(`on_both_nodes`)."""
 
 from __future__ import annotations
 
@@ -21,10 +22,11 @@ from keeper.batches import encode_batch, gas_floor
 from keeper.deploy import contract
 from keeper.outbox import IntentRequest, Outbox, Planned
 from keeper.rpc import ChainClient, RpcError
+from keeper.send_errors import SendOutcome, classify_send_error
 from keeper.txmanager import TxManager, l1_fee, receipt_cost
 from tests.integration.ingest_support import Target, index_until_caught_up, open_indexer
 from tests.integration.rpc_proxy import RpcProxy
-from tests.integration.tx_support import Env, install_probe
+from tests.integration.tx_support import Env, install_probe, on_both_nodes
 
 pytestmark = pytest.mark.anyio
 
@@ -272,6 +274,7 @@ async def test_a_replacement_refused_as_underpriced_is_repriced(env: Env) -> Non
     assert bytes(row["tx_hash"]) != bytes(rival.hash)
 
 
+@on_both_nodes
 async def test_a_nonce_used_elsewhere_replans_the_intent_and_the_lane_moves_on(
     env: Env,
 ) -> None:
@@ -491,6 +494,41 @@ async def test_a_gas_cap_refusal_purges_the_nonce_and_halves_the_next_batch(env:
             assert purge["state"] in ("mined", "confirmed")
         finally:
             await manager.client.close()
+
+
+@on_both_nodes
+@pytest.mark.parametrize("anvil_args", [("--enable-tx-gas-limit",)], ids=["eip7825"])
+async def test_a_real_gas_cap_refusal_sends_the_next_batch_under_half_the_limit(
+    env: Env,
+) -> None:
+    """The same as above with the node's own refusal of a gas limit above EIP-7825's cap of
+    2**24 (anvil with --enable-tx-gas-limit: "intrinsic gas too high -- tx.gas_limit >
+    env.cfg.tx_gas_limit_cap"; EDR: "Transaction gas limit is .. and exceeds transaction gas
+    cap of 16777216"): with no max_batch_gas configured, the next batch goes out and is mined
+    under half the refused limit."""
+    items = list(range(1, 421))
+    floor = gas_floor("settle", len(items))
+    assert floor > 2**24
+    manager = env.manager_with(signers=env.signers[:1])
+    assert manager.batch_gas_cap is None
+    intent = await env.plan("settle:above-the-cap", items)
+    report = await manager.tick()
+    assert report.purged == 1
+    row = await intent_row(env, intent)
+    assert row["state"] == "replan" and "gas_limit_too_high" in row["reason"]
+    [attempt] = await attempt_rows(env, intent)
+    assert attempt["gas_limit"] == floor and attempt["broadcasts"] == 0
+    assert classify_send_error(attempt["last_error"]) is SendOutcome.GAS_LIMIT_TOO_HIGH
+    assert manager.batch_gas_cap == floor // 2
+
+    later = await env.plan("settle:under-the-cap", [i + len(items) for i in items])
+    await manager.tick()
+    row = await intent_row(env, later)
+    assert row["state"] == "mined" and row["nonce"] == 1  # after the purge's nonce 0
+    [attempt] = await attempt_rows(env, later)
+    assert attempt["gas_limit"] == floor // 2
+    receipt = env.w3.eth.get_transaction_receipt(HexBytes(bytes(row["tx_hash"])))
+    assert receipt["status"] == 1
 
 
 async def test_an_unknown_answer_is_sent_again_with_backoff_and_logged_once(env: Env) -> None:

@@ -1,9 +1,15 @@
-"""Shared set-up of the transaction-manager tests: a deployed chain, two signers, a manager."""
+"""Shared set-up of the transaction-manager tests: a deployed chain, two signers, a manager.
+
+`env` runs on anvil. A case a node answers in its own words runs on both development nodes
+(anvil and Hardhat's EDR, `tests.dev_nodes`) with `@on_both_nodes`, which parametrizes the
+`node_kind` fixture `env` is built on; such a test drives the node through `Env.node` (a
+`DevNode`) and `Env`'s helpers only, never through anvil-only RPC methods.
+"""
 
 from __future__ import annotations
 
 import subprocess
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from functools import cache
 from pathlib import Path
@@ -15,7 +21,7 @@ from eth_utils import to_checksum_address
 from web3 import Web3
 
 from keeper import db as keeper_db
-from keeper.anvil import Anvil, rpc
+from keeper.anvil import rpc, start_anvil
 from keeper.deploy import Deployment, contract, deploy_all
 from keeper.keys import dev_key
 from keeper.outbox import IntentRequest, Outbox, Planned
@@ -23,11 +29,18 @@ from keeper.rpc import ChainClient
 from keeper.signers import Signer
 from keeper.txmanager import TxManager, TxSettings
 from tests.bench.gas import DEV_KEY0
+from tests.dev_nodes import NODE_KINDS, AnvilNode, DevNode, NodeKind, start_hardhat
+
+#: Run the test once on anvil and once on Hardhat's node (it must use `env` only).
+on_both_nodes = pytest.mark.parametrize("node_kind", NODE_KINDS)
 
 
 @dataclass
 class Env:
-    node: Anvil
+    """What a transaction-manager test works with: the node (anvil or Hardhat's), web3 on it,
+    the deployed contracts, a manager, the outbox's pool and the manager's signers."""
+
+    node: DevNode
     w3: Web3
     deployment: Deployment
     manager: TxManager
@@ -35,11 +48,10 @@ class Env:
     signers: list[Signer]
 
     def mine(self, n: int = 1) -> None:
-        for _ in range(n):
-            rpc(self.node.url, "evm_mine", [])
+        self.node.mine(n)
 
     def automine(self, on: bool) -> None:
-        rpc(self.node.url, "evm_setAutomine", [on])
+        self.node.set_automine(on)
 
     def settle_call(self, ids: list[int]) -> bytes:
         c = contract(self.w3, "StreamManager", self.deployment.stream_manager)
@@ -47,7 +59,7 @@ class Env:
         return bytes.fromhex(data[2:])
 
     def set_balance(self, signer: Signer, wei: int) -> None:
-        rpc(self.node.url, "anvil_setBalance", [signer.address, hex(wei)])
+        self.node.set_balance(signer.address, wei)
 
     def manager_with(self, signers: list[Signer] | None = None, **settings: Any) -> TxManager:
         """Another manager on the same chain and outbox, with changed settings."""
@@ -90,24 +102,46 @@ class Env:
 
 
 @pytest.fixture
-async def env(anvil_factory: Callable[..., Anvil], database_url: str) -> AsyncIterator[Env]:
-    node = anvil_factory()
-    deployment = deploy_all(node.url, DEV_KEY0)
-    signers = [Signer(dev_key(i)) for i in (5, 6)]
-    pool = await keeper_db.create_pool(database_url, min_size=1, max_size=4)
-    client = ChainClient(node.url)
-    manager = TxManager(
-        client,
-        pool,
-        chain_id=deployment.chain_id,
-        signers=signers,
-        settings=TxSettings(confirmations=2, bump_after_blocks=2),
+def node_kind() -> NodeKind:
+    """The node `env` runs on: anvil, unless the test is marked `on_both_nodes`."""
+    return "anvil"
+
+
+@pytest.fixture
+def anvil_args() -> tuple[str, ...]:
+    """Extra command-line arguments of `env`'s anvil (a test parametrizes it to change them)."""
+    return ()
+
+
+@pytest.fixture
+async def env(
+    node_kind: NodeKind, anvil_args: tuple[str, ...], database_url: str
+) -> AsyncIterator[Env]:
+    """A fresh node with the contracts deployed, two signers, a manager over a fresh outbox."""
+    node: DevNode = (
+        AnvilNode(start_anvil(extra_args=list(anvil_args)))
+        if node_kind == "anvil"
+        else start_hardhat()
     )
     try:
-        yield Env(node, Web3(Web3.HTTPProvider(node.url)), deployment, manager, pool, signers)
+        deployment = deploy_all(node.url, DEV_KEY0)
+        signers = [Signer(dev_key(i)) for i in (5, 6)]
+        pool = await keeper_db.create_pool(database_url, min_size=1, max_size=4)
+        client = ChainClient(node.url)
+        manager = TxManager(
+            client,
+            pool,
+            chain_id=deployment.chain_id,
+            signers=signers,
+            settings=TxSettings(confirmations=2, bump_after_blocks=2),
+        )
+        try:
+            yield Env(node, Web3(Web3.HTTPProvider(node.url)), deployment, manager, pool, signers)
+        finally:
+            await client.close()
+            await pool.close()
     finally:
-        await client.close()
-        await pool.close()
+        node.stop()
 
 
 PROBE_SOURCE = Path(__file__).parent / "fixtures" / "BatchProbe.sol"
