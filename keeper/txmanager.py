@@ -139,6 +139,8 @@ PURGE_GAS = 21_000  # a plain value transfer to an account without code
 
 # Answers that mean "this fee will not do": the attempt is repriced by the bump rule.
 REPRICE = frozenset({SendOutcome.REPLACEMENT_UNDERPRICED, SendOutcome.UNDERPRICED})
+# Attempts whose last answer and gas limit are remembered before the memos are cleared.
+_MEMO_LIMIT = 100_000
 # Answers after which the same bytes are sent again, paced (see TxManager._broadcast).
 PACED = frozenset({SendOutcome.TIMEOUT, SendOutcome.UNKNOWN, SendOutcome.POOL_FULL})
 # Refusals of the transaction itself: the same bytes can never be taken, so its nonce is purged
@@ -360,6 +362,10 @@ class TxManager:
         head = await self.client.head()
         finalized = await self.client.finalized(head, self.settings.finality_depth)
         self._quote = None  # fees are quoted at most once per pass
+        if len(self._answers) > _MEMO_LIMIT:
+            # Per-attempt memos of a long run: forgetting them costs one more log line each.
+            self._answers.clear()
+            self._gas_limits.clear()
         self._pending_count.clear()
         self._mined_count.clear()
         await self._send_unsent(head, report)

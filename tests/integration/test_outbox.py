@@ -58,7 +58,7 @@ async def test_illegal_transitions_are_refused(db: asyncpg.Connection) -> None:
     with pytest.raises(asyncpg.CheckViolationError):
         await db.execute("UPDATE intents SET state = 'mined' WHERE id = $1", planned.intent_id)
     await db.execute(
-        Q["mark_mined"], planned.intent_id, b"\x01" * 32, 10, b"\x02" * 32, 1, 21_000, 7
+        Q["mark_mined"], planned.intent_id, b"\x01" * 32, 10, b"\x02" * 32, 1, 21_000, 7, None
     )
     await db.execute(Q["mark_confirmed"], planned.intent_id)
     await db.execute(Q["mark_final"], planned.intent_id)
