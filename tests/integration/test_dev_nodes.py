@@ -44,7 +44,13 @@ def test_the_dev_chain_and_its_keys(node_factory: Callable[[], DevNode]) -> None
         assert balance(node, dev_key(index).address) == 10_000 * 10**18, index
     # Automine, like anvil's default: a transaction is mined at once.
     before = node.head()
-    receipt = rpc(node.url, "eth_getTransactionReceipt", [send(node, 1)])
+    tx_hash = send(node, 1)
+    receipt = None
+    deadline = time.monotonic() + 10
+    while receipt is None and time.monotonic() < deadline:
+        # anvil answers the send a moment before its automine has mined it
+        receipt = rpc(node.url, "eth_getTransactionReceipt", [tx_hash])
+        time.sleep(0.05)
     assert isinstance(receipt, dict) and int(receipt["blockNumber"], 16) == before + 1
     d = deploy_all(node.url, DEV_KEY0)
     code = rpc(node.url, "eth_getCode", [d.stream_manager, "latest"])
