@@ -235,8 +235,13 @@ class HardhatNode(_RpcMixin):
         rpc(self.url, "evm_setIntervalMining", [round(seconds * 1000)])
 
     def fork_point(self) -> ForkPoint:
-        """Hardhat has no reorg call: a snapshot now, reverted to by `reorg_to`."""
-        return ForkPoint(block=self.head(), snapshot=self.snapshot())
+        """Hardhat has no reorg call: a snapshot now, reverted to by `reorg_to`.
+
+        The snapshot is taken first: with automining, a transaction may be mined between the
+        two calls, so the recorded block is at or above the snapshot's, never below.
+        """
+        snapshot = self.snapshot()
+        return ForkPoint(block=self.head(), snapshot=snapshot)
 
     def reorg_to(self, point: ForkPoint) -> int:
         """Revert to the fork point's snapshot and mine as many blocks as were undone.
@@ -247,11 +252,12 @@ class HardhatNode(_RpcMixin):
         """
         if point.snapshot is None:
             raise KeeperError("not a Hardhat fork point")
-        depth = self.head() - point.block
+        head = self.head()
         self.revert(point.snapshot)
         reverted_to = self.head()
-        if reverted_to != point.block:
-            raise KeeperError(f"evm_revert went back to block {reverted_to}, not {point.block}")
+        if reverted_to > point.block:
+            raise KeeperError(f"evm_revert went back to block {reverted_to}, above {point.block}")
+        depth = head - reverted_to
         self.mine(depth)
         return depth
 
