@@ -6,7 +6,8 @@ without its bad items. Item shapes per kind:
 
 - `settle`: stream ids -> `StreamManager.settleStreams(uint256[] ids)`
 - `refund`: escrow ids -> `EscrowVault.refundExpired(uint256[] ids)`
-- `usage`: `[stream id, units, seq]` triples -> `StreamManager.recordUsageBatch(ids, units, seqs)`
+- `usage`: `[stream id, units, seq, endpoint]` -> `StreamManager.recordUsage(uint256[] reports)`,
+  each report one word: `stream id | seq << 64 | endpoint << 96 | units << 128` (`pack_usage`)
 
 Other kinds (`call`, `purge`) are single calls and cannot be split.
 """
@@ -23,7 +24,7 @@ from eth_utils import keccak
 SIGNATURES = {
     "settle": "settleStreams(uint256[])",
     "refund": "refundExpired(uint256[])",
-    "usage": "recordUsageBatch(uint256[],uint256[],uint256[])",
+    "usage": "recordUsage(uint256[])",
 }
 SELECTORS = {kind: keccak(text=sig)[:4] for kind, sig in SIGNATURES.items()}
 
@@ -35,6 +36,45 @@ SELECTORS = {kind: keccak(text=sig)[:4] for kind, sig in SIGNATURES.items()}
 # path (a stream settled in that very block has nothing due) than in the block that includes it.
 BATCH_BASE_GAS = 60_000
 GAS_PER_ITEM = {"settle": 40_000, "refund": 35_000, "usage": 40_000}
+
+
+# The widths of a usage report's fields in its word (StreamManager.recordUsage): what does not
+# fit cannot be reported (the intake rejects such rows before they get a sequence number).
+MAX_REPORT_STREAM_ID = 2**64 - 1
+MAX_REPORT_SEQ = 2**32 - 1
+MAX_REPORT_ENDPOINT = 2**32 - 1
+MAX_REPORT_UNITS = 2**64 - 1
+
+
+def usage_fields(item: Sequence[Any]) -> tuple[int, int, int, int]:
+    """A usage item's `(stream id, units, seq, endpoint)`; an item of three (planned before
+    endpoints existed) has endpoint 0."""
+    stream_id, units, seq = (int(v) for v in item[:3])
+    return stream_id, units, seq, int(item[3]) if len(item) > 3 else 0
+
+
+def pack_usage(stream_id: int, units: int, seq: int, endpoint: int) -> int:
+    """One usage report as the word `recordUsage` reads. Raises ValueError for a field that
+    does not fit its bits (the contract would read a different report)."""
+    for name, value, top in (
+        ("stream id", stream_id, MAX_REPORT_STREAM_ID),
+        ("units", units, MAX_REPORT_UNITS),
+        ("seq", seq, MAX_REPORT_SEQ),
+        ("endpoint", endpoint, MAX_REPORT_ENDPOINT),
+    ):
+        if not 0 <= value <= top:
+            raise ValueError(f"usage report {name} {value} does not fit in a report (0 to {top})")
+    return stream_id | seq << 64 | endpoint << 96 | units << 128
+
+
+def unpack_usage(word: int) -> tuple[int, int, int, int]:
+    """`(stream id, units, seq, endpoint)` of a report word (bits 192 and up are ignored)."""
+    return (
+        word & (2**64 - 1),
+        (word >> 128) & (2**64 - 1),
+        (word >> 64) & (2**32 - 1),
+        (word >> 96) & (2**32 - 1),
+    )
 
 
 def gas_floor(kind: str, items: int) -> int:
@@ -57,9 +97,7 @@ def splittable(kind: str) -> bool:
 def encode_batch(kind: str, items: Sequence[Any]) -> bytes:
     """The calldata of a `kind` batch over `items`."""
     if kind == "usage":
-        triples = [(int(i), int(u), int(s)) for i, u, s in items]
-        columns = [[t[k] for t in triples] for k in range(3)]
-        args = encode(["uint256[]", "uint256[]", "uint256[]"], columns)
+        args = encode(["uint256[]"], [[pack_usage(*usage_fields(i)) for i in items]])
     elif kind in SIGNATURES:
         args = encode(["uint256[]"], [[int(i) for i in items]])
     else:
@@ -70,8 +108,8 @@ def encode_batch(kind: str, items: Sequence[Any]) -> bytes:
 def item_key(kind: str, item: Any) -> str:
     """How an item is named in `intent_items` and in logs: the id, or `id:seq` for usage."""
     if kind == "usage":
-        stream_id, _units, seq = item
-        return f"{int(stream_id)}:{int(seq)}"
+        stream_id, _units, seq, _endpoint = usage_fields(item)
+        return f"{stream_id}:{seq}"
     return str(int(item))
 
 

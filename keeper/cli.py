@@ -49,6 +49,18 @@ def _fee_bps(text: str) -> int:
     return value
 
 
+def _notice_period(text: str) -> int:
+    from keeper.deploy import MAX_NOTICE_PERIOD
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number of seconds: {text!r}") from None
+    if not 0 <= value <= MAX_NOTICE_PERIOD:
+        raise argparse.ArgumentTypeError(f"must be between 0 and {MAX_NOTICE_PERIOD} seconds")
+    return value
+
+
 def _port(text: str) -> int:
     try:
         value = int(text)
@@ -132,6 +144,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
             oracle=args.oracle,
             fee_recipient=args.fee_recipient,
             fee_bps=args.fee_bps,
+            notice_period=args.notice_period,
             token_address=args.token,
         )
     except KeeperError:
@@ -249,7 +262,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         urgent = "urgent " if b["urgent"] else ""
         print(f"{b['kind']:<7} {urgent}{len(b['items'])} items  {shown}  ({reasons})  {b['key']}")
         if b["kind"] == "usage":
-            print(f"        stream:seq: {' '.join(f'{i}:{q}' for i, _, q in b['items'])}")
+            print(f"        stream:seq: {' '.join(f'{i}:{q}' for i, _, q, *_ in b['items'])}")
         else:
             print(f"        ids: {' '.join(map(str, b['items']))}")
     return 0
@@ -640,6 +653,16 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"platform fee in basis points (0-{MAX_FEE_BPS})",
     )
     deploy.add_argument(
+        "--notice-period",
+        type=_notice_period,
+        default=600,
+        metavar="SECONDS",
+        help=(
+            "how long a payer's close or price decrease and a payee's price change wait\n"
+            "before they take effect; usage served before must be reported within it"
+        ),
+    )
+    deploy.add_argument(
         "--token",
         type=_address,
         metavar="ADDR",
@@ -992,7 +1015,8 @@ def _usage_parser(sub: Any) -> None:
             "stays visible in keeper.usage_rejected with a reason code and a detail.\n\n"
             "Formats (from FILE's extension, or --format):\n"
             "  csv    (.csv) a header row naming the columns stream_id, units, producer_key\n"
-            "         and optionally label, observed_at, chain_id, in any order; then one row\n"
+            "         and optionally endpoint (the name the payee published), label,\n"
+            "         observed_at, chain_id, in any order; then one row\n"
             "         per line (a quoted field may not hold a line break). An empty field is\n"
             "         stored as NULL. Any other column, and a file without a header row (an\n"
             "         empty one too), is refused before anything is written.\n"

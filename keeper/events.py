@@ -8,7 +8,9 @@ nothing a contract emitted is ever dropped.
 
 Decoding works on the JSON-RPC log dicts directly: all the events have static argument types,
 so each value is a slice of the hex data. This is several times faster than a generic ABI
-decoder, which matters for backfill throughput.
+decoder, which matters for backfill throughput. An event whose words pack several values
+(`UsageRecorded`) names an unpack function in its catalog entry that turns its argument values
+into its table's columns.
 """
 
 from __future__ import annotations
@@ -34,9 +36,24 @@ class MalformedLog(KeeperError):
     """A log returned by the RPC does not have the shape its event declares."""
 
 
+# Turns an event's argument values (ABI order) into its table's column values.
+Unpack = Callable[[list[Any]], list[Any]]
+
+
+@dataclass(frozen=True)
+class Packed:
+    """A catalog entry whose arguments pack several values: `args` names the ABI arguments,
+    `columns` the table's columns, and `unpack` maps the values of one to the other."""
+
+    args: tuple[str, ...]
+    columns: tuple[str, ...]
+    unpack: Unpack
+
+
 @dataclass(frozen=True)
 class EventSpec:
-    """One event: its contract, signature, table and (column, ABI type, indexed) arguments."""
+    """One event: its contract, signature, table, its (ABI type, indexed) arguments and the
+    table's columns (the arguments one to one, or what `unpack` makes of them)."""
 
     contract: str
     name: str
@@ -46,6 +63,7 @@ class EventSpec:
     columns: tuple[str, ...]
     types: tuple[str, ...]
     indexed: tuple[bool, ...]
+    unpack: Unpack | None = None
 
     @property
     def data_words(self) -> int:
@@ -58,11 +76,51 @@ class EventSpec:
         return COMMON_COLUMNS + self.columns
 
 
-# (contract, event) -> (table, column names in ABI argument order)
-CATALOG: dict[tuple[str, str], tuple[str, tuple[str, ...]]] = {
+_U32 = (1 << 32) - 1
+_U64 = (1 << 64) - 1
+_U96 = (1 << 96) - 1
+
+
+def unpack_usage_recorded(values: list[Any]) -> list[Any]:
+    """UsageRecorded(report, charge, state) -> its columns.
+
+    report = streamId | seq << 64 | endpoint << 96 | units << 128 (bits from 192 clear),
+    charge = charged | fee << 96, state = balanceAfter | price << 96; the shortfall is what
+    the report cost at that price beyond what it charged."""
+    report, charge, state = values
+    units = report >> 128 & _U64
+    charged = charge & _U96
+    price = state >> 96
+    return [
+        report & _U64,
+        report >> 64 & _U32,
+        report >> 96 & _U32,
+        units,
+        charged,
+        charge >> 96,
+        units * price - charged,
+        state & _U96,
+        price,
+    ]
+
+
+USAGE_RECORDED_COLUMNS = (
+    "stream_id",
+    "seq",
+    "endpoint",
+    "units",
+    "charged",
+    "fee",
+    "shortfall",
+    "balance_after",
+    "price",
+)
+
+# (contract, event) -> (table, column names in ABI argument order, or a Packed entry)
+CATALOG: dict[tuple[str, str], tuple[str, tuple[str, ...] | Packed]] = {
     ("StreamManager", "StreamOpened"): (
         "stream_opened",
-        ("stream_id", "payer", "payee", "rate", "deposit"),
+        ("stream_id", "payer", "payee", "rate", "deposit", "price_list"),
     ),
     ("StreamManager", "StreamSettled"): (
         "stream_settled",
@@ -75,11 +133,27 @@ CATALOG: dict[tuple[str, str], tuple[str, tuple[str, ...]]] = {
     ),
     ("StreamManager", "StreamRateUpdated"): ("stream_rate_updated", ("stream_id", "rate")),
     ("StreamManager", "StreamClosed"): ("stream_closed", ("stream_id", "refunded")),
-    ("StreamManager", "UsagePriceSet"): ("usage_price_set", ("stream_id", "price")),
+    ("StreamManager", "StreamCloseRequested"): (
+        "stream_close_requested",
+        ("stream_id", "close_at"),
+    ),
+    ("StreamManager", "UsagePriceSet"): (
+        "usage_price_set",
+        ("stream_id", "price", "effective_at"),
+    ),
     ("StreamManager", "UsageRecorded"): (
         "usage_recorded",
-        ("stream_id", "seq", "units", "charged", "fee", "shortfall", "balance_after"),
+        Packed(("report", "charge", "state"), USAGE_RECORDED_COLUMNS, unpack_usage_recorded),
     ),
+    ("StreamManager", "EndpointAdded"): (
+        "endpoint_added",
+        ("payee", "endpoint", "name", "price"),
+    ),
+    ("StreamManager", "EndpointPriceSet"): (
+        "endpoint_price_set",
+        ("payee", "endpoint", "price", "effective_at"),
+    ),
+    ("StreamManager", "NoticePeriodSet"): ("notice_period_set", ("notice_period",)),
     ("StreamManager", "UsageSkipped"): (
         "usage_skipped",
         ("stream_id", "seq", "last_seq", "reason"),
@@ -143,9 +217,22 @@ def build_catalog() -> tuple[dict[str, EventSpec], dict[str, tuple[str, str]]]:
                     f"{contract}.{sig} has no table in keeper.events.CATALOG",
                     help="add a table for it in a new migration and to the catalog",
                 )
-            table, columns = CATALOG[key]
-            if len(columns) != len(item["inputs"]):
-                raise UnknownEventShape(f"{contract}.{sig}: catalog has columns {columns}")
+            table, entry = CATALOG[key]
+            types = tuple(i["type"] for i in item["inputs"])
+            indexed = tuple(bool(i["indexed"]) for i in item["inputs"])
+            if isinstance(entry, Packed):
+                args, columns, unpack = entry.args, entry.columns, entry.unpack
+                # The packing is named by the arguments: a renamed one may pack otherwise.
+                names = tuple(i["name"] for i in item["inputs"])
+                if names != args or any(t != "uint256" for t in types):
+                    raise UnknownEventShape(
+                        f"{contract}.{sig}: catalog unpacks uint256 words {args}, the ABI has "
+                        f"{list(zip(names, types, strict=True))}"
+                    )
+            else:
+                args, columns, unpack = entry, entry, None
+            if len(args) != len(item["inputs"]):
+                raise UnknownEventShape(f"{contract}.{sig}: catalog has arguments {args}")
             typed[topic0] = EventSpec(
                 contract=contract,
                 name=item["name"],
@@ -153,8 +240,9 @@ def build_catalog() -> tuple[dict[str, EventSpec], dict[str, tuple[str, str]]]:
                 topic0=topic0,
                 table=table,
                 columns=columns,
-                types=tuple(i["type"] for i in item["inputs"]),
-                indexed=tuple(bool(i["indexed"]) for i in item["inputs"]),
+                types=types,
+                indexed=indexed,
+                unpack=unpack,
             )
             seen.add(key)
     missing = set(CATALOG) - seen
@@ -237,7 +325,7 @@ class Decoder:
                 integers = (
                     tuple(range(1, n_indexed + 1)),
                     tuple(256 * (words - 1 - i) for i in range(words)),
-                    "\t".join(["%d"] * len(plan)),
+                    "\t".join(["%d"] * len(spec.columns)),
                 )
             self._plans[topic0] = (spec, plan, integers, 2 + 64 * words)
 
@@ -327,12 +415,16 @@ class Decoder:
                     values = [whole >> shift & word for shift in shifts]
                     if in_topics:
                         values[:0] = [int(topics[i], 16) for i in in_topics]
+                    if spec.unpack is not None:
+                        values = spec.unpack(values)
                     values_text = values_format % tuple(values)
                 else:
                     values = [
                         dec(topics[i][2:]) if indexed else dec(data[2 + 64 * i : 66 + 64 * i])
                         for indexed, i, dec in plan
                     ]
+                    if spec.unpack is not None:
+                        values = spec.unpack(values)
                     values_text = "\t".join(map(_copy_value, values))
                 table = spec.table
                 table_rows = rows.get(table)

@@ -9,13 +9,16 @@ One pass reads what is due from the operator views themselves (`keeper.streams_d
 - **refund**: open escrows whose `expiresAt` is at or before the indexed head's timestamp
   (chain time, never the wall clock), most overdue first;
 - **usage** (when enabled): the usage inbox validated, pending reports reconciled and the
-  reports that continue each stream's sequence batched (see `keeper.usage`).
+  reports that continue each stream's sequence batched (see `keeper.usage`); a stream's run
+  is urgent when a deadline is near: the stream is closing (its notice period runs out at
+  close_at) or the price its reports are billed at has a change pending.
 
 Due items are cut into batches sized by gas (`max_batch_gas`, a per-item estimate and a fixed
 overhead). Within a batch the streams are ordered by payee: the contract folds a run of one
 payee into one ledger write, which is the cheapest order. Above `base_fee_ceiling` only urgent
-work is planned. An item already in an unfinished intent, or backed off after it reverted or
-had no effect, is not in the views, so it is never planned twice.
+work is planned. A closing stream is never settled: its rate is 0 from the close request, and
+its final close settles and refunds it. An item already in an unfinished intent, or backed off
+after it reverted or had no effect, is not in the views, so it is never planned twice.
 
 Each batch becomes an intent whose idempotency key is derived from its kind, block and items:
 re-running a pass (after a crash between two intents, say) reports the batches it already
@@ -32,7 +35,9 @@ from typing import Any
 
 import asyncpg
 import structlog
+from prometheus_client import Counter
 
+from keeper import metrics
 from keeper.batches import batch_size, encode_batch, item_key
 from keeper.db import Conn, to_int
 from keeper.errors import KeeperError
@@ -41,9 +46,24 @@ from keeper.outbox import AlreadyPlanned, IntentRequest, Outbox, Planned
 from keeper.queries import Queries, load_queries
 from keeper.reverts import revert_reason
 from keeper.rpc import ChainClient, RpcResponseError
-from keeper.usage import IntakeReport, UsageItem, UsageOracle, pack_runs
+from keeper.usage import (
+    URGENT_REASONS,
+    IntakeReport,
+    UsageItem,
+    UsageOracle,
+    pack_runs,
+    run_urgency,
+)
 
 log = structlog.get_logger(__name__)
+
+USAGE_URGENT = Counter(
+    "keeper_usage_urgent_total",
+    "Usage reports planned as urgent, by the deadline they beat: stream_closing, price_change "
+    "or endpoint_price_change (the other reports of their stream's run are not counted).",
+    ["reason"],
+    registry=metrics.REGISTRY,
+)
 
 
 @dataclass(frozen=True)
@@ -81,7 +101,7 @@ class Batch:
 
     kind: str
     target: str
-    items: list[Any]  # ids, or [stream id, units, seq] for usage
+    items: list[Any]  # ids, or [stream id, units, seq, endpoint] for usage
     reasons: dict[str, str]  # by item_key
     urgent: bool
     amount: int
@@ -252,20 +272,31 @@ class Planner:
         ceiling = self.settings.base_fee_ceiling
         return ceiling is not None and base_fee is not None and base_fee > ceiling
 
-    def usage_batches(self, block: int, runs: Sequence[list[UsageItem]]) -> list[Batch]:
-        """`recordUsageBatch` batches of whole per-stream runs, by payee."""
-        return [
-            Batch(
-                kind="usage",
-                target=self.stream_manager,
-                items=[u.item for u in batch],
-                reasons={item_key("usage", u.item): "usage" for u in batch},
-                urgent=False,
-                amount=sum(u.units * u.price for u in batch),
-                block=block,
-            )
-            for batch in pack_runs(runs, self.usage_batch_size)
-        ]
+    def usage_batches(
+        self, block: int, runs: Sequence[list[UsageItem]], *, urgent_only: bool = False
+    ) -> list[Batch]:
+        """`recordUsage` batches of whole per-stream runs, by payee: the urgent runs first, in
+        batches of their own (as `cut_batches` keeps urgent settlements apart), and no others
+        when `urgent_only`. An item's reason is its deadline (`keeper.usage.URGENT_REASONS`)
+        or `usage`."""
+        batches = []
+        for urgent in (True, False):
+            part = [r for r in runs if (run_urgency(r) is not None) is urgent]
+            if not part or (urgent_only and not urgent):
+                continue
+            batches += [
+                Batch(
+                    kind="usage",
+                    target=self.stream_manager,
+                    items=[u.item for u in batch],
+                    reasons={item_key("usage", u.item): u.urgent or "usage" for u in batch},
+                    urgent=urgent,
+                    amount=sum(u.units * u.price for u in batch),
+                    block=block,
+                )
+                for batch in pack_runs(part, self.usage_batch_size)
+            ]
+        return batches
 
     @property
     def usage_batch_size(self) -> int:
@@ -313,22 +344,43 @@ class Planner:
                 else:
                     assert isinstance(outcome, Planned)
                     report.planned.append(batch)
+        if not dry_run:
+            self._count_urgent_usage(report, base_fee)
         return report
+
+    def _count_urgent_usage(self, report: PassReport, base_fee: int | None) -> None:
+        """Count and log the urgent usage reports a pass planned (after its commit)."""
+        urgent: dict[str, int] = {}
+        for batch in report.planned:
+            if batch.kind == "usage" and batch.urgent:
+                for reason in batch.reasons.values():
+                    if reason in URGENT_REASONS:
+                        urgent[reason] = urgent.get(reason, 0) + 1
+        if not urgent:
+            return
+        for reason, n in urgent.items():
+            USAGE_URGENT.labels(reason).inc(n)
+        self.log.info(
+            "usage_urgent_planned",
+            reports=sum(len(b.items) for b in report.planned if b.kind == "usage" and b.urgent),
+            deadlines=urgent,
+            above_base_fee_ceiling=self.urgent_only(base_fee),
+        )
 
     async def _usage_part(
         self, conn: Conn, block: int, base_fee: int | None, report: PassReport
     ) -> list[Batch]:
-        """Reconcile usage reports and cut the batches of those due (none above the base-fee
-        ceiling)."""
+        """Reconcile usage reports and cut the batches of those due (only urgent ones above
+        the base-fee ceiling)."""
         assert self.usage is not None
         reconciled = await self.usage.reconcile(conn)
         runs = await self.usage.due(conn, self.usage_batch_size)
         report.reconciled = reconciled  # only once nothing can undo it any more
         report.due["usage"] = sum(len(r) for r in runs)
-        if self.urgent_only(base_fee):
-            report.held_by_base_fee += report.due["usage"]
-            return []
-        return self.usage_batches(block, runs)
+        urgent_only = self.urgent_only(base_fee)
+        if urgent_only:
+            report.held_by_base_fee += sum(len(r) for r in runs if run_urgency(r) is None)
+        return self.usage_batches(block, runs, urgent_only=urgent_only)
 
     def request(self, batch: Batch) -> IntentRequest:
         """The outbox request for `batch`."""

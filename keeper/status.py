@@ -1,14 +1,14 @@
 """`keeper status`: one chain's state on one screen, read from the database.
 
 `collect_status` reads the operator views (keeper.indexer_status, keeper.streams_due,
-keeper.escrows_refundable, keeper.usage_pending, keeper.tx_pipeline, keeper.signers,
-keeper.reorgs, keeper.settlement_totals) and `keeper.leader.current_leader`, in one read-only
-snapshot, with the named queries of `sql/status.sql`. It only SELECTs, so it runs next to a
-live daemon; and only views and system catalogs, so it also runs as a member of the read-only
-role `keeper_reader` (which then sees no leader `since`: pg_stat_activity hides other roles'
-session start). The result is JSON-safe: token and wei amounts as decimal strings (they exceed
-a float's precision), block numbers and counts as ints, times as ISO 8601. The health port
-serves it as /status; `render_status` is the text of `keeper status`.
+keeper.escrows_refundable, keeper.pending_terms, keeper.usage_pending, keeper.tx_pipeline,
+keeper.signers, keeper.reorgs, keeper.settlement_totals) and `keeper.leader.current_leader`,
+in one read-only snapshot, with the named queries of `sql/status.sql`. It only SELECTs, so it
+runs next to a live daemon; and only views and system catalogs, so it also runs as a member of
+the read-only role `keeper_reader` (which then sees no leader `since`: pg_stat_activity hides
+other roles' session start). The result is JSON-safe: token and wei amounts as decimal strings
+(they exceed a float's precision), block numbers and counts as ints, times as ISO 8601. The
+health port serves it as /status; `render_status` is the text of `keeper status`.
 
 With no chain id, the database must have exactly one indexed chain; with several,
 `AmbiguousChain` asks for `--chain-id` (one screen is one chain).
@@ -84,6 +84,7 @@ async def _collect(conn: Conn, chain_id: int | None) -> dict[str, Any]:
 
     index = await conn.fetchrow(q["indexer_status"], chain_id)
     due = await conn.fetchrow(q["work_due"], chain_id)
+    terms = await conn.fetchrow(q["pending_terms"], chain_id)
     usage = {r["status"]: int(r["n"]) for r in await conn.fetch(q["usage_pending"], chain_id)}
     intents: dict[str, dict[str, int]] = {}
     for r in await conn.fetch(q["intents_open"], chain_id):
@@ -114,6 +115,11 @@ async def _collect(conn: Conn, chain_id: int | None) -> dict[str, Any]:
             "escrows_refundable": _int(due["escrows_refundable"]) if due else 0,
             "usage": {status: usage.get(status, 0) for status in USAGE_STATUSES},
             "intents": intents,
+            "terms": {
+                "closing": _int(terms["closing"]) if terms else 0,
+                "price_changes": _int(terms["price_changes"]) if terms else 0,
+                "next_in": _int(terms["next_in"]) if terms else None,
+            },
         },
         "signers": [
             {
@@ -267,6 +273,13 @@ def render_status(status: Mapping[str, Any]) -> str:
         f"usage {usage['pending']} pending, {usage['sending']} sending, "
         f"{usage['received']} received"
     )
+    terms = pending.get("terms")
+    if terms and (terms["closing"] or terms["price_changes"]):
+        next_in = f", the next due in {terms['next_in']} s" if terms["next_in"] else ""
+        lines.append(
+            f"terms       {terms['closing']} streams closing, "
+            f"{terms['price_changes']} price changes announced{next_in}"
+        )
     intents = pending["intents"]
     in_flight = ", ".join(
         f"{kind} " + " ".join(f"{state} {n}" for state, n in states.items())

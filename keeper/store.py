@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
@@ -19,7 +19,7 @@ from anyio.streams.memory import MemoryObjectSendStream
 from keeper import metrics
 from keeper.db import Conn
 from keeper.errors import KeeperError, unwrap_group
-from keeper.events import RAW_TABLE, DecodedBatch, Decoder
+from keeper.events import CATALOG, RAW_TABLE, DecodedBatch, Decoder, Packed
 from keeper.queries import Queries, load_queries
 from keeper.rpc import BlockHeader
 
@@ -30,10 +30,15 @@ STREAM_TABLES = frozenset(
         "stream_topped_up",
         "stream_rate_updated",
         "stream_closed",
+        "stream_close_requested",
         "usage_price_set",
         "usage_recorded",
     }
 )
+# Stream events whose effect the write path leaves to refresh_streams (a price set's coming
+# into force depends on the time of the next one, which the stored history holds).
+REFRESHED_STREAM_TABLES = frozenset({"usage_price_set"})
+ENDPOINT_TABLES = frozenset({"endpoint_added", "endpoint_price_set"})
 ESCROW_TABLES = frozenset({"escrow_created", "escrow_released", "escrow_refunded"})
 # table -> column position (in the COPY row) of the vault account the event names
 ACCOUNT_COLUMNS = {
@@ -44,8 +49,28 @@ ACCOUNT_COLUMNS = {
     "escrow_refunded": 6,
 }
 LEDGER_TABLES = frozenset({"stream_settled", "usage_recorded", "fees_credited", "claimed"})
-PARAM_TABLES = frozenset({"fee_updated", "fee_recipient_updated", "contract_events"})
+PARAM_TABLES = frozenset(
+    {"fee_updated", "fee_recipient_updated", "notice_period_set", "contract_events"}
+)
 ID_COLUMN = 5  # stream_id / escrow_id follow the five common columns
+
+
+def _position(table: str, column: str) -> int:
+    """Where `column` of the event table `table` is in a decoded row."""
+    for entry_table, entry in CATALOG.values():
+        if entry_table == table:
+            columns = entry.columns if isinstance(entry, Packed) else entry
+            return ID_COLUMN + columns.index(column)
+    raise KeyError(table)
+
+
+# Positions in a decoded row of the columns the projections read.
+OPENED_PRICE_LIST = _position("stream_opened", "price_list")
+USAGE_SEQ = _position("usage_recorded", "seq")
+USAGE_CHARGED = _position("usage_recorded", "charged")
+USAGE_FEE = _position("usage_recorded", "fee")
+USAGE_BALANCE = _position("usage_recorded", "balance_after")
+ENDPOINT_ID = _position("endpoint_added", "endpoint")
 COPY_QUEUE = 2  # decoded parts waiting for their COPY
 
 
@@ -78,24 +103,29 @@ class Touched:
     escrows: list[int]
     accounts: list[bytes]
     params: bool
+    endpoints: list[tuple[bytes, int]] = field(default_factory=list)  # (payee, endpoint)
 
     @classmethod
     def from_batch(cls, batch: DecodedBatch, *, streams: bool = True) -> Touched:
         """What the rows of `batch` touch (streams left out if `streams` is false: the write
-        path merges them from the events' post-state instead)."""
+        path merges them from the events' post-state instead, all but those whose prices
+        changed)."""
         stream_ids: set[int] = set()
         escrows: set[int] = set()
         accounts: set[bytes] = set()
+        endpoints: set[tuple[bytes, int]] = set()
         for table, rows in batch.rows.items():
-            if streams and table in STREAM_TABLES:
+            if table in STREAM_TABLES and (streams or table in REFRESHED_STREAM_TABLES):
                 stream_ids.update(r[ID_COLUMN] for r in rows)
+            if table in ENDPOINT_TABLES:
+                endpoints.update((r[ID_COLUMN], r[ENDPOINT_ID]) for r in rows)
             if table in ESCROW_TABLES:
                 escrows.update(r[ID_COLUMN] for r in rows)
             column = ACCOUNT_COLUMNS.get(table)
             if column is not None:
                 accounts.update(r[column] for r in rows)
         params = any(t in batch.rows for t in PARAM_TABLES)
-        return cls(sorted(stream_ids), sorted(escrows), sorted(accounts), params)
+        return cls(sorted(stream_ids), sorted(escrows), sorted(accounts), params, sorted(endpoints))
 
 
 @dataclass
@@ -107,8 +137,9 @@ class _StreamPatch:
     balance: int | None = None
     settled_at: int | None = None
     usage_seq: int | None = None
-    price: int | None = None
+    price_list: bool | None = None
     closed: bool = False
+    close_at: int | None = None
     updated_block: int = 0
 
 
@@ -130,7 +161,7 @@ def stream_patches(batch: DecodedBatch) -> dict[int, _StreamPatch]:
             latest[row[ID_COLUMN]] = row
         if table == "usage_recorded":
             for row in rows:
-                sid, seq = row[ID_COLUMN], row[ID_COLUMN + 1]
+                sid, seq = row[ID_COLUMN], row[USAGE_SEQ]
                 if seq > max_seq.get(sid, -1):
                     max_seq[sid] = seq
         for sid, row in latest.items():
@@ -145,6 +176,7 @@ def stream_patches(batch: DecodedBatch) -> dict[int, _StreamPatch]:
             if table == "stream_opened":
                 p.payer, p.payee, p.rate, p.balance = f[0], f[1], f[2], f[3]
                 p.opened_block, p.settled_at = block, row[4]
+                p.price_list = bool(row[OPENED_PRICE_LIST])
             elif table == "stream_settled":
                 p.balance, p.settled_at = f[2], row[4]
             elif table == "stream_topped_up":
@@ -152,11 +184,11 @@ def stream_patches(batch: DecodedBatch) -> dict[int, _StreamPatch]:
             elif table == "stream_rate_updated":
                 p.rate = f[0]
             elif table == "stream_closed":
-                p.balance, p.closed = 0, True
-            elif table == "usage_price_set":
-                p.price = f[0]
+                p.balance, p.closed, p.close_at = 0, True, None
+            elif table == "stream_close_requested":
+                p.rate, p.close_at = 0, f[0]
             elif table == "usage_recorded":
-                p.balance = f[5]
+                p.balance = row[USAGE_BALANCE]
     return patches
 
 
@@ -167,7 +199,7 @@ def ledger_changes(batch: DecodedBatch) -> tuple[dict[int, list[int]], dict[byte
     # (table, column of the amount, column of the fee): each credits amount - fee.
     for table, amount_at, fee_at in (
         ("stream_settled", ID_COLUMN + 1, ID_COLUMN + 2),
-        ("usage_recorded", ID_COLUMN + 3, ID_COLUMN + 4),
+        ("usage_recorded", USAGE_CHARGED, USAGE_FEE),
     ):
         for row in batch.rows.get(table, ()):
             entry = per_stream.get(row[ID_COLUMN])
@@ -348,11 +380,13 @@ class Store:
             await self._claim_cursor(conn, old_head.number)
             row = await conn.fetchrow(self.q["touched_after"], chain, ancestor.number)
             assert row is not None
+            endpoints = await conn.fetch(self.q["endpoints_touched_after"], chain, ancestor.number)
             touched = Touched(
                 streams=[int(x) for x in row["streams"]],
                 escrows=[int(x) for x in row["escrows"]],
                 accounts=[bytes(x) for x in row["accounts"]],
                 params=True,
+                endpoints=[(bytes(r["payee"]), int(r["endpoint"])) for r in endpoints],
             )
             # Ledger first: its subtraction reads the orphaned events before they go.
             await conn.execute(self.q["apply_ledger_range"], chain, ancestor.number, 2**62, -1)
@@ -451,8 +485,9 @@ class Store:
             [p.balance for p in ps],
             [p.settled_at for p in ps],
             [p.usage_seq for p in ps],
-            [p.price for p in ps],
+            [p.price_list for p in ps],
             [p.closed for p in ps],
+            [p.close_at for p in ps],
             [p.updated_block for p in ps],
         )
 
@@ -483,3 +518,8 @@ class Store:
             await conn.execute(self.q["refresh_vault_accounts"], chain, t.accounts, t.escrows)
         if t.params:
             await conn.execute(self.q["refresh_contract_params"], chain)
+        if t.endpoints:
+            payees = [payee for payee, _ in t.endpoints]
+            ids = [endpoint for _, endpoint in t.endpoints]
+            await conn.execute(self.q["delete_gone_endpoints"], chain, payees, ids)
+            await conn.execute(self.q["refresh_endpoints"], chain, payees, ids)

@@ -51,6 +51,7 @@ from keeper.batches import (
     item_key,
     split_batch,
     splittable,
+    usage_fields,
 )
 from keeper.fees import FeeCaps, Fees, bump, initial_fees
 from keeper.outbox import Outbox
@@ -243,6 +244,7 @@ SKIP_REASONS = {
         4: "replay",
         5: "sequence gap",
         6: "bad units",
+        7: "unknown endpoint",
     },
 }
 
@@ -1070,8 +1072,9 @@ class TxManager:
                     items = _items(intent)
                     tx_hash, block = bytes(intent["tx_hash"]), int(intent["block_number"])
                     if kind == "usage":
-                        ids = [Decimal(int(i)) for i, _, _ in items]
-                        seqs = [Decimal(int(q)) for _, _, q in items]
+                        fields = [usage_fields(i) for i in items]
+                        ids = [Decimal(f[0]) for f in fields]
+                        seqs = [Decimal(f[2]) for f in fields]
                         rows = await conn.fetch(
                             self.q["usage_effects"], self.chain_id, tx_hash, block, ids, seqs
                         )

@@ -4,20 +4,33 @@ Producers put rows into `usage_inbox` (INSERT, COPY or `keeper usage import`). A
 then, in one database transaction:
 
 1. **validates** unvalidated rows in id order (`intake`). A row that is malformed (the
-   grammar is in the README, "Usage reports"), names an unknown or closed stream, has units
+   grammar is in the README, "Usage reports"), names an unknown or closed stream (or a closing
+   one whose notice period is over), an endpoint its stream cannot be billed at, has units
    outside 1..2^64-1 (StreamManager.MAX_USAGE_UNITS), a time outside its range or repeats a
    producer key already accepted is kept with `verdict = 'rejected'`, a reason code and a
    readable detail: no value a row holds makes the intake raise. An accepted row gets the
-   stream's next usage sequence number in `usage_reports`, committed before any transaction
-   carrying it is signed. A row naming a stream above the highest indexed id may be a stream
-   the indexer has not reached yet: it waits up to `unknown_stream_grace` seconds before it is
-   rejected as unknown.
+   stream's next usage sequence number and its endpoint's id in `usage_reports`, committed
+   before any transaction carrying it is signed. A row naming a stream above the highest
+   indexed id, or an endpoint its payee has not listed (yet, as far as the index goes), may be
+   one the indexer has not reached yet: it waits up to `unknown_stream_grace` seconds before it
+   is rejected as unknown.
 2. **reconciles** pending reports from the indexed events (`reconcile`): `recorded` from
-   UsageRecorded with the charged amount, fee and shortfall; `rejected` (`stream_closed`) when
-   the stream closed first. A reconciliation whose block was reorged away is undone first.
-3. **plans** `recordUsageBatch` batches (`usage_batches`): per stream, the run of pending
-   reports that continues the contract's sequence, never a stream that has usage on its way
-   (so two signers never race one stream's sequence), packed whole into batches by payee.
+   UsageRecorded with the charged amount, fee, shortfall and price; `rejected`
+   (`stream_closed`) when the stream closed first, or was closing and its close_at passed (as
+   of the finalized block) before they were recorded. A reconciliation whose block was
+   reorged away is undone first.
+3. **plans** `recordUsage` batches (`usage_batches`): per stream, the run of pending reports
+   that continues the contract's sequence, never a stream that has usage on its way (so two
+   signers never race one stream's sequence), packed whole into batches by payee. A run is
+   urgent when its price is about to change or its stream to stop taking usage (a closing
+   stream, a pending own price or endpoint price): it goes out before that deadline, above the
+   base-fee ceiling too.
+
+Endpoints: a stream on its payee's price list is billed per endpoint, so each of its rows names
+one (`usage_inbox.endpoint`, the name the payee published); an own-price stream's row names none
+(endpoint 0, its own price) or one its payee listed. A report is one word on chain
+(`keeper.batches.pack_usage`): a stream id above 2^64-1 or a sequence number above 2^32-1
+cannot be reported, and such rows are rejected.
 
 Exactly-once rests on the contract: a report applies only as `last + 1`. A rebroadcast, a
 replacement or a reorged batch that lands again is skipped as a replay; a batch that arrives
@@ -31,7 +44,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import MAXYEAR, MINYEAR, UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -40,6 +53,8 @@ import structlog
 from eth_abi.abi import encode
 from eth_utils import keccak
 
+from keeper.accrual import MAX_USAGE_SEQ
+from keeper.batches import MAX_REPORT_ENDPOINT, MAX_REPORT_SEQ, MAX_REPORT_STREAM_ID
 from keeper.db import Conn, to_int
 from keeper.queries import Queries, load_queries
 from keeper.rpc import ChainClient
@@ -48,8 +63,10 @@ from keeper.usage_import import HUGE_DIGITS, WHITESPACE, blank, whole_number
 log = structlog.get_logger(__name__)
 
 MAX_USAGE_UNITS = 2**64 - 1  # StreamManager.MAX_USAGE_UNITS
-MAX_SEQ = 2**48 - 1  # the contract keeps a stream's usage sequence in 48 bits
-MAX_UINT256 = 2**256 - 1
+# The contract keeps a stream's usage sequence in 32 bits (StreamManager.MAX_USAGE_SEQ), and a
+# report word carries 32.
+MAX_SEQ = min(MAX_USAGE_SEQ, MAX_REPORT_SEQ)
+MAX_ENDPOINT_NAME_BYTES = 32  # an endpoint's name is a bytes32 on chain
 MAX_KEY_LENGTH = 200
 MAX_LABEL_LENGTH = 200
 # The range of observed_at (and of received_at, which a producer may set too): not before the
@@ -79,7 +96,7 @@ _HAS_ROLE = keccak(text="hasRole(bytes32,address)")[:4]
 async def signers_without_oracle_role(
     client: ChainClient, stream_manager: str, signers: Sequence[str]
 ) -> list[str]:
-    """The signers (addresses) that may not call recordUsageBatch."""
+    """The signers (addresses) that may not call recordUsage."""
     lacking = []
     for address in signers:
         data = _HAS_ROLE + encode(["bytes32", "address"], [ORACLE_ROLE, address])
@@ -114,6 +131,7 @@ class ParsedRow:
     producer_key: str
     label: str | None
     observed_at: datetime
+    endpoint: str | None = None  # the endpoint's name; None: none named
 
 
 def _shown(value: str) -> str:
@@ -242,6 +260,7 @@ def parse_row(
     label: str | None,
     observed_at: str | None,
     received_at: datetime,
+    endpoint: str | None = None,
 ) -> ParsedRow | Rejection:
     """Check one inbox row's fields (not yet against the chain). `received_at` must be a time
     the row can have arrived at (the intake rejects other rows with
@@ -256,10 +275,11 @@ def parse_row(
     sid = _whole("stream_id", stream_id)
     if isinstance(sid, Rejection):
         return sid
-    if not 0 < sid <= MAX_UINT256:
+    if not 0 < sid <= MAX_REPORT_STREAM_ID:
         return Rejection(
             "stream_id_out_of_range",
-            f"stream_id {_written(sid, stream_id or '')} is not a stream id (1 to 2^256-1)",
+            f"stream_id {_written(sid, stream_id or '')} is not a stream id a usage report can "
+            "carry (1 to 2^64-1)",
         )
     count = _whole("units", units)
     if isinstance(count, Rejection):
@@ -278,10 +298,28 @@ def parse_row(
         return Rejection(
             "malformed_label", f"label is {len(label)} characters (at most {MAX_LABEL_LENGTH})"
         )
+    name = _endpoint_name(endpoint)
+    if isinstance(name, Rejection):
+        return name
     when = _observed_at(observed_at, received_at)
     if isinstance(when, Rejection):
         return when
-    return ParsedRow(sid, count, producer_key, label, when)
+    return ParsedRow(sid, count, producer_key, label, when, name)
+
+
+def _endpoint_name(value: str | None) -> str | Rejection | None:
+    """The endpoint a row names, exactly as written (names are matched as the payee published
+    them); None when blank."""
+    if value is None or blank(value):
+        return None
+    size = len(value.encode("utf-8", errors="surrogatepass"))
+    if size > MAX_ENDPOINT_NAME_BYTES:
+        return Rejection(
+            "malformed_endpoint",
+            f"endpoint {_shown(value)} is {size} bytes in UTF-8 (an endpoint's name is at most "
+            f"{MAX_ENDPOINT_NAME_BYTES})",
+        )
+    return value
 
 
 def _parse(row: Mapping[str, Any], now: datetime) -> ParsedRow | Rejection:
@@ -296,6 +334,7 @@ def _parse(row: Mapping[str, Any], now: datetime) -> ParsedRow | Rejection:
         row["label"],
         row["observed_at"],
         received_at,
+        row["endpoint"],
     )
 
 
@@ -303,8 +342,11 @@ def _parse(row: Mapping[str, Any], now: datetime) -> ParsedRow | Rejection:
 class StreamState:
     """What validation needs to know about a stream."""
 
-    status: str
+    status: str  # open, closing or closed
     next_seq: int  # the sequence number the next accepted report gets
+    payee: bytes = b""
+    price_list: bool = False  # billed at the payee's price list: every report names an endpoint
+    close_at: int | None = None  # closing: the chain time from which usage is skipped
 
 
 @dataclass
@@ -313,7 +355,7 @@ class IntakeReport:
 
     accepted: int = 0
     rejected: dict[str, int] = field(default_factory=dict)
-    waiting: int = 0  # rows for a stream the indexer may not have reached yet
+    waiting: int = 0  # rows for a stream or endpoint the indexer may not have reached yet
 
     @property
     def validated(self) -> int:
@@ -328,6 +370,52 @@ class Verdict:
     row: ParsedRow | None
     seq: int | None = None
     rejection: Rejection | None = None
+    endpoint: int = 0  # the endpoint's id (0: none)
+
+
+def _hex(address: bytes) -> str:
+    return "0x" + address.hex()
+
+
+def _closed(stream_id: int, state: StreamState, chain_time: int | None) -> Rejection | None:
+    """Why a stream takes no more usage, or None: open, or closing with its notice period
+    still running at the indexed head's time."""
+    if state.status == "open":
+        return None
+    if state.status == "closing":
+        if state.close_at is None or chain_time is None or chain_time < state.close_at:
+            return None
+        return Rejection(
+            "stream_closed",
+            f"stream {stream_id} is closing and took usage until {state.close_at} "
+            f"(unix seconds, chain time; the indexed head is at {chain_time})",
+        )
+    return Rejection("stream_closed", f"stream {stream_id} is closed")
+
+
+def _endpoint_id(
+    parsed: ParsedRow, state: StreamState, endpoints: Mapping[tuple[bytes, str], int]
+) -> int | Rejection | None:
+    """The endpoint id a row is billed at (0: the stream's own price), a rejection, or None
+    when the row names an endpoint its payee has not listed as far as the index goes."""
+    if parsed.endpoint is None:
+        if state.price_list:
+            return Rejection(
+                "unknown_endpoint",
+                f"stream {parsed.stream_id} is billed at the price list of payee "
+                f"{_hex(state.payee)}: the row names no endpoint (name one the payee listed)",
+            )
+        return 0
+    endpoint = endpoints.get((state.payee, parsed.endpoint))
+    if endpoint is None:
+        return None
+    if not 0 < endpoint <= MAX_REPORT_ENDPOINT:
+        return Rejection(
+            "endpoint_out_of_range",
+            f"endpoint {_shown(parsed.endpoint)} of payee {_hex(state.payee)} has id "
+            f"{endpoint}, which a usage report cannot carry (1 to {MAX_REPORT_ENDPOINT})",
+        )
+    return endpoint
 
 
 def judge(
@@ -338,10 +426,15 @@ def judge(
     highest_stream: int,
     now: datetime,
     grace: timedelta,
+    endpoints: Mapping[tuple[bytes, str], int] | None = None,
+    chain_time: int | None = None,
 ) -> tuple[list[Verdict], int]:
     """Decide each parsed row in order (pure: the caller reads and writes the database).
-    Returns the verdicts and how many rows wait for their stream to be indexed. `streams` and
-    `accepted_keys` are updated as rows are accepted."""
+    `endpoints` maps (payee, name) to the endpoint's id; `chain_time` is the indexed head's
+    timestamp (a closing stream takes usage until its close_at). Returns the verdicts and how
+    many rows wait for their stream or endpoint to be indexed. `streams` and `accepted_keys`
+    are updated as rows are accepted."""
+    listed = endpoints or {}
     verdicts: list[Verdict] = []
     waiting = 0
     for inbox_id, parsed, received_at in rows:
@@ -349,6 +442,8 @@ def judge(
             verdicts.append(Verdict(inbox_id, None, rejection=parsed))
             continue
         state = streams.get(parsed.stream_id)
+        endpoint: int | Rejection | None = 0
+        rejection: Rejection | None = None
         if state is None:
             if parsed.stream_id > highest_stream and now - received_at < grace:
                 waiting += 1
@@ -358,25 +453,41 @@ def judge(
                 f"stream {parsed.stream_id} does not exist "
                 f"(the highest indexed stream id is {highest_stream})",
             )
-        elif state.status != "open":
-            rejection = Rejection("stream_closed", f"stream {parsed.stream_id} is closed")
+        elif (closed := _closed(parsed.stream_id, state, chain_time)) is not None:
+            rejection = closed
         elif parsed.producer_key in accepted_keys:
             rejection = Rejection(
                 "duplicate_producer_key",
                 f"producer_key {_shown(parsed.producer_key)} was already accepted "
                 f"(inbox row {accepted_keys[parsed.producer_key]})",
             )
+        elif isinstance(endpoint := _endpoint_id(parsed, state, listed), Rejection):
+            rejection = endpoint
+        elif endpoint is None:
+            if now - received_at < grace:
+                waiting += 1  # an endpoint added in a block the indexer has not reached
+                continue
+            rejection = Rejection(
+                "unknown_endpoint",
+                f"endpoint {_shown(parsed.endpoint or '')} is not listed by payee "
+                f"{_hex(state.payee)} (the payee of stream {parsed.stream_id})",
+            )
         elif state.next_seq > MAX_SEQ:
             rejection = Rejection(
-                "sequence_exhausted", f"stream {parsed.stream_id} has used all sequence numbers"
+                "sequence_exhausted",
+                f"stream {parsed.stream_id} has used all sequence numbers (1 to {MAX_SEQ})",
             )
-        else:
-            verdicts.append(Verdict(inbox_id, parsed, seq=state.next_seq))
-            streams[parsed.stream_id] = StreamState(state.status, state.next_seq + 1)
+        if rejection is None and state is not None and isinstance(endpoint, int):
+            verdicts.append(Verdict(inbox_id, parsed, seq=state.next_seq, endpoint=endpoint))
+            streams[parsed.stream_id] = replace(state, next_seq=state.next_seq + 1)
             accepted_keys[parsed.producer_key] = inbox_id
-            continue
-        verdicts.append(Verdict(inbox_id, parsed, rejection=rejection))
+        else:
+            verdicts.append(Verdict(inbox_id, parsed, rejection=rejection))
     return verdicts, waiting
+
+
+# Why a pending report is urgent (the deadline it must beat), as `usage_due` names it.
+URGENT_REASONS = ("stream_closing", "price_change", "endpoint_price_change")
 
 
 @dataclass(frozen=True)
@@ -387,27 +498,33 @@ class UsageItem:
     units: int
     seq: int
     payee: bytes
-    price: int
+    price: int  # the price in force at the indexed head
+    endpoint: int = 0
+    urgent: str | None = None  # one of URGENT_REASONS: its price or its stream changes soon
 
     @property
     def item(self) -> list[int]:
-        """The batch item: `[stream id, units, seq]`."""
-        return [self.stream_id, self.units, self.seq]
+        """The batch item: `[stream id, units, seq, endpoint]`."""
+        return [self.stream_id, self.units, self.seq, self.endpoint]
+
+
+# A due row: (stream, seq, units, contract's last seq, payee, price, endpoint, urgent reason).
+DueRow = tuple[int, int, int, int, bytes, int, int, str | None]
 
 
 def contiguous_runs(
-    rows: Iterable[tuple[int, int, int, int, bytes, int]], limit: int
+    rows: Iterable[DueRow], limit: int
 ) -> tuple[list[list[UsageItem]], list[tuple[int, int, int]]]:
-    """From due rows `(stream, seq, units, contract's last seq, payee, price)` in stream and
-    sequence order: per stream, the run of reports that continues the contract's sequence (at
-    most `limit`). Also returns `(stream, expected seq, first pending seq)` for streams whose
-    first pending report does not continue the sequence (a gap: nothing of theirs can apply)."""
+    """From due rows (`DueRow`) in stream and sequence order: per stream, the run of reports
+    that continues the contract's sequence (at most `limit`). Also returns `(stream, expected
+    seq, first pending seq)` for streams whose first pending report does not continue the
+    sequence (a gap: nothing of theirs can apply)."""
     runs: list[list[UsageItem]] = []
     gaps: list[tuple[int, int, int]] = []
     current: list[UsageItem] = []
     stream: int | None = None
     expected = 0
-    for sid, seq, units, last, payee, price in rows:
+    for sid, seq, units, last, payee, price, endpoint, urgent in rows:
         if sid != stream:
             if current:
                 runs.append(current)
@@ -415,11 +532,17 @@ def contiguous_runs(
             if seq != expected:
                 gaps.append((sid, expected, seq))
         if seq == expected and len(current) < limit:
-            current.append(UsageItem(sid, units, seq, payee, price))
+            current.append(UsageItem(sid, units, seq, payee, price, endpoint, urgent))
             expected += 1
     if current:
         runs.append(current)
     return runs, gaps
+
+
+def run_urgency(run: Sequence[UsageItem]) -> str | None:
+    """Why a run is urgent (its first urgent report's reason), or None. The whole run is: the
+    reports before an urgent one must land first."""
+    return next((u.urgent for u in run if u.urgent is not None), None)
 
 
 def pack_runs(runs: Sequence[list[UsageItem]], size: int) -> list[list[UsageItem]]:
@@ -470,11 +593,31 @@ class UsageOracle:
             to_int(s["stream_id"]): StreamState(
                 s["status"],
                 max(to_int(s["usage_seq"]), to_int(s["assigned_seq"] or 0)) + 1,
+                payee=bytes(s["payee"]),
+                price_list=bool(s["price_list"]),
+                close_at=None if s["close_at"] is None else int(s["close_at"]),
             )
             for s in await conn.fetch(
                 self.q["stream_states"], self.chain_id, [Decimal(i) for i in named]
             )
         }
+        wanted = sorted(
+            {
+                (streams[p.stream_id].payee, p.endpoint)
+                for _, p, _ in rows
+                if isinstance(p, ParsedRow) and p.endpoint is not None and p.stream_id in streams
+            }
+        )
+        endpoints = {
+            (bytes(e["payee"]), e["name"]): to_int(e["endpoint"])
+            for e in await conn.fetch(
+                self.q["endpoints_named"],
+                self.chain_id,
+                [payee for payee, _ in wanted],
+                [name for _, name in wanted],
+            )
+        }
+        chain_time = await conn.fetchval(self.q["chain_time"], self.chain_id)
         keys = sorted({p.producer_key for _, p, _ in rows if isinstance(p, ParsedRow)})
         accepted_keys = {
             k["producer_key"]: int(k["inbox_id"])
@@ -488,6 +631,8 @@ class UsageOracle:
             highest_stream=to_int(highest or 0),
             now=now,
             grace=self.grace,
+            endpoints=endpoints,
+            chain_time=None if chain_time is None else int(chain_time),
         )
         accepted = [v for v in verdicts if v.rejection is None]
         if accepted:
@@ -503,6 +648,8 @@ class UsageOracle:
                         v.row.producer_key,
                         v.row.label,
                         v.row.observed_at,
+                        Decimal(v.endpoint),
+                        v.row.endpoint,
                     )
                     for v in accepted
                     if v.row is not None and v.seq is not None
@@ -516,6 +663,8 @@ class UsageOracle:
                     "producer_key",
                     "label",
                     "observed_at",
+                    "endpoint",
+                    "endpoint_name",
                 ],
             )
         status = await conn.execute(
@@ -545,10 +694,13 @@ class UsageOracle:
         )
         states = [r["state"] for r in await conn.fetch(self.q["reconcile_recorded"], self.chain_id)]
         closed = await conn.execute(self.q["reconcile_closed"], self.chain_id)
+        closing = await conn.execute(self.q["reconcile_closing"], self.chain_id)
         return {
             "undone": int(undone.split()[-1]),
             "recorded": states.count("recorded"),
-            "rejected": states.count("rejected") + int(closed.split()[-1]),
+            "rejected": states.count("rejected")
+            + int(closed.split()[-1])
+            + int(closing.split()[-1]),
         }
 
     async def due(self, conn: Conn, per_stream: int) -> list[list[UsageItem]]:
@@ -563,6 +715,8 @@ class UsageOracle:
                     to_int(r["usage_seq"]),
                     bytes(r["payee"]),
                     to_int(r["price"]),
+                    to_int(r["endpoint"]),
+                    r["urgent_reason"],
                 )
                 for r in rows
             ),

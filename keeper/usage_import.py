@@ -47,9 +47,12 @@ COLUMNS = (
     "reason",
     "detail",
     "validated_at",
+    "endpoint",  # last: it came later, and a row's other columns keep their places
 )
 REQUIRED_FIELDS = ("stream_id", "units", "producer_key")
-OPTIONAL_FIELDS = ("label", "observed_at", "chain_id")
+# `endpoint` (the name of the payee's endpoint the usage is billed at) came with price lists:
+# files without it import as before.
+OPTIONAL_FIELDS = ("label", "observed_at", "chain_id", "endpoint")
 FIELDS = REQUIRED_FIELDS + OPTIONAL_FIELDS
 FORMATS = ("csv", "jsonl")
 EXTENSIONS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
@@ -73,7 +76,9 @@ Record = tuple[
     str | None,
     str | None,
     datetime | None,
+    str | None,
 ]
+_SOURCE = COLUMNS.index("source")
 
 _BOM = b"\xef\xbb\xbf"
 _SNIPPET_CHARS = 80
@@ -468,7 +473,7 @@ class UsageReader:
                 continue
             source = f"{self.source}:{self.line}"
             try:
-                stream_id, units, producer_key, label, observed_at, chain_id = self._parse(raw)
+                fields = dict(zip(FIELDS, self._parse(raw), strict=True))
             except MalformedLine as exc:
                 self.malformed += 1
                 yield (
@@ -483,23 +488,26 @@ class UsageReader:
                     MALFORMED,
                     f"{exc}; the line starts: {snippet(_lenient(raw))}",
                     validated_at,
+                    None,
                 )
                 continue
             self.queued += 1
+            chain_id = fields["chain_id"]
             yield (
                 self.chain_id
                 if chain_id is None or blank(chain_id)
                 else self._chain_id(chain_id, source),
-                stream_id,
-                units,
-                producer_key,
-                label,
-                observed_at,
+                fields["stream_id"],
+                fields["units"],
+                fields["producer_key"],
+                fields["label"],
+                fields["observed_at"],
                 source,
                 None,
                 None,
                 None,
                 None,
+                fields["endpoint"],
             )
 
     def _parse(self, raw: bytes) -> list[str | None]:
@@ -706,7 +714,7 @@ def _write_failed(exc: BaseException, reader: UsageReader, copying: list[Record]
     where = f"{reader.source} (after line {reader.line})"
     match = _COPY_ROW.search(str(getattr(exc, "context", None) or ""))
     if match is not None and 0 < int(match.group(1)) <= len(copying):
-        where = copying[int(match.group(1)) - 1][6]
+        where = str(copying[int(match.group(1)) - 1][_SOURCE])
     return UsageImportError(
         f"{where}: the import into {TABLE} failed: {exc}",
         source=reader.source,

@@ -8,9 +8,10 @@ blocks. The contracts are then read with `eth_call` at that very block, named by
 is asked by block number instead, and that number's block hash is checked before and after the
 calls: a reorg in between voids the comparison and is reported. The calls read every stream
 below `nextStreamId` (`getStream`: payer, payee, balance, rate, settledAt, usage sequence,
-price, status), every escrow below `nextEscrowId` (`getEscrow`), `credited` (what `claim()`
-pays) and vault `balanceOf` of every account the index or those streams and escrows name, and
-the fee, fee recipient and pause flags. An account the index has never seen and no stream or
+price in force, status), every escrow below `nextEscrowId` (`getEscrow`), `credited` (what
+`claim()` pays) and vault `balanceOf` of every account the index or those streams and escrows
+name, the price list of each of those accounts (`endpointCount`, `endpointPrice`), and the fee,
+fee recipient, pause flags and notice period. An account the index has never seen and no stream or
 escrow names cannot be enumerated by `eth_call`, and is not read.
 
 The indexer never calls the contracts to learn state (events carry it); this is the check
@@ -37,12 +38,17 @@ log = structlog.get_logger(__name__)
 
 BATCH_CALLS = 500  # eth_calls per JSON-RPC batch
 ZERO = bytes(20)
-STREAM_STATUS = {0: "none", 1: "open", 2: "closed"}
+STREAM_STATUS = {0: "none", 1: "open", 2: "closed", 3: "closing"}
 ESCROW_STATUS = {0: "none", 1: "open", 2: "released", 3: "refunded"}
 STREAM_FIELDS = ("payer", "payee", "balance", "rate", "settled_at", "usage_seq", "price", "status")
 ESCROW_FIELDS = ("payer", "payee", "amount", "expires_at", "status")
 # What getEscrow still reports of a refunded escrow (it clears payer and amount).
 REFUNDED_FIELDS = ("payee", "expires_at", "status")
+# An endpoint's terms at the block: its price in force, and a change not in force yet (0, 0:
+# none). Compared so, not as stored: when a passed change is folded in is the contract's own
+# business.
+ENDPOINT_FIELDS = ("name", "price", "pending", "effective_at")
+PARAM_FIELDS = ("fee_bps", "fee_recipient", "manager_paused", "vault_paused", "notice_period")
 
 
 class VerifyError(KeeperError):
@@ -53,8 +59,8 @@ class VerifyError(KeeperError):
 class Difference:
     """One value the database and the contracts disagree on."""
 
-    kind: str  # stream, escrow, credited, vault, contract
-    key: str  # the stream or escrow id, the account, or the contract
+    kind: str  # stream, escrow, credited, vault, endpoint, contract
+    key: str  # the stream or escrow id, the account, payee/endpoint, or the contract
     field: str
     database: str
     chain: str
@@ -98,10 +104,12 @@ class State:
     credited: dict[bytes, int] = field(default_factory=dict)
     vault: dict[bytes, tuple[int, int]] = field(default_factory=dict)  # (available, locked)
     params: dict[str, Any] = field(default_factory=dict)
+    # (payee, endpoint) -> ENDPOINT_FIELDS
+    endpoints: dict[tuple[bytes, int], tuple[Any, ...]] = field(default_factory=dict)
 
     def accounts(self) -> set[bytes]:
         """Every account this state names (the zero address left out)."""
-        found = set(self.credited) | set(self.vault)
+        found = set(self.credited) | set(self.vault) | {payee for payee, _ in self.endpoints}
         for s in self.streams.values():
             found |= {s[0], s[1]}
         for e in self.escrows.values():
@@ -126,7 +134,7 @@ async def read_index(conn: Conn, chain_id: int) -> tuple[int, str, State]:
                 f"chain {chain_id}: nothing is indexed yet",
                 help="run `keeper run` or `keeper backfill` first",
             )
-        for r in await conn.fetch(q["streams"], chain_id):
+        for r in await conn.fetch(q["streams"], chain_id, cursor["indexed_timestamp"]):
             state.streams[to_int(r["stream_id"])] = (
                 bytes(r["payer"]),
                 bytes(r["payee"]),
@@ -149,6 +157,15 @@ async def read_index(conn: Conn, chain_id: int) -> tuple[int, str, State]:
             state.credited[bytes(r["account"])] = to_int(r["credited"])
         for r in await conn.fetch(q["vault_accounts"], chain_id):
             state.vault[bytes(r["account"])] = (to_int(r["available"]), to_int(r["locked"]))
+        now = int(cursor["indexed_timestamp"])
+        for r in await conn.fetch(q["endpoints"], chain_id):
+            terms = price_terms(
+                to_int(r["price"]),
+                to_int(r["price_pending"] or 0),
+                int(r["price_effective_at"] or 0),
+                now,
+            )
+            state.endpoints[(bytes(r["payee"]), to_int(r["endpoint"]))] = (str(r["name"]), *terms)
         p = await conn.fetchrow(q["contract_params"], chain_id)
         if p is not None:
             state.params = {
@@ -156,6 +173,7 @@ async def read_index(conn: Conn, chain_id: int) -> tuple[int, str, State]:
                 "fee_recipient": bytes(p["fee_recipient"]) if p["fee_recipient"] else None,
                 "manager_paused": bool(p["manager_paused"]),
                 "vault_paused": bool(p["vault_paused"]),
+                "notice_period": p["notice_period"],
             }
     block_hash = "0x" + bytes(cursor["indexed_hash"]).hex()
     return int(cursor["indexed_block"]), block_hash, state
@@ -186,6 +204,29 @@ def _address(word: int) -> bytes:
     return word.to_bytes(32, "big")[-20:]
 
 
+def price_terms(price: int, pending: int, effective_at: int, now: int) -> tuple[int, int, int]:
+    """(price in force at `now`, pending price, its effective time); a change whose time has
+    come is in force, and then nothing is pending (0, 0)."""
+    if effective_at and effective_at <= now:
+        return pending, 0, 0
+    if effective_at:
+        return price, pending, effective_at
+    return price, 0, 0
+
+
+def endpoint_name(word: int) -> str:
+    """A bytes32 endpoint name as the index keeps it (the SQL function endpoint_name): trailing
+    NULs stripped, read as UTF-8; the 0x-hex of all 32 bytes when that fails or a NUL is left."""
+    raw = word.to_bytes(32, "big")
+    text = raw.rstrip(b"\0")
+    if b"\0" not in text:
+        try:
+            return text.decode("utf-8")
+        except UnicodeDecodeError:
+            pass
+    return "0x" + raw.hex()
+
+
 async def _batched(client: ChainClient, calls: list[Any]) -> list[list[int]]:
     out: list[list[int]] = []
     for start in range(0, len(calls), BATCH_CALLS):
@@ -209,6 +250,10 @@ async def read_contracts(
     then the caller checks that the number still names `block_hash` (see `verify`)."""
     at: dict[str, str] | str = {"blockHash": block_hash} if by_number is None else hex(by_number)
     m, v = deployment.stream_manager, deployment.escrow_vault
+    header = await client.request("eth_getBlockByHash", [block_hash, False])
+    if not header:
+        raise VerifyError(f"block {block_hash} is not on the node's chain")
+    now = int(header["timestamp"], 16)
     first = await _batched(
         client,
         [
@@ -218,15 +263,17 @@ async def read_contracts(
             _call(m, "feeRecipient()", [], at),
             _call(m, "paused()", [], at),
             _call(v, "paused()", [], at),
+            _call(m, "noticePeriod()", [], at),
         ],
     )
-    n_streams, n_escrows, fee_bps, recipient, m_paused, v_paused = (w[0] for w in first)
+    n_streams, n_escrows, fee_bps, recipient, m_paused, v_paused, notice = (w[0] for w in first)
     state = State(
         params={
             "fee_bps": fee_bps,
             "fee_recipient": _address(recipient),
             "manager_paused": m_paused == 1,
             "vault_paused": v_paused == 1,
+            "notice_period": notice,
         }
     )
     calls = [_call(m, "getStream(uint256)", [i], at) for i in range(1, n_streams)]
@@ -265,6 +312,14 @@ async def read_contracts(
     for a in who:
         available, locked = next(answers)
         state.vault[a] = (available, locked)
+    counts = await _batched(client, [_call(m, "endpointCount(address)", [a], at) for a in who])
+    keys = [(a, e) for a, (count,) in zip(who, counts, strict=True) for e in range(1, count + 1)]
+    prices = await _batched(
+        client, [_call(m, "endpointPrice(address,uint256)", [a, e], at) for a, e in keys]
+    )
+    for key, (price, pending, effective_at, _listed, name) in zip(keys, prices, strict=True):
+        terms = price_terms(price, pending, effective_at, now)
+        state.endpoints[key] = (endpoint_name(name), *terms)
     return state
 
 
@@ -314,7 +369,16 @@ def compare(index: State, chain: State) -> list[Difference]:
         theirs_v = chain.vault.get(account, (0, 0))
         differ("vault", account, "available", mine_v[0], theirs_v[0])
         differ("vault", account, "locked", mine_v[1], theirs_v[1])
-    for name in ("fee_bps", "fee_recipient", "manager_paused", "vault_paused"):
+    for payee, endpoint in sorted(set(index.endpoints) | set(chain.endpoints)):
+        mine_e = index.endpoints.get((payee, endpoint))
+        theirs_e = chain.endpoints.get((payee, endpoint))
+        shown_key = f"{_shown(payee)}/{endpoint}"
+        if mine_e is None or theirs_e is None:
+            differ("endpoint", shown_key, "exists", mine_e is not None, theirs_e is not None)
+            continue
+        for i, name in enumerate(ENDPOINT_FIELDS):
+            differ("endpoint", shown_key, name, mine_e[i], theirs_e[i])
+    for name in PARAM_FIELDS:
         contract = "EscrowVault" if name == "vault_paused" else "StreamManager"
         differ("contract", contract, name, index.params.get(name), chain.params.get(name))
     return out

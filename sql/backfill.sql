@@ -11,6 +11,12 @@ UNION ALL
 SELECT 'contract_events' AS event_table, count(*) AS events FROM contract_events
 WHERE chain_id = $1 AND block_number BETWEEN $2 AND $3
 UNION ALL
+SELECT 'endpoint_added' AS event_table, count(*) AS events FROM endpoint_added
+WHERE chain_id = $1 AND block_number BETWEEN $2 AND $3
+UNION ALL
+SELECT 'endpoint_price_set' AS event_table, count(*) AS events FROM endpoint_price_set
+WHERE chain_id = $1 AND block_number BETWEEN $2 AND $3
+UNION ALL
 SELECT 'escrow_created' AS event_table, count(*) AS events FROM escrow_created
 WHERE chain_id = $1 AND block_number BETWEEN $2 AND $3
 UNION ALL
@@ -29,10 +35,16 @@ UNION ALL
 SELECT 'fees_credited' AS event_table, count(*) AS events FROM fees_credited
 WHERE chain_id = $1 AND block_number BETWEEN $2 AND $3
 UNION ALL
+SELECT 'notice_period_set' AS event_table, count(*) AS events FROM notice_period_set
+WHERE chain_id = $1 AND block_number BETWEEN $2 AND $3
+UNION ALL
 SELECT 'refund_skipped' AS event_table, count(*) AS events FROM refund_skipped
 WHERE chain_id = $1 AND block_number BETWEEN $2 AND $3
 UNION ALL
 SELECT 'settle_skipped' AS event_table, count(*) AS events FROM settle_skipped
+WHERE chain_id = $1 AND block_number BETWEEN $2 AND $3
+UNION ALL
+SELECT 'stream_close_requested' AS event_table, count(*) AS events FROM stream_close_requested
 WHERE chain_id = $1 AND block_number BETWEEN $2 AND $3
 UNION ALL
 SELECT 'stream_closed' AS event_table, count(*) AS events FROM stream_closed

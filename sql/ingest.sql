@@ -74,9 +74,14 @@ RETURNING id;
 
 -- name: refresh_streams
 -- Recompute the streams in $2 from their events (delete those with no StreamOpened left).
+-- Own prices: a UsagePriceSet is in force from its effective_at, and one not in force yet is
+-- replaced by the next (the contract keeps one pending change and folds it in when its time
+-- has come). So a price set came into force iff its effective_at is at or before the next
+-- price event's block time (its own for the last one): `price` is the last that did, and the
+-- last event, when it did not, is the pending change.
 WITH ids AS (SELECT DISTINCT unnest($2::numeric[]) AS stream_id),
 opened AS (
-    SELECT o.stream_id, o.payer, o.payee, o.block_number
+    SELECT o.stream_id, o.payer, o.payee, o.price_list, o.block_number
     FROM stream_opened o JOIN ids USING (stream_id)
     WHERE o.chain_id = $1
 ),
@@ -120,12 +125,35 @@ rate AS (
         UNION ALL
         SELECT stream_id, rate, block_number, log_index
         FROM stream_rate_updated WHERE chain_id = $1 AND stream_id = ANY($2)
+        UNION ALL
+        -- A close request stops the accrual: the rate is 0 from there.
+        SELECT stream_id, 0, block_number, log_index
+        FROM stream_close_requested WHERE chain_id = $1 AND stream_id = ANY($2)
     ) e
     ORDER BY stream_id, block_number DESC, log_index DESC
 ),
+price_events AS (
+    SELECT stream_id, price, effective_at, block_time,
+           lead(block_time) OVER (PARTITION BY stream_id
+                                  ORDER BY block_number, log_index) AS next_time,
+           row_number() OVER (PARTITION BY stream_id
+                              ORDER BY block_number DESC, log_index DESC) AS from_last
+    FROM usage_price_set WHERE chain_id = $1 AND stream_id = ANY($2)
+),
 price AS (
     SELECT DISTINCT ON (stream_id) stream_id, price
-    FROM usage_price_set WHERE chain_id = $1 AND stream_id = ANY($2)
+    FROM price_events
+    WHERE effective_at <= COALESCE(next_time, block_time)
+    ORDER BY stream_id, from_last
+),
+pending AS (
+    SELECT stream_id, price, effective_at
+    FROM price_events
+    WHERE from_last = 1 AND effective_at > block_time
+),
+close_requested AS (
+    SELECT DISTINCT ON (stream_id) stream_id, close_at
+    FROM stream_close_requested WHERE chain_id = $1 AND stream_id = ANY($2)
     ORDER BY stream_id, block_number DESC, log_index DESC
 ),
 seq AS (
@@ -149,6 +177,8 @@ updated AS (
         WHERE chain_id = $1 AND stream_id = ANY($2)
         UNION ALL SELECT stream_id, block_number FROM stream_closed
         WHERE chain_id = $1 AND stream_id = ANY($2)
+        UNION ALL SELECT stream_id, block_number FROM stream_close_requested
+        WHERE chain_id = $1 AND stream_id = ANY($2)
         UNION ALL SELECT stream_id, block_number FROM usage_price_set
         WHERE chain_id = $1 AND stream_id = ANY($2)
         UNION ALL SELECT stream_id, block_number FROM usage_recorded
@@ -162,24 +192,95 @@ gone AS (
       AND NOT EXISTS (SELECT 1 FROM opened o WHERE o.stream_id = s.stream_id)
 )
 INSERT INTO streams AS s (chain_id, stream_id, payer, payee, rate, balance, settled_at,
-                          usage_seq, price, status, opened_block, updated_block)
+                          usage_seq, price, status, opened_block, updated_block, price_list,
+                          close_at, price_pending, price_effective_at)
 SELECT $1, o.stream_id, o.payer, o.payee, r.rate, b.balance_after, st.block_time,
        COALESCE(q.seq, 0), COALESCE(p.price, 0),
-       CASE WHEN c.stream_id IS NULL THEN 'open' ELSE 'closed' END,
-       o.block_number, u.block_number
+       CASE WHEN c.stream_id IS NOT NULL THEN 'closed'
+            WHEN cr.stream_id IS NOT NULL THEN 'closing'
+            ELSE 'open' END,
+       o.block_number, u.block_number, o.price_list,
+       CASE WHEN c.stream_id IS NULL THEN cr.close_at END, pe.price, pe.effective_at
 FROM opened o
 JOIN balance b USING (stream_id)
 JOIN settled st USING (stream_id)
 JOIN rate r USING (stream_id)
 JOIN updated u USING (stream_id)
 LEFT JOIN price p USING (stream_id)
+LEFT JOIN pending pe USING (stream_id)
 LEFT JOIN seq q USING (stream_id)
 LEFT JOIN closed c USING (stream_id)
+LEFT JOIN close_requested cr USING (stream_id)
 ON CONFLICT (chain_id, stream_id) DO UPDATE
 SET payer = EXCLUDED.payer, payee = EXCLUDED.payee, rate = EXCLUDED.rate,
     balance = EXCLUDED.balance, settled_at = EXCLUDED.settled_at,
     usage_seq = EXCLUDED.usage_seq, price = EXCLUDED.price, status = EXCLUDED.status,
-    opened_block = EXCLUDED.opened_block, updated_block = EXCLUDED.updated_block;
+    opened_block = EXCLUDED.opened_block, updated_block = EXCLUDED.updated_block,
+    price_list = EXCLUDED.price_list, close_at = EXCLUDED.close_at,
+    price_pending = EXCLUDED.price_pending, price_effective_at = EXCLUDED.price_effective_at;
+
+-- name: delete_gone_endpoints
+-- The endpoints of the keys ($2 payees, $3 endpoint ids) whose EndpointAdded is gone (a reorg).
+DELETE FROM endpoints e
+USING unnest($2::bytea[], $3::numeric[]) AS k (payee, endpoint)
+WHERE e.chain_id = $1 AND e.payee = k.payee AND e.endpoint = k.endpoint
+  AND NOT EXISTS (SELECT 1 FROM endpoint_added a
+                  WHERE a.chain_id = $1 AND a.payee = k.payee AND a.endpoint = k.endpoint);
+
+-- name: refresh_endpoints
+-- Recompute the endpoints of the keys ($2 payees, $3 endpoint ids) from their events, prices as
+-- in refresh_streams: EndpointAdded is in force at once, an EndpointPriceSet from its
+-- effective_at unless the next change comes first.
+WITH keys AS (
+    SELECT DISTINCT payee, endpoint FROM unnest($2::bytea[], $3::numeric[]) AS k (payee, endpoint)
+),
+events AS (
+    SELECT a.payee, a.endpoint, a.price, a.block_time AS effective_at, a.block_time,
+           a.block_number, a.log_index
+    FROM endpoint_added a JOIN keys k ON k.payee = a.payee AND k.endpoint = a.endpoint
+    WHERE a.chain_id = $1
+    UNION ALL
+    SELECT p.payee, p.endpoint, p.price, p.effective_at, p.block_time, p.block_number,
+           p.log_index
+    FROM endpoint_price_set p JOIN keys k ON k.payee = p.payee AND k.endpoint = p.endpoint
+    WHERE p.chain_id = $1
+),
+ordered AS (
+    SELECT payee, endpoint, price, effective_at, block_time, block_number,
+           lead(block_time) OVER (PARTITION BY payee, endpoint
+                                  ORDER BY block_number, log_index) AS next_time,
+           row_number() OVER (PARTITION BY payee, endpoint
+                              ORDER BY block_number DESC, log_index DESC) AS from_last
+    FROM events
+),
+price AS (
+    SELECT DISTINCT ON (payee, endpoint) payee, endpoint, price
+    FROM ordered
+    WHERE effective_at <= COALESCE(next_time, block_time)
+    ORDER BY payee, endpoint, from_last
+),
+pending AS (
+    SELECT payee, endpoint, price, effective_at
+    FROM ordered
+    WHERE from_last = 1 AND effective_at > block_time
+),
+updated AS (
+    SELECT payee, endpoint, max(block_number) AS block_number FROM events GROUP BY payee, endpoint
+)
+INSERT INTO endpoints AS e (chain_id, payee, endpoint, name, price, price_pending,
+                            price_effective_at, added_block, updated_block)
+SELECT $1, a.payee, a.endpoint, endpoint_name(a.name), p.price, pe.price, pe.effective_at,
+       a.block_number, u.block_number
+FROM endpoint_added a
+JOIN keys k ON k.payee = a.payee AND k.endpoint = a.endpoint
+JOIN price p ON p.payee = a.payee AND p.endpoint = a.endpoint
+JOIN updated u ON u.payee = a.payee AND u.endpoint = a.endpoint
+LEFT JOIN pending pe ON pe.payee = a.payee AND pe.endpoint = a.endpoint
+WHERE a.chain_id = $1
+ON CONFLICT (chain_id, payee, endpoint) DO UPDATE
+SET name = EXCLUDED.name, price = EXCLUDED.price, price_pending = EXCLUDED.price_pending,
+    price_effective_at = EXCLUDED.price_effective_at, added_block = EXCLUDED.added_block,
+    updated_block = EXCLUDED.updated_block;
 
 -- name: refresh_escrows
 WITH created AS (
@@ -321,25 +422,33 @@ vault AS (
     WHERE chain_id = $1 AND contract = 'EscrowVault' AND event IN ('Paused', 'Unpaused')
     ORDER BY block_number DESC, log_index DESC LIMIT 1
 ),
+notice AS (
+    SELECT notice_period, block_number FROM notice_period_set WHERE chain_id = $1
+    ORDER BY block_number DESC, log_index DESC LIMIT 1
+),
 gone AS (
     DELETE FROM contract_params
     WHERE chain_id = $1
       AND NOT EXISTS (SELECT 1 FROM fee) AND NOT EXISTS (SELECT 1 FROM recipient)
       AND NOT EXISTS (SELECT 1 FROM manager) AND NOT EXISTS (SELECT 1 FROM vault)
+      AND NOT EXISTS (SELECT 1 FROM notice)
 )
 INSERT INTO contract_params AS p (chain_id, fee_bps, fee_recipient, manager_paused,
-                                  vault_paused, updated_block)
+                                  vault_paused, notice_period, updated_block)
 SELECT $1, (SELECT fee_bps FROM fee), (SELECT recipient FROM recipient),
        COALESCE((SELECT paused FROM manager), false),
        COALESCE((SELECT paused FROM vault), false),
+       (SELECT notice_period FROM notice),
        GREATEST((SELECT block_number FROM fee), (SELECT block_number FROM recipient),
-                (SELECT block_number FROM manager), (SELECT block_number FROM vault))
+                (SELECT block_number FROM manager), (SELECT block_number FROM vault),
+                (SELECT block_number FROM notice))
 WHERE EXISTS (SELECT 1 FROM fee) OR EXISTS (SELECT 1 FROM recipient)
    OR EXISTS (SELECT 1 FROM manager) OR EXISTS (SELECT 1 FROM vault)
+   OR EXISTS (SELECT 1 FROM notice)
 ON CONFLICT (chain_id) DO UPDATE
 SET fee_bps = EXCLUDED.fee_bps, fee_recipient = EXCLUDED.fee_recipient,
     manager_paused = EXCLUDED.manager_paused, vault_paused = EXCLUDED.vault_paused,
-    updated_block = EXCLUDED.updated_block;
+    notice_period = EXCLUDED.notice_period, updated_block = EXCLUDED.updated_block;
 
 -- name: touched_after
 -- Entities that events after block $2 touched, before those events are deleted.
@@ -349,6 +458,8 @@ SELECT
           UNION SELECT stream_id FROM stream_topped_up WHERE chain_id = $1 AND block_number > $2
           UNION SELECT stream_id FROM stream_rate_updated WHERE chain_id = $1 AND block_number > $2
           UNION SELECT stream_id FROM stream_closed WHERE chain_id = $1 AND block_number > $2
+          UNION SELECT stream_id FROM stream_close_requested
+                WHERE chain_id = $1 AND block_number > $2
           UNION SELECT stream_id FROM usage_price_set WHERE chain_id = $1 AND block_number > $2
           UNION SELECT stream_id FROM usage_recorded WHERE chain_id = $1 AND block_number > $2
     ) AS streams,
@@ -363,18 +474,26 @@ SELECT
           UNION SELECT payer FROM escrow_refunded WHERE chain_id = $1 AND block_number > $2
     ) AS accounts;
 
+-- name: endpoints_touched_after
+-- Endpoint keys that events after block $2 touched, before those events are deleted.
+SELECT payee, endpoint FROM endpoint_added WHERE chain_id = $1 AND block_number > $2
+UNION
+SELECT payee, endpoint FROM endpoint_price_set WHERE chain_id = $1 AND block_number > $2;
+
 -- name: merge_streams
 -- The fast path of ingest: apply the post-state the new events carry (one row per stream,
 -- folded in log order by keeper.store) without reading history. NULL means "not changed by
 -- these events". New streams (opened in these events) are inserted; refresh_streams, the full
--- recompute, is what a rollback uses, and the reorg tests hold the two equal.
+-- recompute, is what a rollback uses, and the reorg tests hold the two equal. Prices are not
+-- merged: a stream with a UsagePriceSet among the events is recomputed by refresh_streams
+-- after this (whether a price came into force depends on the next one's time).
 WITH u AS (
     SELECT *
     FROM unnest($2::numeric[], $3::bytea[], $4::bytea[], $5::bigint[], $6::numeric[],
-                $7::numeric[], $8::bigint[], $9::numeric[], $10::numeric[], $11::boolean[],
-                $12::bigint[])
-         AS u(stream_id, payer, payee, opened_block, rate, balance, settled_at, usage_seq, price,
-              closed, updated_block)
+                $7::numeric[], $8::bigint[], $9::numeric[], $10::boolean[], $11::boolean[],
+                $12::bigint[], $13::bigint[])
+         AS u(stream_id, payer, payee, opened_block, rate, balance, settled_at, usage_seq,
+              price_list, closed, close_at, updated_block)
 ),
 updated AS (
     UPDATE streams s
@@ -382,18 +501,24 @@ updated AS (
         balance = COALESCE(u.balance, s.balance),
         settled_at = COALESCE(u.settled_at, s.settled_at),
         usage_seq = GREATEST(s.usage_seq, COALESCE(u.usage_seq, 0)),
-        price = COALESCE(u.price, s.price),
-        status = CASE WHEN u.closed THEN 'closed' ELSE s.status END,
+        status = CASE WHEN u.closed THEN 'closed'
+                      WHEN u.close_at IS NOT NULL THEN 'closing'
+                      ELSE s.status END,
+        close_at = CASE WHEN u.closed THEN NULL ELSE COALESCE(u.close_at, s.close_at) END,
         updated_block = GREATEST(s.updated_block, u.updated_block)
     FROM u
     WHERE s.chain_id = $1 AND s.stream_id = u.stream_id
     RETURNING s.stream_id
 )
 INSERT INTO streams (chain_id, stream_id, payer, payee, rate, balance, settled_at, usage_seq,
-                     price, status, opened_block, updated_block)
+                     price, status, opened_block, updated_block, price_list, close_at)
 SELECT $1, u.stream_id, u.payer, u.payee, u.rate, u.balance, u.settled_at,
-       COALESCE(u.usage_seq, 0), COALESCE(u.price, 0),
-       CASE WHEN u.closed THEN 'closed' ELSE 'open' END, u.opened_block, u.updated_block
+       COALESCE(u.usage_seq, 0), 0,
+       CASE WHEN u.closed THEN 'closed'
+            WHEN u.close_at IS NOT NULL THEN 'closing'
+            ELSE 'open' END,
+       u.opened_block, u.updated_block, COALESCE(u.price_list, false),
+       CASE WHEN u.closed THEN NULL ELSE u.close_at END
 FROM u
 WHERE u.payer IS NOT NULL AND u.stream_id NOT IN (SELECT stream_id FROM updated);
 

@@ -27,6 +27,15 @@ FROM (SELECT count(*) AS streams_due, count(*) FILTER (WHERE urgent) AS streams_
 CROSS JOIN (SELECT count(*) AS escrows_refundable
             FROM keeper.escrows_refundable WHERE chain_id = $1) er;
 
+-- name: pending_terms
+-- What is announced and not in force yet (keeper.pending_terms): closing streams and price
+-- changes, with the seconds to the nearest deadline still ahead.
+SELECT count(*) FILTER (WHERE kind = 'close') AS closing,
+       count(*) FILTER (WHERE kind <> 'close') AS price_changes,
+       min(seconds_left) FILTER (WHERE seconds_left > 0) AS next_in
+FROM keeper.pending_terms
+WHERE chain_id = $1;
+
 -- name: usage_pending
 -- Rows not validated yet may have no chain (NULL: the chain of the keeper that validates them).
 SELECT status, count(*) AS n

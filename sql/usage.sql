@@ -9,7 +9,7 @@ SELECT pg_advisory_xact_lock($1::bigint);
 -- received_at is whatever timestamptz the row was given (the default is now(), but a producer
 -- may set it): ±infinity and years Python's datetime cannot hold come as NULL, which the
 -- intake rejects, with the value as text for the detail.
-SELECT id, stream_id, units, producer_key, label, observed_at,
+SELECT id, stream_id, units, producer_key, label, observed_at, endpoint,
        CASE WHEN received_at BETWEEN '0001-01-02 00:00:00+00' AND '9999-12-30 00:00:00+00'
             THEN received_at END AS received_at,
        received_at::text AS received_text
@@ -19,13 +19,26 @@ ORDER BY id
 LIMIT $2;
 
 -- name: stream_states
--- The streams a batch of inbox rows names: status, the contract's last usage sequence (as
--- indexed) and the last sequence number already handed out.
-SELECT s.stream_id, s.status, s.usage_seq,
+-- The streams a batch of inbox rows names: status (and when a closing one stops taking usage),
+-- payee and billing mode, the contract's last usage sequence (as indexed) and the last
+-- sequence number already handed out.
+SELECT s.stream_id, s.status, s.close_at, s.payee, s.price_list, s.usage_seq,
        (SELECT max(r.seq) FROM usage_reports r
         WHERE r.chain_id = s.chain_id AND r.stream_id = s.stream_id) AS assigned_seq
 FROM streams s
 WHERE s.chain_id = $1 AND s.stream_id = ANY($2::numeric[]);
+
+-- name: endpoints_named
+-- The ids of the endpoints a batch of inbox rows names, by (payee, name).
+SELECT e.payee, e.name, e.endpoint
+FROM endpoints e
+JOIN unnest($2::bytea[], $3::text[]) AS w (payee, name)
+  ON e.payee = w.payee AND e.name = w.name
+WHERE e.chain_id = $1;
+
+-- name: chain_time
+-- The indexed head's timestamp: chain time as far as the index goes.
+SELECT indexed_timestamp FROM ingest_cursor WHERE chain_id = $1;
 
 -- name: highest_stream
 SELECT max(stream_id) FROM streams WHERE chain_id = $1;
@@ -47,30 +60,38 @@ WHERE u.id = v.id AND u.verdict IS NULL;
 -- the planner knows how few rows are above it and uses the block index) can change.
 UPDATE usage_reports r
 SET state = 'pending', block_number = NULL, tx_hash = NULL, charged = NULL, fee = NULL,
-    shortfall = NULL, reason = NULL, detail = NULL, reconciled_at = NULL
+    shortfall = NULL, price = NULL, reason = NULL, detail = NULL, reconciled_at = NULL
 WHERE r.chain_id = $1 AND r.block_number > $2
   AND NOT EXISTS (SELECT 1 FROM usage_recorded e
                   WHERE e.chain_id = r.chain_id AND e.block_number = r.block_number
                     AND e.tx_hash = r.tx_hash AND e.stream_id = r.stream_id AND e.seq = r.seq)
   AND NOT EXISTS (SELECT 1 FROM stream_closed x
                   WHERE x.chain_id = r.chain_id AND x.block_number = r.block_number
+                    AND x.tx_hash = r.tx_hash AND x.stream_id = r.stream_id)
+  AND NOT EXISTS (SELECT 1 FROM stream_close_requested x
+                  WHERE x.chain_id = r.chain_id AND x.block_number = r.block_number
                     AND x.tx_hash = r.tx_hash AND x.stream_id = r.stream_id);
 
 -- name: reconcile_recorded
 -- Pending reports the contract has passed (its last sequence is at or past theirs) and whose
--- UsageRecorded event is indexed: recorded, or rejected when the contract recorded different
--- units at that sequence number (another oracle used it).
+-- UsageRecorded event is indexed: recorded (with the price charged), or rejected when the
+-- contract recorded different units or another endpoint at that sequence number (another
+-- oracle used it).
 UPDATE usage_reports r
-SET state = CASE WHEN e.units = r.units THEN 'recorded' ELSE 'rejected' END,
+SET state = CASE WHEN e.units = r.units AND e.endpoint = r.endpoint
+                 THEN 'recorded' ELSE 'rejected' END,
     block_number = e.block_number,
     tx_hash = e.tx_hash,
-    charged = CASE WHEN e.units = r.units THEN e.charged END,
-    fee = CASE WHEN e.units = r.units THEN e.fee END,
-    shortfall = CASE WHEN e.units = r.units THEN e.shortfall END,
-    reason = CASE WHEN e.units <> r.units THEN 'sequence_taken' END,
-    detail = CASE WHEN e.units <> r.units
-                  THEN 'the contract recorded ' || e.units || ' units as sequence ' || e.seq
-                       || ' of stream ' || e.stream_id || ' in block ' || e.block_number
+    charged = CASE WHEN e.units = r.units AND e.endpoint = r.endpoint THEN e.charged END,
+    fee = CASE WHEN e.units = r.units AND e.endpoint = r.endpoint THEN e.fee END,
+    shortfall = CASE WHEN e.units = r.units AND e.endpoint = r.endpoint THEN e.shortfall END,
+    price = CASE WHEN e.units = r.units AND e.endpoint = r.endpoint THEN e.price END,
+    reason = CASE WHEN e.units <> r.units OR e.endpoint <> r.endpoint
+                  THEN 'sequence_taken' END,
+    detail = CASE WHEN e.units <> r.units OR e.endpoint <> r.endpoint
+                  THEN 'the contract recorded ' || e.units || ' units of endpoint '
+                       || e.endpoint || ' as sequence ' || e.seq || ' of stream ' || e.stream_id
+                       || ' in block ' || e.block_number
                        || ' (another oracle reported on this stream)' END,
     reconciled_at = now()
 FROM streams s, usage_recorded e
@@ -94,16 +115,65 @@ WHERE r.chain_id = $1 AND r.state = 'pending'
   AND r.seq > s.usage_seq
   AND x.chain_id = s.chain_id AND x.stream_id = s.stream_id;
 
+-- name: reconcile_closing
+-- Pending reports of a closing stream whose close_at has passed by the time of the finalized
+-- block: the contract skips every report from close_at on, and no reorg can bring back a
+-- block before it, so they will never be charged. Rejected (`stream_closed`) with the block
+-- and transaction of the close request, without waiting for the stream's final close (which
+-- may never be sent). Runs after reconcile_recorded in the same transaction.
+WITH final AS (
+    SELECT max(b.timestamp) AS t
+    FROM ingest_cursor c
+    JOIN blocks b ON b.chain_id = c.chain_id AND b.number <= c.finalized_block
+    WHERE c.chain_id = $1
+)
+UPDATE usage_reports r
+SET state = 'rejected', block_number = x.block_number, tx_hash = x.tx_hash,
+    reason = 'stream_closed',
+    detail = 'stream ' || r.stream_id || ' took usage until ' || s.close_at
+             || ' (unix seconds, chain time; its close was requested in block '
+             || x.block_number || ') and this report was not recorded by then',
+    reconciled_at = now()
+FROM final, streams s, stream_close_requested x
+WHERE r.chain_id = $1 AND r.state = 'pending'
+  AND s.chain_id = r.chain_id AND s.stream_id = r.stream_id AND s.status = 'closing'
+  AND r.seq > s.usage_seq AND s.close_at <= final.t
+  AND x.chain_id = s.chain_id AND x.stream_id = s.stream_id AND x.close_at = s.close_at;
+
 -- name: usage_due
--- Pending reports the contract has not passed, of open streams with no usage on its way and
--- not backed off (their last usage intent failed within the backoff window), in stream and
--- sequence order (the pending index's order: no sort). The two exclusions are NOT EXISTS so
--- they become hashed anti-joins: a NOT IN over a set too large to hash would be searched
+-- Pending reports the contract has not passed, of streams that take usage (open, or closing
+-- before their close_at in chain time: the indexed head's timestamp) with no usage on its way
+-- and not backed off (their last usage intent failed within the backoff window), in stream
+-- and sequence order (the pending index's order: no sort). The two exclusions are NOT EXISTS
+-- so they become hashed anti-joins: a NOT IN over a set too large to hash would be searched
 -- linearly for every pending report.
-SELECT r.stream_id, r.seq, r.units, s.usage_seq, s.payee, s.price
+-- price: what the report costs per unit at the head, as the contract's priceInForce: an
+-- own-price stream's own price whatever the endpoint, a price-list stream's endpoint price (a
+-- pending price whose effective time has come is in force).
+-- urgent_reason: the deadline the report must beat, if any: its stream stops taking usage at
+-- close_at (`stream_closing`), or the price it is charged changes: the stream's own price
+-- (`price_change`) or, on a price list, its endpoint's (`endpoint_price_change`).
+WITH head AS (
+    SELECT COALESCE(max(indexed_timestamp), 0) AS t FROM ingest_cursor WHERE chain_id = $1
+)
+SELECT r.stream_id, r.seq, r.units, s.usage_seq, s.payee, r.endpoint,
+       COALESCE(CASE WHEN NOT s.price_list
+                     THEN CASE WHEN s.price_effective_at <= head.t THEN s.price_pending
+                               ELSE s.price END
+                     ELSE CASE WHEN e.price_effective_at <= head.t THEN e.price_pending
+                               ELSE e.price END
+                END, 0) AS price,
+       CASE WHEN s.status = 'closing' THEN 'stream_closing'
+            WHEN NOT s.price_list AND s.price_effective_at > head.t THEN 'price_change'
+            WHEN s.price_list AND e.price_effective_at > head.t THEN 'endpoint_price_change'
+       END AS urgent_reason
 FROM usage_reports r
+CROSS JOIN head
 JOIN streams s ON s.chain_id = r.chain_id AND s.stream_id = r.stream_id
-WHERE r.chain_id = $1 AND r.state = 'pending' AND s.status = 'open' AND r.seq > s.usage_seq
+LEFT JOIN endpoints e
+       ON e.chain_id = r.chain_id AND e.payee = s.payee AND e.endpoint = r.endpoint
+WHERE r.chain_id = $1 AND r.state = 'pending' AND r.seq > s.usage_seq
+  AND (s.status = 'open' OR (s.status = 'closing' AND s.close_at > head.t))
   AND NOT EXISTS (SELECT 1 FROM keeper.usage_in_flight f
                   WHERE f.chain_id = $1 AND f.stream_id = r.stream_id)
   AND NOT EXISTS (

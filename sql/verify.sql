@@ -7,8 +7,19 @@ FROM ingest_cursor
 WHERE chain_id = $1;
 
 -- name: streams
-SELECT stream_id, payer, payee, balance, rate, settled_at, usage_seq, price, status
+-- `price` as getStream reports it: the own price in force at the indexed block (0 on a price
+-- list). $2 is the indexed block's timestamp.
+SELECT stream_id, payer, payee, balance, rate, settled_at, usage_seq,
+       CASE WHEN price_list THEN 0
+            ELSE keeper.price_in_force(price, price_pending, price_effective_at, $2) END
+           AS price,
+       status
 FROM streams
+WHERE chain_id = $1;
+
+-- name: endpoints
+SELECT payee, endpoint, name, price, price_pending, price_effective_at
+FROM endpoints
 WHERE chain_id = $1;
 
 -- name: escrows
@@ -27,6 +38,6 @@ FROM vault_accounts
 WHERE chain_id = $1;
 
 -- name: contract_params
-SELECT fee_bps, fee_recipient, manager_paused, vault_paused
+SELECT fee_bps, fee_recipient, manager_paused, vault_paused, notice_period
 FROM contract_params
 WHERE chain_id = $1;

@@ -285,10 +285,10 @@ LEFT JOIN bench_batches b ON b.batch = r.batch;
         "usage_recorded events",
         """
 INSERT INTO usage_recorded (chain_id, block_number, log_index, tx_hash, block_time, stream_id,
-                            seq, units, charged, fee, shortfall, balance_after)
+                            seq, endpoint, units, charged, fee, shortfall, balance_after, price)
 SELECT p.chain_id, b.block, r.log_index, b.tx_hash, p.now_ts - (p.head - b.block) * 2,
-       r.stream_id, r.seq, r.units, r.units * r.price, div(r.units * r.price * 250, 10000), 0,
-       1000000000
+       r.stream_id, r.seq, 0, r.units, r.units * r.price, div(r.units * r.price * 250, 10000), 0,
+       1000000000, r.price
 FROM bench_params p
 CROSS JOIN bench_recorded r
 JOIN bench_batches b ON b.batch = r.batch;

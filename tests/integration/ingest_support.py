@@ -2,17 +2,20 @@
 
 - `Driver` deploys the contracts on an anvil node and performs random, mostly valid contract
   activity drawn from a `random.Random` (so a failing run is replayed from its seed): streams
-  opened, topped up (depleted ones too), re-rated, priced, charged by usage reports with
-  correct, replayed and gapped sequence numbers, settled in mixed batches, closed and
-  withdrawn; ledger claims; vault deposits, withdrawals and escrows released, refunded and
-  refunded in expired batches; fee and pause changes; time moving on. It also reorganises the
-  chain (`anvil_reorg`, optionally with fresh random transactions in the new branch) and rolls
-  it back (`anvil_rollback`). Every choice is made from the chain's own state (read by
-  eth_call), never from a model of it, so the driver stays valid across reorgs.
+  opened (own price or on the payee's price list), topped up (depleted ones too), re-rated,
+  priced (increases at once, decreases after the notice period), charged by usage reports with
+  correct, replayed and gapped sequence numbers and listed, unlisted or no endpoints, settled in
+  mixed batches, closed (a payer's close first requests it, then finalizes after the notice
+  period) and withdrawn; endpoints added and repriced by payees; ledger claims; vault
+  deposits, withdrawals and escrows released, refunded and refunded in expired batches; fee
+  and pause changes; time moving on. It also reorganises the chain (`anvil_reorg`, optionally
+  with fresh random transactions in the new branch) and rolls it back (`anvil_rollback`).
+  Every choice is made from the chain's own state (read by eth_call), never from a model of
+  it, so the driver stays valid across reorgs.
   Automine is off after set-up: each block holds what was sent since the last `mine`.
 - `contract_state` reads what the contracts themselves say (getStream, getEscrow, credited,
-  vault balanceOf, fee and pause settings) at one block, in JSON-RPC batches;
-  `projection_state` reads the same shape from the database's projections.
+  vault balanceOf, endpointPrice, fee, pause and notice settings) at one block, in JSON-RPC
+  batches; `projection_state` reads the same shape from the database's projections.
 - `dump` is every row the index must agree on with a fresh index of the same chain: all event
   tables, all projections and the cursor (volatile columns such as `updated_at` left out;
   `blocks` and `reorgs` only on request, as they record history, not state).
@@ -44,6 +47,7 @@ from keeper.anvil import Anvil
 from keeper.deploy import Deployment, contract, deploy_all
 from keeper.ingest import Indexer, IngestSettings
 from keeper.rpc import ChainClient, RpcResponseError, RpcUnavailable
+from keeper.verify import price_terms
 from tests.bench.gas import DEV_KEY0
 
 Row = tuple[Any, ...]
@@ -54,10 +58,18 @@ ZERO_ADDRESS = bytes(20)
 VOLATILE_COLUMNS = frozenset({"updated_at", "detected_at", "created_at"})
 # Columns of ingest_cursor that record what the node said last (not what was indexed).
 OBSERVED_COLUMNS = frozenset({"head_block", "head_timestamp", "finalized_block"})
-PROJECTION_TABLES = ("streams", "escrows", "payee_ledger", "vault_accounts", "contract_params")
+PROJECTION_TABLES = (
+    "streams",
+    "escrows",
+    "payee_ledger",
+    "vault_accounts",
+    "contract_params",
+    "endpoints",
+)
 INDEXER_TABLES = ("blocks", "ingest_cursor", "reorgs")  # its bookkeeping
 EVENT_COLUMNS = ("block_number", "log_index", "tx_hash", "block_time")
-STREAM_STATUS = {1: "open", 2: "closed"}
+STREAM_STATUS = {1: "open", 2: "closed", 3: "closing"}
+DRIVER_NOTICE_PERIOD = 60  # seconds: pending prices and closes come due within a run
 ESCROW_STATUS = {1: "open", 2: "released", 3: "refunded"}
 ANVIL_FINALITY = 64  # anvil answers the `finalized` tag with head - 64
 _SAFE_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
@@ -87,8 +99,8 @@ class StreamState:
     rate: int
     settled_at: int
     usage_seq: int
-    price: int
-    status: str  # "open" | "closed"
+    price: int  # the own price in force (0 on a price list)
+    status: str  # "open" | "closing" | "closed"
 
 
 @dataclass(frozen=True)
@@ -116,10 +128,13 @@ class ContractState:
     fee_recipient: bytes | None = None
     manager_paused: bool = False
     vault_paused: bool = False
+    notice_period: int | None = None
+    # (payee, endpoint) -> (name bytes32, price, pending or 0, effective_at or 0), endpointPrice
+    endpoints: dict[tuple[bytes, int], tuple[bytes, int, int, int]] = field(default_factory=dict)
 
     def accounts(self) -> set[bytes]:
         """Every account this state mentions."""
-        found = set(self.credited) | set(self.vault)
+        found = set(self.credited) | set(self.vault) | {p for p, _ in self.endpoints}
         for s in self.streams.values():
             found |= {s.payer, s.payee}
         for e in self.escrows.values():
@@ -146,6 +161,13 @@ class ContractState:
             "fee_recipient": self.fee_recipient,
             "manager_paused": self.manager_paused,
             "vault_paused": self.vault_paused,
+            "notice_period": self.notice_period,
+            # Each endpoint's terms at the block (in force, and a change not in force yet):
+            # when a change that came due is folded into the stored price is the contract's.
+            "endpoints": {
+                k: (e[0], *price_terms(*e[1:], self.timestamp))
+                for k, e in sorted(self.endpoints.items())
+            },
         }
 
 
@@ -208,6 +230,8 @@ ACTIONS = {
     "top_up": 6,
     "update_rate": 4,
     "set_price": 4,
+    "add_endpoint": 2,
+    "set_endpoint_price": 3,
     "usage": 8,
     "settle": 8,
     "close": 3,
@@ -222,6 +246,7 @@ ACTIONS = {
     "admin_action": 1,
 }
 STREAM_ACTIONS = ("open", "top_up", "update_rate", "set_price", "usage", "settle", "close")
+ENDPOINT_NAMES = [b"api/v1", b"search", b"embed", b"batch"]
 
 
 class Driver:
@@ -232,7 +257,14 @@ class Driver:
     synthetic payees nobody holds a key for, 9 a bystander calling permissionless batches.
     """
 
-    def __init__(self, node: Anvil, rng: random.Random, *, funds: int = 10**18) -> None:
+    def __init__(
+        self,
+        node: Anvil,
+        rng: random.Random,
+        *,
+        funds: int = 10**18,
+        notice_period: int = DRIVER_NOTICE_PERIOD,
+    ) -> None:
         self.url = node.url
         self.rng = rng
         self.provider = HTTPProvider(node.url, request_kwargs={"timeout": 120})
@@ -249,7 +281,11 @@ class Driver:
         ]
         self.bystander = accounts[9]
         self.deployment: Deployment = deploy_all(
-            node.url, DEV_KEY0, oracle=self.oracle, fee_recipient=self.fee_recipients[0]
+            node.url,
+            DEV_KEY0,
+            oracle=self.oracle,
+            fee_recipient=self.fee_recipients[0],
+            notice_period=notice_period,
         )
         d = self.deployment
         self.chain_id = d.chain_id
@@ -447,7 +483,7 @@ class Driver:
         return action(view)
 
     def _open_ids(self, view: ContractState) -> list[int]:
-        return [i for i, s in view.streams.items() if s.status == "open"]
+        return [i for i, s in view.streams.items() if s.status in ("open", "closing")]
 
     def _some_stream(self, view: ContractState, *, open_only: float = 0.9) -> int:
         """A stream id: usually an open one, sometimes any, closed or unknown (reverts)."""
@@ -463,7 +499,8 @@ class Driver:
         rate = rng.choice([0, 1, 3, 17, 250, rng.randint(1, 5_000)])
         deposit = rng.choice([0, rng.randint(1, 2_000), rng.randint(2_000, 10**6), 10**9])
         payer, payee = rng.choice(self.payers), rng.choice(self.payees)
-        return [self.tx("openStream", self.manager, "openStream", [payee, rate, deposit], payer)]
+        fn = "openStreamOnPriceList" if rng.random() < 0.4 else "openStream"
+        return [self.tx(fn, self.manager, fn, [payee, rate, deposit], payer)]
 
     def _top_up(self, view: ContractState) -> list[Tx]:
         depleted = [
@@ -508,11 +545,33 @@ class Driver:
             )
         ]
 
+    def _add_endpoint(self, view: ContractState) -> list[Tx]:
+        """A signing payee lists an endpoint (a name it listed already reverts)."""
+        payee = self.rng.choice(self.signing_payees)
+        name = self.rng.choice(ENDPOINT_NAMES).ljust(32, b"\0")
+        price = self.rng.choice([0, 1, 7, 1_000, self.rng.randint(1, 10**5)])
+        return [self.tx("addEndpoint", self.manager, "addEndpoint", [name, price], payee)]
+
+    def _set_endpoint_price(self, view: ContractState) -> list[Tx]:
+        """A payee reprices one of its endpoints (in force after the notice period); an
+        unknown endpoint reverts."""
+        listed = [k for k in view.endpoints if k[0] in {_raw(p) for p in self.signing_payees}]
+        if listed and self.rng.random() < 0.9:
+            payee, endpoint = self.rng.choice(listed)
+            sender = str(to_checksum_address(payee))
+        else:
+            sender, endpoint = self.rng.choice(self.signing_payees), self.rng.randint(1, 5)
+        price = self.rng.choice([0, 1, 5, 2_000, self.rng.randint(1, 10**5)])
+        return [
+            self.tx("setEndpointPrice", self.manager, "setEndpointPrice", [endpoint, price], sender)
+        ]
+
     def _usage(self, view: ContractState) -> list[Tx]:
-        """A usage batch: correct next sequence numbers, replays, gaps, bad units, unknown ids."""
+        """A usage batch: correct next sequence numbers, replays, gaps, bad units, unknown ids,
+        listed, unlisted and no endpoints."""
         rng = self.rng
         last = {i: s.usage_seq for i, s in view.streams.items()}
-        ids, units, seqs, kinds = [], [], [], []
+        reports, kinds = [], []
         for _ in range(rng.randint(1, 6)):
             sid = self._some_stream(view, open_only=0.85)
             seen = last.get(sid, 0)
@@ -526,20 +585,15 @@ class Driver:
             elif kind == "gap":
                 seq = seen + 2 + rng.randrange(3)
             else:
-                seq, u = seen + 1, rng.choice([0, 2**64])
-            ids.append(sid)
-            units.append(u)
-            seqs.append(seq)
-            kinds.append(kind)
-        return [
-            self.tx(
-                f"recordUsageBatch{kinds}",
-                self.manager,
-                "recordUsageBatch",
-                [ids, units, seqs],
-                self.oracle,
+                seq, u = seen + 1, 0
+            s = view.streams.get(sid)
+            listed = [e for p, e in view.endpoints if s is not None and p == s.payee]
+            endpoint = (
+                rng.choice(listed) if listed and rng.random() < 0.8 else rng.choice([0, 0, 1, 2, 9])
             )
-        ]
+            reports.append(usage_report(sid, seq, endpoint, u))
+            kinds.append(kind)
+        return [self.tx(f"recordUsage{kinds}", self.manager, "recordUsage", [reports], self.oracle)]
 
     def _settle(self, view: ContractState) -> list[Tx]:
         """settleStreams over a mix of open, closed, unknown and repeated ids."""
@@ -664,6 +718,11 @@ class Driver:
         ]
 
 
+def usage_report(stream_id: int, seq: int, endpoint: int, units: int) -> int:
+    """One packed word of `recordUsage`: id | seq << 64 | endpoint << 96 | units << 128."""
+    return stream_id | seq << 64 | endpoint << 96 | units << 128
+
+
 def _accrued(s: StreamState, now: int) -> int:
     if s.status != "open" or now <= s.settled_at:
         return 0
@@ -720,9 +779,12 @@ def contract_state(
             _view_call(m, "feeRecipient()", [], tag),
             _view_call(m, "paused()", [], tag),
             _view_call(v, "paused()", [], tag),
+            _view_call(m, "noticePeriod()", [], tag),
         ]
     )
-    n_streams, n_escrows, fee_bps, recipient, m_paused, v_paused = (_words(a)[0] for a in first)
+    n_streams, n_escrows, fee_bps, recipient, m_paused, v_paused, notice = (
+        _words(a)[0] for a in first
+    )
     who = sorted(driver.accounts | set(accounts))
     calls = [_view_call(m, "getStream(uint256)", [i], tag) for i in range(1, n_streams)]
     calls += [_view_call(v, "getEscrow(uint256)", [i], tag) for i in range(1, n_escrows)]
@@ -736,6 +798,7 @@ def contract_state(
         fee_recipient=_address(recipient),
         manager_paused=m_paused == 1,
         vault_paused=v_paused == 1,
+        notice_period=notice,
     )
     for i in range(1, n_streams):
         payer, payee, balance, rate, settled, seq, price, status = next(answers)
@@ -762,6 +825,14 @@ def contract_state(
         available, locked = next(answers)
         if available or locked:
             state.vault[a] = (available, locked)
+    counts = driver.rpc_batch([_view_call(m, "endpointCount(address)", [a], tag) for a in who])
+    keys = [(a, e) for a, c in zip(who, counts, strict=True) for e in range(1, _words(c)[0] + 1)]
+    prices = driver.rpc_batch(
+        [_view_call(m, "endpointPrice(address,uint256)", [a, e], tag) for a, e in keys]
+    )
+    for key, answer in zip(keys, prices, strict=True):
+        price, pending, effective_at, _listed, name = _words(answer)
+        state.endpoints[key] = (name.to_bytes(32, "big"), price, pending, effective_at)
     return state
 
 
@@ -907,6 +978,10 @@ async def projection_state(conn: keeper_db.Conn, chain_id: int) -> ContractState
     assert cursor is not None, "no cursor: nothing indexed"
     state = ContractState(block=cursor["indexed_block"], timestamp=cursor["indexed_timestamp"] or 0)
     for r in await conn.fetch("SELECT * FROM streams WHERE chain_id = $1", chain_id):
+        # getStream's price: the own price in force at the block (0 on a price list).
+        price = _int(r["price"])
+        if r["price_effective_at"] is not None and r["price_effective_at"] <= state.timestamp:
+            price = _int(r["price_pending"])
         state.streams[_int(r["stream_id"])] = StreamState(
             bytes(r["payer"]),
             bytes(r["payee"]),
@@ -914,8 +989,23 @@ async def projection_state(conn: keeper_db.Conn, chain_id: int) -> ContractState
             _int(r["rate"]),
             int(r["settled_at"]),
             _int(r["usage_seq"]),
-            _int(r["price"]),
+            0 if r["price_list"] else price,
             str(r["status"]),
+        )
+    # endpointPrice's name is the bytes32 itself: the event row keeps it.
+    names = {
+        (bytes(r["payee"]), _int(r["endpoint"])): bytes(r["name"])
+        for r in await conn.fetch(
+            "SELECT payee, endpoint, name FROM endpoint_added WHERE chain_id = $1", chain_id
+        )
+    }
+    for r in await conn.fetch("SELECT * FROM endpoints WHERE chain_id = $1", chain_id):
+        key = (bytes(r["payee"]), _int(r["endpoint"]))
+        state.endpoints[key] = (
+            names[key],
+            _int(r["price"]),
+            _int(r["price_pending"] or 0),
+            int(r["price_effective_at"] or 0),
         )
     for r in await conn.fetch("SELECT * FROM escrows WHERE chain_id = $1", chain_id):
         state.escrows[_int(r["escrow_id"])] = EscrowState(
@@ -937,6 +1027,7 @@ async def projection_state(conn: keeper_db.Conn, chain_id: int) -> ContractState
         state.fee_recipient = bytes(p["fee_recipient"]) if p["fee_recipient"] else None
         state.manager_paused = bool(p["manager_paused"])
         state.vault_paused = bool(p["vault_paused"])
+        state.notice_period = p["notice_period"]
     return state
 
 

@@ -326,7 +326,8 @@ async def test_stream_balances_accrued_now_equals_accrued_of(
             if rng.random() < 0.5:
                 driver.mine(seconds=rng.randint(1, 5_000))  # time passes, nothing settled
                 await compare(indexer)
-    assert len(checked) > 20, "too few streams accrued anything: the test proves little"
+    # Fewer than before StreamManager v2: a payer's close request stops a stream's accrual.
+    assert len(checked) > 15, "too few streams accrued anything: the test proves little"
 
 
 # ---------------------------------------------------------------------- big blocks

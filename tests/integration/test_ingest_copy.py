@@ -107,9 +107,21 @@ class Chain:
         )
 
 
+def usage_words(
+    sid: int, seq: int, endpoint: int, units: int, charged: int, fee: int, balance: int, price: int
+) -> tuple[int, int, int]:
+    """UsageRecorded's three packed words."""
+    return (
+        sid | seq << 64 | endpoint << 96 | units << 128,
+        charged | fee << 96,
+        balance | price << 96,
+    )
+
+
 def busy_chain(decoder: Decoder, rng: random.Random) -> Chain:
-    """Every kind of event the write path treats apart: streams (opened, settled many times,
-    topped up, priced, usage, closed), fees, claims, the vault and escrows, and raw events."""
+    """Every kind of event the write path treats apart: streams (opened on own prices and price
+    lists, settled many times, topped up, priced at once and with notice, usage, closing,
+    closed), endpoints, fees, claims, the vault and escrows, and raw events."""
     c = Chain(decoder)
     payer, fee_to = _account(1), _account(2)
     payees = [_account(10 + i) for i in range(4)]
@@ -119,10 +131,22 @@ def busy_chain(decoder: Decoder, rng: random.Random) -> Chain:
     c.emit_raw("StreamManager", "RoleGranted", [b"\x01" * 32, bytes(12) + payer, bytes(12) + payer])
     c.emit("StreamManager", "FeeUpdated", 250)
     c.emit("StreamManager", "FeeRecipientUpdated", fee_to)
+    c.emit("StreamManager", "NoticePeriodSet", 600)
+    c.emit("StreamManager", "EndpointAdded", payees[0], 1, b"api/v1".ljust(32, b"\0"), 7)
+    c.emit("StreamManager", "EndpointAdded", payees[0], 2, b"\xff".ljust(32, b"\0"), 9)
     for sid in streams:
         c.next_tx()
         balance[sid] = rng.choice([10**9, 2**96 - 1])
-        c.emit("StreamManager", "StreamOpened", sid, payer, payees[sid % 4], 1_000, balance[sid])
+        c.emit(
+            "StreamManager",
+            "StreamOpened",
+            sid,
+            payer,
+            payees[sid % 4],
+            1_000,
+            balance[sid],
+            sid % 5 == 0,
+        )
     c.next_block()
     credited = {p: 0 for p in payees}
     for round_ in range(12):
@@ -137,10 +161,20 @@ def busy_chain(decoder: Decoder, rng: random.Random) -> Chain:
             credited[payees[sid % 4]] += paid - fee
             c.emit("StreamManager", "StreamSettled", sid, paid, fee, balance[sid])
         c.emit("StreamManager", "FeesCredited", fee_to, fees)
+        now = c.header().timestamp
         if round_ == 3:
             c.next_tx()
             for sid in streams[:10]:
-                c.emit("StreamManager", "UsagePriceSet", sid, 3)
+                c.emit("StreamManager", "UsagePriceSet", sid, 3, now)
+            c.emit("StreamManager", "EndpointPriceSet", payees[0], 1, 5, now + 600)
+        if round_ in (4, 6, 10):
+            # Decreases with notice: the one of round 4 is replaced before its time by round
+            # 6's, which comes into force before round 10's replaces it.
+            c.next_tx()
+            for sid in streams[:4]:
+                notice = 600 if round_ == 10 else 30
+                c.emit("StreamManager", "UsagePriceSet", sid, round_, now + notice)
+            c.emit("StreamManager", "EndpointPriceSet", payees[0], 2, round_, now + notice)
         if round_ in (5, 9):
             c.next_tx()
             for sid in streams[:10]:
@@ -149,7 +183,8 @@ def busy_chain(decoder: Decoder, rng: random.Random) -> Chain:
                 fee = 0
                 balance[sid] -= charged
                 credited[payees[sid % 4]] += charged - fee
-                c.emit("StreamManager", "UsageRecorded", sid, seq, 5, charged, fee, 0, balance[sid])
+                words = usage_words(sid, seq, sid % 3, 5, charged, fee, balance[sid], 3)
+                c.emit("StreamManager", "UsageRecorded", *words)
         if round_ == 7:
             c.next_tx()
             c.emit("StreamManager", "StreamToppedUp", 7, 500, balance[7] + 500)
@@ -157,6 +192,8 @@ def busy_chain(decoder: Decoder, rng: random.Random) -> Chain:
             c.emit("StreamManager", "StreamRateUpdated", 8, 2_000)
             c.emit("StreamManager", "StreamClosed", 9, balance[9])
             c.emit("StreamManager", "SettleSkipped", 9, 1)
+            c.emit("StreamManager", "StreamCloseRequested", 11, now + 600)
+            c.emit("StreamManager", "StreamCloseRequested", 12, now + 6)
             claimant = payees[1]
             c.emit("StreamManager", "Claimed", claimant, credited[claimant] // 2)
     c.next_block()

@@ -15,8 +15,9 @@ from eth_utils import to_checksum_address
 
 from keeper.anvil import rpc
 from keeper.batches import encode_batch
-from keeper.deploy import contract
+from keeper.deploy import contract, deploy_all
 from keeper.planner import Planner, PlanSettings
+from tests.bench.gas import DEV_KEY0
 from tests.integration.ingest_support import Target, index_until_caught_up, open_indexer
 from tests.integration.tx_support import Env
 
@@ -254,3 +255,41 @@ async def test_a_usage_failure_does_not_hold_up_settlement(
     kinds = [(b.kind, b.items) for b in report.planned]
     assert kinds == [("settle", [3]), ("settle", [2, 1]), ("refund", [1])]
     assert planned == 3
+
+
+async def test_a_closing_stream_is_never_settled(env: Env, database_url: str) -> None:
+    """With a notice period, a payer's close request leaves the stream closing: settled at the
+    request, rate 0 from then on. However long it waits for its close_at, the settle planner
+    leaves it alone; an open stream beside it is settled as ever."""
+    d = deploy_all(env.node.url, DEV_KEY0, notice_period=3_600)
+    admin = d.deployer
+    token = contract(env.w3, "TestToken", d.token)
+    manager = contract(env.w3, "StreamManager", d.stream_manager)
+    send(token.functions.mint(admin, 10**15), admin)
+    send(token.functions.approve(d.stream_manager, 2**256 - 1), admin)
+    send(manager.functions.openStream(PAYEE_A, 10_000, 10**12), admin)  # 1: closing
+    send(manager.functions.openStream(PAYEE_B, 10_000, 10**12), admin)  # 2: open
+    rpc(env.node.url, "evm_increaseTime", [1_000])
+    env.mine()
+    send(manager.functions.closeStream(1), admin)
+    rpc(env.node.url, "evm_increaseTime", [1_000])
+    env.mine()
+    target = Target(
+        chain_id=d.chain_id,
+        addresses={"StreamManager": d.stream_manager, "EscrowVault": d.escrow_vault},
+        start_block=d.deployment_block,
+    )
+    async with open_indexer(env.node.url, database_url, target) as indexer:
+        await index_until_caught_up(indexer)
+    p = Planner(
+        d.chain_id, stream_manager=d.stream_manager, escrow_vault=d.escrow_vault, settings=SETTINGS
+    )
+    async with env.pool.acquire() as conn:
+        await p.store_settings(conn)
+        status = await conn.fetch("SELECT stream_id, status, rate FROM streams ORDER BY stream_id")
+        report = await p.plan_pass(conn)
+    assert [(int(r["stream_id"]), r["status"], int(r["rate"])) for r in status] == [
+        (1, "closing", 0),
+        (2, "open", 10_000),
+    ]
+    assert [(b.kind, b.items) for b in report.planned] == [("settle", [2])]

@@ -1,5 +1,5 @@
 """The usage oracle against a real chain, index and outbox: intake with kept rejections,
-sequence numbers, recordUsageBatch batches, reconciliation (recorded with shortfall, closed
+sequence numbers, recordUsage batches, reconciliation (recorded with shortfall, closed
 streams, gaps and replays the contract reports, reorgs) and affordability."""
 
 from __future__ import annotations
@@ -220,7 +220,7 @@ async def test_reports_are_recorded_once_with_charge_and_shortfall(
     assert first.intake is not None and first.intake.accepted == 5
     # One batch, payee A's stream first, each stream's run in sequence order.
     assert [(b.kind, b.items) for b in first.planned] == [
-        ("usage", [[2, 3, 1], [2, 4, 2], [2, 1, 3], [1, 10, 1], [1, 20, 2]])
+        ("usage", [[2, 3, 1, 0], [2, 4, 2, 0], [2, 1, 3, 0], [1, 10, 1, 0], [1, 20, 2, 0]])
     ]
     await run_until_idle(env, database_url, p)
     got = await statuses(env)
@@ -297,14 +297,14 @@ async def test_gaps_and_replays_reported_by_the_contract_are_handled(
             await p.usage.intake(conn)  # type: ignore[union-attr]
     # Report 2 arrives on its own before report 1 (as a batch on another signer could): the
     # contract skips it as a gap. The keeper sends both again, in order.
-    await usage_intent(env, "early", [[1, 6, 2]])
+    await usage_intent(env, "early", [[1, 6, 2, 0]])
     await run_until_idle(env, database_url, p)
     assert manager.functions.getStream(1).call()[5] == 2
     got = await statuses(env)
     assert got["a"][:3] == ("recorded", 1, 15) and got["b"][:3] == ("recorded", 2, 18)
     # A replay of report 1 (a stale copy of a batch) is skipped: nothing is charged twice.
     balance = manager.functions.getStream(1).call()[2]
-    await usage_intent(env, "replay", [[1, 5, 1]])
+    await usage_intent(env, "replay", [[1, 5, 1, 0]])
     await run_until_idle(env, database_url, p, passes=1)
     assert manager.functions.getStream(1).call()[2] == balance
     async with env.pool.acquire() as conn:
@@ -371,7 +371,7 @@ async def test_keeper_plan_shows_usage_batches_and_leaves_the_inbox_as_it_was(
     result = json.loads(keeper_plan(env, database_url, tmp_path, "--json"))
     assert result["due"]["usage"] == 2
     (usage,) = [b for b in result["batches"] if b["kind"] == "usage"]
-    assert usage["items"] == [[2, 3, 1], [1, 10, 1]]
+    assert usage["items"] == [[2, 3, 1, 0], [1, 10, 1, 0]]
     assert usage["simulated_gas"] > 21_000  # from the deployment's oracle account
     text = keeper_plan(env, database_url, tmp_path)
     assert "2 usage reports to record" in text and "stream:seq: 2:1 1:1" in text

@@ -29,13 +29,23 @@ pytestmark = pytest.mark.anyio
 
 OTHER_CHAIN = 999_999
 HOUR = timedelta(hours=1)
-COLUMNS = ("stream_id", "units", "producer_key", "label", "observed_at")
-GOOD = {"stream_id": "1", "units": "5", "producer_key": None, "label": None, "observed_at": None}
+COLUMNS = ("stream_id", "units", "producer_key", "label", "observed_at", "endpoint")
+GOOD = {
+    "stream_id": "1",
+    "units": "5",
+    "producer_key": None,
+    "label": None,
+    "observed_at": None,
+    "endpoint": None,
+}
 
 # Every reason a row can be rejected with, at intake or on import.
 REASONS = {
     *(f"missing_{c}" for c in ("stream_id", "units", "producer_key")),
-    *(f"malformed_{c}" for c in ("stream_id", "units", "producer_key", "label", "observed_at")),
+    *(
+        f"malformed_{c}"
+        for c in ("stream_id", "units", "producer_key", "label", "observed_at", "endpoint")
+    ),
     "stream_id_out_of_range",
     "units_not_positive",
     "units_out_of_range",
@@ -45,6 +55,8 @@ REASONS = {
     "stream_closed",
     "duplicate_producer_key",
     "sequence_exhausted",
+    "unknown_endpoint",
+    "endpoint_out_of_range",
     "malformed_line",
 }
 
@@ -155,6 +167,7 @@ LIKELY = {
     "producer_key": st.one_of(st.just(UNIQUE), _TEXT),
     "label": st.one_of(st.none(), _TEXT),
     "observed_at": st.one_of(st.none(), _times(), st.just("2026-01-01T00:00:00+01:00")),
+    "endpoint": st.one_of(st.none(), st.none(), st.just("chat"), _TEXT),
 }
 
 
@@ -194,8 +207,8 @@ async def insert(conn: Conn, rows: list[dict[str, Any]]) -> list[int]:
         ids.append(
             await conn.fetchval(
                 "INSERT INTO usage_inbox (chain_id, stream_id, units, producer_key, label, "
-                "observed_at, source, received_at) "
-                "VALUES ($1, $2, $3, $4, $5, $6, $7, COALESCE($8::text::timestamptz, now())) "
+                "observed_at, endpoint, source, received_at) "
+                "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, COALESCE($9::text::timestamptz, now())) "
                 "RETURNING id",
                 row.get("chain_id"),
                 *(row.get(c) for c in COLUMNS),
@@ -291,6 +304,11 @@ async def test_every_hostile_value_in_every_column_gets_a_verdict_in_one_pass(
     for other in ("\uff15", "\u0665", "1_000", "1e3", "\u00a0"):
         for column in ("stream_id", "units"):
             assert got[f"{column}-{HOSTILE.index(other)}"] == f"malformed_{column}"
+    # Streams 1 and 2 bill at their own price: no endpoint, or one their payee listed (none).
+    assert got[f"endpoint-{HOSTILE.index('')}"] is None
+    assert got[f"endpoint-{HOSTILE.index(' ')}"] is None  # blank: none
+    assert got[f"endpoint-{HOSTILE.index('5')}"] == "unknown_endpoint"
+    assert got[f"endpoint-{HOSTILE.index('x' * 201)}"] == "malformed_endpoint"
 
 
 @settings(

@@ -123,6 +123,41 @@ async def test_jsonl_rows_are_stored_as_written(db: asyncpg.Connection) -> None:
 
 
 @pytest.mark.anyio
+async def test_the_endpoint_column_is_stored_as_written_and_old_files_still_import(
+    db: asyncpg.Connection,
+) -> None:
+    """Rows name the endpoint they are billed at (CSV column or JSON key `endpoint`); files
+    written before price lists had no such column and import as before."""
+    await import_usage(
+        db,
+        reader(
+            "endpoint,stream_id,units,producer_key\nchat/completions,1,3,e-1\n,1,3,e-2\n",
+            "csv",
+            "new.csv",
+        ),
+    )
+    await import_usage(
+        db,
+        reader(
+            '{"stream_id": 1, "units": 3, "producer_key": "e-3", "endpoint": " embed"}\n',
+            "jsonl",
+            "new.jsonl",
+        ),
+    )
+    await import_usage(db, reader(CSV, "csv", "old.csv"))
+    rows = await db.fetch("SELECT producer_key, endpoint FROM usage_inbox ORDER BY id")
+    assert [(r["producer_key"], r["endpoint"]) for r in rows] == [
+        ("e-1", "chat/completions"),
+        ("e-2", None),
+        ("e-3", " embed"),
+        ("k-1", None),
+        ("k-2", None),
+        ("k-3", None),
+        ("k-4", None),
+    ]
+
+
+@pytest.mark.anyio
 async def test_unreadable_lines_are_kept_as_rejected(db: asyncpg.Connection) -> None:
     summary = await import_usage(db, reader(MALFORMED, "jsonl", "in.jsonl"))
     assert (summary.rows_read, summary.queued, summary.malformed, summary.blank_lines) == (

@@ -481,9 +481,9 @@ async def test_usage_daily_groups_by_stream_and_utc_day(db: asyncpg.Connection) 
     await db.executemany(
         """
         INSERT INTO usage_recorded (chain_id, block_number, log_index, tx_hash, block_time,
-                                    stream_id, seq, units, charged, fee, shortfall,
-                                    balance_after)
-        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 0)
+                                    stream_id, seq, endpoint, units, charged, fee, shortfall,
+                                    balance_after, price)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, 0, $8, $9, $10, $11, 0, 100)
         """,
         [(CHAIN, *r[:2], b"\x01" * 32, *r[2:]) for r in recorded],
     )

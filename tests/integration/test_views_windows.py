@@ -14,7 +14,7 @@ import pytest
 from eth_utils import to_checksum_address
 from web3.contract import Contract
 
-from keeper.accrual import fee_of
+from keeper.accrual import carry_fee
 from keeper.anvil import rpc
 from keeper.db import Conn
 from keeper.deploy import contract
@@ -62,6 +62,20 @@ def fund(env: Env) -> None:
     send(token.functions.mint(d.deployer, 10**15), d.deployer)
     send(token.functions.approve(d.stream_manager, 2**256 - 1), d.deployer)
     send(token.functions.approve(d.escrow_vault, 2**256 - 1), d.deployer)
+
+
+def report(stream_id: int, seq: int, units: int, endpoint: int = 0) -> int:
+    """One packed usage report of `recordUsage`."""
+    return stream_id | seq << 64 | endpoint << 96 | units << 128
+
+
+def fees_of(amounts: list[int], bps: int) -> list[int]:
+    """The fees of one payee's items in order: the remainder carries from item to item."""
+    out, remainder = [], 0
+    for amount in amounts:
+        fee, remainder = carry_fee(amount, bps, remainder)
+        out.append(fee)
+    return out
 
 
 def latest_time(env: Env) -> int:
@@ -244,8 +258,11 @@ async def test_usage_daily_splits_a_stream_by_the_label_of_the_keepers_reports(
     mine_at(env, day_start + 3_600)
     send(manager.functions.openStream(PAYEE_A, 1, 10**9), d.deployer)
     send(manager.functions.setUsagePrice(1, 10), d.deployer)
-    send(manager.functions.recordUsageBatch([1] * 4, [3, 5, 7, 11], [1, 2, 3, 4]), d.oracle)
-    send(manager.functions.recordUsageBatch([1], [5], [2]), d.oracle)  # replay of seq 2
+    send(
+        manager.functions.recordUsage([report(1, i + 1, u) for i, u in enumerate([3, 5, 7, 11])]),
+        d.oracle,
+    )
+    send(manager.functions.recordUsage([report(1, 2, 5)]), d.oracle)  # replay of seq 2
     await index(env, database_url)
     async with env.pool.acquire() as conn:
         await put_report(conn, d.chain_id, 1, 1, 3, "api")
@@ -259,7 +276,7 @@ async def test_usage_daily_splits_a_stream_by_the_label_of_the_keepers_reports(
         )
         assert (await columns(conn, "usage_daily"))[:4] == ["chain_id", "stream_id", "label", "day"]
 
-    fee = d.fee_bps
+    f30, f50, f70, f110 = fees_of([30, 50, 70, 110], d.fee_bps)
     got = [
         (
             int(r["stream_id"]),
@@ -277,11 +294,10 @@ async def test_usage_daily_splits_a_stream_by_the_label_of_the_keepers_reports(
         for r in rows
     ]
     day = datetime.fromtimestamp(day_start, UTC).date()
-    api_fee = fee_of(30, fee) + fee_of(50, fee)
     assert got == [
-        (1, "api", day, 2, 8, 80, api_fee, 80 - api_fee, 2, 1, 1),
-        (1, "compute", day, 1, 7, 70, fee_of(70, fee), 70 - fee_of(70, fee), 3, 0, 0),
-        (1, None, day, 1, 11, 110, fee_of(110, fee), 110 - fee_of(110, fee), 4, 0, 0),
+        (1, "api", day, 2, 8, 80, f30 + f50, 80 - f30 - f50, 2, 1, 1),
+        (1, "compute", day, 1, 7, 70, f70, 70 - f70, 3, 0, 0),
+        (1, None, day, 1, 11, 110, f110, 110 - f110, 4, 0, 0),
     ]
 
 
@@ -330,26 +346,21 @@ async def test_settlement_totals_count_exactly_the_events_inside_each_window(
         at = head - age
         units = i + 1
         send(manager.functions.settleStreams([1]), d.deployer)
-        send(manager.functions.recordUsageBatch([2], [units], [i + 1]), d.oracle)
+        send(manager.functions.recordUsage([report(2, i + 1, units)]), d.oracle)
         send(vault.functions.refundEscrow(i + 1), d.deployer)  # the vault admin: at any time
         mine_at(env, at)
         settled = RATE * (at - settled_at)
         cost = PRICE * units
         charged = min(cost, balance)
         balance -= charged
-        events.append(
-            Money(
-                age,
-                settled,
-                fee_of(settled, d.fee_bps),
-                charged,
-                fee_of(charged, d.fee_bps),
-                cost - charged,
-                1_000 + i,
-            )
-        )
+        # Stream 1 pays PAYEE_A and stream 2 PAYEE_B: each payee carries its own remainder.
+        events.append(Money(age, settled, 0, charged, 0, cost - charged, 1_000 + i))
         settled_at = at
     assert events[-1].shortfall > 0
+    settled_fees = fees_of([e.settled for e in events], d.fee_bps)
+    usage_fees = fees_of([e.charged for e in events], d.fee_bps)
+    for e, settled_fee, usage_fee in zip(events, settled_fees, usage_fees, strict=True):
+        e.settled_fee, e.usage_fee = settled_fee, usage_fee
     await index(env, database_url)
 
     async with env.pool.acquire() as conn:

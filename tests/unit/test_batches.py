@@ -6,19 +6,27 @@ from collections.abc import Sequence
 from typing import Any
 
 import anyio
+import pytest
 from eth_abi.abi import decode, encode
 from eth_utils import keccak
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from keeper.batches import (
+    MAX_REPORT_ENDPOINT,
+    MAX_REPORT_SEQ,
+    MAX_REPORT_STREAM_ID,
+    MAX_REPORT_UNITS,
     Revert,
     batch_size,
     encode_batch,
     gas_floor,
     item_key,
+    pack_usage,
     split_batch,
     splittable,
+    unpack_usage,
+    usage_fields,
 )
 from keeper.reverts import revert_data, revert_reason
 
@@ -27,11 +35,66 @@ def test_batches_encode_the_contract_calls() -> None:
     settle = encode_batch("settle", [1, 2])
     assert settle[:4] == keccak(text="settleStreams(uint256[])")[:4]
     assert decode(["uint256[]"], settle[4:]) == ((1, 2),)
-    usage = encode_batch("usage", [[5, 10, 1], [6, 20, 3]])
-    assert usage[:4] == keccak(text="recordUsageBatch(uint256[],uint256[],uint256[])")[:4]
-    assert decode(["uint256[]", "uint256[]", "uint256[]"], usage[4:]) == ((5, 6), (10, 20), (1, 3))
-    assert item_key("usage", [5, 10, 1]) == "5:1" and item_key("refund", 9) == "9"
+    usage = encode_batch("usage", [[5, 10, 1, 0], [6, 20, 3, 2]])
+    assert usage[:4] == keccak(text="recordUsage(uint256[])")[:4]
+    assert decode(["uint256[]"], usage[4:]) == (
+        (5 | 1 << 64 | 0 << 96 | 10 << 128, 6 | 3 << 64 | 2 << 96 | 20 << 128),
+    )
+    assert item_key("usage", [5, 10, 1, 4]) == "5:1" and item_key("refund", 9) == "9"
     assert splittable("refund") and not splittable("call") and not splittable("purge")
+
+
+def test_a_usage_item_of_three_has_no_endpoint() -> None:
+    """Items planned before endpoints existed: endpoint 0."""
+    assert usage_fields([5, 10, 1]) == (5, 10, 1, 0)
+    assert encode_batch("usage", [[5, 10, 1]]) == encode_batch("usage", [[5, 10, 1, 0]])
+    assert item_key("usage", [5, 10, 1]) == "5:1"
+
+
+@given(
+    items=st.lists(
+        st.tuples(
+            st.integers(0, MAX_REPORT_STREAM_ID),
+            st.integers(0, MAX_REPORT_UNITS),
+            st.integers(0, MAX_REPORT_SEQ),
+            st.integers(0, MAX_REPORT_ENDPOINT),
+        ),
+        max_size=20,
+    )
+)
+def test_usage_reports_pack_into_one_word_each_as_the_contract_reads_them(
+    items: list[tuple[int, int, int, int]],
+) -> None:
+    """recordUsage(uint256[]): word = streamId (bits 0..63) | seq (64..95) | endpoint
+    (96..127) | units (128..191), decoded with eth_abi as the contract's ABI reads it."""
+    data = encode_batch("usage", [list(i) for i in items])
+    (words,) = decode(["uint256[]"], data[4:])
+    assert len(words) == len(items)
+    for word, (stream_id, units, seq, endpoint) in zip(words, items, strict=True):
+        assert word < 2**192  # bits 192..255 are never set
+        assert word & (2**64 - 1) == stream_id
+        assert (word >> 64) & (2**32 - 1) == seq
+        assert (word >> 96) & (2**32 - 1) == endpoint
+        assert word >> 128 == units
+        assert unpack_usage(word) == (stream_id, units, seq, endpoint)
+        assert pack_usage(stream_id, units, seq, endpoint) == word
+
+
+@pytest.mark.parametrize(
+    ("item", "field"),
+    [
+        ([2**64, 1, 1, 0], "stream id"),
+        ([1, 2**64, 1, 0], "units"),
+        ([1, 1, 2**32, 0], "seq"),
+        ([1, 1, 1, 2**32], "endpoint"),
+        ([-1, 1, 1, 0], "stream id"),
+    ],
+)
+def test_a_field_too_wide_for_its_bits_is_never_encoded(item: list[int], field: str) -> None:
+    """It would name another stream or report: the encoder refuses (the intake rejects such
+    rows before they get a sequence number, so a batch never holds one)."""
+    with pytest.raises(ValueError, match=f"usage report {field} "):
+        encode_batch("usage", [item])
 
 
 def _error(item: int) -> Revert:

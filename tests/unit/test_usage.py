@@ -13,6 +13,7 @@ from keeper.usage import (
     MAX_SEQ,
     MAX_USAGE_UNITS,
     OBSERVED_AT_SKEW,
+    DueRow,
     ParsedRow,
     Rejection,
     StreamState,
@@ -53,6 +54,7 @@ def test_a_good_row_parses_to_integers_and_a_time() -> None:
         ({"stream_id": "0"}, "stream_id_out_of_range"),
         ({"stream_id": "-3"}, "stream_id_out_of_range"),
         ({"stream_id": str(2**256)}, "stream_id_out_of_range"),
+        ({"stream_id": str(2**64)}, "stream_id_out_of_range"),  # does not fit a report
         ({"units": None}, "missing_units"),
         ({"units": "abc"}, "malformed_units"),
         ({"units": "1.5"}, "malformed_units"),
@@ -264,7 +266,7 @@ def test_no_field_makes_parse_row_raise(fields: list[str | None]) -> None:
     if isinstance(result, Rejection):
         assert result.reason and result.detail
     else:
-        assert 0 < result.stream_id <= 2**256 - 1 and 0 < result.units <= MAX_USAGE_UNITS
+        assert 0 < result.stream_id <= 2**64 - 1 and 0 < result.units <= MAX_USAGE_UNITS
         assert EARLIEST_OBSERVED_AT <= result.observed_at <= NOW + OBSERVED_AT_SKEW
 
 
@@ -361,14 +363,14 @@ PA, PB = b"\xaa" * 20, b"\xbb" * 20
 
 
 def test_runs_continue_the_contract_sequence_and_stop_at_a_hole_or_the_limit() -> None:
-    due = [
-        (1, 3, 10, 2, PB, 7),
-        (1, 4, 11, 2, PB, 7),
-        (1, 6, 12, 2, PB, 7),  # 5 missing: stops here
-        (2, 5, 1, 3, PA, 1),  # expects 4: a gap
-        (3, 1, 1, 0, PA, 1),
-        (3, 2, 1, 0, PA, 1),
-        (3, 3, 1, 0, PA, 1),
+    due: list[DueRow] = [
+        (1, 3, 10, 2, PB, 7, 0, None),
+        (1, 4, 11, 2, PB, 7, 0, None),
+        (1, 6, 12, 2, PB, 7, 0, None),  # 5 missing: stops here
+        (2, 5, 1, 3, PA, 1, 0, None),  # expects 4: a gap
+        (3, 1, 1, 0, PA, 1, 2, None),
+        (3, 2, 1, 0, PA, 1, 2, None),
+        (3, 3, 1, 0, PA, 1, 2, None),
     ]
     runs, gaps = contiguous_runs(due, limit=2)
     assert [[(u.stream_id, u.seq) for u in run] for run in runs] == [
@@ -376,17 +378,18 @@ def test_runs_continue_the_contract_sequence_and_stop_at_a_hole_or_the_limit() -
         [(3, 1), (3, 2)],
     ]
     assert gaps == [(2, 4, 5)]
-    assert runs[0][0].item == [1, 10, 3]
+    assert runs[0][0].item == [1, 10, 3, 0]
+    assert runs[1][0].item == [3, 1, 1, 2]
 
 
 def test_whole_runs_are_packed_by_payee() -> None:
     runs, _ = contiguous_runs(
         [
-            (1, 1, 1, 0, PB, 1),
-            (1, 2, 1, 0, PB, 1),
-            (2, 1, 1, 0, PA, 1),
-            (3, 1, 1, 0, PA, 1),
-            (3, 2, 1, 0, PA, 1),
+            (1, 1, 1, 0, PB, 1, 0, None),
+            (1, 2, 1, 0, PB, 1, 0, None),
+            (2, 1, 1, 0, PA, 1, 0, None),
+            (3, 1, 1, 0, PA, 1, 0, None),
+            (3, 2, 1, 0, PA, 1, 0, None),
         ],
         limit=3,
     )

@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 import pytest
 
 from keeper.usage_import import (
+    COLUMNS,
     HUGE_DIGITS,
     NEXT_STEP,
     ImportSummary,
@@ -75,7 +76,10 @@ def test_unknown_csv_columns_are_all_named() -> None:
         parse_csv_header("stream_id,unit,producer_key,amount", "usage.csv")
     message = str(caught.value)
     assert "usage.csv: unknown columns 'unit', 'amount'" in message
-    assert "stream_id, units, producer_key and optionally label, observed_at, chain_id" in message
+    assert (
+        "stream_id, units, producer_key and optionally label, observed_at, chain_id, endpoint"
+        in message
+    )
 
 
 @pytest.mark.parametrize(
@@ -287,8 +291,8 @@ def test_csv_rows_with_sources_counts_and_default_chain() -> None:
     )
     reader, records = read(data, "csv", chain_id=31337)
     assert records == [
-        (31337, "1", "10", "k1", None, None, "f:2", None, None, None, None),
-        (5, "2", "20", "k2", None, None, "f:5", None, None, None, None),
+        (31337, "1", "10", "k1", None, None, "f:2", None, None, None, None, None),
+        (5, "2", "20", "k2", None, None, "f:5", None, None, None, None, None),
         (
             31337,
             None,
@@ -301,12 +305,32 @@ def test_csv_rows_with_sources_counts_and_default_chain() -> None:
             "malformed_line",
             "2 fields where the header has 4; the line starts: 3,30",
             NOW,
+            None,
         ),
-        (31337, "4", "40", "k4", None, None, "f:7", None, None, None, None),
+        (31337, "4", "40", "k4", None, None, "f:7", None, None, None, None, None),
     ]
     assert (reader.rows_read, reader.queued, reader.malformed, reader.blank_lines) == (4, 3, 1, 2)
     assert reader.line == 7
     assert reader.bytes_read == len(data)
+
+
+def test_the_endpoint_column_is_optional_and_kept_as_written() -> None:
+    """Files name the endpoint a row is billed at since price lists came; older files have no
+    such column or key and import as before (no endpoint)."""
+    _, csv_rows = read(
+        b"stream_id,units,producer_key,endpoint\n1,10,k1,chat/completions\n2,5,k2,\n", "csv"
+    )
+    assert [(r[1], r[-1]) for r in csv_rows] == [("1", "chat/completions"), ("2", None)]
+    _, json_rows = read(
+        b'{"stream_id": 1, "units": 2, "producer_key": "a", "endpoint": " embed "}\n'
+        b'{"stream_id": 1, "units": 2, "producer_key": "b", "endpoint": null}\n'
+        b'{"stream_id": 1, "units": 2, "producer_key": "c"}\n',
+        "jsonl",
+    )
+    assert [r[-1] for r in json_rows] == [" embed ", None, None]
+    _, old = read(b"stream_id,units,producer_key,label\n1,10,k1,GET /a\n", "csv")
+    assert old == [(None, "1", "10", "k1", "GET /a", None, "f:2", None, None, None, None, None)]
+    assert COLUMNS[-1] == "endpoint" and len(COLUMNS) == len(old[0])
 
 
 def test_blank_lines_before_the_header_are_skipped() -> None:
