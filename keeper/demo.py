@@ -2,8 +2,9 @@
 
 Starts anvil (see `keeper.devchain`) and, unless a database URL is given, an embedded
 PostgreSQL (pgserver) under the data directory; migrates the database, deploys the contracts,
-records the deployment in `chains`/`deployments`, then has anvil's dev accounts open streams,
-set usage prices, create escrows, report usage through the oracle and settle a batch. It
+records the deployment in `chains`/`deployments`, then has anvil's dev accounts publish a price
+list of endpoints, open streams on it and with their own usage prices, create escrows, report
+usage per endpoint through the oracle and settle a batch. It
 prints what it did and how to connect, then runs the keeper daemon on all of it with a workload
 that keeps coming (`keeper.demo_run`), printing a line of what the keeper did every few seconds,
 until SIGINT/SIGTERM (or `--duration`); `--no-wait` stops after the set-up instead.
@@ -25,6 +26,7 @@ import anyio
 
 from keeper import db
 from keeper.anvil import Anvil, rpc
+from keeper.batches import pack_usage
 from keeper.demo_run import (
     DEFAULT_HEALTH_PORT,
     KeeperFiles,
@@ -50,6 +52,7 @@ from keeper.devchain import (
     stop_on_signals,
 )
 from keeper.errors import KeeperError
+from keeper.events import unpack_usage_recorded
 from keeper.keys import dev_key
 from keeper.migrations import migrate
 from keeper.queries import load_queries
@@ -64,6 +67,11 @@ PAYEES = {"payee-x": 6, "payee-y": 7, "payee-z": 8}
 
 UNIT = 10**6  # one whole token of the dev token (6 decimals)
 MINT_PER_PAYER = 10_000 * UNIT
+
+# The price list LIST_PAYEE publishes (addEndpoint): endpoint names as the usage producer
+# writes them, and prices in token base units per unit of usage.
+LIST_PAYEE = "payee-x"
+ENDPOINTS = (("GET /v1/quote", 50), ("POST /v1/chat", 2_500), ("POST /v1/embed", 400))
 
 
 class DemoError(KeeperError):
@@ -194,14 +202,15 @@ def deployment_addresses(deployment: Deployment) -> dict[str, str]:
 
 @dataclass(frozen=True)
 class StreamPlan:
-    """A stream the demo opens."""
+    """A stream the demo opens: on its payee's price list, or with a usage price of its own."""
 
     payer: str
     payee: str
     rate: int  # base units per second
     deposit: int
-    usage_price: int = 0  # base units per usage unit; 0: no usage pricing
+    usage_price: int = 0  # own price, base units per usage unit; 0: no usage pricing
     note: str = ""
+    price_list: bool = False  # openStreamOnPriceList: usage billed at the payee's list
 
 
 @dataclass(frozen=True)
@@ -217,9 +226,9 @@ class EscrowPlan:
 
 
 STREAMS = (
-    StreamPlan("payer-a", "payee-x", 1_000, 500 * UNIT, 100),
-    StreamPlan("payer-a", "payee-y", 250, 100 * UNIT),
-    StreamPlan("payer-b", "payee-x", 10_000, 1_000 * UNIT, 2_500),
+    StreamPlan("payer-a", "payee-x", 1_000, 500 * UNIT, price_list=True),
+    StreamPlan("payer-a", "payee-y", 250, 100 * UNIT, 100),
+    StreamPlan("payer-b", "payee-x", 10_000, 1_000 * UNIT, price_list=True),
     StreamPlan("payer-b", "payee-z", 5_000, 1_500_000, 0, "small deposit: depletes soon"),
     StreamPlan("payer-c", "payee-z", 2_000, 250 * UNIT, 50),
 )
@@ -228,11 +237,41 @@ ESCROWS = (
     EscrowPlan("payer-b", "payee-y", 50 * UNIT, 60, note="short timeout: the keeper refunds it"),
     EscrowPlan("payer-c", "payee-z", 25 * UNIT, 24 * 3600, release=True),
 )
-# (stream index into STREAMS, units): each report is its stream's usage seq 1. The batch
-# ends with a replay of the first report, which the contract skips: exactly once per seq.
-USAGE = ((0, 1_200), (2, 40), (4, 10_000))
+# (stream index into STREAMS, endpoint name or None, units): a stream's reports take its usage
+# seqs 1, 2, ... in this order. Streams on the price list name an endpoint; own-price streams
+# name none. The batch ends with a replay of the first report, which the contract skips:
+# exactly once per seq.
+USAGE: tuple[tuple[int, str | None, int], ...] = (
+    (0, "GET /v1/quote", 1_200),
+    (0, "POST /v1/embed", 300),
+    (2, "POST /v1/chat", 40),
+    (1, None, 700),
+    (4, None, 10_000),
+)
 # Chain time the streams run for between opening and the usage and settlement batches.
 STREAMING_SECONDS = 120
+
+
+@dataclass(frozen=True)
+class UsageReport:
+    """One usage report as the contract applied it (from its `UsageRecorded` event)."""
+
+    stream_id: int
+    seq: int
+    endpoint: int  # 0: none (an own-price stream)
+    units: int
+    charged: int
+    fee: int
+    balance_after: int
+    price: int  # the price in force that was charged
+
+
+def usage_recorded(ev: dict[str, Any]) -> UsageReport:
+    """Unpack a decoded `UsageRecorded` event's three words (as the indexer does)."""
+    sid, seq, endpoint, units, charged, fee, _shortfall, balance_after, price = (
+        unpack_usage_recorded([int(ev["report"]), int(ev["charge"]), int(ev["state"])])
+    )
+    return UsageReport(sid, seq, endpoint, units, charged, fee, balance_after, price)
 
 
 @dataclass
@@ -241,9 +280,7 @@ class StreamResult:
 
     id: int
     plan: StreamPlan
-    usage_seq: int = 0
-    usage_units: int = 0
-    usage_charged: int = 0
+    usage: list[UsageReport] = field(default_factory=list)
     settled: int = 0
     fee: int = 0
     balance: int = 0
@@ -266,6 +303,7 @@ class Workload:
     accounts: dict[str, str]
     symbol: str
     decimals: int
+    endpoints: dict[str, int] = field(default_factory=dict)  # LIST_PAYEE's: name -> id
     streams: list[StreamResult] = field(default_factory=list)
     escrows: list[EscrowResult] = field(default_factory=list)
     replays_skipped: int = 0
@@ -275,12 +313,14 @@ class Workload:
 
 
 def create_workload(rpc_url: str, deployment: Deployment) -> Workload:
-    """Open streams, create escrows, report usage and settle a batch with the dev accounts."""
+    """Publish a price list, open streams, create escrows, report usage and settle a batch
+    with the dev accounts."""
     from web3 import Web3
 
     w3 = Web3(Web3.HTTPProvider(rpc_url, request_kwargs={"timeout": 30}))
     keys = {name: dev_key(i) for name, i in {**PAYERS, **PAYEES}.items()}
     senders = {name: Deployer(w3, key.account()) for name, key in keys.items() if name in PAYERS}
+    list_payee = Deployer(w3, keys[LIST_PAYEE].account())
     admin = Deployer(w3, dev_key(DEV_ROLES.deployer).account())
     oracle = Deployer(w3, dev_key(DEV_ROLES.oracle).account())
     token = contract(w3, "TestToken", deployment.token)
@@ -298,10 +338,13 @@ def create_workload(rpc_url: str, deployment: Deployment) -> Workload:
         for spender in (manager.address, vault.address):
             sender.call(token.functions.approve(spender, 2**256 - 1))
 
+    work.endpoints = publish_price_list(list_payee, manager)
     for sp in STREAMS:
-        receipt = senders[sp.payer].call(
-            manager.functions.openStream(addr[sp.payee], sp.rate, sp.deposit)
-        )
+        if sp.price_list:
+            opening = manager.functions.openStreamOnPriceList(addr[sp.payee], sp.rate, sp.deposit)
+        else:
+            opening = manager.functions.openStream(addr[sp.payee], sp.rate, sp.deposit)
+        receipt = senders[sp.payer].call(opening)
         (opened,) = receipt_logs(manager, receipt, "StreamOpened")
         stream = StreamResult(id=int(opened["id"]), plan=sp, balance=sp.deposit)
         if sp.usage_price:
@@ -311,18 +354,20 @@ def create_workload(rpc_url: str, deployment: Deployment) -> Workload:
     # Let the streams run for a while before usage and settlement, so both have something to
     # move. Only a dev node's clock is moved, and only forward.
     rpc(rpc_url, "evm_increaseTime", [STREAMING_SECONDS])
-    reports = [(work.streams[i], units, 1) for i, units in USAGE]
-    reports.append(reports[0])  # the replay
-    receipt = oracle.call(
-        manager.functions.recordUsageBatch(
-            [s.id for s, _, _ in reports], [u for _, u, _ in reports], [q for _, _, q in reports]
-        )
-    )
+    seqs: dict[int, int] = {}
+    words = []
+    for index, named, units in USAGE:
+        seqs[index] = seqs.get(index, 0) + 1
+        endpoint = work.endpoints[named] if named is not None else 0
+        words.append(pack_usage(work.streams[index].id, units, seqs[index], endpoint))
+    words.append(words[0])  # the replay
+    receipt = oracle.call(manager.functions.recordUsage(words))
     by_id = {s.id: s for s in work.streams}
     for ev in receipt_logs(manager, receipt, "UsageRecorded"):
-        s = by_id[int(ev["id"])]
-        s.usage_seq, s.usage_units = int(ev["seq"]), int(ev["units"])
-        s.usage_charged, s.balance = int(ev["charged"]), int(ev["balanceAfter"])
+        report = usage_recorded(ev)
+        s = by_id[report.stream_id]
+        s.usage.append(report)
+        s.balance = report.balance_after
     work.replays_skipped = len(receipt_logs(manager, receipt, "UsageSkipped"))
 
     # Settled by the admin account here; in operation the keeper's signers send this.
@@ -346,6 +391,24 @@ def create_workload(rpc_url: str, deployment: Deployment) -> Workload:
     head = w3.eth.get_block("latest")
     work.head_block, work.head_timestamp = int(head["number"]), int(head["timestamp"])
     return work
+
+
+def publish_price_list(payee: Deployer, manager: Any) -> dict[str, int]:
+    """`payee` adds the `ENDPOINTS` to its price list; returns their ids by name."""
+    ids = {}
+    for name, price in ENDPOINTS:
+        receipt = payee.call(manager.functions.addEndpoint(endpoint_name(name), price))
+        (added,) = receipt_logs(manager, receipt, "EndpointAdded")
+        ids[name] = int(added["endpoint"])
+    return ids
+
+
+def endpoint_name(name: str) -> bytes:
+    """An endpoint's name as the contract keeps it: UTF-8, NUL-padded to 32 bytes."""
+    raw = name.encode()
+    if not 0 < len(raw) <= 32:
+        raise DemoError(f"endpoint name {name!r} must be 1 to 32 bytes of UTF-8")
+    return raw.ljust(32, b"\0")
 
 
 def format_duration(seconds: int) -> str:
@@ -375,12 +438,25 @@ def workload_text(work: Workload, deployment: Deployment) -> str:
     lines += [
         f"  each payer was minted {amount(MINT_PER_PAYER)}",
         "",
+        f"price list of {LIST_PAYEE} (addEndpoint; a change takes effect after the "
+        f"{format_duration(deployment.notice_period)} notice period)",
+    ]
+    prices = dict(ENDPOINTS)
+    for name, endpoint in work.endpoints.items():
+        lines.append(f"  endpoint {endpoint}  {name:<15} {amount(prices[name])}/unit")
+    lines += [
+        "",
         f"streams (StreamManager {deployment.stream_manager}), "
         f"then {format_duration(STREAMING_SECONDS)} of chain time passed",
     ]
     for s in work.streams:
         p = s.plan
-        usage = f", usage {amount(p.usage_price)}/unit" if p.usage_price else ""
+        if p.price_list:
+            usage = f", usage at {p.payee}'s price list"
+        elif p.usage_price:
+            usage = f", usage {amount(p.usage_price)}/unit (own price)"
+        else:
+            usage = ""
         lines.append(
             f"  #{s.id}  {p.payer} -> {p.payee}  {amount(p.rate)}/s, "
             f"deposit {amount(p.deposit)}{usage}"
@@ -390,13 +466,23 @@ def workload_text(work: Workload, deployment: Deployment) -> str:
             f"      settled {amount(s.settled)} (fee {amount(s.fee)}); "
             f"balance {amount(s.balance)}{runway}{note(p.note)}"
         )
-    lines += ["", f"usage reports (recordUsageBatch by the oracle {deployment.oracle})"]
+    names = {endpoint: name for name, endpoint in work.endpoints.items()}
+    lines += ["", f"usage reports (recordUsage by the oracle {deployment.oracle})"]
+    by_endpoint: dict[str, int] = {}
     for s in work.streams:
-        if s.usage_seq:
+        for r in s.usage:
+            where = f"endpoint {names[r.endpoint]}" if r.endpoint else "own price"
+            by_endpoint[where] = by_endpoint.get(where, 0) + r.charged
             lines.append(
-                f"  stream #{s.id}  seq {s.usage_seq}  {s.usage_units} units "
-                f"x {amount(s.plan.usage_price)} = {amount(s.usage_charged)} charged"
+                f"  stream #{s.id}  seq {r.seq}  {r.units} units  {where}: "
+                f"x {amount(r.price)} = {amount(r.charged)} charged"
             )
+    if by_endpoint:
+        order = [f"endpoint {name}" for name in work.endpoints] + ["own price"]
+        lines.append(
+            "  charged per endpoint: "
+            + ", ".join(f"{w} {amount(by_endpoint[w])}" for w in order if w in by_endpoint)
+        )
     if work.replays_skipped:
         lines.append(
             f"  + {work.replays_skipped} replay of an applied seq, skipped (exactly once per seq)"
@@ -506,9 +592,13 @@ def run_demo(options: DemoOptions, stdout: TextIO | None = None) -> int:
                         deployment=deployment,
                         node=node,
                         streams=[
-                            LiveStream(s.id, s.plan.usage_price)
+                            LiveStream(
+                                s.id,
+                                s.plan.usage_price,
+                                tuple(work.endpoints) if s.plan.price_list else (),
+                            )
                             for s in work.streams
-                            if s.plan.usage_price
+                            if s.plan.usage_price or s.plan.price_list
                         ],
                         amount=lambda v: (
                             f"{format_units(v, work.decimals, min_decimals=2)} {work.symbol}"
@@ -516,6 +606,7 @@ def run_demo(options: DemoOptions, stdout: TextIO | None = None) -> int:
                         say=say,
                         payers=PAYERS,
                         payees=PAYEES,
+                        price_lists={LIST_PAYEE: tuple(work.endpoints)},
                         duration=options.duration,
                     )
                 )

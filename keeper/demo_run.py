@@ -8,10 +8,12 @@ the oracle, and one more that is granted ORACLE_ROLE, since every signer reports
 
 `supervise` then runs `keeper run` in its own session (a Ctrl-C on the terminal reaches only
 the demo, which stops everything in order), its stdout and stderr going to `keeper.log`. While
-it runs, payers open a stream and an escrow that expires soon every `CHAIN_WORK_INTERVAL`
-seconds (in a thread: web3 here is synchronous and each transaction waits for its block), and
-usage rows go into `usage_inbox` every `USAGE_INTERVAL` seconds. Every `ACTIVITY_INTERVAL`
-seconds one line says what the chain and the database show the keeper did since the last line.
+it runs, payers open a stream (on the price list of a payee that has one, else with a usage
+price of their own) and an escrow that expires soon every `CHAIN_WORK_INTERVAL` seconds (in a
+thread: web3 here is synchronous and each transaction waits for its block), and usage rows,
+naming an endpoint for streams on a price list, go into `usage_inbox` every `USAGE_INTERVAL`
+seconds. Every `ACTIVITY_INTERVAL` seconds one line says what the chain and the database show
+the keeper did since the last line, with the usage charged per endpoint.
 """
 
 from __future__ import annotations
@@ -192,15 +194,23 @@ def grant_oracle_role(rpc_url: str, deployment: Deployment, addresses: list[str]
 
 @dataclass
 class LiveStream:
-    """A stream the workload may send usage for."""
+    """A stream the workload may send usage for: with an own usage price, or on a price list
+    whose endpoints (names) its usage rows name."""
 
     id: int
     price: int
+    endpoints: tuple[str, ...] = ()
+
+    @property
+    def billable(self) -> bool:
+        """Whether usage on it is charged at all."""
+        return bool(self.price or self.endpoints)
 
 
 class ChainWorkload(threading.Thread):
-    """Every `interval` seconds a payer opens a stream (with a usage price) and an escrow that
-    expires within seconds. What it did goes to `messages`; streams to `streams`."""
+    """Every `interval` seconds a payer opens a stream (on its payee's price list if it has
+    one, in `price_lists`, else with a usage price) and an escrow that expires within seconds.
+    What it did goes to `messages`; streams to `streams`."""
 
     def __init__(
         self,
@@ -212,10 +222,12 @@ class ChainWorkload(threading.Thread):
         amount: Callable[[int], str],
         streams: list[LiveStream],
         messages: queue.Queue[str],
+        price_lists: dict[str, tuple[str, ...]] | None = None,
         interval: float = CHAIN_WORK_INTERVAL,
     ) -> None:
         super().__init__(name="demo-workload", daemon=True)
         self.rpc_url, self.deployment, self.interval = rpc_url, deployment, interval
+        self.price_lists = price_lists or {}
         self.payers, self.payees = list(payers.items()), list(payees.items())
         self.amount, self.streams, self.messages = amount, streams, messages
         self.stopping = threading.Event()
@@ -261,16 +273,24 @@ class ChainWorkload(threading.Thread):
     ) -> None:
         to = dev_key(payee_index).address
         rate, deposit = LIVE_RATES[n % 3], LIVE_DEPOSITS[n % 3]
-        price = LIVE_PRICES[n % 3]
-        receipt = sender.call(manager.functions.openStream(to, rate, deposit))
+        endpoints = self.price_lists.get(payee, ())
+        if endpoints:
+            receipt = sender.call(manager.functions.openStreamOnPriceList(to, rate, deposit))
+        else:
+            receipt = sender.call(manager.functions.openStream(to, rate, deposit))
         (opened,) = receipt_logs(manager, receipt, "StreamOpened")
         stream_id = int(opened["id"])
-        sender.call(manager.functions.setUsagePrice(stream_id, price))
-        self.streams.append(LiveStream(stream_id, price))
+        if endpoints:
+            terms = f"usage at {payee}'s price list"
+            self.streams.append(LiveStream(stream_id, 0, endpoints))
+        else:
+            price = LIVE_PRICES[n % 3]
+            sender.call(manager.functions.setUsagePrice(stream_id, price))
+            terms = f"usage {self.amount(price)}/unit"
+            self.streams.append(LiveStream(stream_id, price))
         self.messages.put(
             f"workload: {payer} opened stream #{stream_id} to {payee}, "
-            f"{self.amount(rate)}/s, deposit {self.amount(deposit)}, "
-            f"usage {self.amount(price)}/unit"
+            f"{self.amount(rate)}/s, deposit {self.amount(deposit)}, {terms}"
         )
         if self.stopping.is_set():
             return
@@ -284,18 +304,29 @@ class ChainWorkload(threading.Thread):
         )
 
 
-def usage_rows(
-    streams: list[LiveStream], start: int, count: int, run_id: str
-) -> tuple[list[str], list[str], list[str], list[str]]:
-    """`count` usage rows as a producer writes them (text columns), for priced streams in turn."""
-    priced = [s for s in streams if s.price]
+UsageColumns = tuple[list[str], list[str], list[str], list[str], list[str | None]]
+
+
+def usage_rows(streams: list[LiveStream], start: int, count: int, run_id: str) -> UsageColumns:
+    """`count` usage rows as a producer writes them (text columns: stream id, units, producer
+    key, label, endpoint), for billable streams in turn. A stream on a price list names one of
+    its endpoints (in turn); an own-price stream names none."""
+    billable = [s for s in streams if s.billable]
     ids, units, keys, labels = [], [], [], []
-    for n in range(start, start + count if priced else start):
-        ids.append(str(priced[n % len(priced)].id))
+    endpoints: list[str | None] = []
+    for n in range(start, start + count if billable else start):
+        stream = billable[n % len(billable)]
+        ids.append(str(stream.id))
         units.append(str(USAGE_UNITS[n % len(USAGE_UNITS)]))
         keys.append(f"demo-{run_id}-{n}")
-        labels.append(USAGE_LABELS[n % len(USAGE_LABELS)])
-    return ids, units, keys, labels
+        if stream.endpoints:
+            endpoint = stream.endpoints[(n // len(billable)) % len(stream.endpoints)]
+            endpoints.append(endpoint)
+            labels.append(endpoint)
+        else:
+            endpoints.append(None)
+            labels.append(USAGE_LABELS[n % len(USAGE_LABELS)])
+    return ids, units, keys, labels, endpoints
 
 
 # --------------------------------------------------------------------------- activity
@@ -316,6 +347,8 @@ class Activity:
     txs_failed: int = 0
     txs_in_flight: int = 0
     usage_pending: int = 0
+    # (endpoint name, or "own price" for reports without one; amount charged)
+    usage_by_endpoint: list[tuple[str, int]] = field(default_factory=list)
 
 
 def _count(n: int, noun: str) -> str:
@@ -328,8 +361,9 @@ def activity_text(a: Activity, amount: Callable[[int], str]) -> str:
     if a.settled_streams:
         done.append(f"settled {_count(a.settled_streams, 'stream')} ({amount(a.settled_amount)})")
     if a.usage_reports:
+        split = "".join(f", {name} {amount(v)}" for name, v in a.usage_by_endpoint)
         done.append(
-            f"recorded {_count(a.usage_reports, 'usage report')} ({amount(a.usage_charged)})"
+            f"recorded {_count(a.usage_reports, 'usage report')} ({amount(a.usage_charged)}{split})"
         )
     if a.refunded_escrows:
         done.append(
@@ -357,12 +391,13 @@ async def read_activity(
 ) -> tuple[Activity, Any]:
     """The figures of blocks (since_block, to_block] and of transactions after `since_time`;
     returns them with the database's time, the next `since_time`."""
-    row = await conn.fetchrow(
-        load_queries("demo.sql")["activity"], chain_id, since_block, to_block, since_time
-    )
+    queries = load_queries("demo.sql")
+    row = await conn.fetchrow(queries["activity"], chain_id, since_block, to_block, since_time)
     assert row is not None
     figures = {k: db.to_int(v) for k, v in row.items() if k != "as_of"}
-    return Activity(block=to_block, **figures), row["as_of"]
+    split = await conn.fetch(queries["usage_by_endpoint"], chain_id, since_block, to_block)
+    by_endpoint = [(r["endpoint"] or "own price", db.to_int(r["charged"])) for r in split]
+    return Activity(block=to_block, usage_by_endpoint=by_endpoint, **figures), row["as_of"]
 
 
 # --------------------------------------------------------------------------- supervision
@@ -399,6 +434,7 @@ class LiveDemo:
     say: Callable[[str], None]
     payers: dict[str, int]
     payees: dict[str, int]
+    price_lists: dict[str, tuple[str, ...]] = field(default_factory=dict)  # payee -> endpoints
     duration: float | None = None
     messages: queue.Queue[str] = field(default_factory=queue.Queue)
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
@@ -440,6 +476,7 @@ async def _supervise(live: LiveDemo) -> int:
             amount=live.amount,
             streams=live.streams,
             messages=live.messages,
+            price_lists=live.price_lists,
         )
         start_block = int(str(rpc(live.rpc_url, "eth_blockNumber")), 16)
         pool = await db.create_pool(live.dsn, min_size=1, max_size=2)
@@ -580,6 +617,8 @@ def keeper_text(files: KeeperFiles, psql: str) -> str:
     views = (
         "keeper.stream_balances",
         "keeper.usage",
+        "keeper.price_list",
+        "keeper.usage_by_endpoint_daily",
         "keeper.tx_pipeline",
         "keeper.settlement_totals",
         "keeper.escrows_expired",

@@ -23,6 +23,11 @@ from keeper.resources import load_artifact
 
 DEFAULT_FEE_BPS = 250
 MAX_FEE_BPS = 1000  # StreamManager.MAX_FEE_BPS
+# How long a payer's close and a price decrease wait (chain seconds): the payee has that long
+# to report the usage it served on the old terms. 0 makes them immediate (tests that want the
+# v1 behaviour deploy with it).
+DEFAULT_NOTICE_PERIOD = 600
+MAX_NOTICE_PERIOD = 2**32 - 1  # the constructor's uint32
 DEPLOYMENT_FORMAT = 1
 
 
@@ -47,6 +52,7 @@ class Deployment:
     oracle: str
     fee_recipient: str
     fee_bps: int
+    notice_period: int = 0
     token_decimals: int = 6
     format: int = field(default=DEPLOYMENT_FORMAT)
 
@@ -87,6 +93,10 @@ class Deployment:
             oracle=_checked_address(data, "oracle", source),
             fee_recipient=_checked_address(data, "fee_recipient", source),
             fee_bps=_integer(data, "fee_bps", source, low=0, high=MAX_FEE_BPS),
+            # Files written before notice periods existed describe contracts without one.
+            notice_period=_integer(
+                data, "notice_period", source, low=0, high=MAX_NOTICE_PERIOD, default=0
+            ),
             token_decimals=_integer(data, "token_decimals", source, low=0, high=77, default=6),
             format=fmt,
         )
@@ -221,12 +231,18 @@ def deploy_all(
     fee_recipient: str | None = None,
     fee_bps: int = DEFAULT_FEE_BPS,
     token_address: str | None = None,
+    notice_period: int = DEFAULT_NOTICE_PERIOD,
 ) -> Deployment:
     """Deploy (TestToken unless `token_address` is given), StreamManager and EscrowVault.
 
     The deployer becomes admin and pauser; `oracle` (default: the deployer) gets ORACLE_ROLE;
-    `fee_recipient` defaults to the deployer.
+    `fee_recipient` defaults to the deployer. `notice_period` (seconds, immutable) is how long
+    a payer's close and a price decrease wait; 0 makes them immediate.
     """
+    if not 0 <= notice_period <= MAX_NOTICE_PERIOD:
+        raise DeployError(
+            f"notice period {notice_period} is out of range (0 to {MAX_NOTICE_PERIOD} seconds)"
+        )
     w3 = Web3(Web3.HTTPProvider(rpc_url, request_kwargs={"timeout": 30}))
     try:
         chain_id = w3.eth.chain_id
@@ -247,7 +263,9 @@ def deploy_all(
         token_addr = token.address
     else:
         token_addr = to_checksum_address(token_address)
-    manager, _ = deployer.deploy("StreamManager", token_addr, admin, fee_recipient, fee_bps)
+    manager, _ = deployer.deploy(
+        "StreamManager", token_addr, admin, fee_recipient, fee_bps, notice_period
+    )
     vault, _ = deployer.deploy("EscrowVault", token_addr, admin)
     role = manager.functions.ORACLE_ROLE().call()
     deployer.call(manager.functions.grantRole(role, oracle))
@@ -261,6 +279,7 @@ def deploy_all(
         oracle=oracle,
         fee_recipient=fee_recipient,
         fee_bps=fee_bps,
+        notice_period=notice_period,
     )
 
 

@@ -23,7 +23,7 @@ from types import FrameType
 from typing import TextIO
 
 from keeper.anvil import Anvil, free_port, rpc, start_anvil
-from keeper.deploy import DEFAULT_FEE_BPS, Deployment, deploy_all
+from keeper.deploy import DEFAULT_FEE_BPS, DEFAULT_NOTICE_PERIOD, Deployment, deploy_all
 from keeper.errors import KeeperError
 from keeper.keys import dev_key
 
@@ -136,7 +136,9 @@ def start_dev_anvil(*, host: str, port: int, log_path: Path | None = None) -> An
     return node
 
 
-def deploy_dev(rpc_url: str, *, fee_bps: int = DEFAULT_FEE_BPS) -> Deployment:
+def deploy_dev(
+    rpc_url: str, *, fee_bps: int = DEFAULT_FEE_BPS, notice_period: int = DEFAULT_NOTICE_PERIOD
+) -> Deployment:
     """Deploy the contracts with the dev accounts in their `DEV_ROLES`."""
     return deploy_all(
         rpc_url,
@@ -144,6 +146,7 @@ def deploy_dev(rpc_url: str, *, fee_bps: int = DEFAULT_FEE_BPS) -> Deployment:
         oracle=dev_key(DEV_ROLES.oracle).address,
         fee_recipient=dev_key(DEV_ROLES.fee_recipient).address,
         fee_bps=fee_bps,
+        notice_period=notice_period,
     )
 
 
@@ -203,6 +206,7 @@ def connection_text(
             f"  oracle          {d.oracle}{account(DEV_ROLES.oracle)}",
             f"  fee recipient   {d.fee_recipient}{account(DEV_ROLES.fee_recipient)}",
             f"  platform fee    {d.fee_bps} bps",
+            f"  notice period   {d.notice_period} s (payer closes and price cuts wait this long)",
             "",
             "Point a keeper configuration at it:",
             "  [chain]",
@@ -218,6 +222,7 @@ def run_devchain(
     port: int = DEFAULT_PORT,
     block_time: float = DEFAULT_BLOCK_TIME,
     out: Path = DEFAULT_OUT,
+    notice_period: int = DEFAULT_NOTICE_PERIOD,
     stdout: TextIO | None = None,
 ) -> int:
     """`keeper devchain`: start anvil, deploy, write `out`, serve until SIGINT/SIGTERM.
@@ -233,7 +238,7 @@ def run_devchain(
         node: Anvil | None = None
         try:
             node = start_dev_anvil(host=host, port=port, log_path=out.parent / "anvil.log")
-            deployment = deploy_dev(node.url)
+            deployment = deploy_dev(node.url, notice_period=notice_period)
             set_interval_mining(node.url, block_time)
             mining = f"a block every {block_time:g} s" if block_time > 0 else "automine"
             log_file = out.parent / "anvil.log"

@@ -4,16 +4,21 @@ daemon is killed with SIGKILL twice. It runs once on anvil and once on Hardhat's
 through `tests.dev_nodes.DevNode`.
 
 The world (set up with automine, before the daemon starts):
-- 1,000 streams from one payer to 40 payees: 600 "fast" (1,000-5,000 per second, deep
-  deposits), 300 "slow" (1-10 per second: due by the maximum interval only) and 100
-  "depleting" (runways of 20-119 s: some run out while the test runs, the rest at the time
-  jump). Streams 1-500 have usage prices; 501-510 are closed.
+- The contracts are deployed without a notice period: the payer's closes below are immediate.
+- Three payees publish price lists of three endpoints each (`chat`, `embed`, `search`), nine
+  different prices in all.
+- 1,000 streams from one payer: 600 "fast" (1,000-5,000 per second, deep deposits), 300
+  "slow" (1-10 per second: due by the maximum interval only) and 100 "depleting" (runways of
+  20-119 s: some run out while the test runs, the rest at the time jump). Streams 1-300 go to
+  40 payees and have usage prices of their own; 301-500 are on the price lists (their usage
+  rows name an endpoint); 501-1,000 go to the 40 payees; 501-510 are closed.
 - 200 escrows: 100 with 20-39 s timeouts (a third of them released by the payer at once) and
   100 with the 7-day default.
-- 10,000 usage rows COPYed into the inbox in four waves while the daemon runs: 9,500 good ones
-  for streams 1-500 and 500 bad ones (malformed, non-positive and out-of-range units, unknown
-  and closed streams, reused producer keys). Streams 491-500 are closed during the run, so
-  some of their accepted reports can no longer be recorded.
+- 10,050 usage rows COPYed into the inbox in four waves while the daemon runs: 9,500 good ones
+  for streams 1-500 and 550 bad ones (malformed, non-positive and out-of-range units, unknown
+  and closed streams, reused producer keys, endpoints missing or not on the payee's list).
+  Streams 491-500 are closed during the run, so some of their accepted reports can no longer
+  be recorded.
 
 While the daemon runs: three reorgs (2-3 blocks, taking the keeper's mined transactions with
 them: `anvil_reorg` on anvil; on Hardhat, `evm_revert` to a snapshot taken that many blocks
@@ -27,6 +32,8 @@ At the end, with the daemon stopped and the index caught up:
   and `keeper.payee_ledger` shows each payee's `credited` exactly;
 - each stream's usage sequence on chain equals its recorded rows, each usage row is recorded
   or rejected, every bad row with the expected reason, and no report was charged twice;
+- every report was charged units x the price of the endpoint its row named (on the payee's
+  list) or of the stream's own price, as the chain's `UsageRecorded` events say;
 - every expired escrow that was not released was refunded, and no unexpired one;
 - each signer's nonces are 0..n-1 on chain, the outbox assigned exactly those, and nothing is
   left in the mempool.
@@ -65,10 +72,16 @@ from tests.integration.ingest_support import (
 
 SIGNER_KEYS = (5, 6)
 PAYEES = [(0x5000 + k).to_bytes(20, "big") for k in range(40)]
+# Payees that publish price lists: dev accounts (they send their own addEndpoint calls).
+LIST_PAYEE_KEYS = (7, 8, 9)
+ENDPOINT_NAMES = ("chat", "embed", "search")
+# Per list payee, the price of each of ENDPOINT_NAMES (ids 1, 2, 3 in this order).
+ENDPOINT_PRICES = ((3, 11, 29), (5, 17, 41), (7, 19, 43))
 N_STREAMS = 1_000
 FAST, SLOW = range(1, 601), range(601, 901)
 DEPLETING = range(901, 1_001)
 PRICED = range(1, 501)
+OWN_PRICED, LISTED = range(1, 301), range(301, 501)
 CLOSED_AT_START = range(501, 511)
 CLOSED_DURING = range(491, 501)
 N_ESCROWS = 200
@@ -84,7 +97,25 @@ BAD_REASONS = {
     "unknown_stream": 100,
     "units_out_of_range": 50,
     "stream_closed": 50,
+    "unknown_endpoint": 50,
 }
+
+
+LIST_PAYEES = [bytes.fromhex(dev_key(k).address[2:]) for k in LIST_PAYEE_KEYS]
+
+
+def list_payee(sid: int) -> bytes:
+    """The price-list payee of a stream in LISTED."""
+    return LIST_PAYEES[sid % 3]
+
+
+def endpoint_price(payee: bytes, endpoint: int) -> int:
+    """The listed price of `payee`'s endpoint id `endpoint` (1-based)."""
+    return ENDPOINT_PRICES[LIST_PAYEES.index(payee)][endpoint - 1]
+
+
+def own_price(sid: int) -> int:
+    return 1 + sid % 50
 
 
 # --------------------------------------------------------------------------- JSON-RPC
@@ -133,7 +164,11 @@ class ChainView:
         self.url = node.url
         self.manager = type("M", (), {"address": deployment.stream_manager})()
         self.vault = type("V", (), {"address": deployment.escrow_vault})()
-        self.accounts = {*PAYEES, bytes.fromhex(deployment.deployer[2:])}
+        self.accounts = {
+            *PAYEES,
+            *LIST_PAYEES,
+            bytes.fromhex(deployment.deployer[2:]),
+        }
 
     def block(self, tag: int | str) -> dict[str, Any]:
         number = hex(tag) if isinstance(tag, int) else tag
@@ -155,11 +190,26 @@ class ChainView:
 
 
 def build_world(node: DevNode, d: Deployment) -> None:
-    """Streams, prices, closures, escrows and roles, with automine (see the module text)."""
+    """Price lists, streams, prices, closures, escrows and roles (see the module text)."""
     admin = d.deployer
     m, v, t = d.stream_manager, d.escrow_vault, d.token
     rng = random.Random(7)
     me = bytes.fromhex(admin[2:])
+    # Automine off: blocks packed full, so chain time moves on a few seconds, not a second
+    # per set-up transaction (the short escrows must still be open when the daemon starts);
+    # Hardhat also refuses a sender's queued nonces while automining.
+    node.set_automine(False)
+    # The price lists first, mined before any stream is opened on them.
+    listed: list[str] = []
+    for k, prices in zip(LIST_PAYEE_KEYS, ENDPOINT_PRICES, strict=True):
+        publisher = dev_key(k).address
+        adds = [
+            tx(publisher, m, "addEndpoint(bytes32,uint256)", name.encode().ljust(32, b"\0"), price)
+            for name, price in zip(ENDPOINT_NAMES, prices, strict=True)
+        ]
+        listed += send_in_order(node.url, publisher, adds)
+    while any(rpc(node.url, "eth_getTransactionReceipt", [h]) is None for h in listed):
+        node.mine()
     calls = [
         tx(admin, t, "mint(address,uint256)", me, 10**18),
         tx(admin, t, "approve(address,uint256)", bytes.fromhex(m[2:]), 2**256 - 1),
@@ -169,7 +219,6 @@ def build_world(node: DevNode, d: Deployment) -> None:
         signer = bytes.fromhex(dev_key(s).address[2:])
         calls.append(tx(admin, m, "grantRole(bytes32,address)", ORACLE_ROLE, signer))
     for sid in range(1, N_STREAMS + 1):
-        payee = PAYEES[sid % len(PAYEES)]
         if sid in FAST:
             rate, deposit = rng.randint(1_000, 5_000), 10**11
         elif sid in SLOW:
@@ -177,8 +226,15 @@ def build_world(node: DevNode, d: Deployment) -> None:
         else:
             rate = 10_000
             deposit = rate * (20 + sid % 100)
-        calls.append(tx(admin, m, "openStream(address,uint256,uint256)", payee, rate, deposit))
-    calls += [tx(admin, m, "setUsagePrice(uint256,uint256)", sid, 1 + sid % 50) for sid in PRICED]
+        if sid in LISTED:
+            opener = "openStreamOnPriceList(address,uint256,uint256)"
+            calls.append(tx(admin, m, opener, list_payee(sid), rate, deposit))
+        else:
+            payee = PAYEES[sid % len(PAYEES)]
+            calls.append(tx(admin, m, "openStream(address,uint256,uint256)", payee, rate, deposit))
+    calls += [
+        tx(admin, m, "setUsagePrice(uint256,uint256)", sid, own_price(sid)) for sid in OWN_PRICED
+    ]
     calls += [tx(admin, m, "closeStream(uint256)", sid) for sid in CLOSED_AT_START]
     calls.append(tx(admin, v, "deposit(uint256)", 10**12))
     for eid in range(1, N_ESCROWS + 1):
@@ -187,9 +243,6 @@ def build_world(node: DevNode, d: Deployment) -> None:
             tx(admin, v, "createEscrow(address,uint256,uint256)", PAYEES[eid % 40], eid, timeout)
         )
     calls += [tx(admin, v, "releaseEscrow(uint256)", eid) for eid in range(3, 101, 3)]
-    # Automine off: blocks packed full, so chain time moves on a few seconds, not a second
-    # per set-up transaction (the short escrows must still be open when the daemon starts).
-    node.set_automine(False)
     hashes = send_in_order(node.url, admin, calls)
     # All mined once the last nonce is (Hardhat has no txpool_status, and its "pending" nonce
     # counts only what fits in the next block).
@@ -201,15 +254,18 @@ def build_world(node: DevNode, d: Deployment) -> None:
 
 
 def usage_waves() -> tuple[list[list[tuple[str | None, ...]]], dict[str, str]]:
-    """Four waves of inbox rows (stream_id, units, producer_key, label) and the reason each
-    bad row must be rejected with, by producer key (a duplicate's key is its original's, so
-    duplicates are told apart by their label)."""
+    """Four waves of inbox rows (stream_id, units, producer_key, label, endpoint) and the
+    reason each bad row must be rejected with, by producer key (a duplicate's key is its
+    original's, so duplicates are told apart by their label). Rows of streams on a price list
+    name one of its endpoints (the label says which, too); the others name none."""
     rng = random.Random(11)
-    good = [
-        (str(sid), str(rng.randint(1, 1_000)), f"req-{sid}-{n}", rng.choice(["chat", "embed"]))
-        for n in range(GOOD_ROWS_PER_STREAM)
-        for sid in PRICED
-    ]
+    good: list[tuple[str | None, ...]] = []
+    for n in range(GOOD_ROWS_PER_STREAM):
+        for sid in PRICED:
+            units = str(rng.randint(1, 1_000))
+            endpoint = rng.choice(ENDPOINT_NAMES) if sid in LISTED else None
+            label = endpoint or rng.choice(["chat", "embed"])
+            good.append((str(sid), units, f"req-{sid}-{n}", label, endpoint))
     bad: list[tuple[str | None, ...]] = []
     expected: dict[str, str] = {}
 
@@ -219,12 +275,29 @@ def usage_waves() -> tuple[list[list[tuple[str | None, ...]]], dict[str, str]]:
             bad.append(r)
             expected[f"{r[2]}|{r[3]}"] = reason
 
-    add("malformed_units", 100, lambda i: (str(1 + i), f"{i}x", f"bad-units-{i}", "bad"))
-    add("units_not_positive", 100, lambda i: (str(1 + i), str(-i), f"bad-zero-{i}", "bad"))
-    add("duplicate_producer_key", 100, lambda i: (str(1 + i), "5", f"req-{1 + i}-0", "dup"))
-    add("unknown_stream", 100, lambda i: (str(5_000 + i), "5", f"bad-stream-{i}", "bad"))
-    add("units_out_of_range", 50, lambda i: (str(1 + i), str(2**64 + i), f"bad-big-{i}", "bad"))
-    add("stream_closed", 50, lambda i: (str(501 + i % 10), "5", f"bad-closed-{i}", "bad"))
+    add("malformed_units", 100, lambda i: (str(1 + i), f"{i}x", f"bad-units-{i}", "bad", None))
+    add("units_not_positive", 100, lambda i: (str(1 + i), str(-i), f"bad-zero-{i}", "bad", None))
+    add("duplicate_producer_key", 100, lambda i: (str(1 + i), "5", f"req-{1 + i}-0", "dup", None))
+    add("unknown_stream", 100, lambda i: (str(5_000 + i), "5", f"bad-stream-{i}", "bad", None))
+    add(
+        "units_out_of_range",
+        50,
+        lambda i: (str(1 + i), str(2**64 + i), f"bad-big-{i}", "bad", None),
+    )
+    add("stream_closed", 50, lambda i: (str(501 + i % 10), "5", f"bad-closed-{i}", "bad", None))
+    # A stream on a price list without an endpoint, or with one its payee never listed; an
+    # own-price stream naming an endpoint its payee (which has no list) never listed.
+    add(
+        "unknown_endpoint",
+        50,
+        lambda i: (
+            str(301 + i if i < 40 else 1 + i),
+            "5",
+            f"bad-endpoint-{i}",
+            "bad",
+            None if i < 20 else "nope",
+        ),
+    )
     assert Counter(expected.values()) == Counter(BAD_REASONS)
     # Bad rows go in the later waves, after the originals of the reused keys.
     rows = good[:3_000], good[3_000:6_000], good[6_000:] + bad[:250], bad[250:]
@@ -249,7 +322,7 @@ class Db(Outboxes):
             self._conn.copy_records_to_table(
                 "usage_inbox",
                 records=rows,
-                columns=["stream_id", "units", "producer_key", "label"],
+                columns=["stream_id", "units", "producer_key", "label", "endpoint"],
             )
         )
 
@@ -316,6 +389,65 @@ format = "json"
 # --------------------------------------------------------------------------- the run
 
 
+def assert_charged_at_endpoint_prices(db: Db) -> None:
+    """Every recorded report (the chain's `UsageRecorded`, as indexed) was charged units x the
+    price of the endpoint its inbox row named on its payee's list, or of the stream's own
+    price; the endpoints and their prices are the chain's `EndpointAdded` events."""
+    listed = {
+        (bytes(r["payee"]), int(r["endpoint"])): (
+            bytes(r["name"]).rstrip(b"\0").decode(),
+            int(r["price"]),
+        )
+        for r in db.fetch("SELECT payee, endpoint, name, price FROM endpoint_added")
+    }
+    assert len(listed) == 9
+    for (payee, endpoint), (name, price) in listed.items():
+        assert (name, price) == (ENDPOINT_NAMES[endpoint - 1], endpoint_price(payee, endpoint))
+    assert len({price for _, price in listed.values()}) == 9
+    rows = db.fetch(
+        "SELECT e.stream_id, e.endpoint, e.units, e.charged, e.shortfall, e.price, "
+        "i.endpoint AS named, i.units AS row_units "
+        "FROM usage_recorded e "
+        "JOIN usage_reports r ON r.chain_id = e.chain_id AND r.stream_id = e.stream_id "
+        "AND r.seq = e.seq AND r.state = 'recorded' "
+        "JOIN usage_inbox i ON i.id = r.inbox_id"
+    )
+    charged_at: Counter[tuple[bytes, int]] = Counter()
+    for r in rows:
+        sid, endpoint, units = int(r["stream_id"]), int(r["endpoint"]), int(r["units"])
+        assert units == int(r["row_units"]), sid
+        assert int(r["shortfall"]) == 0, sid  # deep deposits: every charge in full
+        if sid in LISTED:
+            payee = list_payee(sid)
+            assert listed[(payee, endpoint)][0] == r["named"], sid
+            price = endpoint_price(payee, endpoint)
+            charged_at[(payee, endpoint)] += 1
+        else:
+            assert (endpoint, r["named"]) == (0, None), sid
+            price = own_price(sid)
+        assert int(r["price"]) == price, sid
+        assert int(r["charged"]) == units * price, sid
+    # Billing happened on every endpoint of every list, at its own price.
+    assert set(charged_at) == set(listed)
+    assert len(rows) == db.value("SELECT count(*) FROM usage_recorded")
+    # The operator's view of it, per stream and endpoint, says the same.
+    totals = db.fetch(
+        "SELECT stream_id, endpoint, endpoint_name, sum(reports) AS reports, "
+        "sum(units) AS units, sum(charged) AS charged "
+        "FROM keeper.usage_by_endpoint_daily GROUP BY stream_id, endpoint, endpoint_name"
+    )
+    assert sum(int(t["reports"]) for t in totals) == len(rows)
+    for t in totals:
+        sid, endpoint = int(t["stream_id"]), int(t["endpoint"])
+        if sid in LISTED:
+            assert t["endpoint_name"] == ENDPOINT_NAMES[endpoint - 1], sid
+            price = endpoint_price(list_payee(sid), endpoint)
+        else:
+            assert endpoint == 0, sid
+            price = own_price(sid)
+        assert int(t["charged"]) == int(t["units"]) * price, sid
+
+
 def due_streams(state: Any) -> set[int]:
     """The streams due at `state`'s block by the configured rule."""
     now = state.timestamp
@@ -339,7 +471,9 @@ def test_the_keeper_does_its_whole_job_through_reorgs_and_kills(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     node = node_factory()
-    d = deploy_all(node.url, DEV_KEY0)
+    # No notice period: the payer's closes (at the start and during the run) are immediate,
+    # and rows of those streams are rejected as closed (test_front_running covers notice).
+    d = deploy_all(node.url, DEV_KEY0, notice_period=0)
     build_world(node, d)
     chain = ChainView(node, d)
     signers = [dev_key(i).address for i in SIGNER_KEYS]
@@ -449,7 +583,7 @@ def test_the_keeper_does_its_whole_job_through_reorgs_and_kills(
 
         # Usage: every row decided; the contract's sequence equals the recorded rows.
         usage = db.fetch("SELECT stream_id, producer_key, label, status, reason FROM keeper.usage")
-        assert len(usage) == 10_000
+        assert len(usage) == sum(len(w) for w in waves) == 9_500 + sum(BAD_REASONS.values())
         assert Counter(r["status"] for r in usage).keys() <= {"recorded", "rejected"}
         recorded = Counter(int(r["stream_id"]) for r in usage if r["status"] == "recorded")
         for sid in PRICED:
@@ -473,6 +607,7 @@ def test_the_keeper_does_its_whole_job_through_reorgs_and_kills(
         assert twice == 0
         charged = db.value("SELECT sum(charged) FROM keeper.usage WHERE status = 'recorded'")
         assert charged == db.value("SELECT sum(charged) FROM usage_recorded")
+        assert_charged_at_endpoint_prices(db)
 
         # Escrows: the expired ones not released were refunded, no unexpired one was.
         refunded_at = {

@@ -26,7 +26,9 @@ from web3 import Web3
 
 from keeper.anvil import Anvil, free_port
 from keeper.demo import (
+    ENDPOINTS,
     ESCROWS,
+    LIST_PAYEE,
     PAYEES,
     PAYERS,
     STREAMS,
@@ -35,9 +37,10 @@ from keeper.demo import (
     format_duration,
     format_units,
     start_embedded_postgres,
+    usage_recorded,
 )
 from keeper.demo_run import Activity, LiveStream, activity_text, usage_rows
-from keeper.deploy import Deployment, contract
+from keeper.deploy import DEFAULT_NOTICE_PERIOD, Deployment, contract
 from keeper.keys import dev_key
 
 _SCRIPT = Path(sys.executable).with_name("keeper")
@@ -45,7 +48,11 @@ KEEPER = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "keeper"
 
 STREAM_LINE = re.compile(r"^  #(\d+)  (payer-\w) -> (payee-\w)  ([\d.]+) tUSD/s, deposit")
 ESCROW_LINE = re.compile(r"^  #(\d+)  (payer-\w) -> (payee-\w)  ([\d.]+) tUSD  (open|released)")
-USAGE_LINE = re.compile(r"^  stream #(\d+)  seq (\d+)  (\d+) units")
+USAGE_LINE = re.compile(
+    r"^  stream #(\d+)  seq (\d+)  (\d+) units  (?:endpoint (.+)|own price): "
+    r"x ([\d.]+) tUSD = ([\d.]+) tUSD charged$"
+)
+ENDPOINT_LINE = re.compile(r"^  endpoint (\d+)  (.+?) +([\d.]+) tUSD/unit$")
 ACCOUNT_LINE = re.compile(r"^  (pay[a-z]+-\w)\s+(0x[0-9a-fA-F]{40})  \(account (\d+)\)")
 
 STATUS_OPEN, STATUS_RELEASED = 1, 2
@@ -88,6 +95,16 @@ def test_activity_line() -> None:
         "block 123  settled 3 streams (4.20 USDC)  recorded 25 usage reports (0.75 USDC)  "
         "refunded 1 escrow (5.00 USDC)  txs 2 confirmed  pending: 4 usage rows"
     )
+    split = Activity(
+        block=126,
+        usage_reports=3,
+        usage_charged=1_250_000,
+        usage_by_endpoint=[("POST /v1/chat", 1_000_000), ("own price", 250_000)],
+    )
+    assert activity_text(split, amount) == (
+        "block 126  recorded 3 usage reports (1.25 USDC, POST /v1/chat 1.00 USDC, "
+        "own price 0.25 USDC)"
+    )
     assert activity_text(Activity(block=124), amount) == "block 124, nothing due"
     assert activity_text(Activity(block=125, txs_in_flight=1), amount) == (
         "block 125  pending: 1 tx in flight"
@@ -95,14 +112,19 @@ def test_activity_line() -> None:
 
 
 def test_usage_rows_go_to_priced_streams_with_unique_keys() -> None:
-    streams = [LiveStream(1, 100), LiveStream(2, 0), LiveStream(3, 50)]
-    ids, units, keys, labels = usage_rows(streams, 10, 4, "run1")
-    assert set(ids) == {"1", "3"}
+    names = tuple(name for name, _ in ENDPOINTS)
+    streams = [LiveStream(1, 100), LiveStream(2, 0), LiveStream(3, 50), LiveStream(4, 0, names)]
+    ids, units, keys, labels, endpoints = usage_rows(streams, 10, 9, "run1")
+    assert set(ids) == {"1", "3", "4"}
     assert all(int(u) > 0 for u in units)
-    assert len(set(keys)) == 4
-    assert keys == [f"demo-run1-{n}" for n in range(10, 14)]
-    assert len(labels) == 4
-    assert usage_rows([LiveStream(2, 0)], 0, 4, "run1") == ([], [], [], [])
+    assert len(set(keys)) == 9
+    assert keys == [f"demo-run1-{n}" for n in range(10, 19)]
+    assert len(labels) == 9
+    # Rows of the price-list stream name each of its endpoints in turn; the others none.
+    named = [e for i, e in zip(ids, endpoints, strict=True) if i == "4"]
+    assert sorted(named) == sorted(names)  # type: ignore[type-var]
+    assert all(e is None for i, e in zip(ids, endpoints, strict=True) if i != "4")
+    assert usage_rows([LiveStream(2, 0)], 0, 4, "run1") == ([], [], [], [], [])
 
 
 def test_format_duration() -> None:
@@ -163,6 +185,21 @@ async def test_demo_workload_on_chain_and_in_the_database(
     assert set(accounts) == set(PAYERS) | set(PAYEES)
     for name, index in {**PAYERS, **PAYEES}.items():
         assert accounts[name] == dev_key(index).address
+    # The demo chain gives payers and payees the default notice period.
+    assert deployment.notice_period == DEFAULT_NOTICE_PERIOD
+    assert manager.functions.noticePeriod().call() == DEFAULT_NOTICE_PERIOD
+
+    # The price list: every printed endpoint is listed on chain at the printed price.
+    listed = section(lines, ENDPOINT_LINE)
+    assert [(m[2], m[3]) for m in listed] == [(n, format_units(p, 6)) for n, p in ENDPOINTS]
+    list_payee = accounts[LIST_PAYEE]
+    assert manager.functions.endpointCount(list_payee).call() == len(ENDPOINTS)
+    endpoint_ids = {}
+    for m, (name, price) in zip(listed, ENDPOINTS, strict=True):
+        on_chain = manager.functions.endpointPrice(list_payee, int(m[1])).call()
+        assert on_chain[0] == price and on_chain[3] is True
+        assert bytes(on_chain[4]).rstrip(b"\0").decode() == name
+        endpoint_ids[name] = int(m[1])
 
     # Streams: every printed id exists on chain with the printed parties and rate.
     streams = section(lines, STREAM_LINE)
@@ -179,14 +216,39 @@ async def test_demo_workload_on_chain_and_in_the_database(
         assert m[4] == format_units(rate, 6)
         assert price == plan.usage_price
 
-    # Usage: one batch moved each reported stream's sequence to 1 (the replay was skipped).
+    # Usage: one batch moved each reported stream's sequence to its number of reports (the
+    # replay was skipped), each charged units x the price of its endpoint, or the stream's own.
     usage = section(lines, USAGE_LINE)
-    assert [int(m[1]) for m in usage] == [ids[i] for i, _ in USAGE]
-    for m in usage:
-        assert manager.functions.getStream(int(m[1])).call()[5] == int(m[2]) == 1
-    for i, stream_id in enumerate(ids):
-        if i not in {j for j, _ in USAGE}:
+    assert sorted((int(m[1]), m[4]) for m in usage) == sorted(
+        (ids[i], name) for i, name, _ in USAGE
+    )
+    reports = {ids[i]: 0 for i, _, _ in USAGE}
+    for i, _, _ in USAGE:
+        reports[ids[i]] += 1
+    for stream_id, count in reports.items():
+        assert manager.functions.getStream(stream_id).call()[5] == count
+    for stream_id in ids:
+        if stream_id not in reports:
             assert manager.functions.getStream(stream_id).call()[5] == 0
+    prices = dict(ENDPOINTS)
+    for m in usage:
+        plan = STREAMS[ids.index(int(m[1]))]
+        price = prices[m[4]] if m[4] else plan.usage_price
+        assert (m[5], m[6]) == (format_units(price, 6), format_units(int(m[3]) * price, 6))
+    recorded = [
+        usage_recorded(dict(e["args"]))
+        for e in manager.events.UsageRecorded().get_logs(from_block=deployment.deployment_block)
+    ]
+    assert len(recorded) == len(USAGE)
+    by_name = {v: k for k, v in endpoint_ids.items()}
+    for r in recorded:
+        plan = STREAMS[ids.index(r.stream_id)]
+        assert plan.price_list == (r.endpoint != 0)
+        price = prices[by_name[r.endpoint]] if r.endpoint else plan.usage_price
+        assert (r.price, r.charged) == (price, r.units * price)
+    assert {by_name[r.endpoint] for r in recorded if r.endpoint} == {
+        name for _, name, _ in USAGE if name
+    }
 
     # Settlement happened: payees and the fee recipient hold credit.
     assert manager.functions.credited(deployment.fee_recipient).call() > 0
@@ -267,9 +329,14 @@ class Output:
 
 
 ACTIVITY = re.compile(r"^\d\d:\d\d:\d\d  block \d+", re.MULTILINE)
+ENDPOINT_NAMES = "|".join(re.escape(name) for name, _ in ENDPOINTS)
 DONE = {
     "settled": re.compile(r"  settled \d+ streams? \([\d.]+ tUSD\)"),
-    "recorded": re.compile(r"  recorded \d+ usage reports? \([\d.]+ tUSD\)"),
+    # With the charges split by endpoint: a price-list endpoint among them.
+    "recorded": re.compile(
+        r"  recorded \d+ usage reports? \([\d.]+ tUSD(, [^,()]+ [\d.]+ tUSD)*"
+        rf", (?:{ENDPOINT_NAMES}) [\d.]+ tUSD"
+    ),
     "refunded": re.compile(r"  refunded \d+ escrows? \([\d.]+ tUSD\)"),
 }
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import traceback
 from collections.abc import Callable
 from pathlib import Path
@@ -11,7 +12,14 @@ from eth_account import Account
 from web3 import Web3
 
 from keeper.anvil import Anvil, free_port
-from keeper.deploy import DeployError, Deployment, DeploymentFileError, contract, deploy_all
+from keeper.deploy import (
+    DEFAULT_NOTICE_PERIOD,
+    DeployError,
+    Deployment,
+    DeploymentFileError,
+    contract,
+    deploy_all,
+)
 from keeper.keys import dev_key
 from keeper.resources import load_artifact
 
@@ -35,6 +43,7 @@ def deployment(node: Anvil) -> Deployment:
         oracle=dev_key(1).address,
         fee_recipient=dev_key(2).address,
         fee_bps=123,
+        notice_period=45,
     )
 
 
@@ -91,6 +100,7 @@ def test_roles_and_settings(w3: Web3, deployment: Deployment) -> None:
     assert manager.functions.token().call() == deployment.token
     assert vault.functions.token().call() == deployment.token
     assert token.functions.decimals().call() == deployment.token_decimals == 6
+    assert manager.functions.noticePeriod().call() == deployment.notice_period == 45
 
 
 def test_deployment_block_is_where_the_contracts_appear(w3: Web3, deployment: Deployment) -> None:
@@ -107,12 +117,38 @@ def test_defaults_make_the_deployer_oracle_and_fee_recipient(node: Anvil) -> Non
     d = deploy_all(node.url, dev_key(8).reveal_hex())
     deployer = dev_key(8).address
     assert (d.deployer, d.oracle, d.fee_recipient, d.fee_bps) == (deployer, deployer, deployer, 250)
+    assert d.notice_period == DEFAULT_NOTICE_PERIOD == 600
+    manager = contract(Web3(Web3.HTTPProvider(node.url)), "StreamManager", d.stream_manager)
+    assert manager.functions.noticePeriod().call() == 600
 
 
 def test_existing_token_is_used(w3: Web3, node: Anvil, deployment: Deployment) -> None:
-    d = deploy_all(node.url, dev_key(7).reveal_hex(), token_address=deployment.token)
+    d = deploy_all(
+        node.url, dev_key(7).reveal_hex(), token_address=deployment.token, notice_period=0
+    )
     assert d.token == deployment.token
-    assert contract(w3, "StreamManager", d.stream_manager).functions.token().call() == d.token
+    manager = contract(w3, "StreamManager", d.stream_manager)
+    assert manager.functions.token().call() == d.token
+    # 0: payer closes and price decreases take effect at once.
+    assert manager.functions.noticePeriod().call() == d.notice_period == 0
+
+
+@pytest.mark.parametrize("notice", [-1, 2**32])
+def test_notice_period_out_of_range_is_refused(node: Anvil, notice: int) -> None:
+    with pytest.raises(DeployError, match="notice period"):
+        deploy_all(node.url, dev_key(9).reveal_hex(), notice_period=notice)
+
+
+def test_deployment_file_without_a_notice_period_reads_as_zero(
+    tmp_path: Path, deployment: Deployment
+) -> None:
+    data = json.loads(deployment.to_json())
+    assert data["notice_period"] == 45
+    del data["notice_period"]
+    assert Deployment.from_dict(data).notice_period == 0
+    data["notice_period"] = -5
+    with pytest.raises(DeploymentFileError, match="notice_period"):
+        Deployment.from_dict(data)
 
 
 def test_deployment_file_round_trips(tmp_path: Path, deployment: Deployment) -> None:

@@ -32,6 +32,7 @@ from web3.contract import Contract
 
 from keeper import db as keeper_db
 from keeper.anvil import Anvil, rpc, start_anvil
+from keeper.batches import pack_usage
 from keeper.db import Conn
 from keeper.deploy import Deployment, contract, deploy_all
 from keeper.ingest import Indexer, IngestSettings
@@ -154,8 +155,12 @@ class DevChain:
 
 
 def deploy_chain(node: Anvil) -> DevChain:
-    """Deploy the contracts on `node` and switch to mining blocks by hand."""
-    deployment = deploy_all(node.url, dev_key(0).reveal_hex())
+    """Deploy the contracts on `node` and switch to mining blocks by hand.
+
+    Without a notice period: the activity's payer closes (and the checks of `keeper verify`
+    built on them) expect a closed stream at once.
+    """
+    deployment = deploy_all(node.url, dev_key(0).reveal_hex(), notice_period=0)
     w3 = Web3(Web3.HTTPProvider(node.url))
     accounts = [str(Web3.to_checksum_address(a)) for a in w3.eth.accounts]
     rpc(node.url, "evm_setAutomine", [False])
@@ -180,8 +185,9 @@ def make_activity(
 ) -> None:
     """Streams, settlements, usage, top-ups, rate changes and escrows over many blocks.
 
-    Every event kind of both contracts except pausing appears (`Claimed` only with `claims`:
-    see test_claims_in_their_own_range); no block holds more than about `streams + 3` logs.
+    Every event kind of both contracts except pausing and close requests (the chain has no
+    notice period) appears (`Claimed` only with `claims`: see test_claims_in_their_own_range);
+    no block holds more than about `streams + 3` logs.
     """
     admin = chain.deployment.deployer  # also the oracle and the fee recipient
     payers, payees = chain.accounts[3:6], chain.accounts[6:9]
@@ -206,7 +212,10 @@ def make_activity(
         ]
     )
     priced = ids[::2]
-    chain.block(*[(payer_of[sid], m, "setUsagePrice", [sid, 3]) for sid in priced])
+    listing: list[tuple[str, Contract, str, list[Any]]] = []
+    if m.functions.endpointCount(payees[0]).call() == 0:  # once per chain: names are unique
+        listing.append((payees[0], m, "addEndpoint", [b"GET /v1/quote".ljust(32, b"\0"), 4]))
+    chain.block(*[(payer_of[sid], m, "setUsagePrice", [sid, 3]) for sid in priced], *listing)
     escrows = first_escrow
     for r in range(rounds):
         chain.wait(rng.randint(10, 200))
@@ -214,7 +223,7 @@ def make_activity(
         chain.skip(rng.randint(1, max_gap))
         sid = rng.choice(ids)
         txs: list[tuple[str, Contract, str, list[Any]]] = [
-            (admin, m, "recordUsageBatch", [priced, [r + 1] * len(priced), [r + 1] * len(priced)]),
+            (admin, m, "recordUsage", [[pack_usage(p, r + 1, r + 1, 0) for p in priced]]),
             (payer_of[sid], m, "topUp", [sid, 10**5]),
             (payers[r % 3], v, "createEscrow", [payees[r % 3], 1_000 + r, 300]),
         ]
@@ -227,7 +236,14 @@ def make_activity(
         chain.skip(rng.randint(1, max_gap))
     chain.wait(1_000)
     chain.block(
-        (admin, m, "recordUsageBatch", [priced[:2], [1, 1], [1, rounds + 5]]),  # replay, gap
+        # A replay and a gap.
+        (
+            admin,
+            m,
+            "recordUsage",
+            [[pack_usage(priced[0], 1, 1, 0), pack_usage(priced[1], 1, rounds + 5, 0)]],
+        ),
+        (payees[0], m, "setEndpointPrice", [1, 6]),
         (admin, v, "refundExpired", [list(range(first_escrow, escrows + 1))]),
         (payer_of[ids[0]], m, "closeStream", [ids[0]]),
         (payer_of[ids[1]], m, "closeStream", [ids[1]]),
