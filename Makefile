@@ -19,7 +19,7 @@ VENV_PATH = PATH="$(CURDIR)/$(BIN):$$PATH"
 .DEFAULT_GOAL := help
 
 .PHONY: help venv .venv node_modules contracts test lint format demo bench bench-gas \
-	bench-index bench-tx bench-plan clean distclean
+	bench-index bench-tx bench-plan clean distclean fuzz
 
 help:
 	@echo "make test       run the whole test suite (installs everything first)"
@@ -73,6 +73,14 @@ lint: $(VENV_STAMP)
 format: $(VENV_STAMP)
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
+
+# The invariant campaign of tests/contracts/test_campaign.py at length: random examples (not
+# the fixed ones of `make test`), thousands of steps. Override the size with
+# `make fuzz CAMPAIGN_EXAMPLES=100 CAMPAIGN_STEPS=200`.
+fuzz: $(VENV_STAMP) $(NODE_STAMP)
+	CAMPAIGN_RANDOM=1 CAMPAIGN_EXAMPLES=$${CAMPAIGN_EXAMPLES:-40} \
+		CAMPAIGN_STEPS=$${CAMPAIGN_STEPS:-150} \
+		$(VENV_PATH) $(BIN)/pytest -q tests/contracts/test_campaign.py $(PYTEST_ARGS)
 
 # --- running ----------------------------------------------------------------------------
 

@@ -1,7 +1,8 @@
 """`make bench-gas`: gas per item of the batch calls, as one JSON object on the last line.
 
-Starts its own anvil, deploys the contracts, measures (see `tests.bench.gas`) and prints the
-figures next to the goals and the committed snapshot. Run with `--update-snapshot` after a change
+Starts its own anvil, deploys the contracts, measures (see `tests.bench.gas`: settlement,
+refunds, and usage through `recordUsage`, own-price and on price lists) and prints the figures
+next to the goals. Run with `--update-snapshot` after a change
 that makes a figure cheaper, to lower the snapshot the test suite holds the contracts to.
 """
 

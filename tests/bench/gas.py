@@ -3,7 +3,10 @@
 Shared by `make bench-gas` (prints the figures) and the gas snapshot test (fails when a figure
 rises above the committed snapshot). Every figure is the receipt's gasUsed of one whole batch
 transaction divided by the number of items, in the steady state: payees (and the fee recipient)
-have been credited once before, as they are for a keeper that has been running.
+have been credited once before, as they are for a keeper that has been running. Usage goes
+through `recordUsage` (packed reports): own-price streams (`usage_100`), streams on one payee's
+price list spread over 3 endpoints (`usage_endpoints_100`), and streams on the lists of 100
+distinct payees (`usage_endpoints_distinct_100`).
 """
 
 from __future__ import annotations
@@ -13,14 +16,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from eth_account import Account
 from eth_utils import to_checksum_address
 from hexbytes import HexBytes
 from web3 import Web3
 from web3.contract import Contract
 from web3.logs import DISCARD
 
+from keeper.accrual import pack_report
 from keeper.anvil import DEV_MNEMONIC, rpc
-from keeper.deploy import contract, deploy_all
+from keeper.deploy import DEFAULT_FEE_BPS, Deployer, Deployment, contract
 
 # anvil's account 0 for DEV_MNEMONIC; a public, well-known development key.
 DEV_KEY0 = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80"
@@ -34,9 +39,53 @@ GOALS = {
     "settle_distinct_100": 15_000,
     "refund_100": 12_000,
     "usage_100": 12_000,
+    # Issue 13: reports priced by the payee's list (one payee over 3 endpoints; 100 payees).
+    "usage_endpoints_100": 12_000,
+    "usage_endpoints_distinct_100": 15_000,
 }
 RATE = 1_000  # base units per second
 DEPOSIT = 10**12
+
+
+def deploy_contracts(
+    url: str,
+    key: str = DEV_KEY0,
+    *,
+    oracle: str | None = None,
+    fee_recipient: str | None = None,
+    fee_bps: int = DEFAULT_FEE_BPS,
+    notice_period: int = 0,
+) -> Deployment:
+    """Deploy TestToken, StreamManager (with `notice_period`) and EscrowVault for the tests.
+
+    The tests choose the notice period themselves (0: closes and price decreases at once),
+    so they do not depend on the operator tool's default. The deployer is admin and pauser;
+    `oracle` (default: the deployer) gets ORACLE_ROLE.
+    """
+    w3 = Web3(Web3.HTTPProvider(url, request_kwargs={"timeout": 60}))
+    account = Account.from_key(key)
+    deployer = Deployer(w3, account)
+    admin = str(account.address)
+    oracle = to_checksum_address(oracle or admin)
+    fee_recipient = to_checksum_address(fee_recipient or admin)
+    first_block = int(w3.eth.block_number) + 1
+    token, _ = deployer.deploy("TestToken", "Test USD", "tUSD", admin)
+    manager, _ = deployer.deploy(
+        "StreamManager", token.address, admin, fee_recipient, fee_bps, notice_period
+    )
+    vault, _ = deployer.deploy("EscrowVault", token.address, admin)
+    deployer.call(manager.functions.grantRole(manager.functions.ORACLE_ROLE().call(), oracle))
+    return Deployment(
+        chain_id=int(w3.eth.chain_id),
+        deployment_block=first_block,
+        token=str(token.address),
+        stream_manager=str(manager.address),
+        escrow_vault=str(vault.address),
+        deployer=admin,
+        oracle=oracle,
+        fee_recipient=fee_recipient,
+        fee_bps=fee_bps,
+    )
 
 
 def synthetic_address(tag: int, i: int) -> str:
@@ -102,7 +151,7 @@ class Env:
 
 def setup(url: str) -> Env:
     """Deploy the contracts on the node at `url` and switch on auto-impersonation."""
-    dep = deploy_all(url, DEV_KEY0)
+    dep = deploy_contracts(url, DEV_KEY0)
     w3 = Web3(Web3.HTTPProvider(url, request_kwargs={"timeout": 60}))
     rpc(url, "anvil_autoImpersonateAccount", [True])
     return Env(
@@ -158,20 +207,70 @@ def refund_gas(env: Env, n: int) -> int:
     return _per_item(receipt, n)
 
 
+def _usage_words(ids: list[int], seq: int, units: int, endpoints: list[int]) -> list[int]:
+    return [pack_report(sid, seq, units, ep) for sid, ep in zip(ids, endpoints, strict=True)]
+
+
+def _record(env: Env, words: list[int]) -> int:
+    """Send one recordUsage batch (as the oracle, the deployer) twice: the first report of
+    each stream, then the second (the measured, steady-state one). Returns gas per report."""
+    oracle = env.admin
+    env.send(env.manager.functions.recordUsage(words), oracle)
+    second = [w + (1 << 64) for w in words]  # seq 1 -> 2, each with the same units
+    receipt = env.send(env.manager.functions.recordUsage(second), oracle)
+    recorded = env.manager.events.UsageRecorded().process_receipt(receipt, errors=DISCARD)
+    assert len(recorded) == len(words), "every report must have been recorded"
+    charged = [int(e["args"]["charge"]) & (2**96 - 1) for e in recorded]
+    assert all(charged), "every report must have charged something"
+    return _per_item(receipt, len(words))
+
+
 def usage_gas(env: Env, n: int) -> int:
-    """Gas per report of recordUsageBatch over `n` streams of one payee (second report each)."""
+    """Gas per report of recordUsage over `n` own-price streams of one payee (second report)."""
     payer = synthetic_address(0xA5E0, 0)
     env.fund(payer, DEPOSIT * n)
     payee = synthetic_address(0xA5E1, 0)
     ids = _open_streams(env, payer, [payee] * n)
     for sid in ids:
         env.fire(env.manager.functions.setUsagePrice(sid, 25), payer)
-    oracle = env.admin
-    env.send(env.manager.functions.recordUsageBatch(ids, [10] * n, [1] * n), oracle)
-    receipt = env.send(env.manager.functions.recordUsageBatch(ids, [7] * n, [2] * n), oracle)
-    recorded = env.manager.events.UsageRecorded().process_receipt(receipt, errors=DISCARD)
-    assert len(recorded) == n, "every report must have been recorded"
-    return _per_item(receipt, n)
+    return _record(env, _usage_words(ids, 1, 7, [0] * n))
+
+
+def _list_endpoints(env: Env, payee: str, prices: list[int]) -> list[int]:
+    """The payee (impersonated) lists one endpoint per price; returns their ids."""
+    rpc(env.url, "anvil_setBalance", [payee, hex(10**20)])
+    first = int(env.manager.functions.endpointCount(payee).call()) + 1
+    for i, price in enumerate(prices):
+        env.fire(
+            env.manager.functions.addEndpoint(f"endpoint-{i}".encode().ljust(32, b"\0"), price),
+            payee,
+        )
+    return list(range(first, first + len(prices)))
+
+
+def _open_listed(env: Env, payer: str, payees: list[str]) -> list[int]:
+    env.sync()
+    first = int(env.manager.functions.nextStreamId().call())
+    for payee in payees:
+        env.fire(env.manager.functions.openStreamOnPriceList(payee, RATE, DEPOSIT), payer)
+    return list(range(first, first + len(payees)))
+
+
+def usage_endpoints_gas(env: Env, n: int, *, distinct: bool) -> int:
+    """Gas per report of recordUsage over `n` streams on price lists: one payee whose reports
+    spread over 3 endpoints of its list, or `n` distinct payees with one endpoint each."""
+    tag = 0xA5E3 if distinct else 0xA5E2
+    payer = synthetic_address(tag, 0xFFFF)
+    env.fund(payer, DEPOSIT * n)
+    if distinct:
+        payees = [synthetic_address(tag, i) for i in range(n)]
+        endpoints = [_list_endpoints(env, p, [25])[0] for p in payees]
+    else:
+        payees = [synthetic_address(tag, 0)] * n
+        listed = _list_endpoints(env, payees[0], [25, 40, 3])
+        endpoints = [listed[i % 3] for i in range(n)]
+    ids = _open_listed(env, payer, payees)
+    return _record(env, _usage_words(ids, 1, 7, endpoints))
 
 
 def measure(url: str, progress: Callable[[str], None] | None = None) -> dict[str, int]:
@@ -190,6 +289,9 @@ def measure(url: str, progress: Callable[[str], None] | None = None) -> dict[str
     if progress:
         progress(f"refund_100: {figures['refund_100']}")
     figures["usage_100"] = usage_gas(env, 100)
+    figures["usage_endpoints_100"] = usage_endpoints_gas(env, 100, distinct=False)
+    figures["usage_endpoints_distinct_100"] = usage_endpoints_gas(env, 100, distinct=True)
     if progress:
-        progress(f"usage_100: {figures['usage_100']}")
+        for key in ("usage_100", "usage_endpoints_100", "usage_endpoints_distinct_100"):
+            progress(f"{key}: {figures[key]}")
     return figures

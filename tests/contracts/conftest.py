@@ -1,7 +1,9 @@
 """Fixtures for the contract tests: freshly deployed contracts on the session anvil.
 
 Every test gets its own deployment (a few hundred milliseconds), so no test sees another's
-streams, escrows or balances. Actors are anvil's unlocked dev accounts.
+streams, escrows or balances. Actors are anvil's unlocked dev accounts. `chain` deploys
+StreamManager with no notice period (closes and price decreases at once, as in v1);
+`noticed` with `NOTICE` seconds.
 """
 
 from __future__ import annotations
@@ -16,12 +18,15 @@ from web3 import Web3
 from web3.contract import Contract
 from web3.logs import DISCARD
 
+from keeper.accrual import pack_report, unpack_report
 from keeper.anvil import Anvil, rpc
-from keeper.deploy import Deployment, contract, deploy_all
-from tests.bench.gas import DEV_KEY0
+from keeper.deploy import Deployment, contract
+from tests.bench.gas import DEV_KEY0, deploy_contracts
 
 FEE_BPS = 250
 TOKEN = 10**6  # one whole token of 6 decimals, in base units
+NOTICE = 600  # the notice period of the `noticed` fixture (the dev deployment's)
+MASK_96 = 2**96 - 1
 
 
 @dataclass
@@ -42,6 +47,7 @@ class Chain:
     other: str
     payer2: str
     payee2: str
+    notice: int = 0
     receipts: list[dict[str, Any]] = field(default_factory=list)
 
     # ---------------------------------------------------------------- transactions
@@ -127,6 +133,23 @@ class Chain:
         available, locked = self.vault.functions.balanceOf(who).call()
         return int(available), int(locked)
 
+    def ledger(self, who: str) -> tuple[int, int]:
+        """(credited amount, fee remainder) of `who` in StreamManager's ledger."""
+        amount, remainder = self.manager.functions.ledgerOf(who).call()
+        return int(amount), int(remainder)
+
+    def usage(self, reports: list[tuple[int, int, int, int]]) -> Any:
+        """`recordUsage` of (stream id, seq, units, endpoint) reports, packed (a bound call)."""
+        return self.manager.functions.recordUsage([pack_report(*r) for r in reports])
+
+    def record(self, reports: list[tuple[int, int, int, int]]) -> dict[str, Any]:
+        """Send `recordUsage` of (stream id, seq, units, endpoint) reports as the oracle."""
+        return self.tx(self.usage(reports), self.oracle)
+
+    def recorded(self, receipt: dict[str, Any]) -> list[dict[str, int]]:
+        """Every UsageRecorded of `receipt`, its packed words decoded."""
+        return [decode_recorded(e) for e in self.events(self.manager, receipt, "UsageRecorded")]
+
     # ---------------------------------------------------------------- set-up shortcuts
 
     def fund(self, who: str, amount: int) -> None:
@@ -146,6 +169,26 @@ class Chain:
         (opened,) = self.events(self.manager, receipt, "StreamOpened")
         return int(opened["id"]), receipt
 
+    def open_listed(
+        self, rate: int, deposit: int, *, payer: str | None = None, payee: str | None = None
+    ) -> tuple[int, dict[str, Any]]:
+        """Open a stream billed at its payee's price list and return (id, receipt)."""
+        receipt = self.tx(
+            self.manager.functions.openStreamOnPriceList(payee or self.payee, rate, deposit),
+            payer or self.payer,
+        )
+        (opened,) = self.events(self.manager, receipt, "StreamOpened")
+        assert opened["priceList"] is True
+        return int(opened["id"]), receipt
+
+    def add_endpoint(self, name: str, price: int, *, payee: str | None = None) -> int:
+        """The payee lists endpoint `name` at `price`; returns its id."""
+        receipt = self.tx(
+            self.manager.functions.addEndpoint(name_word(name), price), payee or self.payee
+        )
+        (added,) = self.events(self.manager, receipt, "EndpointAdded")
+        return int(added["endpoint"])
+
     def create_escrow(
         self, amount: int, timeout: int, *, payer: str | None = None, payee: str | None = None
     ) -> tuple[int, dict[str, Any]]:
@@ -157,6 +200,33 @@ class Chain:
         )
         (created,) = self.events(self.vault, receipt, "EscrowCreated")
         return int(created["id"]), receipt
+
+
+def name_word(name: str) -> bytes:
+    """An endpoint name as the contract's bytes32 (UTF-8, NUL-padded on the right)."""
+    raw = name.encode()
+    assert 0 < len(raw) <= 32
+    return raw.ljust(32, b"\0")
+
+
+def decode_recorded(ev: dict[str, Any]) -> dict[str, int]:
+    """A UsageRecorded event's three packed words as named fields."""
+    sid, seq, endpoint, units = unpack_report(int(ev["report"]))
+    assert int(ev["report"]) >> 192 == 0, "bits above 192 of the report must be cleared"
+    charge, state = int(ev["charge"]), int(ev["state"])
+    charged, fee = charge & MASK_96, charge >> 96
+    balance_after, price = state & MASK_96, state >> 96
+    return {
+        "id": sid,
+        "seq": seq,
+        "endpoint": endpoint,
+        "units": units,
+        "charged": charged,
+        "fee": fee,
+        "shortfall": units * price - charged,
+        "balance_after": balance_after,
+        "price": price,
+    }
 
 
 def _error_signature(fn: Any, error: str) -> str:
@@ -192,18 +262,22 @@ def _revert_data(exc: Exception) -> str:
     return repr(exc)
 
 
-@pytest.fixture
-def chain(anvil: Anvil) -> Iterator[Chain]:
-    """Fresh contracts on the session anvil, with funded actors."""
-    accounts: list[str] = list(Web3(Web3.HTTPProvider(anvil.url)).eth.accounts)
+def make_chain(url: str, notice_period: int = 0) -> Chain:
+    """Deploy fresh contracts on the node at `url` and fund the actors."""
+    accounts: list[str] = list(Web3(Web3.HTTPProvider(url)).eth.accounts)
     admin, oracle, fee_recipient, payer, payee, other, payer2, payee2 = accounts[:8]
-    deployment = deploy_all(
-        anvil.url, DEV_KEY0, oracle=oracle, fee_recipient=fee_recipient, fee_bps=FEE_BPS
+    deployment = deploy_contracts(
+        url,
+        DEV_KEY0,
+        oracle=oracle,
+        fee_recipient=fee_recipient,
+        fee_bps=FEE_BPS,
+        notice_period=notice_period,
     )
-    w3 = Web3(Web3.HTTPProvider(anvil.url, request_kwargs={"timeout": 60}))
+    w3 = Web3(Web3.HTTPProvider(url, request_kwargs={"timeout": 60}))
     c = Chain(
         w3=w3,
-        url=anvil.url,
+        url=url,
         deployment=deployment,
         token=contract(w3, "TestToken", deployment.token),
         manager=contract(w3, "StreamManager", deployment.stream_manager),
@@ -216,9 +290,27 @@ def chain(anvil: Anvil) -> Iterator[Chain]:
         other=other,
         payer2=payer2,
         payee2=payee2,
+        notice=notice_period,
     )
     for who in (payer, payer2, other):
         c.fund(who, 1_000_000 * TOKEN)
+    return c
+
+
+@pytest.fixture
+def chain(anvil: Anvil) -> Iterator[Chain]:
+    """Fresh contracts on the session anvil, with funded actors; no notice period."""
+    c = make_chain(anvil.url, 0)
+    try:
+        yield c
+    finally:
+        c.automine(True)
+
+
+@pytest.fixture
+def noticed(anvil: Anvil) -> Iterator[Chain]:
+    """Fresh contracts whose StreamManager has a notice period of `NOTICE` seconds."""
+    c = make_chain(anvil.url, NOTICE)
     try:
         yield c
     finally:

@@ -10,9 +10,9 @@ from web3 import Web3
 from web3.logs import DISCARD
 
 from keeper.anvil import Anvil, rpc
-from keeper.deploy import contract, deploy_all
+from keeper.deploy import contract
 from keeper.resources import CONTRACT_NAMES, load_artifact
-from tests.bench.gas import DEV_KEY0
+from tests.bench.gas import DEV_KEY0, deploy_contracts
 
 EVM_VERSION = "shanghai"  # README, "Contracts": why this one
 # Opcodes of the forks after Shanghai, which a Shanghai EVM rejects as invalid.
@@ -65,7 +65,7 @@ def test_deploys_and_settles_on_an_evm_of_that_version(
     anvil_factory: Callable[..., Anvil],
 ) -> None:
     node = anvil_factory(extra_args=["--hardfork", EVM_VERSION])
-    deployment = deploy_all(node.url, DEV_KEY0)
+    deployment = deploy_contracts(node.url, DEV_KEY0)
     w3 = Web3(Web3.HTTPProvider(node.url, request_kwargs={"timeout": 60}))
     token = contract(w3, "TestToken", deployment.token)
     manager = contract(w3, "StreamManager", deployment.stream_manager)

@@ -15,6 +15,11 @@ from tests.bench.gas import GOALS, SNAPSHOT_PATH, measure
 
 def test_gas_per_item_does_not_rise(anvil_factory: Callable[..., Anvil]) -> None:
     snapshot: dict[str, int] = json.loads(SNAPSHOT_PATH.read_text())
+    # Usage priced by price lists (issue 13) is held to a figure like every other batch.
+    for key in ("usage_100", "usage_endpoints_100", "usage_endpoints_distinct_100"):
+        assert key in snapshot and key in GOALS, key
+    assert GOALS["usage_endpoints_100"] <= 12_000
+    assert GOALS["usage_endpoints_distinct_100"] <= 15_000
     node = anvil_factory()  # a node of its own: the figures depend on the ids it hands out
     figures = measure(node.url)
     assert set(figures) == set(snapshot)

@@ -6,15 +6,21 @@ from eth_utils import keccak
 from hexbytes import HexBytes
 
 from keeper import accrual
-from keeper.accrual import SettleSkip, UsageSkip
-from tests.contracts.conftest import FEE_BPS, TOKEN, Chain
+from keeper.accrual import SettleSkip, UsageSkip, pack_report
+from tests.contracts.conftest import FEE_BPS, TOKEN, Chain, name_word
 
 ORACLE_ROLE = keccak(text="ORACLE_ROLE")
 PAUSER_ROLE = keccak(text="PAUSER_ROLE")
 
 
 def fee(amount: int) -> int:
+    """The fee on `amount` for a payee whose fee remainder is 0 (its first item)."""
     return amount * FEE_BPS // 10_000
+
+
+def carried(amounts: list[int], remainder: int = 0) -> int:
+    """The fees of a payee's items in order, the remainder carried from one to the next."""
+    return (remainder + sum(amounts) * FEE_BPS) // 10_000
 
 
 # ------------------------------------------------------------------------ open / views
@@ -30,6 +36,7 @@ def test_open_stream_pulls_deposit_and_emits_post_state(chain: Chain) -> None:
         "payee": chain.payee,
         "ratePerSecond": 5,
         "deposit": 1_000 * TOKEN,
+        "priceList": False,
     }
     assert sid == 1
     assert chain.balance(chain.payer) == before - 1_000 * TOKEN
@@ -94,6 +101,7 @@ def test_settle_batch_mixes_valid_unknown_closed_and_already_settled(chain: Chai
     assert expected_count == 2
     before_a, before_b = chain.stream(a), chain.stream(b)
     credited_before = chain.credited(chain.payee), chain.credited(chain.fee_recipient)
+    remainder = chain.ledger(chain.payee)[1]  # the close settled a little for the payee
     receipt = chain.tx(chain.manager.functions.settleStreams(ids), chain.other)
     now = chain.block_time(receipt)
     settled = chain.events(chain.manager, receipt, "StreamSettled")
@@ -106,9 +114,10 @@ def test_settle_batch_mixes_valid_unknown_closed_and_already_settled(chain: Chai
         {"id": closed, "reason": SettleSkip.CLOSED},
         {"id": a, "reason": SettleSkip.NOTHING_DUE},
     ]
-    assert chain.credited(chain.payee) == credited_before[0] + due_a - fee(due_a)
+    fee_a = carried([due_a], remainder)
+    assert chain.credited(chain.payee) == credited_before[0] + due_a - fee_a
     assert chain.credited(chain.payee2) == due_b - fee(due_b)
-    assert chain.credited(chain.fee_recipient) == credited_before[1] + fee(due_a) + fee(due_b)
+    assert chain.credited(chain.fee_recipient) == credited_before[1] + fee_a + fee(due_b)
 
 
 def test_settling_twice_in_one_block_settles_once(chain: Chain) -> None:
@@ -172,10 +181,10 @@ def test_settle_folds_one_payee_and_separates_payees(chain: Chain) -> None:
     receipt = chain.tx(chain.manager.functions.settleStreams(ids), chain.other)
     now = chain.block_time(receipt)
     dues = [2 * (now - s) for s in starts]
-    net = [d - fee(d) for d in dues]
-    assert chain.credited(chain.payee) == net[0] + net[1] + net[3]
-    assert chain.credited(chain.payee2) == net[2]
-    assert chain.credited(chain.fee_recipient) == sum(fee(d) for d in dues)
+    mine = [dues[0], dues[1], dues[3]]
+    assert chain.credited(chain.payee) == sum(mine) - carried(mine)
+    assert chain.credited(chain.payee2) == dues[2] - fee(dues[2])
+    assert chain.credited(chain.fee_recipient) == carried(mine) + fee(dues[2])
 
 
 def test_empty_settle_batch_does_nothing(chain: Chain) -> None:
@@ -311,8 +320,9 @@ def test_withdraw_available_settles_and_pays_the_payee(chain: Chain) -> None:
 def _priced_stream(chain: Chain, price: int, deposit: int, rate: int = 0) -> int:
     sid, _ = chain.open(rate=rate, deposit=deposit)
     receipt = chain.tx(chain.manager.functions.setUsagePrice(sid, price), chain.payer)
+    # An increase (from 0) is in force at once: effectiveAt is the block's time.
     assert chain.events(chain.manager, receipt, "UsagePriceSet") == [
-        {"id": sid, "pricePerUnit": price}
+        {"id": sid, "pricePerUnit": price, "effectiveAt": chain.block_time(receipt)}
     ]
     return sid
 
@@ -328,43 +338,55 @@ def test_set_usage_price_is_payer_only_and_bounded(chain: Chain) -> None:
 def test_usage_charges_units_times_price_exactly_once(chain: Chain) -> None:
     sid = _priced_stream(chain, price=30, deposit=100_000)
     m = chain.manager.functions
-    receipt = chain.tx(m.recordUsageBatch([sid, sid], [10, 5], [1, 2]), chain.oracle)
-    recorded = chain.events(chain.manager, receipt, "UsageRecorded")
+    assert m.recordUsage([]).call({"from": chain.oracle}) == 0
+    receipt = chain.record([(sid, 1, 10, 0), (sid, 2, 5, 0)])
+    recorded = chain.recorded(receipt)
     assert recorded == [
         {
             "id": sid,
             "seq": 1,
+            "endpoint": 0,
             "units": 10,
             "charged": 300,
             "fee": fee(300),
             "shortfall": 0,
-            "balanceAfter": 100_000 - 300,
+            "balance_after": 100_000 - 300,
+            "price": 30,
         },
         {
             "id": sid,
             "seq": 2,
+            "endpoint": 0,
             "units": 5,
             "charged": 150,
-            "fee": fee(150),
+            "fee": carried([300, 150]) - fee(300),
             "shortfall": 0,
-            "balanceAfter": 100_000 - 450,
+            "balance_after": 100_000 - 450,
+            "price": 30,
         },
     ]
     assert chain.stream(sid)["usage_seq"] == 2
-    assert chain.credited(chain.payee) == (300 - fee(300)) + (150 - fee(150))
-    assert chain.credited(chain.fee_recipient) == fee(300) + fee(150)
+    assert chain.credited(chain.payee) == 450 - carried([300, 150])
+    assert chain.credited(chain.fee_recipient) == carried([300, 150])
+    assert chain.ledger(chain.payee) == (450 - carried([300, 150]), 450 * FEE_BPS % 10_000)
 
 
 def test_usage_replay_and_gap_are_skipped_with_events(chain: Chain) -> None:
     sid = _priced_stream(chain, price=1, deposit=10_000)
     m = chain.manager.functions
-    chain.tx(m.recordUsageBatch([sid], [4], [1]), chain.oracle)
-    receipt = chain.tx(m.recordUsageBatch([sid, sid, sid], [4, 9, 2], [1, 3, 2]), chain.oracle)
+    chain.record([(sid, 1, 4, 0)])
+    assert (
+        m.recordUsage(
+            [pack_report(sid, 1, 4), pack_report(sid, 3, 9), pack_report(sid, 2, 2)]
+        ).call({"from": chain.oracle})
+        == 1
+    )
+    receipt = chain.record([(sid, 1, 4, 0), (sid, 3, 9, 0), (sid, 2, 2, 0)])
     assert chain.events(chain.manager, receipt, "UsageSkipped") == [
         {"id": sid, "seq": 1, "lastSeq": 1, "reason": UsageSkip.REPLAY},
         {"id": sid, "seq": 3, "lastSeq": 1, "reason": UsageSkip.GAP},
     ]
-    (rec,) = chain.events(chain.manager, receipt, "UsageRecorded")
+    (rec,) = chain.recorded(receipt)
     assert rec["seq"] == 2 and rec["charged"] == 2
     assert chain.stream(sid)["balance"] == 10_000 - 4 - 2
     assert chain.stream(sid)["usage_seq"] == 2
@@ -374,47 +396,52 @@ def test_usage_skips_unknown_closed_and_bad_units(chain: Chain) -> None:
     sid = _priced_stream(chain, price=1, deposit=10_000)
     closed = _priced_stream(chain, price=1, deposit=10)
     chain.tx(chain.manager.functions.closeStream(closed), chain.payer)
-    m = chain.manager.functions
-    receipt = chain.tx(
-        m.recordUsageBatch([404, closed, sid, sid], [1, 1, 0, 2**64], [1, 1, 1, 1]), chain.oracle
-    )
+    # Units are 64 bits of the word: 2**64 cannot be sent; the top units are accepted.
+    receipt = chain.record([(404, 1, 1, 0), (closed, 1, 1, 0), (sid, 1, 0, 0)])
     assert [e["reason"] for e in chain.events(chain.manager, receipt, "UsageSkipped")] == [
         UsageSkip.UNKNOWN,
         UsageSkip.CLOSED,
         UsageSkip.BAD_UNITS,
-        UsageSkip.BAD_UNITS,
     ]
     assert chain.events(chain.manager, receipt, "UsageRecorded") == []
     assert chain.stream(sid)["usage_seq"] == 0 and chain.stream(sid)["balance"] == 10_000
+    # Bits 192..255 of a word are ignored: this is report (sid, 1, 3 units).
+    word = pack_report(sid, 1, 3) | (0xDEAD << 200)
+    receipt = chain.tx(chain.manager.functions.recordUsage([word]), chain.oracle)
+    (rec,) = chain.recorded(receipt)
+    assert (rec["id"], rec["seq"], rec["units"], rec["charged"]) == (sid, 1, 3, 3)
 
 
 def test_usage_shortfall_charges_what_is_left_and_depletes(chain: Chain) -> None:
     sid = _priced_stream(chain, price=100, deposit=250, rate=1)
-    receipt = chain.tx(chain.manager.functions.recordUsageBatch([sid], [4], [1]), chain.oracle)
-    (rec,) = chain.events(chain.manager, receipt, "UsageRecorded")
+    remainder = chain.ledger(chain.payee)[1]  # setting the price settled a second of rate 1
+    receipt = chain.record([(sid, 1, 4, 0)])
+    (rec,) = chain.recorded(receipt)
     assert rec == {
         "id": sid,
         "seq": 1,
+        "endpoint": 0,
         "units": 4,
         "charged": 250,
-        "fee": fee(250),
+        "fee": carried([250], remainder),
         "shortfall": 150,
-        "balanceAfter": 0,
+        "balance_after": 0,
+        "price": 100,
     }
     assert chain.manager.functions.accruedOf(sid).call() == 0
     # A depleted stream still advances its sequence: the report is consumed, fully short.
-    receipt = chain.tx(chain.manager.functions.recordUsageBatch([sid], [1], [2]), chain.oracle)
-    (rec,) = chain.events(chain.manager, receipt, "UsageRecorded")
+    receipt = chain.record([(sid, 2, 1, 0)])
+    (rec,) = chain.recorded(receipt)
     assert rec["charged"] == 0 and rec["shortfall"] == 100 and rec["seq"] == 2
 
 
-def test_usage_is_oracle_only_and_lengths_must_match(chain: Chain) -> None:
+def test_usage_is_oracle_only(chain: Chain) -> None:
     sid = _priced_stream(chain, price=1, deposit=10)
     m = chain.manager.functions
-    chain.reverts(
-        m.recordUsageBatch([sid], [1], [1]), chain.other, "AccessControlUnauthorizedAccount"
-    )
-    chain.reverts(m.recordUsageBatch([sid], [1, 2], [1]), chain.oracle, "LengthMismatch")
+    assert not m.hasRole(ORACLE_ROLE, chain.payee).call()
+    chain.reverts(chain.usage([(sid, 1, 1, 0)]), chain.other, "AccessControlUnauthorizedAccount")
+    chain.reverts(chain.usage([(sid, 1, 1, 0)]), chain.payee, "AccessControlUnauthorizedAccount")
+    assert not any(f.get("name") == "recordUsageBatch" for f in chain.manager.abi)
     assert chain.manager.functions.hasRole(ORACLE_ROLE, chain.oracle).call()
     assert not chain.manager.functions.hasRole(ORACLE_ROLE, chain.other).call()
 
@@ -441,9 +468,11 @@ def test_fee_admin_is_admin_only_and_capped(chain: Chain) -> None:
     assert chain.events(chain.manager, receipt, "FeesCredited") == []
 
 
-def test_pause_stops_every_money_path_until_unpaused(chain: Chain) -> None:
+def test_pause_stops_every_money_path_but_leaving_and_usage(chain: Chain) -> None:
     sid = _priced_stream(chain, price=1, deposit=10**6, rate=1)
+    chain.add_endpoint("search", 5)
     chain.advance(10)
+    chain.tx(chain.manager.functions.settleStreams([sid]), chain.other)  # the payee has credit
     m = chain.manager.functions
     chain.reverts(m.pause(), chain.other, "AccessControlUnauthorizedAccount")
     chain.tx(m.pause(), chain.admin)
@@ -451,20 +480,25 @@ def test_pause_stops_every_money_path_until_unpaused(chain: Chain) -> None:
     chain.reverts(m.pause(), chain.admin, "EnforcedPause")
     blocked = [
         (m.openStream(chain.payee, 1, 1), chain.payer),
+        (m.openStreamOnPriceList(chain.payee, 1, 1), chain.payer),
         (m.topUp(sid, 1), chain.payer),
         (m.updateRate(sid, 2), chain.payer),
         (m.setUsagePrice(sid, 2), chain.payer),
-        (m.closeStream(sid), chain.payer),
+        (m.addEndpoint(name_word("other"), 1), chain.payee),
+        (m.setEndpointPrice(1, 2), chain.payee),
         (m.withdrawAvailable(sid), chain.payee),
         (m.claim(), chain.payee),
         (m.settleStreams([sid]), chain.other),
-        (m.recordUsageBatch([sid], [1], [1]), chain.oracle),
     ]
     for fn, sender in blocked:
         chain.reverts(fn, sender, "EnforcedPause")
+    # The oracle still reports (test_stream_manager_v2 covers the payer leaving while paused).
+    receipt = chain.record([(sid, 1, 1, 0)])
+    assert [r["charged"] for r in chain.recorded(receipt)] == [1]
     chain.reverts(m.unpause(), chain.other, "AccessControlUnauthorizedAccount")
     chain.tx(m.unpause(), chain.admin)
     chain.reverts(m.unpause(), chain.admin, "ExpectedPause")
+    chain.advance(5)  # (blocks mined in one second share its timestamp: let time pass)
     receipt = chain.tx(m.settleStreams([sid]), chain.other)
     assert len(chain.events(chain.manager, receipt, "StreamSettled")) == 1
 
@@ -488,10 +522,10 @@ def test_python_model_predicts_a_whole_scenario(chain: Chain) -> None:
     model = accrual.Stream(balance=50_000, rate=13, settled_at=t0)
     chain.set_next_time(t0 + 1_000)
     chain.tx(chain.manager.functions.setUsagePrice(sid, 7), chain.payer)
-    model = accrual.Stream(model.balance, model.rate, model.settled_at, price_per_unit=7)
+    model = accrual.set_usage_price(model, t0 + 1_000, 7, chain.notice)
     chain.set_next_time(t0 + 1_500)
-    chain.tx(chain.manager.functions.recordUsageBatch([sid], [3_000], [1]), chain.oracle)
-    charged = accrual.charge_usage(model, 1, 3_000, FEE_BPS)
+    chain.record([(sid, 1, 3_000, 0)])
+    charged = accrual.charge_usage(model, 1, 3_000, FEE_BPS, now=t0 + 1_500)
     assert isinstance(charged, accrual.UsageCharged)
     model = charged.stream
     chain.set_next_time(t0 + 4_000)

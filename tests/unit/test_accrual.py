@@ -128,3 +128,131 @@ def test_settling_in_two_steps_never_pays_more_than_the_balance(
     second = accrual.settle(first.stream, t1 + t2, fee_bps)
     assert first.amount + second.amount + second.stream.balance == balance
     assert 0 <= first.fee <= first.amount and isinstance(first.fee, int)
+
+
+# ------------------------------------------------------------------------ v2: fees carry
+
+
+def test_carry_fee_keeps_the_remainder() -> None:
+    assert accrual.carry_fee(39, 250) == (0, 9_750)
+    assert accrual.carry_fee(39, 250, 9_750) == (1, 9_500)
+    assert accrual.carry_fee(0, 250, 9_999) == (0, 9_999)
+    assert accrual.carry_fee(399, 250) == (accrual.fee_of(399, 250), 399 * 250 % 10_000)
+
+
+def test_hundred_small_reports_pay_the_fee_of_their_sum() -> None:
+    """The issue's example: 100 reports of 1 unit at price 39, 250 bps: fee 97, not 0."""
+    s = Stream(balance=10**6, rate=0, settled_at=0, price_per_unit=39)
+    remainder, fees = 0, 0
+    for seq in range(1, 101):
+        done = accrual.charge_usage(s, seq, 1, 250, remainder=remainder)
+        assert isinstance(done, accrual.UsageCharged)
+        s, remainder, fees = done.stream, done.remainder, fees + done.fee
+    assert fees == 97 == accrual.fee_of(3_900, 250)
+    assert accrual.fee_of(39, 250) * 100 == 0  # what v1 charged
+
+
+@given(
+    items=st.lists(st.tuples(st.integers(0, 10**15), st.integers(0, 1_000)), max_size=40),
+    r0=st.integers(0, 9_999),
+)
+def test_fees_of_a_sequence_are_the_fee_of_the_weighted_sum(
+    items: list[tuple[int, int]], r0: int
+) -> None:
+    remainder, fees = r0, 0
+    for amount, bps in items:
+        fee, remainder = accrual.carry_fee(amount, bps, remainder)
+        assert 0 <= remainder < 10_000
+        assert 0 <= fee <= amount or (amount == 0 and fee == 0)
+        fees += fee
+    weighted = r0 + sum(a * b for a, b in items)
+    assert fees == weighted // 10_000 and remainder == weighted % 10_000
+    if len({b for _, b in items}) == 1 and items:
+        # One rate: within one base unit of the fee on the sum.
+        assert 0 <= fees - accrual.fee_of(sum(a for a, _ in items), items[0][1]) <= 1
+
+
+def test_settlement_and_usage_thread_the_remainder() -> None:
+    s = Stream(balance=10_000, rate=1, settled_at=0, price_per_unit=39)
+    first = accrual.settle(s, 39, 250)
+    assert (first.fee, first.remainder) == (0, 9_750)
+    used = accrual.charge_usage(first.stream, 1, 1, 250, remainder=first.remainder)
+    assert isinstance(used, accrual.UsageCharged)
+    assert (used.fee, used.remainder, used.paid) == (1, 9_500, 38)
+    batch = accrual.settle_in_batch(used.stream, 40, 250, remainder=used.remainder)
+    assert isinstance(batch, accrual.Settled) and (batch.fee, batch.remainder) == (0, 9_750)
+
+
+# ------------------------------------------------------------------------ v2: notice periods
+
+
+def test_price_in_force_switches_at_effective_at() -> None:
+    assert accrual.price_in_force(10, 3, 0, 10**9) == 10  # nothing pending
+    assert accrual.price_in_force(10, 3, 500, 499) == 10
+    assert accrual.price_in_force(10, 3, 500, 500) == 3
+    assert accrual.price_in_force(10, 0, 500, 501) == 0  # a pending price of zero is a price
+
+
+def test_own_price_increase_at_once_decrease_after_notice() -> None:
+    s = Stream(balance=0, rate=0, settled_at=0, price_per_unit=10)
+    down = accrual.set_usage_price(s, 100, 4, 600)
+    assert accrual.own_price_in_force(down, 699) == 10
+    assert accrual.own_price_in_force(down, 700) == 4
+    assert (down.pending_price, down.price_effective_at) == (4, 700)
+    # An increase over the price in force applies at once and cancels the pending decrease.
+    up = accrual.set_usage_price(down, 200, 12, 600)
+    assert accrual.own_price_in_force(up, 200) == 12
+    assert accrual.own_price_in_force(up, 10**6) == 12
+    # Setting the price in force again is not a decrease: it cancels too.
+    same = accrual.set_usage_price(down, 200, 10, 600)
+    assert accrual.own_price_in_force(same, 10**6) == 10
+    # After a decrease came into force, a later decrease starts from it.
+    later = accrual.set_usage_price(down, 800, 2, 600)
+    assert accrual.own_price_in_force(later, 800) == 4
+    assert accrual.own_price_in_force(later, 1_400) == 2
+    # No notice period: a decrease is immediate.
+    assert accrual.own_price_in_force(accrual.set_usage_price(s, 5, 1, 0), 5) == 1
+
+
+def test_usage_charges_the_price_in_force_when_applied() -> None:
+    s = accrual.set_usage_price(
+        Stream(balance=1_000, rate=0, settled_at=0, price_per_unit=10), 0, 0, 600
+    )
+    before = accrual.charge_usage(s, 1, 2, 0, now=599)
+    after = accrual.charge_usage(s, 1, 2, 0, now=600)
+    assert isinstance(before, accrual.UsageCharged) and isinstance(after, accrual.UsageCharged)
+    assert (before.charged, before.price) == (20, 10)
+    assert (after.charged, after.price) == (0, 0)
+    listed = accrual.charge_usage(s, 1, 3, 0, now=0, price=7)
+    assert isinstance(listed, accrual.UsageCharged) and listed.charged == 21
+
+
+def test_close_request_stops_accrual_and_takes_usage_until_close_at() -> None:
+    s = Stream(balance=1_000, rate=2, settled_at=0, price_per_unit=1)
+    req = accrual.request_close(s, 100, 0, 600)
+    assert req.amount == 200
+    closing = req.stream
+    assert (closing.status, closing.rate, closing.close_at) == (StreamStatus.CLOSING, 0, 700)
+    assert accrual.accrued_of(closing, 650) == 0
+    assert accrual.settle_in_batch(closing, 650, 0) is SettleSkip.CLOSED
+    assert accrual.usage_check(closing, 1, 1, now=699) is None
+    assert accrual.usage_check(closing, 1, 1, now=700) is UsageSkip.CLOSED
+    final, refund = accrual.close(closing, 700, 0)
+    assert refund == 800 and final.amount == 0
+    assert final.stream.status is StreamStatus.CLOSED and final.stream.balance == 0
+
+
+def test_pack_report_round_trips_and_refuses_overflow() -> None:
+    word = accrual.pack_report(7, 3, 2**64 - 1, endpoint=2**32 - 1)
+    assert accrual.unpack_report(word) == (7, 3, 2**32 - 1, 2**64 - 1)
+    assert accrual.unpack_report(word | 1 << 200) == (7, 3, 2**32 - 1, 2**64 - 1)
+    assert accrual.pack_report(1, 1, 1) == 1 | 1 << 64 | 1 << 128
+    for bad in ((2**64, 1, 1, 0), (1, 2**32, 1, 0), (1, 1, 2**64, 0), (1, 1, 1, 2**32)):
+        try:
+            accrual.pack_report(*bad)
+        except ValueError:
+            continue
+        raise AssertionError(f"{bad} packed")
+    assert accrual.MAX_USAGE_SEQ == 2**32 - 1
+    s = Stream(balance=1, rate=0, settled_at=0, usage_seq=2**32 - 1)
+    assert accrual.usage_check(s, 2**32, 1) is UsageSkip.GAP
