@@ -19,23 +19,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from eth_abi.abi import encode
-from eth_utils import keccak
 
-SIGNATURES = {
-    "settle": "settleStreams(uint256[])",
-    "refund": "refundExpired(uint256[])",
-    "usage": "recordUsage(uint256[])",
-}
-SELECTORS = {kind: keccak(text=sig)[:4] for kind, sig in SIGNATURES.items()}
-
+from keeper.kinds import BATCH_KINDS
 
 # The gas of a batch, one number per kind for both sides: the planners cut batches so that
-# BATCH_BASE_GAS + GAS_PER_ITEM[kind] x items stays under `max_batch_gas`, and the transaction
-# manager never sends a batch with less (`gas_floor`) nor more (`max_batch_gas`). Per item, the
-# worst case: eth_estimateGas runs on the latest block's state, where an item may take a cheaper
-# path (a stream settled in that very block has nothing due) than in the block that includes it.
+# BATCH_BASE_GAS + the kind's gas_per_item (keeper.kinds) x items stays under `max_batch_gas`,
+# and the transaction manager never sends a batch with less (`gas_floor`) nor more
+# (`max_batch_gas`). Per item, the worst case: eth_estimateGas runs on the latest block's state,
+# where an item may take a cheaper path (a stream settled in that very block has nothing due)
+# than in the block that includes it.
 BATCH_BASE_GAS = 60_000
-GAS_PER_ITEM = {"settle": 40_000, "refund": 35_000, "usage": 40_000}
 
 
 # The widths of a usage report's fields in its word (StreamManager.recordUsage): what does not
@@ -79,30 +72,30 @@ def unpack_usage(word: int) -> tuple[int, int, int, int]:
 
 def gas_floor(kind: str, items: int) -> int:
     """The least gas limit a batch of `items` of `kind` is sent with (0 for other calls)."""
-    per_item = GAS_PER_ITEM.get(kind)
-    return BATCH_BASE_GAS + per_item * items if per_item and items else 0
+    batch = BATCH_KINDS.get(kind)
+    return BATCH_BASE_GAS + batch.gas_per_item * items if batch and items else 0
 
 
 def batch_size(kind: str, max_batch_gas: int) -> int:
     """Items of `kind` per batch so that its gas floor stays within `max_batch_gas` (at least
     one)."""
-    return max(1, (max_batch_gas - BATCH_BASE_GAS) // GAS_PER_ITEM[kind])
+    return max(1, (max_batch_gas - BATCH_BASE_GAS) // BATCH_KINDS[kind].gas_per_item)
 
 
 def splittable(kind: str) -> bool:
     """True for the batch kinds whose items can be re-encoded in any subset."""
-    return kind in SIGNATURES
+    return kind in BATCH_KINDS
 
 
 def encode_batch(kind: str, items: Sequence[Any]) -> bytes:
     """The calldata of a `kind` batch over `items`."""
     if kind == "usage":
         args = encode(["uint256[]"], [[pack_usage(*usage_fields(i)) for i in items]])
-    elif kind in SIGNATURES:
+    elif kind in BATCH_KINDS:
         args = encode(["uint256[]"], [[int(i) for i in items]])
     else:
         raise ValueError(f"intents of kind {kind!r} are not batches")
-    return SELECTORS[kind] + args
+    return BATCH_KINDS[kind].selector + args
 
 
 def item_key(kind: str, item: Any) -> str:

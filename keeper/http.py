@@ -36,6 +36,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from keeper import metrics, secrets
 from keeper.errors import KeeperError
+from keeper.kinds import INTENT_KINDS
 from keeper.queries import load_queries
 from keeper.rpc import ChainClient
 from keeper.status import OPEN_STATES, collect_status
@@ -55,7 +56,6 @@ PROBE_TTL = 1.0
 DB_CONCURRENCY = 2  # connections the port may borrow from the daemon's pool at once
 ACCEPT_BACKOFF = 0.1
 ALLOWED_METHODS = ("GET", "HEAD")
-INTENT_KINDS = ("settle", "refund", "usage", "purge", "call")  # the intents.kind CHECK list
 QUERY_FILE = "status.sql"
 
 REASONS = {

@@ -14,9 +14,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from keeper.db import Conn
+from keeper.kinds import INTENT_KINDS
 from keeper.queries import Queries, load_queries
-
-KINDS = ("settle", "refund", "usage", "purge", "call")
 
 
 @dataclass(frozen=True)
@@ -49,8 +48,8 @@ class IntentRequest:
     urgent: bool = False
 
     def __post_init__(self) -> None:
-        if self.kind not in KINDS:
-            raise ValueError(f"intent kind must be one of {KINDS}, got {self.kind!r}")
+        if self.kind not in INTENT_KINDS:
+            raise ValueError(f"intent kind must be one of {INTENT_KINDS}, got {self.kind!r}")
         if not 1 <= len(self.key) <= 200:
             raise ValueError("intent key must be 1 to 200 characters")
         if self.value < 0:

@@ -54,6 +54,7 @@ from keeper.batches import (
     usage_fields,
 )
 from keeper.fees import FeeCaps, Fees, bump, initial_fees
+from keeper.kinds import BATCH_KINDS, USAGE
 from keeper.outbox import Outbox
 from keeper.reverts import revert_reason
 from keeper.rpc import BlockHeader, ChainClient, RpcError, RpcResponseError
@@ -231,22 +232,6 @@ def lane_lock_key(chain_id: int, signer: bytes) -> int:
 def _items(intent: Any) -> list[Any]:
     raw = intent["items"]
     return list(json.loads(raw) if isinstance(raw, str) else raw)
-
-
-# What the contracts' skip reason codes mean, per batch kind (StreamManager / EscrowVault
-# SKIP_* constants).
-SKIP_REASONS = {
-    "settle": {1: "unknown stream", 2: "stream closed", 3: "nothing due"},
-    "refund": {1: "unknown escrow", 2: "escrow not open", 3: "not expired"},
-    "usage": {
-        1: "unknown stream",
-        2: "stream closed",
-        4: "replay",
-        5: "sequence gap",
-        6: "bad units",
-        7: "unknown endpoint",
-    },
-}
 
 
 def _is_revert(exc: RpcResponseError) -> bool:
@@ -1076,14 +1061,18 @@ class TxManager:
                         ids = [Decimal(f[0]) for f in fields]
                         seqs = [Decimal(f[2]) for f in fields]
                         rows = await conn.fetch(
-                            self.q["usage_effects"], self.chain_id, tx_hash, block, ids, seqs
+                            self.q[USAGE.effects_query], self.chain_id, tx_hash, block, ids, seqs
                         )
                     else:
                         ids = [Decimal(int(i)) for i in items]
                         rows = await conn.fetch(
-                            self.q[f"{kind}_effects"], self.chain_id, tx_hash, block, ids
+                            self.q[BATCH_KINDS[kind].effects_query],
+                            self.chain_id,
+                            tx_hash,
+                            block,
+                            ids,
                         )
-                    names = SKIP_REASONS[kind]
+                    names = BATCH_KINDS[kind].skip_reasons
                     by_outcome: dict[str, list[tuple[str, str | None]]] = {}
                     for r in rows:
                         if r["effect"]:
