@@ -26,7 +26,7 @@ from tests.acceptance.credentials import install_credentials
 from tests.acceptance.test_daemon_ops import build_world, confirmed, events
 from tests.acceptance.test_run_crash import Keeper, wait_until
 from tests.acceptance.test_tx_crash import Outboxes
-from tests.bench.gas import DEV_KEY0
+from tests.support.chain import DEV_KEY0
 
 SIGNER = 5
 GWEI = 10**9

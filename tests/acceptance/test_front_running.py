@@ -35,8 +35,8 @@ from tests.acceptance.credentials import install_credentials
 from tests.acceptance.test_keeper_e2e import batch, send_in_order, tx
 from tests.acceptance.test_run_crash import Keeper, wait_until
 from tests.acceptance.test_tx_crash import Outboxes
-from tests.bench.gas import DEV_KEY0
 from tests.integration.ingest_support import calldata
+from tests.support.chain import DEV_KEY0
 
 SIGNER = 5
 NOTICE = 600

@@ -58,7 +58,6 @@ from keeper.keys import dev_key
 from keeper.usage import ORACLE_ROLE
 from tests.acceptance.test_run_crash import Keeper
 from tests.acceptance.test_tx_crash import Outboxes
-from tests.bench.gas import DEV_KEY0
 from tests.dev_nodes import DevNode
 from tests.integration.ingest_support import (
     Target,
@@ -69,6 +68,7 @@ from tests.integration.ingest_support import (
     open_indexer,
     projection_state,
 )
+from tests.support.chain import DEV_KEY0
 
 SIGNER_KEYS = (5, 6)
 PAYEES = [(0x5000 + k).to_bytes(20, "big") for k in range(40)]

@@ -19,7 +19,7 @@ import pytest
 
 from keeper.anvil import Anvil
 from keeper.deploy import deploy_all
-from tests.bench.gas import DEV_KEY0
+from tests.support.chain import DEV_KEY0
 
 
 @pytest.mark.parametrize("delay", [0.0, 0.02, 0.1, 0.5])

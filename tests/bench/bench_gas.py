@@ -1,6 +1,6 @@
 """`make bench-gas`: gas per item of the batch calls, as one JSON object on the last line.
 
-Starts its own anvil, deploys the contracts, measures (see `tests.bench.gas`: settlement,
+Starts its own anvil, deploys the contracts, measures (see `tests.support.gas`: settlement,
 refunds, and usage through `recordUsage`, own-price and on price lists) and prints the figures
 next to the goals. Run with `--update-snapshot` after a change
 that makes a figure cheaper, to lower the snapshot the test suite holds the contracts to.
@@ -13,7 +13,7 @@ import json
 import sys
 
 from keeper.anvil import running_anvil
-from tests.bench.gas import GOALS, SNAPSHOT_PATH, measure
+from tests.support.gas import GOALS, SNAPSHOT_PATH, measure
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -95,7 +95,8 @@ from keeper.outbox import AlreadyPlanned, IntentRequest, Outbox, Planned
 from keeper.planner import DueItem, PassReport, Planner, PlanSettings
 from keeper.usage import IntakeReport, UsageItem, UsageOracle
 from tests.bench.bench_index import DEFAULT_DSN, TimedConn, Timings, fresh_database
-from tests.bench.gas import DEV_KEY0, synthetic_address
+from tests.support.chain import DEV_KEY0
+from tests.support.gas import synthetic_address
 
 ROOT = Path(__file__).resolve().parents[2]
 GOAL_PASS_S = 1.0

@@ -44,8 +44,8 @@ from keeper.outbox import IntentRequest, Outbox, Planned
 from keeper.rpc import ChainClient
 from keeper.signers import Signer
 from keeper.txmanager import TxManager, TxSettings
-from tests.bench import gas
 from tests.bench.bench_index import DEFAULT_DSN, fresh_database
+from tests.support import gas
 
 FIRST_SIGNER = 5  # dev accounts 5.. sign; account 0 deploys and pays the streams
 SETTINGS = TxSettings(confirmations=2)

@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 from web3.contract import Contract
 
 from keeper.deploy import Deployment
-from tests.bench.gas import Env, setup, synthetic_address
+from tests.support.gas import Env, setup, synthetic_address
 
 RATE = 1_000  # base units per second
 DEPOSIT = 10**10  # lasts 10**7 s at RATE: never depletes during the benchmark

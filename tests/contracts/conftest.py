@@ -21,7 +21,7 @@ from web3.logs import DISCARD
 from keeper.accrual import pack_report, unpack_report
 from keeper.anvil import Anvil, rpc
 from keeper.deploy import Deployment, contract
-from tests.bench.gas import DEV_KEY0, deploy_contracts
+from tests.support.chain import DEV_KEY0, deploy_contracts
 
 FEE_BPS = 250
 TOKEN = 10**6  # one whole token of 6 decimals, in base units

@@ -12,7 +12,7 @@ from web3.logs import DISCARD
 from keeper.anvil import Anvil, rpc
 from keeper.deploy import contract
 from keeper.resources import CONTRACT_NAMES, load_artifact
-from tests.bench.gas import DEV_KEY0, deploy_contracts
+from tests.support.chain import DEV_KEY0, deploy_contracts
 
 EVM_VERSION = "shanghai"  # README, "Contracts": why this one
 # Opcodes of the forks after Shanghai, which a Shanghai EVM rejects as invalid.

@@ -10,7 +10,7 @@ import json
 from collections.abc import Callable
 
 from keeper.anvil import Anvil
-from tests.bench.gas import GOALS, SNAPSHOT_PATH, measure
+from tests.support.gas import GOALS, SNAPSHOT_PATH, measure
 
 
 def test_gas_per_item_does_not_rise(anvil_factory: Callable[..., Anvil]) -> None:

@@ -48,7 +48,7 @@ from keeper.deploy import Deployment, contract, deploy_all
 from keeper.ingest import Indexer, IngestSettings
 from keeper.rpc import ChainClient, RpcResponseError, RpcUnavailable
 from keeper.verify import price_terms
-from tests.bench.gas import DEV_KEY0
+from tests.support.chain import DEV_KEY0
 
 Row = tuple[Any, ...]
 Dump = dict[str, list[Row]]

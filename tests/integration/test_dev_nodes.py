@@ -13,8 +13,8 @@ import pytest
 from keeper.anvil import DEV_CHAIN_ID, rpc
 from keeper.deploy import deploy_all
 from keeper.keys import dev_key
-from tests.bench.gas import DEV_KEY0
 from tests.dev_nodes import DevNode, HardhatNode
+from tests.support.chain import DEV_KEY0
 
 
 def block(node: DevNode, tag: int | str) -> dict[str, Any]:

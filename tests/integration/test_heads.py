@@ -14,7 +14,7 @@ from keeper.deploy import deploy_all
 from keeper.heads import HeadWatcher
 from keeper.ingest import Indexer, IngestSettings
 from keeper.rpc import ChainClient
-from tests.bench.gas import DEV_KEY0
+from tests.support.chain import DEV_KEY0
 
 pytestmark = pytest.mark.anyio
 

@@ -28,8 +28,8 @@ from keeper.outbox import IntentRequest, Outbox, Planned
 from keeper.rpc import ChainClient
 from keeper.signers import Signer
 from keeper.txmanager import TxManager, TxSettings
-from tests.bench.gas import DEV_KEY0
 from tests.dev_nodes import NODE_KINDS, AnvilNode, DevNode, NodeKind, start_hardhat
+from tests.support.chain import DEV_KEY0
 
 #: Run the test once on anvil and once on Hardhat's node (it must use `env` only).
 on_both_nodes = pytest.mark.parametrize("node_kind", NODE_KINDS)

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from eth_account import Account
 from eth_utils import to_checksum_address
 from hexbytes import HexBytes
 from web3 import Web3
@@ -24,12 +23,9 @@ from web3.contract import Contract
 from web3.logs import DISCARD
 
 from keeper.accrual import pack_report
-from keeper.anvil import DEV_MNEMONIC, rpc
-from keeper.deploy import DEFAULT_FEE_BPS, Deployer, Deployment, contract
-
-# anvil's account 0 for DEV_MNEMONIC; a public, well-known development key.
-DEV_KEY0 = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80"
-assert DEV_MNEMONIC  # the key above belongs to this mnemonic
+from keeper.anvil import rpc
+from keeper.deploy import contract
+from tests.support.chain import DEV_KEY0, deploy_contracts
 
 SETTLE_SIZES = (1, 10, 100, 200)
 SNAPSHOT_PATH = Path(__file__).resolve().parents[2] / "gas-snapshot.json"
@@ -45,47 +41,6 @@ GOALS = {
 }
 RATE = 1_000  # base units per second
 DEPOSIT = 10**12
-
-
-def deploy_contracts(
-    url: str,
-    key: str = DEV_KEY0,
-    *,
-    oracle: str | None = None,
-    fee_recipient: str | None = None,
-    fee_bps: int = DEFAULT_FEE_BPS,
-    notice_period: int = 0,
-) -> Deployment:
-    """Deploy TestToken, StreamManager (with `notice_period`) and EscrowVault for the tests.
-
-    The tests choose the notice period themselves (0: closes and price decreases at once),
-    so they do not depend on the operator tool's default. The deployer is admin and pauser;
-    `oracle` (default: the deployer) gets ORACLE_ROLE.
-    """
-    w3 = Web3(Web3.HTTPProvider(url, request_kwargs={"timeout": 60}))
-    account = Account.from_key(key)
-    deployer = Deployer(w3, account)
-    admin = str(account.address)
-    oracle = to_checksum_address(oracle or admin)
-    fee_recipient = to_checksum_address(fee_recipient or admin)
-    first_block = int(w3.eth.block_number) + 1
-    token, _ = deployer.deploy("TestToken", "Test USD", "tUSD", admin)
-    manager, _ = deployer.deploy(
-        "StreamManager", token.address, admin, fee_recipient, fee_bps, notice_period
-    )
-    vault, _ = deployer.deploy("EscrowVault", token.address, admin)
-    deployer.call(manager.functions.grantRole(manager.functions.ORACLE_ROLE().call(), oracle))
-    return Deployment(
-        chain_id=int(w3.eth.chain_id),
-        deployment_block=first_block,
-        token=str(token.address),
-        stream_manager=str(manager.address),
-        escrow_vault=str(vault.address),
-        deployer=admin,
-        oracle=oracle,
-        fee_recipient=fee_recipient,
-        fee_bps=fee_bps,
-    )
 
 
 def synthetic_address(tag: int, i: int) -> str:
