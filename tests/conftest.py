@@ -10,7 +10,7 @@ Fixtures:
 - `anvil`: one anvil node for the session (`keeper.anvil.Anvil`).
 - `anvil_factory`: `(**start_anvil kwargs) -> Anvil`, nodes stopped at the end of the test.
 - `node_factory`: parametrized over anvil and Hardhat's node: `() -> DevNode` (see
-  `tests/dev_nodes.py`), nodes stopped at the end of the test.
+  `tests/support/dev_nodes.py`), nodes stopped at the end of the test.
 - `database_server_url`: URL of the PostgreSQL server (its maintenance database).
 - `template_database`: name of the migrated template database of this session.
 - `database_factory`: `(template=None) -> url` of a new database (empty, or a copy of
@@ -40,7 +40,7 @@ import structlog
 from keeper import db as keeper_db
 from keeper.anvil import Anvil, start_anvil
 from keeper.migrations import migrate
-from tests.dev_nodes import NODE_KINDS, AnvilNode, DevNode, start_hardhat
+from tests.support.dev_nodes import NODE_KINDS, AnvilNode, DevNode, start_hardhat
 
 T = TypeVar("T")
 

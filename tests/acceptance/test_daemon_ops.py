@@ -1,9 +1,9 @@
 """`keeper run` as systemd and a second host see it: notifications, SIGTERM, failover.
 
 Real processes throughout: anvil mining a block a second, PostgreSQL, and `keeper run`
-subprocesses with a fake `NOTIFY_SOCKET` (tests/notify_socket.py). The workload is a few dozen
-fast streams that fall due every planning pass, so the daemons always have transactions in
-flight when they are signalled or killed.
+subprocesses with a fake `NOTIFY_SOCKET` (tests/support/notify_socket.py). The workload is a
+few dozen fast streams that fall due every planning pass, so the daemons always have
+transactions in flight when they are signalled or killed.
 
 - READY=1 comes from the daemon's own PID once migrations ran and the first head was read;
   WATCHDOG=1 and STATUS= lines follow; SIGTERM gives STOPPING=1 and exit status 0.
@@ -31,13 +31,13 @@ import pytest
 from keeper.anvil import Anvil, rpc
 from keeper.deploy import Deployment, deploy_all
 from keeper.keys import dev_key
-from tests.acceptance.credentials import install_credentials
 from tests.acceptance.test_keeper_e2e import batch, send_in_order, tx
 from tests.acceptance.test_run_crash import Keeper, wait_until
 from tests.acceptance.test_tx_crash import Outboxes
-from tests.integration.rpc_proxy import RpcProxy
-from tests.notify_socket import NotifySocket
 from tests.support.chain import DEV_KEY0
+from tests.support.credentials import install_credentials
+from tests.support.notify_socket import NotifySocket
+from tests.support.rpc_proxy import RpcProxy
 
 SIGNER_KEYS = (5, 6)
 STREAMS = 24

@@ -1,7 +1,7 @@
 """The keeper's whole job, end to end: `keeper run` as a subprocess against a development node
 with 1 s blocks and a real PostgreSQL, with two signers, while the chain reorganises and the
 daemon is killed with SIGKILL twice. It runs once on anvil and once on Hardhat's node (EDR),
-through `tests.dev_nodes.DevNode`.
+through `tests.support.dev_nodes.DevNode`.
 
 The world (set up with automine, before the daemon starts):
 - The contracts are deployed without a notice period: the payer's closes below are immediate.
@@ -58,8 +58,9 @@ from keeper.keys import dev_key
 from keeper.usage import ORACLE_ROLE
 from tests.acceptance.test_run_crash import Keeper
 from tests.acceptance.test_tx_crash import Outboxes
-from tests.dev_nodes import DevNode
-from tests.integration.ingest_support import (
+from tests.support.chain import DEV_KEY0
+from tests.support.dev_nodes import DevNode
+from tests.support.ingest import (
     Target,
     assert_states_equal,
     calldata,
@@ -68,7 +69,6 @@ from tests.integration.ingest_support import (
     open_indexer,
     projection_state,
 )
-from tests.support.chain import DEV_KEY0
 
 SIGNER_KEYS = (5, 6)
 PAYEES = [(0x5000 + k).to_bytes(20, "big") for k in range(40)]

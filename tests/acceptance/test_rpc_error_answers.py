@@ -30,7 +30,7 @@ from tests.acceptance.test_daemon_ops import (
 )
 from tests.acceptance.test_run_crash import wait_until
 from tests.acceptance.test_tx_crash import Outboxes
-from tests.integration.rpc_proxy import RpcProxy
+from tests.support.rpc_proxy import RpcProxy
 
 # The reads `keeper run` makes, each answered with errors in turn, and the loops whose passes
 # they fail: eth_getBlockByNumber (the head) every loop, the others one loop each.

@@ -42,7 +42,7 @@ from keeper.anvil import Anvil, free_port
 from keeper.deploy import Deployment, deploy_all
 from keeper.keys import dev_key
 from tests.acceptance.test_cli import KEEPER
-from tests.integration.rpc_proxy import RpcProxy
+from tests.support.rpc_proxy import RpcProxy
 
 DB_PASSWORD = "CnryDbPass71"
 RPC_USER, RPC_PASSWORD = "CnryRpcUser72", "CnryRpcPass73"

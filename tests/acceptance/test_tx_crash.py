@@ -65,7 +65,7 @@ from keeper.deploy import Deployment, contract, deploy_all
 from keeper.keys import dev_key
 from keeper.outbox import IntentRequest, Outbox, Planned
 from tests.acceptance.test_run_crash import Keeper
-from tests.integration.rpc_proxy import Hold, RpcProxy
+from tests.support.rpc_proxy import Hold, RpcProxy
 
 SIGNER_KEYS = (5, 6)  # anvil dev accounts, funded
 BATCH = 6  # intents planned for each kill point

@@ -1,6 +1,6 @@
 """Fixtures shared by the integration tests of this directory."""
 
-from tests.integration.tx_support import anvil_args, env, node_kind
+from tests.support.tx import anvil_args, env, node_kind
 
 # The transaction-manager tests' chain + outbox + manager, and what it runs on.
 __all__ = ["anvil_args", "env", "node_kind"]

@@ -24,7 +24,6 @@ from keeper.ingest import IngestSettings
 from keeper.resources import read_sql
 from keeper.rpc import ChainClient
 from tests.acceptance.test_cli import keeper
-from tests.integration.ingest_support import Target, make_indexer
 from tests.integration.test_rpc_limits import (
     DevChain,
     deploy_chain,
@@ -33,6 +32,7 @@ from tests.integration.test_rpc_limits import (
     node_logs,
     write_config,
 )
+from tests.support.ingest import Target, make_indexer
 
 ANVIL_FINALITY = 64
 

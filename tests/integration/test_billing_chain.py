@@ -13,7 +13,7 @@ from keeper import db as keeper_db
 from keeper.anvil import Anvil
 from keeper.rpc import ChainClient
 from keeper.verify import verify
-from tests.integration.ingest_support import (
+from tests.support.ingest import (
     Driver,
     assert_states_equal,
     contract_state,

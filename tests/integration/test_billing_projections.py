@@ -26,7 +26,6 @@ from keeper.queries import load_queries
 from keeper.resources import Artifact, load_artifact
 from keeper.rpc import BlockHeader
 from keeper.store import Store
-from tests.integration.ingest_support import dump
 from tests.integration.test_ingest_copy import (
     ADDRESSES,
     CHAIN,
@@ -35,6 +34,7 @@ from tests.integration.test_ingest_copy import (
     busy_chain,
     usage_words,
 )
+from tests.support.ingest import dump
 
 pytestmark = pytest.mark.anyio
 

@@ -1,5 +1,5 @@
-"""`tests.dev_nodes`: both node kinds start the same dev chain and honour the `DevNode` calls the
-end-to-end tests rely on."""
+"""`tests.support.dev_nodes`: both node kinds start the same dev chain and honour the `DevNode`
+calls the end-to-end tests rely on."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import pytest
 from keeper.anvil import DEV_CHAIN_ID, rpc
 from keeper.deploy import deploy_all
 from keeper.keys import dev_key
-from tests.dev_nodes import DevNode, HardhatNode
 from tests.support.chain import DEV_KEY0
+from tests.support.dev_nodes import DevNode, HardhatNode
 
 
 def block(node: DevNode, tag: int | str) -> dict[str, Any]:

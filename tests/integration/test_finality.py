@@ -18,13 +18,13 @@ from structlog.testing import capture_logs
 from keeper.anvil import Anvil
 from keeper.ingest import IngestSettings
 from keeper.rpc import ChainClient, effective_finalized
-from tests.integration.ingest_support import (
+from tests.support.ingest import (
     Driver,
     index_until_caught_up,
     open_indexer,
     reorg_rows,
 )
-from tests.integration.rpc_proxy import RpcProxy
+from tests.support.rpc_proxy import RpcProxy
 
 pytestmark = pytest.mark.anyio
 

@@ -1,7 +1,7 @@
 """The indexer against a real anvil and a real PostgreSQL: backfill, follow, idempotence.
 
 Every test deploys the contracts on its own anvil node and drives random activity on them
-(`tests/integration/ingest_support.py`), then checks the index three ways: against a fresh
+(`tests/support/ingest.py`), then checks the index three ways: against a fresh
 index of the same chain, against the contracts' own state by eth_call, and against the
 contracts' logs (nothing missing, nothing twice). Reorgs are in `test_ingest_reorgs.py`.
 """
@@ -21,7 +21,7 @@ from keeper.anvil import Anvil
 from keeper.events import Decoder
 from keeper.ingest import ChainMismatch, FatalReorg, Indexer, IngestSettings
 from keeper.rpc import RpcUnavailable
-from tests.integration.ingest_support import (
+from tests.support.ingest import (
     ANVIL_FINALITY,
     PROJECTION_TABLES,
     STREAM_ACTIONS,

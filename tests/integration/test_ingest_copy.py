@@ -20,7 +20,7 @@ from keeper import db as keeper_db
 from keeper.events import RAW_TABLE, DecodedBatch, Decoder, EventSpec, MalformedLog
 from keeper.rpc import BlockHeader
 from keeper.store import Store
-from tests.integration.ingest_support import dump
+from tests.support.ingest import dump
 
 CHAIN = 31337
 MANAGER = "0x" + "11" * 20

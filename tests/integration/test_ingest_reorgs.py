@@ -29,7 +29,7 @@ from keeper import metrics
 from keeper.anvil import Anvil
 from keeper.ingest import FatalReorg, Indexer, IngestSettings
 from keeper.store import Cursor
-from tests.integration.ingest_support import (
+from tests.support.ingest import (
     ANVIL_FINALITY,
     Driver,
     FaultyClient,

@@ -17,9 +17,9 @@ from keeper.anvil import rpc
 from keeper.batches import encode_batch
 from keeper.deploy import contract, deploy_all
 from keeper.planner import Planner, PlanSettings
-from tests.integration.ingest_support import Target, index_until_caught_up, open_indexer
-from tests.integration.tx_support import Env
 from tests.support.chain import DEV_KEY0
+from tests.support.ingest import Target, index_until_caught_up, open_indexer
+from tests.support.tx import Env
 
 pytestmark = pytest.mark.anyio
 

@@ -38,7 +38,7 @@ from keeper.deploy import Deployment, contract, deploy_all
 from keeper.ingest import Indexer, IngestSettings
 from keeper.keys import dev_key
 from keeper.rpc import ChainClient, RpcUnavailable
-from tests.integration.rpc_proxy import GetLogsCall, LimitStyle, RpcProxy
+from tests.support.rpc_proxy import GetLogsCall, LimitStyle, RpcProxy
 
 pytestmark = pytest.mark.anyio
 

@@ -19,7 +19,7 @@ from structlog.testing import capture_logs
 from keeper import metrics
 from keeper.status import collect_status, render_status
 from keeper.txmanager import TxManager
-from tests.integration.tx_support import Env
+from tests.support.tx import Env
 
 pytestmark = pytest.mark.anyio
 

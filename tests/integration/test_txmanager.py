@@ -18,7 +18,7 @@ from keeper.outbox import IntentRequest, Outbox, Planned
 from keeper.send_errors import SendOutcome, classify_send_error
 from keeper.signers import Signer
 from keeper.txmanager import TxManager
-from tests.integration.tx_support import Env, on_both_nodes
+from tests.support.tx import Env, on_both_nodes
 
 pytestmark = pytest.mark.anyio
 

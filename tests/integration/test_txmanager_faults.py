@@ -24,9 +24,9 @@ from keeper.outbox import IntentRequest, Outbox, Planned
 from keeper.rpc import ChainClient, RpcError
 from keeper.send_errors import SendOutcome, classify_send_error
 from keeper.txmanager import TxManager, l1_fee, receipt_cost
-from tests.integration.ingest_support import Target, index_until_caught_up, open_indexer
-from tests.integration.rpc_proxy import RpcProxy
-from tests.integration.tx_support import Env, install_probe, on_both_nodes
+from tests.support.ingest import Target, index_until_caught_up, open_indexer
+from tests.support.rpc_proxy import RpcProxy
+from tests.support.tx import Env, install_probe, on_both_nodes
 
 pytestmark = pytest.mark.anyio
 

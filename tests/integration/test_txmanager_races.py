@@ -14,7 +14,7 @@ from structlog.testing import capture_logs
 
 from keeper.outbox import IntentRequest, Outbox, Planned
 from keeper.txmanager import TxManager, lane_lock_key
-from tests.integration.tx_support import Env
+from tests.support.tx import Env
 
 pytestmark = pytest.mark.anyio
 

@@ -17,9 +17,9 @@ from keeper.deploy import contract
 from keeper.outbox import IntentRequest, Outbox
 from keeper.planner import Planner, PlanSettings
 from keeper.usage import ORACLE_ROLE, UsageOracle, signers_without_oracle_role
-from tests.integration.ingest_support import Target, index_until_caught_up, open_indexer
 from tests.integration.test_planner import keeper_plan
-from tests.integration.tx_support import Env
+from tests.support.ingest import Target, index_until_caught_up, open_indexer
+from tests.support.tx import Env
 
 pytestmark = pytest.mark.anyio
 

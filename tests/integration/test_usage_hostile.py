@@ -23,7 +23,7 @@ from keeper.planner import Planner
 from keeper.usage import EARLIEST_OBSERVED_AT, OBSERVED_AT_SKEW, UsageOracle
 from keeper.usage_import import UsageImportError, UsageReader, import_usage, whole_number
 from tests.integration.test_usage import SETTINGS, index, world
-from tests.integration.tx_support import Env
+from tests.support.tx import Env
 
 pytestmark = pytest.mark.anyio
 

@@ -19,9 +19,9 @@ from eth_utils import keccak
 from keeper import db as keeper_db
 from keeper.anvil import Anvil, rpc, start_anvil
 from tests.acceptance.test_cli import keeper
-from tests.integration.ingest_support import Target, index_until_caught_up, open_indexer
-from tests.integration.rpc_proxy import RpcProxy
 from tests.integration.test_rpc_limits import DevChain, deploy_chain, make_activity, write_config
+from tests.support.ingest import Target, index_until_caught_up, open_indexer
+from tests.support.rpc_proxy import RpcProxy
 
 
 @pytest.fixture(scope="module")

@@ -19,8 +19,8 @@ from keeper.anvil import rpc
 from keeper.db import Conn
 from keeper.deploy import contract
 from keeper.planner import Planner, PlanSettings
-from tests.integration.ingest_support import Target, index_until_caught_up, open_indexer
-from tests.integration.tx_support import Env
+from tests.support.ingest import Target, index_until_caught_up, open_indexer
+from tests.support.tx import Env
 
 pytestmark = pytest.mark.anyio
 

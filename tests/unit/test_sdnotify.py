@@ -13,7 +13,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from keeper import sdnotify
-from tests.notify_socket import Notification, NotifySocket
+from tests.support.notify_socket import Notification, NotifySocket
 
 
 @pytest.fixture(autouse=True)

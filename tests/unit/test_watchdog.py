@@ -7,7 +7,7 @@ import pytest
 
 from keeper.daemon import Heartbeat, _watchdog
 from keeper.http import HealthState
-from tests.notify_socket import NotifySocket, notify_socket  # noqa: F401 - the fixture
+from tests.support.notify_socket import NotifySocket, notify_socket  # noqa: F401 - the fixture
 
 pytestmark = pytest.mark.anyio
 

@@ -1,7 +1,7 @@
 """Shared set-up of the transaction-manager tests: a deployed chain, two signers, a manager.
 
 `env` runs on anvil. A case a node answers in its own words runs on both development nodes
-(anvil and Hardhat's EDR, `tests.dev_nodes`) with `@on_both_nodes`, which parametrizes the
+(anvil and Hardhat's EDR, `tests.support.dev_nodes`) with `@on_both_nodes`, which parametrizes the
 `node_kind` fixture `env` is built on; such a test drives the node through `Env.node` (a
 `DevNode`) and `Env`'s helpers only, never through anvil-only RPC methods.
 """
@@ -28,8 +28,8 @@ from keeper.outbox import IntentRequest, Outbox, Planned
 from keeper.rpc import ChainClient
 from keeper.signers import Signer
 from keeper.txmanager import TxManager, TxSettings
-from tests.dev_nodes import NODE_KINDS, AnvilNode, DevNode, NodeKind, start_hardhat
 from tests.support.chain import DEV_KEY0
+from tests.support.dev_nodes import NODE_KINDS, AnvilNode, DevNode, NodeKind, start_hardhat
 
 #: Run the test once on anvil and once on Hardhat's node (it must use `env` only).
 on_both_nodes = pytest.mark.parametrize("node_kind", NODE_KINDS)
@@ -146,7 +146,7 @@ async def env(
         node.stop()
 
 
-PROBE_SOURCE = Path(__file__).parent / "fixtures" / "BatchProbe.sol"
+PROBE_SOURCE = Path(__file__).resolve().parents[1] / "integration" / "fixtures" / "BatchProbe.sol"
 PROBE_ADDRESS = "0x" + "b7" * 20
 
 _COMPILE = """

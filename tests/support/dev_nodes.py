@@ -162,7 +162,7 @@ class AnvilNode(_RpcMixin):
 
 
 HARDHAT_CONFIG = """\
-// Written by tests/dev_nodes.py for one test node.
+// Written by tests/support/dev_nodes.py for one test node.
 module.exports = {{
   networks: {{
     hardhat: {{
