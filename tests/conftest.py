@@ -42,6 +42,9 @@ from keeper.anvil import Anvil, start_anvil
 from keeper.migrations import migrate
 from tests.support.dev_nodes import NODE_KINDS, AnvilNode, DevNode, start_hardhat
 
+# Fixtures defined in support modules, available to every test.
+pytest_plugins = ("tests.support.world",)
+
 T = TypeVar("T")
 
 # Every keeper the tests start (in-process or as a subprocess, which inherits this) serves its

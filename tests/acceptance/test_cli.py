@@ -21,11 +21,7 @@ from keeper.anvil import Anvil, free_port, rpc
 from keeper.deploy import Deployment, contract
 from keeper.keys import dev_key
 from keeper.resources import load_artifact
-
-# The console script installed next to this interpreter; `python -m keeper` when the tests run
-# from an interpreter without it (then the entry point itself is tested by test_python_m).
-_SCRIPT = Path(sys.executable).with_name("keeper")
-KEEPER = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "keeper"]
+from tests.support.daemon import KEEPER, keeper
 
 COMMANDS = {
     "deploy": [
@@ -37,6 +33,7 @@ COMMANDS = {
         "--oracle",
         "--fee-recipient",
         "--fee-bps",
+        "--notice-period",
         "--token",
         "--out",
     ],
@@ -62,20 +59,6 @@ COMMANDS = {
         "--duration",
     ],
 }
-
-
-def keeper(
-    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None, timeout: float = 120
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*KEEPER, *args],
-        capture_output=True,
-        text=True,
-        env={**os.environ, **(env or {})},
-        cwd=cwd,
-        timeout=timeout,
-        check=False,
-    )
 
 
 def funded_key(node: Anvil) -> tuple[str, str]:

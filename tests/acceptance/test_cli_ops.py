@@ -25,8 +25,7 @@ from keeper.anvil import Anvil, rpc
 from keeper.config import load_config
 from keeper.deploy import Deployment, deploy_all
 from keeper.keys import dev_key
-from tests.acceptance.test_cli import keeper
-from tests.acceptance.test_run_crash import Db, Keeper, wait_until
+from tests.support.daemon import Db, Keeper, keeper, wait_until
 
 API_KEY = "k3y-0f-the-rpc"  # in the RPC URL's query string, as hosted RPCs put it
 DB_PASSWORD = "pw-0f-the-db"

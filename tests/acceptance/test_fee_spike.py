@@ -22,11 +22,10 @@ import pytest
 from keeper.anvil import Anvil, rpc
 from keeper.deploy import Deployment, deploy_all
 from keeper.keys import dev_key
-from tests.acceptance.test_daemon_ops import build_world, confirmed, events
-from tests.acceptance.test_run_crash import Keeper, wait_until
-from tests.acceptance.test_tx_crash import Outboxes
 from tests.support.chain import DEV_KEY0
 from tests.support.credentials import install_credentials
+from tests.support.daemon import Keeper, Outboxes, wait_until
+from tests.support.world import build_world, confirmed, events
 
 SIGNER = 5
 GWEI = 10**9

@@ -31,12 +31,9 @@ from keeper.anvil import Anvil, rpc
 from keeper.deploy import Deployment, deploy_all
 from keeper.keys import dev_key
 from keeper.usage import ORACLE_ROLE
-from tests.acceptance.test_keeper_e2e import batch, send_in_order, tx
-from tests.acceptance.test_run_crash import Keeper, wait_until
-from tests.acceptance.test_tx_crash import Outboxes
-from tests.support.chain import DEV_KEY0
+from tests.support.chain import DEV_KEY0, batch, calldata, send_in_order, tx
 from tests.support.credentials import install_credentials
-from tests.support.ingest import calldata
+from tests.support.daemon import Keeper, Outboxes, wait_until
 
 SIGNER = 5
 NOTICE = 600

@@ -41,10 +41,8 @@ At the end, with the daemon stopped and the index caught up:
 
 from __future__ import annotations
 
-import json
 import random
 import time
-import urllib.request
 from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -56,14 +54,12 @@ from keeper.anvil import rpc
 from keeper.deploy import Deployment, deploy_all
 from keeper.keys import dev_key
 from keeper.usage import ORACLE_ROLE
-from tests.acceptance.test_run_crash import Keeper
-from tests.acceptance.test_tx_crash import Outboxes
-from tests.support.chain import DEV_KEY0
+from tests.support.chain import DEV_KEY0, batch, send_in_order, tx
+from tests.support.daemon import Keeper, Outboxes
 from tests.support.dev_nodes import DevNode
 from tests.support.ingest import (
     Target,
     assert_states_equal,
-    calldata,
     contract_state,
     index_until_caught_up,
     open_indexer,
@@ -119,42 +115,6 @@ def own_price(sid: int) -> int:
 
 
 # --------------------------------------------------------------------------- JSON-RPC
-
-
-def batch(url: str, calls: Sequence[tuple[str, list[Any]]]) -> list[Any]:
-    """JSON-RPC calls in batches of 500, answers in call order; raise on any error."""
-    out: list[Any] = []
-    for start in range(0, len(calls), 500):
-        body = [
-            {"jsonrpc": "2.0", "id": i, "method": m, "params": p}
-            for i, (m, p) in enumerate(calls[start : start + 500])
-        ]
-        req = urllib.request.Request(  # noqa: S310 - our own local node
-            url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
-        )
-        with urllib.request.urlopen(req, timeout=120) as resp:  # noqa: S310
-            replies = sorted(json.loads(resp.read()), key=lambda r: r["id"])
-        for reply in replies:
-            if "error" in reply:
-                raise AssertionError(f"JSON-RPC error: {reply['error']}")
-            out.append(reply["result"])
-    return out
-
-
-def tx(sender: str, to: str, signature: str, *args: int | bytes) -> tuple[str, list[Any]]:
-    return (
-        "eth_sendTransaction",
-        [{"from": sender, "to": to, "data": calldata(signature, list(args)), "gas": hex(300_000)}],
-    )
-
-
-def send_in_order(url: str, sender: str, calls: list[tuple[str, list[Any]]]) -> list[Any]:
-    """Send `calls` (all from `sender`) with explicit consecutive nonces: a batch of
-    eth_sendTransaction is not guaranteed to take nonces in order."""
-    first = int(str(rpc(url, "eth_getTransactionCount", [sender, "pending"])), 16)
-    for i, (_, params) in enumerate(calls):
-        params[0]["nonce"] = hex(first + i)
-    return batch(url, calls)
 
 
 class ChainView:

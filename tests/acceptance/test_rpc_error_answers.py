@@ -19,18 +19,16 @@ from pathlib import Path
 
 from keeper.anvil import Anvil, rpc
 from keeper.deploy import Deployment
-from tests.acceptance.test_daemon_ops import (
+from tests.support.daemon import Outboxes, wait_until
+from tests.support.rpc_proxy import RpcProxy
+from tests.support.world import (
     assert_exactly_once,
     confirmed,
     events,
     get,
     health_url,
     keeper_in,
-    world,  # noqa: F401 - a fixture, used below
 )
-from tests.acceptance.test_run_crash import wait_until
-from tests.acceptance.test_tx_crash import Outboxes
-from tests.support.rpc_proxy import RpcProxy
 
 # The reads `keeper run` makes, each answered with errors in turn, and the loops whose passes
 # they fail: eth_getBlockByNumber (the head) every loop, the others one loop each.
@@ -61,7 +59,7 @@ def _caught_up(outbox: Outboxes, node: Anvil) -> Callable[[], bool]:
 
 
 def test_error_answers_to_reads_are_waited_out(
-    world: tuple[Anvil, Deployment],  # noqa: F811 - the fixture imported above
+    world: tuple[Anvil, Deployment],
     database_url: str,
     tmp_path: Path,
 ) -> None:
@@ -108,7 +106,7 @@ def test_error_answers_to_reads_are_waited_out(
 
 
 def test_a_start_while_the_provider_answers_errors_waits_for_it(
-    world: tuple[Anvil, Deployment],  # noqa: F811 - the fixture imported above
+    world: tuple[Anvil, Deployment],
     database_url: str,
     tmp_path: Path,
 ) -> None:

@@ -41,7 +41,7 @@ from keeper import db as keeper_db
 from keeper.anvil import Anvil, free_port
 from keeper.deploy import Deployment, deploy_all
 from keeper.keys import dev_key
-from tests.acceptance.test_cli import KEEPER
+from tests.support.daemon import KEEPER
 from tests.support.rpc_proxy import RpcProxy
 
 DB_PASSWORD = "CnryDbPass71"

@@ -42,7 +42,6 @@ is left unsent; no pass failed.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 import urllib.request
@@ -52,19 +51,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import pytest
 from eth_account import Account
 from eth_account.typed_transactions.typed_transaction import TypedTransaction
 from hexbytes import HexBytes
 from web3 import Web3
 
-from keeper import db as keeper_db
 from keeper.anvil import Anvil, rpc
 from keeper.deploy import Deployment, contract, deploy_all
 from keeper.keys import dev_key
-from keeper.outbox import IntentRequest, Outbox, Planned
-from tests.acceptance.test_run_crash import Keeper
+from keeper.outbox import IntentRequest
+from tests.support.daemon import Keeper, Outboxes
 from tests.support.rpc_proxy import Hold, RpcProxy
 
 SIGNER_KEYS = (5, 6)  # anvil dev accounts, funded
@@ -77,54 +74,6 @@ PURGE_AFTER = 10  # blocks; a bumped transaction is mined well before
 
 
 # --------------------------------------------------------------------------- the outbox
-
-
-class Outboxes:
-    """A synchronous window on the keeper's database (its own event loop and connection)."""
-
-    def __init__(self, url: str) -> None:
-        self._runner = asyncio.Runner()
-        self._conn: asyncpg.Connection = self._runner.run(keeper_db.connect(url))
-
-    def close(self) -> None:
-        self._runner.run(self._conn.close())
-        self._runner.close()
-
-    def fetch(self, query: str, *args: Any) -> list[asyncpg.Record]:
-        rows: list[asyncpg.Record] = self._runner.run(self._conn.fetch(query, *args))
-        return rows
-
-    def plan(self, chain_id: int, requests: Sequence[IntentRequest]) -> list[int]:
-        """Plan `requests` in one transaction (the keeper sees all of them or none)."""
-
-        async def plan_all() -> list[int]:
-            outbox = Outbox(chain_id)
-            ids = []
-            async with self._conn.transaction():
-                for req in requests:
-                    planned = await outbox.plan(self._conn, req)
-                    assert isinstance(planned, Planned)
-                    ids.append(planned.intent_id)
-            return ids
-
-        result: list[int] = self._runner.run(plan_all())
-        return result
-
-    def intent_states(self, ids: Sequence[int] | None) -> Counter[str]:
-        """States of the intents `ids` (None: of every intent)."""
-        rows = self.fetch(
-            "SELECT state FROM intents WHERE $1::bigint[] IS NULL OR id = ANY($1::bigint[])",
-            None if ids is None else list(ids),
-        )
-        return Counter(r["state"] for r in rows)
-
-    def attempts(self, ids: Sequence[int] | None = None) -> list[asyncpg.Record]:
-        """Attempts (of the intents `ids`, or all), oldest first."""
-        return self.fetch(
-            "SELECT id, intent_id, state, tx_hash, broadcast_block FROM attempts "
-            "WHERE $1::bigint[] IS NULL OR intent_id = ANY($1::bigint[]) ORDER BY id",
-            None if ids is None else list(ids),
-        )
 
 
 # --------------------------------------------------------------------------- the chain

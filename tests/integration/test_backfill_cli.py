@@ -23,8 +23,7 @@ from keeper.events import Decoder
 from keeper.ingest import IngestSettings
 from keeper.resources import read_sql
 from keeper.rpc import ChainClient
-from tests.acceptance.test_cli import keeper
-from tests.integration.test_rpc_limits import (
+from tests.support.activity import (
     DevChain,
     deploy_chain,
     indexed_logs,
@@ -32,6 +31,7 @@ from tests.integration.test_rpc_limits import (
     node_logs,
     write_config,
 )
+from tests.support.daemon import keeper
 from tests.support.ingest import Target, make_indexer
 
 ANVIL_FINALITY = 64

@@ -21,6 +21,7 @@ from keeper.anvil import Anvil
 from keeper.events import Decoder
 from keeper.ingest import ChainMismatch, FatalReorg, Indexer, IngestSettings
 from keeper.rpc import RpcUnavailable
+from tests.support.chain import calldata
 from tests.support.ingest import (
     ANVIL_FINALITY,
     PROJECTION_TABLES,
@@ -31,7 +32,6 @@ from tests.support.ingest import (
     Target,
     Tx,
     accrued_of,
-    calldata,
     contract_state,
     dump,
     event_tables,

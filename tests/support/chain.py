@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import functools
+import json
+import urllib.request
+from collections.abc import Sequence
+from typing import Any
+
 from eth_account import Account
-from eth_utils import to_checksum_address
+from eth_utils import keccak, to_checksum_address
 from web3 import Web3
 
-from keeper.anvil import DEV_MNEMONIC
+from keeper.anvil import DEV_MNEMONIC, rpc
 from keeper.deploy import DEFAULT_FEE_BPS, Deployer, Deployment
 
 # anvil's account 0 for DEV_MNEMONIC; a public, well-known development key.
@@ -54,3 +60,53 @@ def deploy_contracts(
         fee_bps=fee_bps,
         notice_period=notice_period,
     )
+
+
+def batch(url: str, calls: Sequence[tuple[str, list[Any]]]) -> list[Any]:
+    """JSON-RPC calls in batches of 500, answers in call order; raise on any error."""
+    out: list[Any] = []
+    for start in range(0, len(calls), 500):
+        body = [
+            {"jsonrpc": "2.0", "id": i, "method": m, "params": p}
+            for i, (m, p) in enumerate(calls[start : start + 500])
+        ]
+        req = urllib.request.Request(  # noqa: S310 - our own local node
+            url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(req, timeout=120) as resp:  # noqa: S310
+            replies = sorted(json.loads(resp.read()), key=lambda r: r["id"])
+        for reply in replies:
+            if "error" in reply:
+                raise AssertionError(f"JSON-RPC error: {reply['error']}")
+            out.append(reply["result"])
+    return out
+
+
+def tx(sender: str, to: str, signature: str, *args: int | bytes) -> tuple[str, list[Any]]:
+    return (
+        "eth_sendTransaction",
+        [{"from": sender, "to": to, "data": calldata(signature, list(args)), "gas": hex(300_000)}],
+    )
+
+
+def send_in_order(url: str, sender: str, calls: list[tuple[str, list[Any]]]) -> list[Any]:
+    """Send `calls` (all from `sender`) with explicit consecutive nonces: a batch of
+    eth_sendTransaction is not guaranteed to take nonces in order."""
+    first = int(str(rpc(url, "eth_getTransactionCount", [sender, "pending"])), 16)
+    for i, (_, params) in enumerate(calls):
+        params[0]["nonce"] = hex(first + i)
+    return batch(url, calls)
+
+
+@functools.cache
+def _selector(signature: str) -> str:
+    return "0x" + keccak(text=signature)[:4].hex()
+
+
+def calldata(signature: str, args: Sequence[int | bytes]) -> str:
+    """ABI call data of `signature` (e.g. "getStream(uint256)") with static arguments only:
+    uint256 values or raw 20-byte addresses. Much faster than web3's encoder in bulk."""
+    words = "".join(
+        (a.rjust(32, b"\0") if isinstance(a, bytes) else a.to_bytes(32, "big")).hex() for a in args
+    )
+    return _selector(signature) + words

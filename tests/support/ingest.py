@@ -27,7 +27,6 @@
 from __future__ import annotations
 
 import contextvars
-import functools
 import random
 import re
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
@@ -48,7 +47,7 @@ from keeper.deploy import Deployment, contract, deploy_all
 from keeper.ingest import Indexer, IngestSettings
 from keeper.rpc import ChainClient, RpcResponseError, RpcUnavailable
 from keeper.verify import price_terms
-from tests.support.chain import DEV_KEY0
+from tests.support.chain import DEV_KEY0, calldata
 
 Row = tuple[Any, ...]
 Dump = dict[str, list[Row]]
@@ -727,20 +726,6 @@ def _accrued(s: StreamState, now: int) -> int:
     if s.status != "open" or now <= s.settled_at:
         return 0
     return min(s.balance, s.rate * (now - s.settled_at))
-
-
-@functools.cache
-def _selector(signature: str) -> str:
-    return "0x" + keccak(text=signature)[:4].hex()
-
-
-def calldata(signature: str, args: Sequence[int | bytes]) -> str:
-    """ABI call data of `signature` (e.g. "getStream(uint256)") with static arguments only:
-    uint256 values or raw 20-byte addresses. Much faster than web3's encoder in bulk."""
-    words = "".join(
-        (a.rjust(32, b"\0") if isinstance(a, bytes) else a.to_bytes(32, "big")).hex() for a in args
-    )
-    return _selector(signature) + words
 
 
 def _view_call(
