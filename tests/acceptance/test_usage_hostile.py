@@ -20,10 +20,10 @@ from keeper.anvil import Anvil, rpc
 from keeper.deploy import Deployment, deploy_all
 from keeper.keys import dev_key
 from keeper.usage import ORACLE_ROLE
-from tests.integration.test_usage_hostile import GOOD, every_column_hostile, insert
 from tests.support.chain import DEV_KEY0, batch, send_in_order, tx
 from tests.support.credentials import install_credentials
 from tests.support.daemon import Keeper, Outboxes, wait_until
+from tests.support.usage import GOOD, every_column_hostile, insert
 
 SIGNER = 5
 

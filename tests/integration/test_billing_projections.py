@@ -26,7 +26,8 @@ from keeper.queries import load_queries
 from keeper.resources import Artifact, load_artifact
 from keeper.rpc import BlockHeader
 from keeper.store import Store
-from tests.integration.test_ingest_copy import (
+from tests.support.ingest import dump
+from tests.support.synthetic import (
     ADDRESSES,
     CHAIN,
     FIRST_BLOCK,
@@ -34,7 +35,6 @@ from tests.integration.test_ingest_copy import (
     busy_chain,
     usage_words,
 )
-from tests.support.ingest import dump
 
 pytestmark = pytest.mark.anyio
 

@@ -11,7 +11,7 @@ import asyncpg
 import pytest
 
 from keeper.status import collect_status, render_status
-from tests.integration.test_views import CHAIN, PAYEE, PAYER, T0, put_cursor, put_fee
+from tests.support.views import CHAIN, PAYEE, PAYER, T0, put_cursor, put_fee
 
 pytestmark = pytest.mark.anyio
 

@@ -19,9 +19,9 @@ from keeper.http import HealthState
 from keeper.leader import identity, leader_lock_key
 from keeper.rpc import ChainClient
 from keeper.status import AmbiguousChain, NoChain, collect_status, render_status
+from tests.support.http import Reply, exchange, parse_reply, request, serving
 from tests.support.ingest import Target, index_until_caught_up, open_indexer
 from tests.support.tx import Env
-from tests.unit.test_http import Reply, exchange, parse_reply, request, serving
 
 pytestmark = pytest.mark.anyio
 

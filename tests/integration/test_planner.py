@@ -5,8 +5,6 @@ transaction manager."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +18,7 @@ from keeper.planner import Planner, PlanSettings
 from tests.support.chain import DEV_KEY0
 from tests.support.ingest import Target, index_until_caught_up, open_indexer
 from tests.support.tx import Env
+from tests.support.usage import keeper_plan
 
 pytestmark = pytest.mark.anyio
 
@@ -186,27 +185,6 @@ async def test_batches_are_cut_by_gas_and_held_above_the_base_fee_ceiling(
         ("settle", [2]),
         ("refund", [1]),
     ]
-
-
-def keeper_plan(env: Env, database_url: str, tmp_path: Path, *extra: str) -> str:
-    deployment_file = tmp_path / "deployment.json"
-    env.deployment.write(deployment_file)
-    config = tmp_path / "keeper.toml"
-    config.write_text(
-        f'[chain]\nrpc_url = "{env.node.url}"\ndeployment_file = "deployment.json"\n'
-        f'[database]\nurl = "{database_url}"\n'
-        "[plan]\nsettle_min_amount = 100000\nsettle_max_interval = 3600\n"
-        "settle_horizon = 600\n"
-    )
-    done = subprocess.run(
-        [sys.executable, "-m", "keeper", "plan", "--config", str(config), *extra],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    return done.stdout
 
 
 async def test_keeper_plan_is_a_dry_run_with_reasons_and_simulated_gas(

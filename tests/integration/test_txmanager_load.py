@@ -20,7 +20,7 @@ from keeper.keys import dev_key
 from keeper.rpc import ChainClient
 from keeper.signers import Signer
 from keeper.txmanager import TickReport, TxManager, TxSettings
-from tests.bench.bench_tx import open_streams, plan_settles, settled_ids
+from tests.support.settle_load import open_streams, plan_settles, settled_ids
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 

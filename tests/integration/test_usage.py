@@ -9,63 +9,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from eth_utils import to_checksum_address
 
 from keeper.anvil import rpc
 from keeper.batches import encode_batch
-from keeper.deploy import contract
 from keeper.outbox import IntentRequest, Outbox
 from keeper.planner import Planner, PlanSettings
 from keeper.usage import ORACLE_ROLE, UsageOracle, signers_without_oracle_role
-from tests.integration.test_planner import keeper_plan
-from tests.support.ingest import Target, index_until_caught_up, open_indexer
 from tests.support.tx import Env
+from tests.support.usage import SETTINGS, index, keeper_plan, send, statuses, world
 
 pytestmark = pytest.mark.anyio
-
-PAYEE_A = to_checksum_address("0x" + "a1" * 20)
-PAYEE_B = to_checksum_address("0x" + "b2" * 20)
-# Settling stays out of the way: nothing here is ever due for settlement.
-SETTINGS = PlanSettings(
-    settle_min_amount=10**30, settle_max_interval=10**9, settle_horizon=0, backoff_seconds=60
-)
-
-
-def send(fn: Any, sender: str) -> Any:
-    params: Any = {"from": sender}
-    return fn.transact(params)
-
-
-def world(env: Env, *, grant: bool = True) -> Any:
-    """Stream 1 (payee B, price 3, large balance), stream 2 (payee A, price 1000, balance
-    5000), stream 3 (closed). The signers hold ORACLE_ROLE unless `grant` is false."""
-    w3, d = env.w3, env.deployment
-    admin = d.deployer
-    token = contract(w3, "TestToken", d.token)
-    manager = contract(w3, "StreamManager", d.stream_manager)
-    send(token.functions.mint(admin, 10**15), admin)
-    send(token.functions.approve(d.stream_manager, 2**256 - 1), admin)
-    send(manager.functions.openStream(PAYEE_B, 0, 10**12), admin)  # 1
-    send(manager.functions.openStream(PAYEE_A, 0, 5_000), admin)  # 2
-    send(manager.functions.openStream(PAYEE_A, 0, 10**6), admin)  # 3
-    send(manager.functions.setUsagePrice(1, 3), admin)
-    send(manager.functions.setUsagePrice(2, 1_000), admin)
-    send(manager.functions.closeStream(3), admin)
-    if grant:
-        for s in env.signers:
-            send(manager.functions.grantRole(ORACLE_ROLE, s.address), admin)
-    return manager
-
-
-async def index(env: Env, database_url: str) -> None:
-    d = env.deployment
-    target = Target(
-        chain_id=d.chain_id,
-        addresses={"StreamManager": d.stream_manager, "EscrowVault": d.escrow_vault},
-        start_block=d.deployment_block,
-    )
-    async with open_indexer(env.node.url, database_url, target) as indexer:
-        await index_until_caught_up(indexer)
 
 
 def planner(env: Env) -> Planner:
@@ -99,25 +52,6 @@ async def run_until_idle(env: Env, database_url: str, p: Planner, passes: int = 
         await env.manager.tick()
     async with env.pool.acquire() as conn:
         await p.plan_pass(conn)
-
-
-async def statuses(env: Env) -> dict[str, tuple[Any, ...]]:
-    async with env.pool.acquire() as conn:
-        rows = await conn.fetch(
-            "SELECT producer_key, status, seq, charged, shortfall, reason FROM keeper.usage "
-            "ORDER BY inbox_id DESC"
-        )
-    # The first row of each producer key (a later duplicate does not hide it).
-    return {
-        r["producer_key"]: (
-            r["status"],
-            None if r["seq"] is None else int(r["seq"]),
-            None if r["charged"] is None else int(r["charged"]),
-            None if r["shortfall"] is None else int(r["shortfall"]),
-            r["reason"],
-        )
-        for r in rows
-    }
 
 
 async def test_intake_numbers_good_rows_and_keeps_bad_ones_with_reasons(

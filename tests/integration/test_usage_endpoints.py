@@ -15,10 +15,10 @@ from keeper.anvil import rpc
 from keeper.deploy import Deployment, contract, deploy_all
 from keeper.planner import Planner
 from keeper.usage import ORACLE_ROLE
-from tests.integration.test_usage import SETTINGS, send, statuses
 from tests.support.chain import DEV_KEY0
 from tests.support.ingest import Target, index_until_caught_up, open_indexer
 from tests.support.tx import Env
+from tests.support.usage import SETTINGS, send, statuses
 
 pytestmark = pytest.mark.anyio
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import io
 import json
-import uuid
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -22,22 +21,24 @@ from keeper.db import Conn
 from keeper.planner import Planner
 from keeper.usage import EARLIEST_OBSERVED_AT, OBSERVED_AT_SKEW, UsageOracle
 from keeper.usage_import import UsageImportError, UsageReader, import_usage, whole_number
-from tests.integration.test_usage import SETTINGS, index, world
 from tests.support.tx import Env
+from tests.support.usage import (
+    COLUMNS,
+    GOOD,
+    HOSTILE,
+    HOSTILE_RECEIVED,
+    SETTINGS,
+    UNIQUE,
+    every_column_hostile,
+    index,
+    insert,
+    world,
+)
 
 pytestmark = pytest.mark.anyio
 
 OTHER_CHAIN = 999_999
 HOUR = timedelta(hours=1)
-COLUMNS = ("stream_id", "units", "producer_key", "label", "observed_at", "endpoint")
-GOOD = {
-    "stream_id": "1",
-    "units": "5",
-    "producer_key": None,
-    "label": None,
-    "observed_at": None,
-    "endpoint": None,
-}
 
 # Every reason a row can be rejected with, at intake or on import.
 REASONS = {
@@ -60,76 +61,6 @@ REASONS = {
     "malformed_line",
 }
 
-# Values a producer might write into any text column, and what the issue lists.
-HOSTILE = [
-    "",
-    " ",
-    "\t\r\n\v\f",
-    "\u00a0",
-    "\u3000",
-    "0",
-    "-0",
-    "+0",
-    "5",
-    "0005",
-    "+5",
-    " 5 ",
-    "5\n",
-    "0" * 94 + "5",
-    "0" * 5_000 + "5",
-    "9" * 95,
-    "9" * 5_000,
-    "-" + "9" * 5_000,
-    str(2**64),
-    str(2**256),
-    str(2**256 - 1),
-    "1_000",
-    "1e3",
-    "1.5",
-    "0x10",
-    "\uff15",  # FULLWIDTH DIGIT FIVE
-    "\u0665",  # ARABIC-INDIC DIGIT FIVE
-    "\u00b2",
-    "infinity",
-    "-infinity",
-    "Infinity",
-    "NaN",
-    "nan",
-    "null",
-    "true",
-    "0001-01-01T00:00:00+05:00",
-    "9999-12-31T23:59:59.999999-05:00",
-    "0001-01-01T00:00:00Z",
-    "9999-12-31T23:59:59.999999Z",
-    "0000-01-01T00:00:00Z",
-    "20000-01-01T00:00:00Z",
-    "294277-01-01 00:00:00+00",
-    "4713-01-01 00:00:00+00 BC",
-    "2026-02-30T00:00:00Z",
-    "2026-11-21T10:00:00",
-    "2026-11-21T10:00:00+24:00",
-    "-1",
-    "-62135596801",
-    "253402300800",
-    "99999999999999999999",
-    "1700000000.123456789",
-    "\U0001f600",
-    "\ud7ff\ue000\uffff",
-    "\U0010ffff",
-    "'; DROP TABLE usage_inbox; --",
-    "x" * 201,
-    "x" * 100_000,
-]
-HOSTILE_RECEIVED = [
-    "infinity",
-    "-infinity",
-    "294276-12-31 23:59:59.999999+00",
-    "4713-01-01 00:00:00+00 BC",
-    "0001-01-01 00:00:00+00",
-    "1900-01-01 00:00:00+00",
-    "9999-12-31 23:59:59.999999+00",
-    "10000-01-01 00:00:00+00",
-]
 
 # Text PostgreSQL can store (no NUL, no lone surrogates), biased towards the grammar's edges.
 _TEXT = st.text(st.characters(codec="utf-8", exclude_characters="\x00"), max_size=30)
@@ -156,9 +87,6 @@ def _times(draw: st.DrawFn) -> str:
 VALUES = st.one_of(
     st.none(), _TEXT, _NEAR, st.sampled_from(HOSTILE), _numbers(), _times(), st.just("1")
 )
-# A producer key the test makes unique when it inserts the row (hypothesis draws the same
-# keys in many examples, and each example's rows stay in the database).
-UNIQUE = "<unique>"
 
 # Fields that are often fine, so that rows are accepted too and the pass numbers and plans them.
 LIKELY = {
@@ -198,27 +126,6 @@ def planner(env: Env) -> Planner:
     )
 
 
-async def insert(conn: Conn, rows: list[dict[str, Any]]) -> list[int]:
-    """Insert rows as a producer may: any text in the text columns, received_at as text."""
-    ids = []
-    for row in rows:
-        if row.get("producer_key") == UNIQUE:
-            row = {**row, "producer_key": uuid.uuid4().hex}
-        ids.append(
-            await conn.fetchval(
-                "INSERT INTO usage_inbox (chain_id, stream_id, units, producer_key, label, "
-                "observed_at, endpoint, source, received_at) "
-                "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, COALESCE($9::text::timestamptz, now())) "
-                "RETURNING id",
-                row.get("chain_id"),
-                *(row.get(c) for c in COLUMNS),
-                row.get("source"),
-                row.get("received_at"),
-            )
-        )
-    return ids
-
-
 async def assert_every_row_judged(conn: Conn, ids: list[int], chain: int) -> None:
     rows = await conn.fetch(
         # received_at only of accepted rows: a hostile one may be beyond what Python holds.
@@ -253,22 +160,6 @@ async def chain(env: Env, database_url: str) -> Env:
     async with env.pool.acquire() as conn:
         await planner(env).store_settings(conn)
     return env
-
-
-def every_column_hostile(chain_id: int | None, *, received_at: bool = True) -> list[dict[str, Any]]:
-    """Each hostile value in each column of an otherwise good row, then in all of them, then
-    (unless `received_at` is false) each hostile received_at."""
-    rows: list[dict[str, Any]] = []
-    for column in COLUMNS:
-        for i, value in enumerate(HOSTILE):
-            rows.append({**GOOD, "producer_key": f"{column}-{i}", column: value})
-    rows += [dict.fromkeys(COLUMNS, value) for value in HOSTILE]
-    if received_at:
-        rows += [
-            {**GOOD, "producer_key": f"received-{i}", "received_at": value}
-            for i, value in enumerate(HOSTILE_RECEIVED)
-        ]
-    return [{**row, "chain_id": chain_id} for row in rows]
 
 
 async def test_every_hostile_value_in_every_column_gets_a_verdict_in_one_pass(

@@ -14,7 +14,7 @@ import pytest
 
 import keeper.daemon  # noqa: F401 - registers the daemon's metrics, as in the real process
 from keeper.http import HealthState
-from tests.unit.test_http import request, serving
+from tests.support.http import request, serving
 
 pytestmark = pytest.mark.anyio
 
