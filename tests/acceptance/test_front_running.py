@@ -20,7 +20,6 @@ stream's report is urgent and is recorded before `closeAt`.
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -31,7 +30,7 @@ from keeper.anvil import Anvil, rpc
 from keeper.deploy import Deployment, deploy_all
 from keeper.keys import dev_key
 from keeper.usage import ORACLE_ROLE
-from tests.support.chain import DEV_KEY0, batch, calldata, send_in_order, tx
+from tests.support.chain import DEV_KEY0, calldata, send_and_mine, tx
 from tests.support.credentials import install_credentials
 from tests.support.daemon import Keeper, Outboxes, wait_until
 
@@ -192,14 +191,7 @@ def build_world(node: Anvil, d: Deployment) -> None:
         payee = (0x7200 + sid).to_bytes(20, "big")
         calls.append(tx(admin, m, "openStream(address,uint256,uint256)", payee, 0, 10**12))
         calls.append(tx(admin, m, "setUsagePrice(uint256,uint256)", sid, PRICE))
-    hashes = send_in_order(node.url, admin, calls)
-    deadline = time.monotonic() + 30
-    while True:  # automine takes a batch of sends one block at a time, after answering
-        receipts = batch(node.url, [("eth_getTransactionReceipt", [h]) for h in hashes])
-        if all(r is not None for r in receipts) or time.monotonic() > deadline:
-            break
-        time.sleep(0.1)
-    assert all(r is not None and r["status"] == "0x1" for r in receipts), receipts
+    send_and_mine(node.url, admin, calls)
 
 
 def write_config(path: Path, node: Anvil, d: Deployment, database_url: str) -> Path:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import time
 import urllib.request
 from collections.abc import Sequence
 from typing import Any
@@ -96,6 +97,22 @@ def send_in_order(url: str, sender: str, calls: list[tuple[str, list[Any]]]) -> 
     for i, (_, params) in enumerate(calls):
         params[0]["nonce"] = hex(first + i)
     return batch(url, calls)
+
+
+def send_and_mine(
+    url: str, sender: str, calls: list[tuple[str, list[Any]]], timeout: float = 30.0
+) -> list[Any]:
+    """`send_in_order`, then wait for every receipt and require each to have succeeded (automine
+    takes a batch of sends one block at a time, after answering them)."""
+    hashes = send_in_order(url, sender, calls)
+    deadline = time.monotonic() + timeout
+    while True:
+        receipts = batch(url, [("eth_getTransactionReceipt", [h]) for h in hashes])
+        if all(r is not None for r in receipts) or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert all(r is not None and r["status"] == "0x1" for r in receipts), receipts
+    return receipts
 
 
 @functools.cache

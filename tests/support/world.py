@@ -4,7 +4,6 @@ configuration for it, and what the tests read back (health, confirmed intents, e
 from __future__ import annotations
 
 import json
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -16,7 +15,7 @@ import pytest
 from keeper.anvil import Anvil, rpc
 from keeper.deploy import Deployment, deploy_all
 from keeper.keys import dev_key
-from tests.support.chain import DEV_KEY0, batch, send_in_order, tx
+from tests.support.chain import DEV_KEY0, send_and_mine, tx
 from tests.support.credentials import install_credentials
 from tests.support.daemon import Keeper, Outboxes, wait_until
 
@@ -37,14 +36,7 @@ def build_world(node: Anvil, d: Deployment) -> None:
     for sid in range(1, STREAMS + 1):
         payee = (0x7000 + sid).to_bytes(20, "big")
         calls.append(tx(admin, m, "openStream(address,uint256,uint256)", payee, 5_000, 10**12))
-    hashes = send_in_order(node.url, admin, calls)
-    deadline = time.monotonic() + 30
-    while True:  # automine takes a batch of sends one block at a time, after answering
-        receipts = batch(node.url, [("eth_getTransactionReceipt", [h]) for h in hashes])
-        if all(r is not None for r in receipts) or time.monotonic() > deadline:
-            break
-        time.sleep(0.1)
-    assert all(r is not None and r["status"] == "0x1" for r in receipts), receipts
+    send_and_mine(node.url, admin, calls)
 
 
 @pytest.fixture
