@@ -43,12 +43,12 @@ from keeper.urls import (
 if TYPE_CHECKING:
     # Imported where used: reading a configuration (`keeper config show`, and any command's
     # refusal of a bad file) then takes a fraction of a second instead of loading web3.
-    from keeper.deploy import Deployment
-    from keeper.ingest import IngestSettings
-    from keeper.planner import PlanSettings
-    from keeper.rpc import ChainClient
-    from keeper.signers import KeySource
-    from keeper.txmanager import TxSettings
+    from keeper.chain.deployment import Deployment
+    from keeper.chain.rpc import ChainClient
+    from keeper.chain.signers import KeySource
+    from keeper.ingest.indexer import IngestSettings
+    from keeper.plan.planner import PlanSettings
+    from keeper.tx.manager import TxSettings
 
 
 class ConfigError(KeeperError):
@@ -103,7 +103,7 @@ class ChainConfig(_Section):
 
     def client(self) -> ChainClient:
         """A JSON-RPC client for `rpc_url` with this section's timeout and retries."""
-        from keeper.rpc import ChainClient
+        from keeper.chain.rpc import ChainClient
 
         return ChainClient(
             self.rpc_url.get_secret_value(), timeout=self.rpc_timeout, attempts=self.rpc_attempts
@@ -127,7 +127,7 @@ class DatabaseConfig(_Section):
 
 
 class IngestConfig(_Section):
-    """`[ingest]`: backfill and follow tuning (see keeper.ingest.IngestSettings)."""
+    """`[ingest]`: backfill and follow tuning (see keeper.ingest.indexer.IngestSettings)."""
 
     poll_interval: float = Field(1.0, gt=0, description="Seconds between head polls.")
     finality_depth: int = Field(
@@ -155,7 +155,7 @@ class IngestConfig(_Section):
 
     def settings(self) -> IngestSettings:
         """The ingest tuning as the indexer takes it."""
-        from keeper.ingest import IngestSettings
+        from keeper.ingest.indexer import IngestSettings
 
         return IngestSettings(**self.model_dump())
 
@@ -186,8 +186,8 @@ class SignerConfig(_Section):
         return self
 
     def source(self) -> KeySource:
-        """The key source for keeper.signers."""
-        from keeper.signers import KeySource
+        """The key source for keeper.chain.signers."""
+        from keeper.chain.signers import KeySource
 
         return KeySource(
             keystore=self.keystore, password_file=self.password_file, credential=self.credential
@@ -217,8 +217,8 @@ class TxConfig(_Section):
     )
 
     def settings(self) -> TxSettings:
-        """The tuning as keeper.txmanager takes it."""
-        from keeper.txmanager import TxSettings
+        """The tuning as keeper.tx.manager takes it."""
+        from keeper.tx.manager import TxSettings
 
         return TxSettings(
             confirmations=self.confirmations,
@@ -271,8 +271,8 @@ class PlanConfig(_Section):
     )
 
     def settings(self) -> PlanSettings:
-        """The tuning as keeper.planner takes it."""
-        from keeper.planner import PlanSettings
+        """The tuning as keeper.plan.planner takes it."""
+        from keeper.plan.planner import PlanSettings
 
         return PlanSettings(
             settle_min_amount=self.settle_min_amount,
@@ -360,7 +360,7 @@ class KeeperConfig(BaseSettings):
         Raises `ConfigError` naming `chain.deployment_file` (unreadable, malformed, a bad
         address) or `chain.chain_id` (the file is for another chain).
         """
-        from keeper.deploy import Deployment, DeploymentFileError
+        from keeper.chain.deployment import Deployment, DeploymentFileError
 
         path = self.chain.deployment_file
         try:

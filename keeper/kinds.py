@@ -3,11 +3,11 @@
 A batch kind is one permissionless (or oracle) call over many items: the planners cut its batches
 by `gas_per_item`, the transaction manager encodes, splits and checks them per item, and the
 contract skips an item it cannot apply with a reason code. Every fact about a kind lives in its
-record here; the modules that handle batches (`keeper.batches`, the outbox, the transaction
+record here; the modules that handle batches (`keeper.plan.batches`, the outbox, the transaction
 manager, the health port) read them from `BATCH_KINDS` and `INTENT_KINDS`, so adding a kind
 touches this file (and the planner that produces it).
 
-The skip codes are the contracts' SKIP_* constants; `keeper.accrual` names the same codes for
+The skip codes are the contracts' SKIP_* constants; `keeper.plan.accrual` names the same codes for
 the model of StreamManager, and a unit test holds the two equal.
 """
 
@@ -26,7 +26,7 @@ class BatchKind:
 
     name: str
     signature: str  # the function, e.g. settleStreams(uint256[])
-    gas_per_item: int  # the worst case per item (see keeper.batches.gas_floor)
+    gas_per_item: int  # the worst case per item (see keeper.plan.batches.gas_floor)
     skip_reasons: Mapping[int, str]  # the contract's reason codes for a skipped item
     effects_query: str  # the named query (sql/outbox.sql) that finds each item's effect
 

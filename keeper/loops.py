@@ -24,12 +24,12 @@ import structlog
 from prometheus_client import Counter
 
 from keeper import metrics
+from keeper.chain.rpc import RpcUnavailable
 from keeper.db import DatabaseUnavailable
-from keeper.rpc import RpcUnavailable
 
 log = structlog.get_logger(__name__)
 
-# The loops, the usage part of the planning pass, which fails on its own (keeper.planner), and
+# The loops, the usage part of the planning pass, which fails on its own (keeper.plan.planner), and
 # the start-up's chain checks, which wait for the RPC like the loops do.
 LOOPS = ("sync", "plan", "tx", "usage", "start")
 LOOP_FAILURES = Counter(

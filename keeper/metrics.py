@@ -1,7 +1,7 @@
 """Prometheus metrics of the keeper (one registry, bounded label sets).
 
 Names follow the house convention: `keeper_<thing>_total` counters, `_seconds` histograms,
-`_timestamp` gauges. The health port (keeper.http) serves `REGISTRY`; the gauges marked
+`_timestamp` gauges. The health port (keeper.service.health) serves `REGISTRY`; the gauges marked
 "from the database" are refreshed by it at each scrape (at most once a second).
 """
 

@@ -10,7 +10,7 @@ that repeats the request path, in an exception from a library, in a traceback.
 It is applied to everything the keeper writes: structlog's rendered lines (`keeper.logs`),
 the CLI's error paragraph, stdout and stderr as a whole while a command runs
 (`scrubbed_output`), tracebacks of a crash and of a dying thread (`install_hooks`), stdlib
-`logging`, and the health port's responses (`keeper.http`).
+`logging`, and the health port's responses (`keeper.service.health`).
 
 What gets registered:
 - the database password (as written and percent-decoded; a malformed URL's every possible
@@ -228,7 +228,7 @@ def register_key(text: str) -> None:
 
 def register_file(path: Path, *, key: bool = False) -> None:
     """Register the content of a password file (without its line break, as
-    `keeper.keys.load_keystore` reads it), or of a hex key file when `key`. Files that cannot
+    `keeper.chain.keys.load_keystore` reads it), or of a hex key file when `key`. Files that cannot
     be read are skipped: loading the keys reports them."""
     try:
         text = path.read_text(encoding="utf-8")

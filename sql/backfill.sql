@@ -1,4 +1,4 @@
--- Queries of `keeper backfill` (keeper/backfill.py).
+-- Queries of `keeper backfill` (keeper/ingest/backfill.py).
 
 -- name: event_counts
 -- Events stored per event table in blocks [$2, $3] of chain $1, to compare with the logs the

@@ -1,4 +1,4 @@
--- Queries of `keeper demo` (keeper/demo_run.py): its workload's usage rows and the activity
+-- Queries of `keeper demo` (keeper/dev/demo_run.py): its workload's usage rows and the activity
 -- line it prints every few seconds. The demo reads tables, not only views, because it
 -- reports on blocks and transactions between two of its lines.
 

@@ -1,4 +1,4 @@
--- Named queries of the indexer (keeper.store). $1 is always the chain id.
+-- Named queries of the indexer (keeper.ingest.store). $1 is always the chain id.
 --
 -- Projections are recomputed per entity from the events (each event carries the post-state
 -- it leaves, so "current state" is "the latest event of each kind"): the same statements
@@ -482,7 +482,7 @@ SELECT payee, endpoint FROM endpoint_price_set WHERE chain_id = $1 AND block_num
 
 -- name: merge_streams
 -- The fast path of ingest: apply the post-state the new events carry (one row per stream,
--- folded in log order by keeper.store) without reading history. NULL means "not changed by
+-- folded in log order by keeper.ingest.store) without reading history. NULL means "not changed by
 -- these events". New streams (opened in these events) are inserted; refresh_streams, the full
 -- recompute, is what a rollback uses, and the reorg tests hold the two equal. Prices are not
 -- merged: a stream with a UsagePriceSet among the events is recomputed by refresh_streams

@@ -1,8 +1,8 @@
--- Leader election (keeper/leader.py). The lock is session-level: it lives as long as the
+-- Leader election (keeper/service/leader.py). The lock is session-level: it lives as long as the
 -- connection that took it, so a leader that dies or loses its session frees it.
 
 -- name: try_lock
--- $1 = keeper.leader.leader_lock_key(chain_id). True when this session now holds the lock.
+-- $1 = keeper.service.leader.leader_lock_key(chain_id). True when this session now holds the lock.
 SELECT pg_try_advisory_lock($1);
 
 -- name: lock_held

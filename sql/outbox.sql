@@ -1,4 +1,4 @@
--- Named queries of the transaction manager's outbox (keeper.outbox). $1 is the chain id.
+-- Named queries of the transaction manager's outbox (keeper.db.outbox). $1 is the chain id.
 
 -- name: insert_intent
 -- ON CONFLICT DO NOTHING: an existing key means "already planned" (no row returned).

@@ -1,4 +1,4 @@
--- Named queries of the planners (keeper.planner). $1 is the chain id.
+-- Named queries of the planners (keeper.plan.planner). $1 is the chain id.
 
 -- name: upsert_settings
 INSERT INTO planner_settings (chain_id, settle_min_amount, settle_max_interval, settle_horizon,

@@ -1,8 +1,8 @@
--- Named queries, loaded by keeper.queries: each block starts with `-- name: <query_name>`,
+-- Named queries, loaded by keeper.db.queries: each block starts with `-- name: <query_name>`,
 -- and the comment lines right under it say what the query is for.
 
 -- name: create_migrations_table
--- Bookkeeping for keeper.migrations; run under the migration lock, so IF NOT EXISTS never races.
+-- Bookkeeping for keeper.db.migrations; run under the migration lock, so IF NOT EXISTS never races.
 CREATE TABLE IF NOT EXISTS keeper_migrations (
     name       text PRIMARY KEY,
     sha256     text NOT NULL,
@@ -10,7 +10,7 @@ CREATE TABLE IF NOT EXISTS keeper_migrations (
 );
 
 -- name: acquire_migration_lock
--- Session-level advisory lock ($1 = keeper.migrations.MIGRATION_LOCK_KEY); waits for holders.
+-- Session-level advisory lock ($1 = keeper.db.migrations.MIGRATION_LOCK_KEY); waits for holders.
 SELECT pg_advisory_lock($1);
 
 -- name: release_migration_lock

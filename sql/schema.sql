@@ -2,7 +2,7 @@
 -- has been applied, written out as plain DDL.
 --
 -- tests/integration/test_migrations.py builds one database from this file and one with
--- `keeper.migrations.migrate()` and requires their catalogs to be identical, so a change to
+-- `keeper.db.migrations.migrate()` and requires their catalogs to be identical, so a change to
 -- the schema goes into both places: a new migration file and this file.
 -- The bookkeeping table `keeper_migrations` is created by migrate() itself, not declared here.
 
@@ -238,7 +238,7 @@ CREATE TABLE usage_price_set (
 CREATE INDEX usage_price_set_stream_id_idx ON usage_price_set (chain_id, stream_id, block_number, log_index);
 
 -- StreamManager.UsageRecorded(uint256,uint256,uint256): three packed words, unpacked by the
--- decoder (keeper.events); shortfall = units x price - charged.
+-- decoder (keeper.ingest.events); shortfall = units x price - charged.
 CREATE TABLE usage_recorded (
     chain_id     bigint NOT NULL,
     block_number bigint NOT NULL,
@@ -534,7 +534,7 @@ $$;
 -- and with the planners. A view row is `final` when the block that last changed it is at or
 -- below the finalized block; otherwise it is `pending` and a reorg may still change it.
 --
--- The functions restate keeper/accrual.py in integer arithmetic on numeric (the tests hold the
+-- The functions restate keeper/plan/accrual.py in integer arithmetic on numeric (the tests hold the
 -- two equal). They are plain SQL expressions, IMMUTABLE and not STRICT, so the planner inlines
 -- them into the views; NULL inputs still give NULL (never a made-up 0) because every branch
 -- avoids LEAST/GREATEST, which skip NULLs.

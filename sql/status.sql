@@ -1,5 +1,5 @@
 -- Named queries of `keeper status`, /status, /readyz and the gauges /metrics reads from the
--- database (keeper.status, keeper.http). Only SELECTs: the health port changes nothing.
+-- database (keeper.status, keeper.service.health). Only SELECTs: the health port changes nothing.
 -- The queries of `keeper status` read the operator views only; those of /metrics (which runs
 -- in the daemon, as the keeper's own role) may read tables where a view would be too slow.
 -- $1 is the chain id unless said otherwise.

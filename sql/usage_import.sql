@@ -1,4 +1,4 @@
--- Named queries of `keeper usage import` (keeper.usage_import).
+-- Named queries of `keeper usage import` (keeper.ops.usage_import).
 
 -- name: transaction_time
 -- now() is the transaction's start: the received_at of every row this import writes. Lines

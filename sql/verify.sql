@@ -1,4 +1,4 @@
--- Queries of `keeper verify` (keeper/verify.py): the projections of one chain, read in one
+-- Queries of `keeper verify` (keeper/ops/verify.py): the projections of one chain, read in one
 -- REPEATABLE READ transaction so that they and the cursor describe one indexed block.
 
 -- name: cursor

@@ -7,7 +7,7 @@ session. The schema is migrated once into a template database; every test that a
 
 Fixtures:
 - `anyio_backend`: "asyncio", so `@pytest.mark.anyio` tests and async fixtures run on asyncio.
-- `anvil`: one anvil node for the session (`keeper.anvil.Anvil`).
+- `anvil`: one anvil node for the session (`keeper.dev.anvil.Anvil`).
 - `anvil_factory`: `(**start_anvil kwargs) -> Anvil`, nodes stopped at the end of the test.
 - `node_factory`: parametrized over anvil and Hardhat's node: `() -> DevNode` (see
   `tests/support/dev_nodes.py`), nodes stopped at the end of the test.
@@ -38,8 +38,8 @@ import pytest
 import structlog
 
 from keeper import db as keeper_db
-from keeper.anvil import Anvil, start_anvil
-from keeper.migrations import migrate
+from keeper.db.migrations import migrate
+from keeper.dev.anvil import Anvil, start_anvil
 from tests.support.dev_nodes import NODE_KINDS, AnvilNode, DevNode, start_hardhat
 
 # Fixtures defined in support modules, available to every test.

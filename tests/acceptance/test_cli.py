@@ -17,9 +17,8 @@ import pytest
 from eth_account import Account
 from web3 import Web3
 
-from keeper.anvil import Anvil, free_port, rpc
-from keeper.deploy import Deployment, contract
-from keeper.keys import dev_key
+from keeper.chain.deployment import Deployment, contract
+from keeper.dev.anvil import Anvil, dev_key, free_port, rpc
 from keeper.resources import load_artifact
 from tests.support.daemon import KEEPER, keeper
 

@@ -21,10 +21,9 @@ import pytest
 from eth_account import Account
 from eth_utils import to_checksum_address
 
-from keeper.anvil import Anvil, rpc
+from keeper.chain.deployment import Deployment, deploy_all
 from keeper.config import load_config
-from keeper.deploy import Deployment, deploy_all
-from keeper.keys import dev_key
+from keeper.dev.anvil import Anvil, dev_key, rpc
 from tests.support.daemon import Db, Keeper, keeper, wait_until
 
 API_KEY = "k3y-0f-the-rpc"  # in the RPC URL's query string, as hosted RPCs put it

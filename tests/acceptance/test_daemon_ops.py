@@ -21,8 +21,8 @@ import signal
 import time
 from pathlib import Path
 
-from keeper.anvil import Anvil
-from keeper.deploy import Deployment
+from keeper.chain.deployment import Deployment
+from keeper.dev.anvil import Anvil
 from tests.support.daemon import Outboxes, wait_until
 from tests.support.notify_socket import NotifySocket
 from tests.support.rpc_proxy import RpcProxy

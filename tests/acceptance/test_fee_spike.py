@@ -19,9 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from keeper.anvil import Anvil, rpc
-from keeper.deploy import Deployment, deploy_all
-from keeper.keys import dev_key
+from keeper.chain.deployment import Deployment, deploy_all
+from keeper.dev.anvil import Anvil, dev_key, rpc
 from tests.support.chain import DEV_KEY0
 from tests.support.credentials import install_credentials
 from tests.support.daemon import Keeper, Outboxes, wait_until

@@ -50,10 +50,9 @@ from typing import Any, cast
 
 import pytest
 
-from keeper.anvil import rpc
-from keeper.deploy import Deployment, deploy_all
-from keeper.keys import dev_key
-from keeper.usage import ORACLE_ROLE
+from keeper.chain.deployment import Deployment, deploy_all
+from keeper.dev.anvil import dev_key, rpc
+from keeper.plan.usage import ORACLE_ROLE
 from tests.support.chain import DEV_KEY0, batch, send_in_order, tx
 from tests.support.daemon import Keeper, Outboxes
 from tests.support.dev_nodes import DevNode

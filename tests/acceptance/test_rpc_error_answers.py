@@ -17,8 +17,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from keeper.anvil import Anvil, rpc
-from keeper.deploy import Deployment
+from keeper.chain.deployment import Deployment
+from keeper.dev.anvil import Anvil, rpc
 from tests.support.daemon import Outboxes, wait_until
 from tests.support.rpc_proxy import RpcProxy
 from tests.support.world import (

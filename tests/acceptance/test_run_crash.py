@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from keeper.anvil import Anvil, rpc, start_anvil
+from keeper.dev.anvil import Anvil, rpc, start_anvil
 from tests.support.activity import (
     DevChain,
     deploy_chain,

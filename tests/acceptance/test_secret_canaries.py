@@ -38,9 +38,8 @@ import pytest
 from eth_account import Account
 
 from keeper import db as keeper_db
-from keeper.anvil import Anvil, free_port
-from keeper.deploy import Deployment, deploy_all
-from keeper.keys import dev_key
+from keeper.chain.deployment import Deployment, deploy_all
+from keeper.dev.anvil import Anvil, dev_key, free_port
 from tests.support.daemon import KEEPER
 from tests.support.rpc_proxy import RpcProxy
 

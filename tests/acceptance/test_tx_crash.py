@@ -57,10 +57,9 @@ from eth_account.typed_transactions.typed_transaction import TypedTransaction
 from hexbytes import HexBytes
 from web3 import Web3
 
-from keeper.anvil import Anvil, rpc
-from keeper.deploy import Deployment, contract, deploy_all
-from keeper.keys import dev_key
-from keeper.outbox import IntentRequest
+from keeper.chain.deployment import Deployment, contract, deploy_all
+from keeper.db.outbox import IntentRequest
+from keeper.dev.anvil import Anvil, dev_key, rpc
 from tests.support.daemon import Keeper, Outboxes
 from tests.support.rpc_proxy import Hold, RpcProxy
 

@@ -15,10 +15,9 @@ from typing import Any
 
 import pytest
 
-from keeper.anvil import Anvil, rpc
-from keeper.deploy import Deployment, deploy_all
-from keeper.keys import dev_key
-from keeper.usage import ORACLE_ROLE
+from keeper.chain.deployment import Deployment, deploy_all
+from keeper.dev.anvil import Anvil, dev_key, rpc
+from keeper.plan.usage import ORACLE_ROLE
 from tests.support.chain import DEV_KEY0, send_and_mine, tx
 from tests.support.credentials import install_credentials
 from tests.support.daemon import Keeper, Outboxes, wait_until

@@ -12,7 +12,7 @@ import argparse
 import json
 import sys
 
-from keeper.anvil import running_anvil
+from keeper.dev.anvil import running_anvil
 from tests.support.gas import GOALS, SNAPSHOT_PATH, measure
 
 

@@ -48,13 +48,13 @@ import anyio
 import asyncpg
 
 from keeper import db
-from keeper.anvil import Anvil, rpc, running_anvil
-from keeper.events import DecodedBatch, Decoder
-from keeper.ingest import Indexer, IngestSettings
+from keeper.chain.rpc import BlockHeader, ChainClient
+from keeper.db.migrations import migrate
+from keeper.dev.anvil import Anvil, rpc, running_anvil
+from keeper.ingest.events import DecodedBatch, Decoder
+from keeper.ingest.indexer import Indexer, IngestSettings
+from keeper.ingest.store import Store
 from keeper.logs import configure as configure_logs
-from keeper.migrations import migrate
-from keeper.rpc import BlockHeader, ChainClient
-from keeper.store import Store
 from tests.bench.index_workload import Workload, generate
 
 DEFAULT_DSN = "postgresql://postgres@127.0.0.1:5432/test"

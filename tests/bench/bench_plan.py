@@ -33,7 +33,7 @@ is set and the local server does not answer, an embedded pgserver is started):
    query, means per pass. `--explain` prints EXPLAIN (ANALYZE, BUFFERS) of the pass's big
    queries to stderr (in a transaction that is rolled back).
 2. **RSS**: `rss_planner_mb` is the peak RSS (ru_maxrss) of a child process that imports the
-   whole daemon (`keeper.daemon`), builds its pool and Planner as `keeper.daemon` does and
+   whole daemon (`keeper.service.daemon`), builds its pool and Planner as the daemon does and
    runs two passes over the same 100k/1M database. The real daemon is not pointed at that
    database: its rows are synthetic, and the indexer would find that no chain matches them.
    `rss_daemon_mb` is VmHWM of the real `keeper run` of part 3 (start, migrations, backfill of
@@ -85,15 +85,14 @@ from eth_abi.abi import encode as abi_encode
 from eth_utils import keccak
 
 from keeper import db
-from keeper.anvil import DEV_CHAIN_ID, rpc, running_anvil
+from keeper.chain.deployment import Deployment, deploy_all
 from keeper.db import Conn
-from keeper.deploy import Deployment, deploy_all
-from keeper.keys import dev_key
+from keeper.db.migrations import migrate
+from keeper.db.outbox import AlreadyPlanned, IntentRequest, Outbox, Planned
+from keeper.dev.anvil import DEV_CHAIN_ID, dev_key, rpc, running_anvil
 from keeper.logs import configure as configure_logs
-from keeper.migrations import migrate
-from keeper.outbox import AlreadyPlanned, IntentRequest, Outbox, Planned
-from keeper.planner import DueItem, PassReport, Planner, PlanSettings
-from keeper.usage import IntakeReport, UsageItem, UsageOracle
+from keeper.plan.planner import DueItem, PassReport, Planner, PlanSettings
+from keeper.plan.usage import IntakeReport, UsageItem, UsageOracle
 from tests.bench.bench_index import DEFAULT_DSN, TimedConn, Timings, fresh_database
 from tests.support.chain import DEV_KEY0
 from tests.support.gas import synthetic_address
@@ -434,7 +433,7 @@ SYNTH_VAULT = "0x" + "e5" * 20
 
 
 def build_planner(chain_id: int, cls: type[Planner] = Planner) -> Planner:
-    """The Planner as keeper.daemon builds it with the default `[plan]` section."""
+    """The Planner as keeper.service.daemon builds it with the default `[plan]` section."""
     from keeper.config import PlanConfig
 
     return cls(
@@ -733,7 +732,7 @@ async def explain(dsn: str) -> dict[str, float]:
 def rss_child(dsn: str, passes: int) -> int:
     """`--rss-child DSN`: the daemon's imports, pool and Planner, `passes` passes (rolled back);
     prints {"rss_mb", "passes_s"} and exits."""
-    import keeper.daemon  # noqa: F401 - the daemon's whole import footprint
+    import keeper.service.daemon  # noqa: F401 - the daemon's whole import footprint
     from keeper.config import DatabaseConfig
 
     async def go() -> list[float]:

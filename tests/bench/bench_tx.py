@@ -34,12 +34,11 @@ import anyio
 from eth_utils import to_checksum_address
 
 from keeper import db, metrics
-from keeper.anvil import rpc, running_anvil
-from keeper.keys import dev_key
+from keeper.chain.rpc import ChainClient
+from keeper.chain.signers import Signer
+from keeper.dev.anvil import dev_key, rpc, running_anvil
 from keeper.logs import configure as configure_logs
-from keeper.rpc import ChainClient
-from keeper.signers import Signer
-from keeper.txmanager import TxManager, TxSettings
+from keeper.tx.manager import TxManager, TxSettings
 from tests.bench.bench_index import DEFAULT_DSN, fresh_database
 from tests.support.settle_load import (
     open_streams,

@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 
 from web3.contract import Contract
 
-from keeper.deploy import Deployment
+from keeper.chain.deployment import Deployment
 from tests.support.gas import Env, setup, synthetic_address
 
 RATE = 1_000  # base units per second

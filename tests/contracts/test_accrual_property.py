@@ -1,4 +1,4 @@
-"""Property test: keeper.accrual and StreamManager agree on random stream histories.
+"""Property test: keeper.plan.accrual and StreamManager agree on random stream histories.
 
 Hypothesis draws a stream (rate, deposit, usage price) and a sequence of actions with time gaps
 between them (top-ups, rate changes, usage charges, batch and single settlements); each action
@@ -13,8 +13,8 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from keeper import accrual
-from keeper.anvil import Anvil
+from keeper.dev.anvil import Anvil
+from keeper.plan import accrual
 from tests.contracts.conftest import FEE_BPS, Chain
 
 rates = st.one_of(st.just(0), st.integers(1, 50), st.integers(1, 10**9))

@@ -40,9 +40,9 @@ from hypothesis.stateful import (
 )
 from web3 import Web3
 
-from keeper import accrual
-from keeper.accrual import SettleSkip, Stream, StreamStatus, UsageSkip
-from keeper.anvil import Anvil, rpc
+from keeper.dev.anvil import Anvil, rpc
+from keeper.plan import accrual
+from keeper.plan.accrual import SettleSkip, Stream, StreamStatus, UsageSkip
 from tests.contracts.conftest import FEE_BPS, Chain, decode_recorded, make_chain, name_word
 from tests.contracts.fastrpc import Call, FastRpc
 

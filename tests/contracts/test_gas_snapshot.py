@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 
-from keeper.anvil import Anvil
+from keeper.dev.anvil import Anvil
 from tests.support.gas import GOALS, SNAPSHOT_PATH, measure
 
 

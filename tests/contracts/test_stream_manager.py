@@ -5,8 +5,8 @@ from __future__ import annotations
 from eth_utils import keccak
 from hexbytes import HexBytes
 
-from keeper import accrual
-from keeper.accrual import SettleSkip, UsageSkip, pack_report
+from keeper.plan import accrual
+from keeper.plan.accrual import SettleSkip, UsageSkip, pack_report
 from tests.contracts.conftest import FEE_BPS, TOKEN, Chain, name_word
 
 ORACLE_ROLE = keccak(text="ORACLE_ROLE")
@@ -516,7 +516,7 @@ def test_roles_after_deployment(chain: Chain) -> None:
 
 
 def test_python_model_predicts_a_whole_scenario(chain: Chain) -> None:
-    """The keeper.accrual transitions applied step by step give the contract's state."""
+    """The keeper.plan.accrual transitions applied step by step give the contract's state."""
     sid, receipt = chain.open(rate=13, deposit=50_000)
     t0 = chain.block_time(receipt)
     model = accrual.Stream(balance=50_000, rate=13, settled_at=t0)

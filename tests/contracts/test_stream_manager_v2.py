@@ -9,9 +9,9 @@ from hexbytes import HexBytes
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from keeper import accrual
-from keeper.accrual import SettleSkip, StreamStatus, UsageSkip, pack_report
-from keeper.anvil import rpc
+from keeper.dev.anvil import rpc
+from keeper.plan import accrual
+from keeper.plan.accrual import SettleSkip, StreamStatus, UsageSkip, pack_report
 from tests.contracts.conftest import (
     FEE_BPS,
     NOTICE,

@@ -17,12 +17,12 @@ import asyncpg
 import pytest
 
 from keeper import db as keeper_db
-from keeper.anvil import start_anvil
-from keeper.backfill import BackfillError, backfill_range
-from keeper.events import Decoder
-from keeper.ingest import IngestSettings
+from keeper.chain.rpc import ChainClient
+from keeper.dev.anvil import start_anvil
+from keeper.ingest.backfill import BackfillError, backfill_range
+from keeper.ingest.events import Decoder
+from keeper.ingest.indexer import IngestSettings
 from keeper.resources import read_sql
-from keeper.rpc import ChainClient
 from tests.support.activity import (
     DevChain,
     deploy_chain,

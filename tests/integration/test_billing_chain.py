@@ -10,9 +10,9 @@ from collections.abc import Callable
 import pytest
 
 from keeper import db as keeper_db
-from keeper.anvil import Anvil
-from keeper.rpc import ChainClient
-from keeper.verify import verify
+from keeper.chain.rpc import ChainClient
+from keeper.dev.anvil import Anvil
+from keeper.ops.verify import verify
 from tests.support.ingest import (
     Driver,
     assert_states_equal,

@@ -20,12 +20,12 @@ from typing import Any
 import pytest
 
 from keeper import db as keeper_db
-from keeper import events
-from keeper.events import Decoder, UnknownEventShape, unpack_usage_recorded
-from keeper.queries import load_queries
+from keeper.chain.rpc import BlockHeader
+from keeper.db.queries import load_queries
+from keeper.ingest import events
+from keeper.ingest.events import Decoder, UnknownEventShape, unpack_usage_recorded
+from keeper.ingest.store import Store
 from keeper.resources import Artifact, load_artifact
-from keeper.rpc import BlockHeader
-from keeper.store import Store
 from tests.support.ingest import dump
 from tests.support.synthetic import (
     ADDRESSES,

@@ -10,7 +10,7 @@ from datetime import date
 import asyncpg
 import pytest
 
-from keeper.status import collect_status, render_status
+from keeper.service.status import collect_status, render_status
 from tests.support.views import CHAIN, PAYEE, PAYER, T0, put_cursor, put_fee
 
 pytestmark = pytest.mark.anyio

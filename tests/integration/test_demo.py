@@ -24,8 +24,9 @@ import asyncpg
 import pytest
 from web3 import Web3
 
-from keeper.anvil import Anvil, free_port
-from keeper.demo import (
+from keeper.chain.deployment import DEFAULT_NOTICE_PERIOD, Deployment, contract
+from keeper.dev.anvil import Anvil, dev_key, free_port
+from keeper.dev.demo import (
     ENDPOINTS,
     ESCROWS,
     LIST_PAYEE,
@@ -39,9 +40,7 @@ from keeper.demo import (
     start_embedded_postgres,
     usage_recorded,
 )
-from keeper.demo_run import Activity, LiveStream, activity_text, usage_rows
-from keeper.deploy import DEFAULT_NOTICE_PERIOD, Deployment, contract
-from keeper.keys import dev_key
+from keeper.dev.demo_run import Activity, LiveStream, activity_text, usage_rows
 
 _SCRIPT = Path(sys.executable).with_name("keeper")
 KEEPER = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "keeper"]

@@ -11,8 +11,7 @@ import pytest
 from eth_account import Account
 from web3 import Web3
 
-from keeper.anvil import Anvil, free_port
-from keeper.deploy import (
+from keeper.chain.deployment import (
     DEFAULT_NOTICE_PERIOD,
     DeployError,
     Deployment,
@@ -20,7 +19,7 @@ from keeper.deploy import (
     contract,
     deploy_all,
 )
-from keeper.keys import dev_key
+from keeper.dev.anvil import Anvil, dev_key, free_port
 from keeper.resources import load_artifact
 
 ADMIN_ROLE = b"\x00" * 32
@@ -167,7 +166,7 @@ def test_unreadable_deployment_file(tmp_path: Path) -> None:
     "make_key",
     [
         # Two digits short: eth_account would pad a 63-digit key with a zero into a valid,
-        # different key, so one digit short is not an error at this level (keeper.keys is
+        # different key, so one digit short is not an error at this level (keeper.chain.keys is
         # stricter).
         lambda k: k[:-2],
         lambda k: k + "00",  # too long

@@ -10,9 +10,8 @@ from typing import Any
 
 import pytest
 
-from keeper.anvil import DEV_CHAIN_ID, rpc
-from keeper.deploy import deploy_all
-from keeper.keys import dev_key
+from keeper.chain.deployment import deploy_all
+from keeper.dev.anvil import DEV_CHAIN_ID, dev_key, rpc
 from tests.support.chain import DEV_KEY0
 from tests.support.dev_nodes import DevNode, HardhatNode
 

@@ -15,9 +15,9 @@ from collections.abc import Callable
 import pytest
 from structlog.testing import capture_logs
 
-from keeper.anvil import Anvil
-from keeper.ingest import IngestSettings
-from keeper.rpc import ChainClient, effective_finalized
+from keeper.chain.rpc import ChainClient, effective_finalized
+from keeper.dev.anvil import Anvil
+from keeper.ingest.indexer import IngestSettings
 from tests.support.ingest import (
     Driver,
     index_until_caught_up,

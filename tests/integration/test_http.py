@@ -15,10 +15,10 @@ from structlog.testing import capture_logs
 
 from keeper import db as keeper_db
 from keeper import metrics
-from keeper.http import HealthState
-from keeper.leader import identity, leader_lock_key
-from keeper.rpc import ChainClient
-from keeper.status import AmbiguousChain, NoChain, collect_status, render_status
+from keeper.chain.rpc import ChainClient
+from keeper.service.health import HealthState
+from keeper.service.leader import identity, leader_lock_key
+from keeper.service.status import AmbiguousChain, NoChain, collect_status, render_status
 from tests.support.http import Reply, exchange, parse_reply, request, serving
 from tests.support.ingest import Target, index_until_caught_up, open_indexer
 from tests.support.tx import Env
@@ -234,7 +234,7 @@ async def test_readiness_names_a_dead_database_and_a_dead_rpc(env: Env) -> None:
 async def test_metrics_show_every_required_name_and_the_database_gauges(
     env: Env, database_url: str
 ) -> None:
-    import keeper.daemon  # noqa: F401 - registers the daemon's metrics, as in the real process
+    import keeper.service.daemon  # noqa: F401 - registers the daemon's metrics, as in the real process
 
     await index(env, database_url)
     await env.plan("settle-1", [1])
@@ -307,7 +307,7 @@ async def test_status_agrees_with_the_views_and_names_the_leader(
         assert status["process"]["last_error"] == "rpc_unavailable: eth_getLogs"
         assert status["leader"] is None  # nobody holds the lock
 
-        # A keeper takes the leader lock on a session named as keeper.leader names it.
+        # A keeper takes the leader lock on a session named as keeper.service.leader names it.
         holder = await keeper_db.connect(
             database_url, server_settings={"application_name": identity()}
         )

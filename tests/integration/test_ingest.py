@@ -17,10 +17,10 @@ import pytest
 from structlog.testing import capture_logs
 
 from keeper import db as keeper_db
-from keeper.anvil import Anvil
-from keeper.events import Decoder
-from keeper.ingest import ChainMismatch, FatalReorg, Indexer, IngestSettings
-from keeper.rpc import RpcUnavailable
+from keeper.chain.rpc import RpcUnavailable
+from keeper.dev.anvil import Anvil
+from keeper.ingest.events import Decoder
+from keeper.ingest.indexer import ChainMismatch, FatalReorg, Indexer, IngestSettings
 from tests.support.chain import calldata
 from tests.support.ingest import (
     ANVIL_FINALITY,

@@ -17,9 +17,9 @@ import asyncpg
 import pytest
 
 from keeper import db as keeper_db
-from keeper.events import RAW_TABLE, DecodedBatch, Decoder, EventSpec, MalformedLog
-from keeper.rpc import BlockHeader
-from keeper.store import Store
+from keeper.chain.rpc import BlockHeader
+from keeper.ingest.events import RAW_TABLE, DecodedBatch, Decoder, EventSpec, MalformedLog
+from keeper.ingest.store import Store
 from tests.support.ingest import dump
 from tests.support.synthetic import ADDRESSES, CHAIN, FIRST_BLOCK, Chain, busy_chain
 

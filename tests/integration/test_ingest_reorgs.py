@@ -26,9 +26,9 @@ import pytest
 
 from keeper import db as keeper_db
 from keeper import metrics
-from keeper.anvil import Anvil
-from keeper.ingest import FatalReorg, Indexer, IngestSettings
-from keeper.store import Cursor
+from keeper.dev.anvil import Anvil
+from keeper.ingest.indexer import FatalReorg, Indexer, IngestSettings
+from keeper.ingest.store import Cursor
 from tests.support.ingest import (
     ANVIL_FINALITY,
     Driver,

@@ -11,8 +11,8 @@ import asyncpg
 import pytest
 
 from keeper import db, resources
-from keeper.migrations import MigrationChanged, UnknownMigration, migrate
-from keeper.queries import load_queries
+from keeper.db.migrations import MigrationChanged, UnknownMigration, migrate
+from keeper.db.queries import load_queries
 
 pytestmark = pytest.mark.anyio
 

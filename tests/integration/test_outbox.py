@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncpg
 import pytest
 
-from keeper.outbox import AlreadyPlanned, IntentRequest, Outbox, Planned
-from keeper.queries import load_queries
+from keeper.db.outbox import AlreadyPlanned, IntentRequest, Outbox, Planned
+from keeper.db.queries import load_queries
 
 pytestmark = pytest.mark.anyio
 

@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 from eth_utils import to_checksum_address
 
-from keeper.anvil import rpc
-from keeper.batches import encode_batch
-from keeper.deploy import contract, deploy_all
-from keeper.planner import Planner, PlanSettings
+from keeper.chain.deployment import contract, deploy_all
+from keeper.dev.anvil import rpc
+from keeper.plan.batches import encode_batch
+from keeper.plan.planner import Planner, PlanSettings
 from tests.support.chain import DEV_KEY0
 from tests.support.ingest import Target, index_until_caught_up, open_indexer
 from tests.support.tx import Env

@@ -20,7 +20,7 @@ import pytest
 
 from keeper import db as keeper_db
 from keeper import resources
-from keeper.migrations import migrate
+from keeper.db.migrations import migrate
 
 pytestmark = pytest.mark.anyio
 

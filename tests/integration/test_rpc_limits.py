@@ -26,10 +26,10 @@ import asyncpg
 import pytest
 
 from keeper import db as keeper_db
-from keeper.anvil import Anvil, start_anvil
+from keeper.chain.rpc import ChainClient, RpcUnavailable
 from keeper.db import Conn
-from keeper.ingest import Indexer, IngestSettings
-from keeper.rpc import ChainClient, RpcUnavailable
+from keeper.dev.anvil import Anvil, start_anvil
+from keeper.ingest.indexer import Indexer, IngestSettings
 from tests.support.activity import (
     DevChain,
     deploy_chain,

@@ -25,9 +25,9 @@ from pathlib import Path
 
 import pytest
 
-from keeper.anvil import Anvil
 from keeper.config import DaemonConfig
-from keeper.ingest import EXIT_FATAL_REORG
+from keeper.dev.anvil import Anvil
+from keeper.ingest.indexer import EXIT_FATAL_REORG
 
 ROOT = Path(__file__).resolve().parents[2]
 UNITS = ROOT / "systemd"
@@ -35,7 +35,7 @@ INSTALLED_KEEPER = "/opt/keeper/bin/keeper"
 TEMPLATES = ("keeper@.service", "keeper-migrate@.service")
 MAX_EXPOSURE = 2.0
 # What `keeper run` may take after SIGTERM: [daemon] shutdown_grace, then up to 5 s to close the
-# pool, the RPC session and the leader connection (keeper.daemon.run).
+# pool, the RPC session and the leader connection (keeper.service.daemon.run).
 CLOSE_SECONDS = 5.0
 
 
@@ -287,8 +287,8 @@ signed = account.sign_transaction({
 
 async def main(dsn, rpc_url):
     import asyncpg
-    from keeper.migrations import migrate
-    from keeper.rpc import ChainClient
+    from keeper.db.migrations import migrate
+    from keeper.chain.rpc import ChainClient
     applied = await migrate(dsn)
     conn = await asyncpg.connect(dsn)
     try:

@@ -17,8 +17,8 @@ import pytest
 from structlog.testing import capture_logs
 
 from keeper import metrics
-from keeper.status import collect_status, render_status
-from keeper.txmanager import TxManager
+from keeper.service.status import collect_status, render_status
+from keeper.tx.manager import TxManager
 from tests.support.tx import Env
 
 pytestmark = pytest.mark.anyio

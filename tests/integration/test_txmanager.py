@@ -13,11 +13,11 @@ from hexbytes import HexBytes
 from structlog.testing import capture_logs
 
 from keeper import metrics
-from keeper.anvil import rpc
-from keeper.outbox import IntentRequest, Outbox, Planned
-from keeper.send_errors import SendOutcome, classify_send_error
-from keeper.signers import Signer
-from keeper.txmanager import TxManager
+from keeper.chain.signers import Signer
+from keeper.db.outbox import IntentRequest, Outbox, Planned
+from keeper.dev.anvil import rpc
+from keeper.tx.manager import TxManager
+from keeper.tx.send_errors import SendOutcome, classify_send_error
 from tests.support.tx import Env, on_both_nodes
 
 pytestmark = pytest.mark.anyio

@@ -17,13 +17,13 @@ from hexbytes import HexBytes
 from structlog.testing import capture_logs
 
 from keeper import metrics
-from keeper.anvil import rpc
-from keeper.batches import encode_batch, gas_floor
-from keeper.deploy import contract
-from keeper.outbox import IntentRequest, Outbox, Planned
-from keeper.rpc import ChainClient, RpcError
-from keeper.send_errors import SendOutcome, classify_send_error
-from keeper.txmanager import TxManager, l1_fee, receipt_cost
+from keeper.chain.deployment import contract
+from keeper.chain.rpc import ChainClient, RpcError
+from keeper.db.outbox import IntentRequest, Outbox, Planned
+from keeper.dev.anvil import rpc
+from keeper.plan.batches import encode_batch, gas_floor
+from keeper.tx.manager import TxManager, l1_fee, receipt_cost
+from keeper.tx.send_errors import SendOutcome, classify_send_error
 from tests.support.ingest import Target, index_until_caught_up, open_indexer
 from tests.support.rpc_proxy import RpcProxy
 from tests.support.tx import Env, install_probe, on_both_nodes

@@ -15,11 +15,10 @@ import pytest
 from eth_utils import to_checksum_address
 
 from keeper import db as keeper_db
-from keeper.anvil import Anvil, rpc
-from keeper.keys import dev_key
-from keeper.rpc import ChainClient
-from keeper.signers import Signer
-from keeper.txmanager import TickReport, TxManager, TxSettings
+from keeper.chain.rpc import ChainClient
+from keeper.chain.signers import Signer
+from keeper.dev.anvil import Anvil, dev_key, rpc
+from keeper.tx.manager import TickReport, TxManager, TxSettings
 from tests.support.settle_load import open_streams, plan_settles, settled_ids
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]

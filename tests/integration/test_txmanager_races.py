@@ -12,8 +12,8 @@ import anyio
 import pytest
 from structlog.testing import capture_logs
 
-from keeper.outbox import IntentRequest, Outbox, Planned
-from keeper.txmanager import TxManager, lane_lock_key
+from keeper.db.outbox import IntentRequest, Outbox, Planned
+from keeper.tx.manager import TxManager, lane_lock_key
 from tests.support.tx import Env
 
 pytestmark = pytest.mark.anyio

@@ -10,11 +10,11 @@ from typing import Any
 
 import pytest
 
-from keeper.anvil import rpc
-from keeper.batches import encode_batch
-from keeper.outbox import IntentRequest, Outbox
-from keeper.planner import Planner, PlanSettings
-from keeper.usage import ORACLE_ROLE, UsageOracle, signers_without_oracle_role
+from keeper.db.outbox import IntentRequest, Outbox
+from keeper.dev.anvil import rpc
+from keeper.plan.batches import encode_batch
+from keeper.plan.planner import Planner, PlanSettings
+from keeper.plan.usage import ORACLE_ROLE, UsageOracle, signers_without_oracle_role
 from tests.support.tx import Env
 from tests.support.usage import SETTINGS, index, keeper_plan, send, statuses, world
 

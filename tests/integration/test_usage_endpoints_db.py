@@ -13,9 +13,9 @@ import pytest
 from structlog.testing import capture_logs
 
 from keeper import metrics
-from keeper.batches import encode_batch
-from keeper.planner import Planner, PlanSettings
-from keeper.usage import URGENT_REASONS, UsageOracle
+from keeper.plan.batches import encode_batch
+from keeper.plan.planner import Planner, PlanSettings
+from keeper.plan.usage import URGENT_REASONS, UsageOracle
 
 pytestmark = pytest.mark.anyio
 

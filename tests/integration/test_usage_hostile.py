@@ -18,9 +18,10 @@ from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
 from keeper.db import Conn
-from keeper.planner import Planner
-from keeper.usage import EARLIEST_OBSERVED_AT, OBSERVED_AT_SKEW, UsageOracle
-from keeper.usage_import import UsageImportError, UsageReader, import_usage, whole_number
+from keeper.ops.usage_import import UsageImportError, UsageReader, import_usage
+from keeper.plan.inbox import EARLIEST_OBSERVED_AT, OBSERVED_AT_SKEW, whole_number
+from keeper.plan.planner import Planner
+from keeper.plan.usage import UsageOracle
 from tests.support.tx import Env
 from tests.support.usage import (
     COLUMNS,

@@ -17,7 +17,7 @@ import pytest
 from eth_utils import keccak
 
 from keeper import db as keeper_db
-from keeper.anvil import Anvil, rpc, start_anvil
+from keeper.dev.anvil import Anvil, rpc, start_anvil
 from tests.support.activity import DevChain, deploy_chain, make_activity, write_config
 from tests.support.daemon import keeper
 from tests.support.ingest import Target, index_until_caught_up, open_indexer

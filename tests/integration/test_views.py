@@ -2,7 +2,7 @@
 
 Rows go straight into the projection tables, the ingest cursor, contract_params and the event
 tables (no chain involved); the tests then read the views. A hypothesis property holds the
-SQL accrual (keeper.stream_balances and the keeper.* functions) equal to keeper.accrual.
+SQL accrual (keeper.stream_balances and the keeper.* functions) equal to keeper.plan.accrual.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from keeper import accrual
+from keeper.plan import accrual
 from tests.support.views import CHAIN, OTHER, PAYEE, PAYER, T0, put_cursor, put_fee
 
 pytestmark = pytest.mark.anyio

@@ -14,11 +14,11 @@ import pytest
 from eth_utils import to_checksum_address
 from web3.contract import Contract
 
-from keeper.accrual import carry_fee
-from keeper.anvil import rpc
+from keeper.chain.deployment import contract
 from keeper.db import Conn
-from keeper.deploy import contract
-from keeper.planner import Planner, PlanSettings
+from keeper.dev.anvil import rpc
+from keeper.plan.accrual import carry_fee
+from keeper.plan.planner import Planner, PlanSettings
 from tests.support.ingest import Target, index_until_caught_up, open_indexer
 from tests.support.tx import Env
 

@@ -15,11 +15,10 @@ from eth_utils import keccak
 from web3 import Web3
 from web3.contract import Contract
 
-from keeper.anvil import Anvil, rpc
-from keeper.batches import pack_usage
+from keeper.chain.deployment import Deployment, contract, deploy_all
 from keeper.db import Conn
-from keeper.deploy import Deployment, contract, deploy_all
-from keeper.keys import dev_key
+from keeper.dev.anvil import Anvil, dev_key, rpc
+from keeper.plan.batches import pack_usage
 
 MAX_GAP = 90  # empty blocks between rounds: 1..MAX_GAP
 GAS = hex(3_000_000)

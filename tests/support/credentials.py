@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from keeper.keys import dev_key
+from keeper.dev.anvil import dev_key
 
 
 def install_credentials(

@@ -17,7 +17,7 @@ from typing import Any
 import asyncpg
 
 from keeper import db as keeper_db
-from keeper.outbox import IntentRequest, Outbox, Planned
+from keeper.db.outbox import IntentRequest, Outbox, Planned
 from tests.support.activity import (
     indexed_logs,
 )

@@ -2,9 +2,9 @@
 
 `DevNode` is what a test may ask of a node whatever its implementation: its URL, mining
 (one block, automine, interval mining), snapshots, reorganisations, the next base fee and
-balances. `AnvilNode` wraps `keeper.anvil.Anvil`; `HardhatNode` runs `hardhat node` from the
+balances. `AnvilNode` wraps `keeper.dev.anvil.Anvil`; `HardhatNode` runs `hardhat node` from the
 project's `node_modules/` with a configuration written into a temporary directory: chain id
-31337 and anvil's dev mnemonic with 20 accounts (so `keeper.keys.dev_key` keys are funded),
+31337 and anvil's dev mnemonic with 20 accounts (so `keeper.chain.keys.dev_key` keys are funded),
 automine, a 60,000,000 gas block limit like `start_anvil`'s.
 
 Differences the interface does not hide: Hardhat answers the `finalized` and `safe` tags with
@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol
 
-from keeper.anvil import DEV_CHAIN_ID, DEV_MNEMONIC, Anvil, free_port, project_root, rpc
+from keeper.dev.anvil import DEV_CHAIN_ID, DEV_MNEMONIC, Anvil, free_port, project_root, rpc
 from keeper.errors import KeeperError
 
 NodeKind = Literal["anvil", "hardhat"]
@@ -124,7 +124,7 @@ class _RpcMixin:
 
 @dataclass
 class AnvilNode(_RpcMixin):
-    """An anvil node (`keeper.anvil.Anvil`) as a `DevNode`."""
+    """An anvil node (`keeper.dev.anvil.Anvil`) as a `DevNode`."""
 
     anvil: Anvil
     kind: NodeKind = "anvil"

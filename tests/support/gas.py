@@ -22,9 +22,9 @@ from web3 import Web3
 from web3.contract import Contract
 from web3.logs import DISCARD
 
-from keeper.accrual import pack_report
-from keeper.anvil import rpc
-from keeper.deploy import contract
+from keeper.chain.deployment import contract
+from keeper.dev.anvil import rpc
+from keeper.plan.accrual import pack_report
 from tests.support.chain import DEV_KEY0, deploy_contracts
 
 SETTLE_SIZES = (1, 10, 100, 200)

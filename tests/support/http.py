@@ -13,7 +13,7 @@ from typing import Any
 import anyio
 import anyio.abc
 
-from keeper.http import (
+from keeper.service.health import (
     HealthState,
     serve,
 )

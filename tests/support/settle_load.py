@@ -13,8 +13,8 @@ from typing import Any
 from eth_abi.abi import encode as abi_encode
 from eth_utils import keccak
 
-from keeper.anvil import rpc
-from keeper.outbox import IntentRequest, Outbox, Planned
+from keeper.db.outbox import IntentRequest, Outbox, Planned
+from keeper.dev.anvil import rpc
 from tests.support import gas
 
 

@@ -7,8 +7,8 @@ import random
 from collections.abc import Sequence
 from typing import Any
 
-from keeper.events import Decoder
-from keeper.rpc import BlockHeader
+from keeper.chain.rpc import BlockHeader
+from keeper.ingest.events import Decoder
 
 CHAIN = 31337
 MANAGER = "0x" + "11" * 20

@@ -1,4 +1,4 @@
-"""Pure tests of keeper.accrual (the contract comparison lives in tests/contracts)."""
+"""Pure tests of keeper.plan.accrual (the contract comparison lives in tests/contracts)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from dataclasses import replace
 from hypothesis import given
 from hypothesis import strategies as st
 
-from keeper import accrual
-from keeper.accrual import SettleSkip, Stream, StreamStatus, UsageSkip
+from keeper.plan import accrual
+from keeper.plan.accrual import SettleSkip, Stream, StreamStatus, UsageSkip
 
 
 def test_accrued_is_rate_times_elapsed_capped_by_balance() -> None:

@@ -12,7 +12,8 @@ from eth_utils import keccak
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from keeper.batches import (
+from keeper.chain.reverts import revert_data, revert_reason
+from keeper.plan.batches import (
     MAX_REPORT_ENDPOINT,
     MAX_REPORT_SEQ,
     MAX_REPORT_STREAM_ID,
@@ -28,7 +29,6 @@ from keeper.batches import (
     unpack_usage,
     usage_fields,
 )
-from keeper.reverts import revert_data, revert_reason
 
 
 def test_batches_encode_the_contract_calls() -> None:

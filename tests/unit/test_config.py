@@ -15,6 +15,7 @@ from eth_utils import to_checksum_address
 from pydantic import BaseModel
 
 from keeper import secrets
+from keeper.chain.signers import KeySource, check_signers
 from keeper.config import (
     ChainConfig,
     ConfigError,
@@ -32,8 +33,7 @@ from keeper.config import (
     load_config,
     to_toml,
 )
-from keeper.planner import PlanSettings
-from keeper.signers import KeySource, check_signers
+from keeper.plan.planner import PlanSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 MINIMAL = """

@@ -1,6 +1,6 @@
 """The Grafana dashboard shipped in `dashboards/keeper.json` queries only metrics the keeper
 exposes: every name in every panel's expression is checked against a real /metrics, served by
-keeper.http with the registry as the daemon process has it."""
+keeper.service.health with the registry as the daemon process has it."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-import keeper.daemon  # noqa: F401 - registers the daemon's metrics, as in the real process
-from keeper.http import HealthState
+import keeper.service.daemon  # noqa: F401 - registers the daemon's metrics, as in the real process
+from keeper.service.health import HealthState
 from tests.support.http import request, serving
 
 pytestmark = pytest.mark.anyio

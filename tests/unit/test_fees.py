@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from keeper.fees import FeeCaps, Fees, bump, initial_fees, is_valid_replacement
+from keeper.tx.fees import FeeCaps, Fees, bump, initial_fees, is_valid_replacement
 
 GWEI = 10**9
 CAPS = FeeCaps(max_fee=500 * GWEI, max_priority_fee=20 * GWEI)

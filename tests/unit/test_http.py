@@ -15,7 +15,7 @@ import asyncpg
 import pytest
 from structlog.testing import capture_logs
 
-from keeper.http import (
+from keeper.service.health import (
     MAX_HEAD,
     BadRequest,
     HealthState,

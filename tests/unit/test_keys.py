@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 from eth_account import Account
 
-from keeper import keys
-from keeper.keys import KeyLoadError, PrivateKey
+from keeper.chain import keys
+from keeper.chain.keys import KeyLoadError, PrivateKey
+from keeper.dev.anvil import dev_key
 
 # A fixed, throwaway key (never funded anywhere); its address is derived by eth_account.
 SECRET_HEX = "4c0883a69102937d6231471b5dbb6204fe5129617082792ae468d01a3f362318"
@@ -75,7 +76,7 @@ def test_private_keys_compare_by_secret() -> None:
     b = keys.parse_hex_key("0x" + SECRET_HEX.upper(), source="b")
     assert a == b
     assert hash(a) == hash(b)
-    assert a != keys.dev_key(0)
+    assert a != dev_key(0)
 
 
 @pytest.mark.parametrize(
@@ -89,8 +90,8 @@ def test_out_of_range_keys_are_refused(secret: bytes) -> None:
 
 
 def test_dev_key_is_anvils_account() -> None:
-    assert keys.dev_key(0).address == "0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266"
-    assert keys.dev_key(1).address == "0x70997970C51812dc3A010C7d01b50e0d17dc79C8"
+    assert dev_key(0).address == "0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266"
+    assert dev_key(1).address == "0x70997970C51812dc3A010C7d01b50e0d17dc79C8"
 
 
 # --------------------------------------------------------------------------- hex text

@@ -6,10 +6,11 @@ import re
 
 from eth_utils import keccak
 
-from keeper import accrual, resources
-from keeper.batches import batch_size, encode_batch, gas_floor
+from keeper import resources
+from keeper.db.queries import load_queries
 from keeper.kinds import BATCH_KINDS, INTENT_KINDS, REFUND, SETTLE, USAGE
-from keeper.queries import load_queries
+from keeper.plan import accrual
+from keeper.plan.batches import batch_size, encode_batch, gas_floor
 from keeper.resources import load_artifact
 
 

@@ -6,9 +6,9 @@ import io
 
 import pytest
 
-from keeper.backfill import ProgressLine, format_progress
-from keeper.ingest import BackfillProgress
-from keeper.verify import Difference, State, compare
+from keeper.ingest.backfill import ProgressLine, format_progress
+from keeper.ingest.indexer import BackfillProgress
+from keeper.ops.verify import Difference, State, compare
 
 A, B, C = (bytes([n]) * 20 for n in (1, 2, 3))
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from keeper.db.queries import Queries, QueryFileInvalid, UnknownQuery, load_queries, parse_queries
 from keeper.errors import KeeperError
-from keeper.queries import Queries, QueryFileInvalid, UnknownQuery, load_queries, parse_queries
 
 TEXT = """\
 -- A header comment before the first query is allowed.

@@ -13,8 +13,8 @@ import pytest
 from eth_abi.abi import encode
 from eth_utils import keccak
 
-from keeper.reverts import revert_data, revert_reason
-from keeper.rpc import RpcResponseError, classify_error
+from keeper.chain.reverts import revert_data, revert_reason
+from keeper.chain.rpc import RpcResponseError, classify_error
 
 ERROR_STRING = bytes.fromhex("08c379a0") + encode(["string"], ["EnforcedPause: paused"])
 CUSTOM = keccak(text="InsufficientBalance(uint256,uint256)")[:4] + encode(

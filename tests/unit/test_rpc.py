@@ -1,4 +1,4 @@
-"""keeper.rpc without a network: error classification and the one retry layer.
+"""keeper.chain.rpc without a network: error classification and the one retry layer.
 
 The messages are the ones real providers send (copied from their answers), so the classifier is
 held to what the keeper will meet in production: Alchemy, Infura, QuickNode, geth-family nodes
@@ -15,7 +15,7 @@ import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
-from keeper.rpc import (
+from keeper.chain.rpc import (
     BlockHeader,
     ChainClient,
     RangeTooLarge,

@@ -1,4 +1,4 @@
-"""keeper.sdnotify against a real AF_UNIX datagram socket standing in for systemd's."""
+"""keeper.service.sdnotify against a real AF_UNIX datagram socket standing in for systemd's."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from keeper import sdnotify
+from keeper.service import sdnotify
 from tests.support.notify_socket import Notification, NotifySocket
 
 

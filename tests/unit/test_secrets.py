@@ -17,8 +17,8 @@ import structlog
 
 from keeper import cli, logs, secrets
 from keeper.db import redact_dsn
-from keeper.http import Response, encode_response, json_response
 from keeper.metrics import redact_url
+from keeper.service.health import Response, encode_response, json_response
 from keeper.urls import (
     RPC_SCHEMES,
     WS_SCHEMES,

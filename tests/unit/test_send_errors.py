@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from keeper.send_errors import (
+from keeper.tx.send_errors import (
     AMBIGUOUS,
     SendOutcome,
     classify_send_error,

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from eth_account import Account
 
-from keeper.signers import KeySource, SignerConfigError, load_signers
+from keeper.chain.signers import KeySource, SignerConfigError, load_signers
 
 KEY_A = "0x" + "a1" * 32
 KEY_B = "0x" + "b2" * 32

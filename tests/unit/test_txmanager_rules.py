@@ -8,10 +8,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from keeper.fees import FeeCaps, Fees
-from keeper.keys import dev_key
-from keeper.signers import Signer
-from keeper.txmanager import (
+from keeper.chain.signers import Signer
+from keeper.dev.anvil import dev_key
+from keeper.tx.fees import FeeCaps, Fees
+from keeper.tx.manager import (
     TxManager,
     TxSettings,
     budget_allows,

@@ -8,21 +8,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from keeper.usage import (
+from keeper.plan.inbox import (
     EARLIEST_OBSERVED_AT,
     MAX_SEQ,
     MAX_USAGE_UNITS,
     OBSERVED_AT_SKEW,
-    DueRow,
     ParsedRow,
     Rejection,
-    StreamState,
-    contiguous_runs,
-    judge,
-    pack_runs,
     parse_row,
     received_at_out_of_range,
 )
+from keeper.plan.usage import DueRow, StreamState, contiguous_runs, judge, pack_runs
 
 NOW = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
 

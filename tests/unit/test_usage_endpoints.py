@@ -8,20 +8,11 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from keeper.accrual import MAX_USAGE_SEQ
-from keeper.batches import MAX_REPORT_SEQ
-from keeper.planner import Planner, PlanSettings
-from keeper.usage import (
-    MAX_SEQ,
-    ParsedRow,
-    Rejection,
-    StreamState,
-    UsageItem,
-    contiguous_runs,
-    judge,
-    parse_row,
-    run_urgency,
-)
+from keeper.plan.accrual import MAX_USAGE_SEQ
+from keeper.plan.batches import MAX_REPORT_SEQ
+from keeper.plan.inbox import MAX_SEQ, ParsedRow, Rejection, parse_row
+from keeper.plan.planner import Planner, PlanSettings
+from keeper.plan.usage import StreamState, UsageItem, contiguous_runs, judge, run_urgency
 
 NOW = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
 PA, PB = b"\xaa" * 20, b"\xbb" * 20

@@ -11,9 +11,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from keeper.usage_import import (
+from keeper.ops.usage_import import (
     COLUMNS,
-    HUGE_DIGITS,
     NEXT_STEP,
     ImportSummary,
     MalformedLine,
@@ -22,13 +21,12 @@ from keeper.usage_import import (
     UsageImportError,
     UsageReader,
     file_format,
-    parse_chain_id,
     parse_csv_header,
     parse_csv_line,
     parse_json_line,
     snippet,
-    whole_number,
 )
+from keeper.plan.inbox import HUGE_DIGITS, parse_chain_id, whole_number
 
 NOW = datetime(2024, 6, 1, tzinfo=UTC)
 HUGE = "115792089237316195423570985008687907853269984665640564039457584007913129639936"

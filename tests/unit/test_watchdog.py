@@ -5,8 +5,8 @@ from __future__ import annotations
 import anyio
 import pytest
 
-from keeper.daemon import Heartbeat, _watchdog
-from keeper.http import HealthState
+from keeper.service.daemon import Heartbeat, _watchdog
+from keeper.service.health import HealthState
 from tests.support.notify_socket import NotifySocket, notify_socket  # noqa: F401 - the fixture
 
 pytestmark = pytest.mark.anyio

@@ -1,0 +1,294 @@
+"""Checks of a configuration against the world: the key files, the database and the chain.
+
+`check_chain` is what `keeper run` asks before it starts and `keeper check-config` after its
+static checks: that the RPC serves the chain the deployment file is for, and that the
+contracts the file names are there. `check_all` is `keeper check-config`: every check in turn,
+going on after a failure where the next check does not depend on it, so that the operator sees
+every problem at once. Each problem is a `ConfigError` whose message starts with the field's
+path and says the value found and what was expected; RPC URLs are shown redacted
+(`keeper.metrics.redact_url`), database URLs without their password.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+from eth_utils import keccak
+
+from keeper import db, secrets
+from keeper.chain.deployment import Deployment
+from keeper.chain.rpc import ChainClient, RpcError, RpcResponseError
+from keeper.chain.signers import check_signers
+from keeper.config import ConfigError, KeeperConfig, env_overrides, load_config
+from keeper.db.queries import load_queries
+from keeper.errors import KeeperError
+from keeper.metrics import redact_url
+from keeper.resources import migration_files
+
+# The contracts of a deployment the keeper needs code at, as the deployment file names them.
+CONTRACTS = ("token", "stream_manager", "escrow_vault")
+# token(): the immutable token of StreamManager and of EscrowVault.
+_TOKEN_SELECTOR = "0x" + keccak(text="token()")[:4].hex()
+
+
+@dataclass(frozen=True)
+class ChainFacts:
+    """What `check_chain` found: the chain id and the head block the checks ran at."""
+
+    chain_id: int
+    head: int
+
+
+def _expected_chain(config: KeeperConfig, deployment: Deployment | None) -> tuple[int, str]:
+    """The chain id the RPC must serve, and where that expectation comes from."""
+    if config.chain.chain_id is not None:
+        return config.chain.chain_id, "chain.chain_id"
+    assert deployment is not None
+    return deployment.chain_id, f"the deployment file {config.chain.deployment_file}"
+
+
+async def check_rpc_chain_id(
+    config: KeeperConfig, deployment: Deployment | None, client: ChainClient
+) -> int:
+    """The RPC's chain id; `ConfigError` if it is not the configured one (`chain.chain_id`, else
+    the deployment file's). Raises `RpcError` when the RPC cannot be reached."""
+    expected, origin = _expected_chain(config, deployment)
+    actual = await client.chain_id()
+    if actual != expected:
+        raise ConfigError(
+            f"chain.chain_id: the RPC at {redact_url(client.url)} reports chain {actual}, "
+            f"expected {expected} (from {origin})",
+            help="point chain.rpc_url at the network the contracts are deployed on, or "
+            "chain.deployment_file at this network's deployment",
+        )
+    return actual
+
+
+async def check_chain(
+    config: KeeperConfig, deployment: Deployment, client: ChainClient
+) -> ChainFacts:
+    """Check that the RPC serves the deployment's chain and that its contracts are there.
+
+    In order, stopping at the first problem (each needs the one before): the chain id; the
+    deployment block not above the head (a reset dev chain); code at the token, StreamManager
+    and EscrowVault addresses at the head block (`eth_getCode`, one batch); and StreamManager
+    and EscrowVault reporting the deployment's token (`token()`, one batch), so a file pointing
+    at other contracts is caught. Raises `ConfigError` (a `KeeperError`) naming the field, the
+    value found and what was expected, or an `RpcError` when the RPC cannot be reached.
+    """
+    chain_id = await check_rpc_chain_id(config, deployment, client)
+    where = f"on chain {chain_id}"
+    source = f"(from the deployment file {config.chain.deployment_file})"
+    head = (await client.head()).number
+    if deployment.deployment_block > head:
+        raise ConfigError(
+            f"chain.deployment_file: deployment_block {deployment.deployment_block} is above "
+            f"the head block {head} {where}; expected a block the chain has {source}",
+            help="the chain was reset (a restarted dev chain?) or the deployment file is for "
+            "another network: redeploy, or point chain.deployment_file at the right file",
+        )
+    tag = hex(head)
+    addresses = {name: str(getattr(deployment, name)) for name in CONTRACTS}
+    codes = await client.batch([("eth_getCode", [a, tag]) for a in addresses.values()])
+    empty = [
+        f"{name} {address}"
+        for (name, address), code in zip(addresses.items(), codes, strict=True)
+        if not _has_code(code)
+    ]
+    if empty:
+        raise ConfigError(
+            f"chain.deployment_file: no contract code at {', '.join(empty)} {where} at block "
+            f"{head}; expected the deployed contracts {source}",
+            help="the contracts are not deployed at these addresses on this chain: check "
+            "chain.rpc_url and chain.deployment_file, or redeploy with `keeper deploy`",
+        )
+    await _check_token(deployment, client, tag, where, source)
+    await _check_gas_cap(config, client, tag, where)
+    return ChainFacts(chain_id=chain_id, head=head)
+
+
+# EIP-7825 (Osaka) caps a transaction's gas limit at 2^24; Hardhat's node enforces it too, and a
+# batch never needs more. The keeper holds max_batch_gas under it on every chain.
+TX_GAS_CAP = 2**24
+
+
+async def _check_gas_cap(config: KeeperConfig, client: ChainClient, tag: str, where: str) -> None:
+    """`plan.max_batch_gas` must fit a transaction on this chain: under the per-transaction cap
+    (EIP-7825) and the head block's gas limit. A batch above either is refused by the node, and
+    would be planned again and refused again."""
+    block = await client.request("eth_getBlockByNumber", [tag, False])
+    limit = int(str((block or {}).get("gasLimit") or "0x0"), 16)
+    cap = min(TX_GAS_CAP, limit) if limit else TX_GAS_CAP
+    wanted = config.plan.max_batch_gas
+    if wanted > cap:
+        which = "per-transaction gas cap (EIP-7825)" if cap == TX_GAS_CAP else "block gas limit"
+        raise ConfigError(
+            f"plan.max_batch_gas: {wanted:,} is above the {which} of {cap:,} {where}; expected "
+            f"at most {cap:,}",
+            help="lower plan.max_batch_gas (3,000,000 is the default; larger batches save "
+            "little gas per item)",
+        )
+
+
+def _reverted(exc: RpcResponseError) -> bool:
+    """Whether an eth_call error answer is the call reverting."""
+    return exc.data is not None or exc.code == 3 or "revert" in exc.message.lower()
+
+
+def _has_code(code: object) -> bool:
+    """Whether an eth_getCode answer holds any code ("0x", or null from some nodes: none)."""
+    text = str(code or "0x").removeprefix("0x")
+    return bool(text) and int(text, 16) != 0
+
+
+async def _check_token(
+    deployment: Deployment, client: ChainClient, tag: str, where: str, source: str
+) -> None:
+    """StreamManager and EscrowVault must both hold the deployment's token."""
+    for name in ("stream_manager", "escrow_vault"):
+        address = str(getattr(deployment, name))
+        try:
+            answer = await client.request(
+                "eth_call", [{"to": address, "data": _TOKEN_SELECTOR}, tag]
+            )
+        except RpcResponseError as exc:
+            if not _reverted(exc):
+                raise  # the node failing, not the contract answering: waited out at start-up
+            answer = None
+        raw = bytes.fromhex(str(answer or "0x")[2:])
+        if len(raw) != 32:
+            raise ConfigError(
+                f"chain.deployment_file: {name} {address} {where} does not answer token(); "
+                f"expected a keeper {name} contract {source}",
+                help="the address holds some other contract: check the deployment file",
+            )
+        token = "0x" + raw[-20:].hex()
+        if token != deployment.token.lower():
+            raise ConfigError(
+                f"chain.deployment_file: {name} {address} {where} holds token {token}, "
+                f"expected token {deployment.token} {source}",
+                help="the deployment file mixes addresses of two deployments",
+            )
+
+
+# --------------------------------------------------------------------------- keeper check-config
+
+
+@dataclass(frozen=True)
+class Check:
+    """The outcome of one check: `ok`, and what was found or what is wrong."""
+
+    name: str
+    ok: bool
+    detail: str
+
+
+async def database_schema(conn: asyncpg.Connection) -> str:
+    """The migration state of the database, in words; `ConfigError` when this keeper could not
+    run against it (a migration it does not ship, or one changed since it was applied)."""
+    shipped = [name for name, _ in migration_files()]
+    try:
+        rows = await conn.fetch(load_queries()["applied_migrations"])
+    except asyncpg.UndefinedTableError:
+        rows = []
+    applied = {str(r["name"]) for r in rows}
+    unknown = sorted(applied - set(shipped))
+    if unknown:
+        raise ConfigError(
+            f"database.url: the database has migration {unknown[0]} applied, which this "
+            "keeper does not ship; expected a database migrated by this version or an older one",
+            help="upgrade this keeper, or point database.url at its own database",
+        )
+    pending = [n for n in shipped if n not in applied]
+    if not pending:
+        return f"schema up to date ({len(shipped)} migrations)"
+    return (
+        f"{len(pending)} of {len(shipped)} migrations not applied yet (`keeper run` or "
+        "`keeper migrate --config` applies them)"
+    )
+
+
+async def check_all(path: Path, report: Callable[[Check], None]) -> list[Check]:
+    """Run every check of `keeper check-config` on the configuration at `path`, handing each
+    outcome to `report` as soon as it is known; return them all."""
+    results: list[Check] = []
+
+    def record(name: str, ok: bool, detail: str) -> None:
+        # A provider's or a driver's message can quote a secret (a request path with its key).
+        check = Check(name, ok, secrets.scrub(detail))
+        results.append(check)
+        report(check)
+
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        record("configuration", False, str(exc))
+        return results  # nothing else can be checked without it
+    overridden = sorted(env_overrides())
+    from_env = f" (from the environment: {', '.join(overridden)})" if overridden else ""
+    record("configuration", True, f"{path}{from_env}")
+
+    deployment: Deployment | None = None
+    try:
+        deployment = config.deployment()
+    except KeeperError as exc:
+        record("deployment", False, str(exc))
+    else:
+        record(
+            "deployment",
+            True,
+            f"{config.chain.deployment_file}: chain {deployment.chain_id}, token "
+            f"{deployment.token}, stream_manager {deployment.stream_manager}, escrow_vault "
+            f"{deployment.escrow_vault}, from block {deployment.deployment_block}",
+        )
+
+    signers, problems = check_signers([s.source() for s in config.signers])
+    for signer in signers:
+        secrets.register_key(signer.key.reveal_hex())  # registered, never shown
+    for problem in problems:
+        record("signers", False, str(problem))
+    if not problems:
+        record("signers", True, _signers_text([s.address for s in signers]))
+
+    dsn = config.database.url.get_secret_value()
+    try:
+        conn = await db.connect(dsn, timeout=config.chain.rpc_timeout)
+        try:
+            schema = await database_schema(conn)
+        finally:
+            await conn.close()
+    except KeeperError as exc:
+        record("database", False, str(exc))
+    else:
+        record("database", True, f"{db.redact_dsn(dsn)}: reachable, {schema}")
+
+    client = config.chain.client()
+    try:
+        if deployment is not None:
+            facts = await check_chain(config, deployment, client)
+            record(
+                "chain",
+                True,
+                f"the RPC at {redact_url(client.url)} serves chain {facts.chain_id} (head "
+                f"{facts.head}); the token, StreamManager and EscrowVault are deployed there",
+            )
+        elif config.chain.chain_id is not None:
+            # Without a deployment file, the chain id is all that can be checked.
+            chain_id = await check_rpc_chain_id(config, None, client)
+            record("chain", True, f"the RPC at {redact_url(client.url)} serves chain {chain_id}")
+    except RpcError as exc:
+        record("chain", False, f"chain.rpc_url: {exc}")
+    except KeeperError as exc:
+        record("chain", False, str(exc))
+    finally:
+        await client.close()
+    return results
+
+
+def _signers_text(addresses: Sequence[str]) -> str:
+    if not addresses:
+        return "none configured: the keeper indexes and sends nothing"
+    return f"{len(addresses)} key{'s' if len(addresses) > 1 else ''}: {', '.join(addresses)}"

@@ -1,0 +1,1 @@
+"""Development chains and the demo: a local anvil, contract deployment, the demo workload."""

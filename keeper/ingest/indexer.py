@@ -1,0 +1,536 @@
+"""Follow the contracts' logs into Postgres: backfill in wide ranges, then the head block by block.
+
+Two zones. At or below the finalized block (the node's `finalized` tag, else head minus a
+configured depth) nothing can change: logs are read in wide `eth_getLogs` ranges that adapt to
+the provider's limits and are written with COPY, the next range prefetched while the current one
+is written. Above it, blocks are taken in order and each one's parent hash is checked against the
+block stored before it; a mismatch (or the stored head no longer being canonical) walks back to
+the common ancestor, re-checks, and rolls the database back in one transaction. A reorg below
+the finalized block is fatal: the process stops with `EXIT_FATAL_REORG` rather than guess.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+import asyncpg
+import structlog
+from anyio.abc import TaskStatus
+
+from keeper import metrics
+from keeper.chain.heads import HeadWatcher
+from keeper.chain.rpc import (
+    BlockHeader,
+    ChainClient,
+    RangeTooLarge,
+    RpcResponseError,
+    effective_finalized,
+)
+from keeper.errors import KeeperError, unwrap_group
+from keeper.ingest.events import DecodedBatch, Decoder
+from keeper.ingest.store import Cursor, CursorMoved, Store
+from keeper.loops import OUTAGES, LoopGuard
+
+log = structlog.get_logger(__name__)
+
+EXIT_FATAL_REORG = 3
+DECODE_PART_LOGS = 20_000  # logs decoded at a time: the server copies one part while the next
+GC_COLLECT_EVERY = 60.0  # seconds: a full collection during long backfills (the GC is paused)
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector inside the block (as it was before, after).
+
+    Parsing and decoding a range allocate hundreds of thousands of containers (log dicts,
+    topic lists, row tuples) that live exactly as long as the range: the collector would only
+    traverse them again and again (about a third of the JSON parse time). The backfill holds
+    the pause throughout and collects explicitly now and then (GC_COLLECT_EVERY). The pause is
+    process-wide: cyclic garbage of the daemon's other loops waits for that collection too.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+class FatalReorg(KeeperError):
+    """The chain reorganised below the finalized block: the index cannot be trusted."""
+
+    exit_code = EXIT_FATAL_REORG
+
+
+class ChainMismatch(KeeperError):
+    """The RPC serves another chain than the one configured."""
+
+
+@dataclass(frozen=True)
+class IngestSettings:
+    """Tuning of backfill and follow (the configuration file's `[ingest]` section)."""
+
+    poll_interval: float = 1.0
+    finality_depth: int = 64
+    initial_range: int = 2_000
+    min_range: int = 1
+    max_range: int = 200_000
+    target_logs: int = 20_000  # grow the range while responses stay under this many logs
+    max_follow_step: int = 256  # unfinalized blocks taken per poll
+    progress_interval: float = 5.0
+    recheck_delay: float = 0.25
+    keep_blocks: int = 256  # block rows kept below the finalized block
+
+
+@dataclass(frozen=True)
+class BackfillProgress:
+    """Where a backfill is, after each range written (for a caller's progress display)."""
+
+    first: int  # the first block of the backfill
+    target: int  # its last block
+    block: int  # the last block written
+    events: int  # events written so far
+    elapsed: float  # seconds since the backfill started
+
+    @property
+    def total_blocks(self) -> int:
+        """Blocks in the whole backfill."""
+        return self.target - self.first + 1
+
+    @property
+    def blocks_done(self) -> int:
+        """Blocks written so far."""
+        return self.block - self.first + 1
+
+
+@dataclass
+class _Range:
+    start: int
+    end: BlockHeader
+    logs: list[dict[str, Any]]
+    timestamps: dict[int, int]
+
+
+class Indexer:
+    """Keeps one chain's contract events and projections in Postgres up to date."""
+
+    def __init__(
+        self,
+        client: ChainClient,
+        pool: asyncpg.Pool,
+        *,
+        chain_id: int,
+        addresses: dict[str, str],
+        start_block: int,
+        settings: IngestSettings | None = None,
+        ws_url: str | None = None,
+        on_error: Callable[[str], None] | None = None,
+    ) -> None:
+        self.client = client
+        self.ws_url = ws_url
+        self.on_error = on_error  # told each failed poll's one-line text (for /status)
+        self._wake = anyio.Event()
+        self.pool = pool
+        self.chain_id = chain_id
+        self.addresses = [a for a in addresses.values()]
+        self.start_block = start_block
+        self.settings = settings or IngestSettings()
+        self.decoder = Decoder(chain_id, addresses)
+        self.store = Store(chain_id, self.decoder)
+        self.range = self.settings.initial_range
+        # What the provider refused last: growth stops below it, then probes upward slowly
+        # (a limit on results, not blocks, moves with the density of events).
+        self.ceiling = self.settings.max_range
+        self._at_ceiling = 0
+        self.follow_step = self.settings.max_follow_step
+        self.log = log.bind(chain_id=chain_id)
+
+    # ------------------------------------------------------------------ entry points
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Check the chain, then poll forever (started with `await tg.start(indexer.run)`)."""
+        actual = await self.client.chain_id()
+        if actual != self.chain_id:
+            raise ChainMismatch(
+                f"the RPC serves chain {actual}, the configuration says {self.chain_id}",
+                help="point chain.rpc_url at the right network or fix chain.chain_id",
+            )
+        with unwrap_group():
+            async with anyio.create_task_group() as tg:
+                if self.ws_url:
+                    await tg.start(HeadWatcher(self.ws_url, self._wake_up).run)
+                task_status.started()
+                await self._poll_forever()
+
+    def _wake_up(self) -> None:
+        self._wake.set()
+
+    async def _idle(self, seconds: float) -> None:
+        """Sleep up to `seconds`, or until a newHeads notification arrives."""
+        with anyio.move_on_after(seconds):
+            await self._wake.wait()
+        self._wake = anyio.Event()
+
+    async def _poll_forever(self) -> None:
+        # Outages are reported and waited out, any other error too (the guard logs it with its
+        # traceback once); the poll resumes from the cursor. Only a reorg below the finalized
+        # block stops the indexer.
+        guard = LoopGuard(
+            "sync",
+            self.settings.poll_interval,
+            outages=(*OUTAGES, CursorMoved),
+            on_error=self.on_error,
+            logger=self.log,
+        )
+        while True:
+            try:
+                advanced = await self.sync_once()
+            except FatalReorg:
+                raise
+            except Exception as exc:  # contained: see keeper.loops
+                await anyio.sleep(guard.failed(exc))
+                continue
+            guard.succeeded()
+            if advanced == 0:
+                await self._idle(self.settings.poll_interval)
+
+    async def sync_once(self) -> int:
+        """One poll: catch up as far as the node allows; return the number of blocks advanced."""
+        async with self.pool.acquire() as conn:
+            cursor = await self.store.cursor(conn, self.start_block)
+        head, finalized, at_cursor = await self._observe(cursor)
+        async with self.pool.acquire() as conn:
+            await self.store.observe_head(conn, head, finalized)
+        metrics.HEAD_BLOCK.set(head.number)
+        metrics.FINALIZED_BLOCK.set(finalized)
+        if cursor.indexed_timestamp is not None:
+            metrics.LAG_SECONDS.set(max(0, head.timestamp - cursor.indexed_timestamp))
+
+        # Is what we indexed last still canonical? (The node may have reorged, even while
+        # we were down, or been rolled back below it.)
+        if cursor.indexed_hash is not None and (
+            at_cursor is None or at_cursor.hash != cursor.indexed_hash
+        ):
+            return 1 if await self._reorg(cursor) else 0
+
+        advanced = 0
+        if cursor.indexed_block < finalized:
+            advanced += await self.backfill(cursor, finalized)
+            async with self.pool.acquire() as conn:
+                cursor = await self.store.cursor(conn, self.start_block)
+        if cursor.indexed_block < head.number:
+            advanced += await self._follow(cursor, head)
+        if advanced:
+            async with self.pool.acquire() as conn:
+                await self.store.prune_blocks(conn, finalized - self.settings.keep_blocks)
+        return advanced
+
+    # ------------------------------------------------------------------ backfill
+
+    async def backfill(
+        self,
+        cursor: Cursor,
+        target: int,
+        *,
+        progress: Callable[[BackfillProgress], None] | None = None,
+        mark_done: bool = True,
+    ) -> int:
+        """Index (cursor, target] in wide ranges; target must be final. Returns blocks done.
+
+        `progress` is called after each range is written. With `mark_done` (the default),
+        reaching `target` marks the backfill done (the planners wait for that): a caller that
+        stops short of the finalized block passes False.
+        """
+        first = cursor.indexed_block + 1
+        if first > target:
+            return 0
+        total_blocks = target - first + 1
+        done_blocks = 0
+        done_events = 0
+        started = last_report = time.monotonic()
+        self.log.info("backfill_started", from_block=first, to_block=target)
+        send, receive = anyio.create_memory_object_stream[_Range](2)
+        collected = started
+
+        async def produce() -> None:
+            async with send:
+                start = first
+                while start <= target:
+                    fetched = await self._fetch_range(start, target)
+                    await send.send(fetched)
+                    start = fetched.end.number + 1
+
+        with _gc_paused(), unwrap_group():
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(produce)
+                async with receive:
+                    async for fetched in receive:
+                        done = fetched.end.number >= target
+                        async with self.pool.acquire() as conn:
+                            done_events += await self.store.write_range(
+                                conn,
+                                self._decoded_parts(fetched),
+                                fetched.start,
+                                fetched.end,
+                                backfill_done=done and mark_done,
+                            )
+                        done_blocks += fetched.end.number - fetched.start + 1
+                        now = time.monotonic()
+                        if progress is not None:
+                            progress(
+                                BackfillProgress(
+                                    first, target, fetched.end.number, done_events, now - started
+                                )
+                            )
+                        if now - collected >= GC_COLLECT_EVERY:
+                            gc.collect()
+                            collected = now
+                        if now - last_report >= self.settings.progress_interval or done:
+                            elapsed = max(now - started, 1e-9)
+                            rate = done_blocks / elapsed
+                            self.log.info(
+                                "backfill_progress",
+                                block=fetched.end.number,
+                                blocks_per_s=round(rate, 1),
+                                events_per_s=round(done_events / elapsed, 1),
+                                events=done_events,
+                                range=self.range,
+                                eta_s=round((total_blocks - done_blocks) / rate, 1)
+                                if rate
+                                else None,
+                            )
+                            last_report = now
+        async with self.pool.acquire() as conn:
+            await self.store.prune_blocks(conn, target - self.settings.keep_blocks)
+        return done_blocks
+
+    async def read_range(self, start: int, target: int) -> tuple[int, DecodedBatch]:
+        """Read and decode the widest range from `start` (up to `target`) the provider accepts,
+        adapting the range as backfill does, without writing anything; return the range's last
+        block and its rows (for `keeper backfill`'s check of blocks already indexed)."""
+        fetched = await self._fetch_range(start, target)
+        return fetched.end.number, self.decoder.decode(fetched.logs, fetched.timestamps)
+
+    def _decoded_parts(self, fetched: _Range) -> Iterator[DecodedBatch]:
+        """The range's logs decoded DECODE_PART_LOGS at a time, each when it is asked for.
+
+        Consumes `fetched.logs`: each part's log dicts are let go once decoded.
+        """
+        logs = fetched.logs
+        while logs:
+            part = logs[:DECODE_PART_LOGS]
+            del logs[:DECODE_PART_LOGS]
+            yield self.decoder.decode(part, fetched.timestamps)
+
+    async def _fetch_range(self, start: int, target: int) -> _Range:
+        """Logs of the widest range from `start` the provider accepts (adapting self.range)."""
+        while True:
+            end = min(start + self.range - 1, target)
+            try:
+                logs = await self.client.get_logs(self.addresses, start, end)
+            except RangeTooLarge as exc:
+                self.range = self._shrunk(start, end, exc)
+                self.ceiling = self.range
+                self._at_ceiling = 0
+                metrics.BACKFILL_RANGE.set(self.range)
+                self.log.debug("range_shrunk", from_block=start, to_block=end, range=self.range)
+                continue
+            header = await self.client.header(end)
+            if header is None:
+                raise KeeperError(f"the node has no block {end} though it reported it final")
+            timestamps = await self._missing_timestamps(logs)
+            if self.range >= self.ceiling:
+                self._at_ceiling += 1
+                if self._at_ceiling >= 8:
+                    self.ceiling = min(self.ceiling * 5 // 4 + 1, self.settings.max_range)
+                    self._at_ceiling = 0
+            if len(logs) < self.settings.target_logs // 2:
+                self.range = min(self.range * 2, self.ceiling, self.settings.max_range)
+            elif len(logs) > self.settings.target_logs:
+                self.range = max(self.range // 2, self.settings.min_range)
+            metrics.BACKFILL_RANGE.set(self.range)
+            return _Range(start, header, logs, timestamps)
+
+    def _shrunk(self, start: int, end: int, exc: RangeTooLarge) -> int:
+        size = end - start + 1
+        if exc.suggested_to is not None and start <= exc.suggested_to < end:
+            return max(exc.suggested_to - start + 1, self.settings.min_range)
+        if exc.max_blocks is not None and exc.max_blocks < size:
+            return max(exc.max_blocks, self.settings.min_range)
+        if size <= self.settings.min_range:
+            raise exc  # cannot split further: a single block the provider refuses
+        return max(size // 2, self.settings.min_range)
+
+    async def _missing_timestamps(self, logs: Sequence[dict[str, Any]]) -> dict[int, int]:
+        """Block timestamps for logs whose node did not include `blockTimestamp`."""
+        missing = sorted(
+            {int(lg["blockNumber"], 16) for lg in logs if not lg.get("blockTimestamp")}
+        )
+        if not missing:
+            return {}
+        headers = await self.client.headers(missing)
+        return {h.number: h.timestamp for h in headers if h is not None}
+
+    # ------------------------------------------------------------------ follow
+
+    async def _observe(self, cursor: Cursor) -> tuple[BlockHeader, int, BlockHeader | None]:
+        """Head, finalized block number and the node's block at the cursor, in one batch."""
+        calls: list[tuple[str, Sequence[Any]]] = [
+            ("eth_getBlockByNumber", ["latest", False]),
+            ("eth_getBlockByNumber", ["finalized", False]),
+        ]
+        if cursor.indexed_hash is not None:
+            calls.append(("eth_getBlockByNumber", [hex(cursor.indexed_block), False]))
+        try:
+            results = await self.client.batch(calls)
+        except RpcResponseError:
+            # Some nodes refuse the `finalized` tag with an error: ask separately.
+            head = await self.client.head()
+            finalized = await self.client.finalized(head, self.settings.finality_depth)
+            at_cursor = (
+                await self.client.header(cursor.indexed_block)
+                if cursor.indexed_hash is not None
+                else None
+            )
+            return head, finalized, at_cursor
+        head = BlockHeader.from_rpc(results[0])
+        tag = int(results[1]["number"], 16) if results[1] else None
+        finalized = effective_finalized(tag, head.number, self.settings.finality_depth)
+        at_cursor = None
+        if len(results) > 2 and results[2]:
+            at_cursor = BlockHeader.from_rpc(results[2])
+        return head, finalized, at_cursor
+
+    async def _follow(self, cursor: Cursor, head: BlockHeader) -> int:
+        """Take the blocks after the cursor, up to the head, checking the parent-hash chain."""
+        first = cursor.indexed_block + 1
+        last = min(head.number, first + self.follow_step - 1)
+        headers = await self.client.headers(list(range(first, last + 1)))
+        chain: list[BlockHeader] = []
+        parent = cursor.indexed_hash
+        for header in headers:
+            if header is None:
+                break  # the node's head moved back while we read: take what is consistent
+            if parent is not None and header.parent_hash != parent:
+                if not chain:
+                    # The block after our cursor does not build on it: a reorg.
+                    return 1 if await self._reorg(cursor) else 0
+                break
+            chain.append(header)
+            parent = header.hash
+        if not chain:
+            return 0
+        while True:
+            try:
+                logs = await self.client.get_logs(self.addresses, chain[0].number, chain[-1].number)
+                break
+            except RangeTooLarge as exc:
+                # The provider's limit is below the unfinalized window: take fewer blocks.
+                self.follow_step = self._shrunk(chain[0].number, chain[-1].number, exc)
+                self.log.info("follow_step_shrunk", refused=len(chain), step=self.follow_step)
+                chain = chain[: self.follow_step]
+        by_number = {h.number: h for h in chain}
+        for lg in logs:
+            expected = by_number.get(int(lg["blockNumber"], 16))
+            if expected is None or lg["blockHash"] != expected.hash:
+                # The chain moved between the headers and the logs: read again next poll.
+                self.log.info("follow_raced_reorg", block=int(lg["blockNumber"], 16))
+                return 0
+        timestamps = {h.number: h.timestamp for h in chain}
+        batch: DecodedBatch = self.decoder.decode(logs, timestamps)
+        async with self.pool.acquire() as conn:
+            await self.store.write_range(
+                conn, batch, chain[0].number, chain[-1], blocks=chain[:-1], backfill_done=True
+            )
+        self.log.debug(
+            "blocks_indexed",
+            from_block=chain[0].number,
+            to_block=chain[-1].number,
+            events=batch.count,
+        )
+        return len(chain)
+
+    # ------------------------------------------------------------------ reorgs
+
+    async def _reorg(self, cursor: Cursor) -> bool:
+        """Walk back to the common ancestor, re-check, and roll back to it (True if done)."""
+        ancestor = await self._common_ancestor(cursor)
+        if ancestor is None:
+            raise FatalReorg(
+                f"chain {self.chain_id}: no stored block below {cursor.indexed_block} is "
+                "canonical any more",
+                help="the chain reorganised below the finalized block; re-index from scratch "
+                "after checking the RPC node",
+            )
+        # Never trust one lagging answer: ask again after a pause.
+        await anyio.sleep(self.settings.recheck_delay)
+        again = await self._common_ancestor(cursor)
+        if again is None or again.number != ancestor.number or again.hash != ancestor.hash:
+            self.log.warning("reorg_unconfirmed", first=ancestor.number)
+            return False
+        if ancestor.number == cursor.indexed_block and ancestor.hash == cursor.indexed_hash:
+            # The node only answered from behind for a moment: our head is still canonical.
+            self.log.info("node_lagged", block=cursor.indexed_block)
+            return False
+        finalized = cursor.finalized_block
+        if finalized is not None and ancestor.number < min(finalized, cursor.indexed_block):
+            raise FatalReorg(
+                f"chain {self.chain_id}: reorg back to block {ancestor.number}, below the "
+                f"finalized block {finalized}",
+                help="the node rewrote finalized history; the index stops rather than guess. "
+                "Check the RPC node, then re-index (drop the chain's rows) if it is right",
+            )
+        async with self.pool.acquire() as conn:
+            old_head = await self.store.stored_block(conn, cursor.indexed_block)
+            old = old_head or BlockHeader(
+                cursor.indexed_block, cursor.indexed_hash or "0x" + "00" * 32, "0x" + "00" * 32, 0
+            )
+            current = await self.client.head()
+            removed = await self.store.rollback_to(conn, ancestor, old, current)
+        depth = cursor.indexed_block - ancestor.number
+        metrics.REORGS.inc()
+        metrics.REORG_DEPTH.observe(depth)
+        self.log.warning(
+            "reorg_handled",
+            depth=depth,
+            ancestor=ancestor.number,
+            old_head=cursor.indexed_hash,
+            new_head=current.hash,
+            events_removed=removed,
+        )
+        return True
+
+    async def _common_ancestor(self, cursor: Cursor) -> BlockHeader | None:
+        """The newest stored block the node still has at the same height with the same hash."""
+        async with self.pool.acquire() as conn:
+            rows = await conn.fetch(self.store.q["blocks_from"], self.chain_id, 0)
+        stored = [
+            BlockHeader(
+                r["number"],
+                "0x" + bytes(r["hash"]).hex(),
+                "0x" + bytes(r["parent_hash"]).hex(),
+                r["timestamp"],
+            )
+            for r in rows
+            if r["number"] <= cursor.indexed_block
+        ]
+        for i in range(0, len(stored), 64):
+            group = stored[i : i + 64]
+            node = await self.client.headers([b.number for b in group])
+            for mine, theirs in zip(group, node, strict=True):
+                if theirs is not None and theirs.hash == mine.hash:
+                    return mine
+        # Nothing stored matches. If everything indexed is still unfinalized, the whole index is
+        # on the orphaned branch: start again from just before the deployment block.
+        if cursor.finalized_block is None or cursor.finalized_block < cursor.start_block:
+            if cursor.start_block == 0:
+                return BlockHeader(-1, "0x" + "00" * 32, "0x" + "00" * 32, 0)
+            return await self.client.header(cursor.start_block - 1)
+        return None

@@ -1,0 +1,525 @@
+"""The indexer's writes: events, projections, blocks and the cursor, one transaction each.
+
+`write_range` stores what a block range emitted and moves the cursor in the same transaction,
+so a crash at any moment leaves the database at a range boundary and a restart continues from
+there without writing anything twice. `rollback_to` undoes everything after a common ancestor
+(events, blocks, projections, ledger) in one transaction and records the reorg.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+from anyio.streams.memory import MemoryObjectSendStream
+
+from keeper import metrics
+from keeper.chain.rpc import BlockHeader
+from keeper.db import Conn
+from keeper.db.queries import Queries, load_queries
+from keeper.errors import KeeperError, unwrap_group
+from keeper.ingest.events import CATALOG, RAW_TABLE, DecodedBatch, Decoder, Packed
+
+STREAM_TABLES = frozenset(
+    {
+        "stream_opened",
+        "stream_settled",
+        "stream_topped_up",
+        "stream_rate_updated",
+        "stream_closed",
+        "stream_close_requested",
+        "usage_price_set",
+        "usage_recorded",
+    }
+)
+# Stream events whose effect the write path leaves to refresh_streams (a price set's coming
+# into force depends on the time of the next one, which the stored history holds).
+REFRESHED_STREAM_TABLES = frozenset({"usage_price_set"})
+ENDPOINT_TABLES = frozenset({"endpoint_added", "endpoint_price_set"})
+ESCROW_TABLES = frozenset({"escrow_created", "escrow_released", "escrow_refunded"})
+# table -> column position (in the COPY row) of the vault account the event names
+ACCOUNT_COLUMNS = {
+    "vault_deposited": 5,
+    "vault_withdrawn": 5,
+    "escrow_created": 6,
+    "escrow_released": 6,
+    "escrow_refunded": 6,
+}
+LEDGER_TABLES = frozenset({"stream_settled", "usage_recorded", "fees_credited", "claimed"})
+PARAM_TABLES = frozenset(
+    {"fee_updated", "fee_recipient_updated", "notice_period_set", "contract_events"}
+)
+ID_COLUMN = 5  # stream_id / escrow_id follow the five common columns
+
+
+def _position(table: str, column: str) -> int:
+    """Where `column` of the event table `table` is in a decoded row."""
+    for entry_table, entry in CATALOG.values():
+        if entry_table == table:
+            columns = entry.columns if isinstance(entry, Packed) else entry
+            return ID_COLUMN + columns.index(column)
+    raise KeyError(table)
+
+
+# Positions in a decoded row of the columns the projections read.
+OPENED_PRICE_LIST = _position("stream_opened", "price_list")
+USAGE_SEQ = _position("usage_recorded", "seq")
+USAGE_CHARGED = _position("usage_recorded", "charged")
+USAGE_FEE = _position("usage_recorded", "fee")
+USAGE_BALANCE = _position("usage_recorded", "balance_after")
+ENDPOINT_ID = _position("endpoint_added", "endpoint")
+COPY_QUEUE = 2  # decoded parts waiting for their COPY
+
+
+class CursorMoved(KeeperError):
+    """The cursor moved under a write: another indexer is writing the same chain."""
+
+
+def _hex_bytes(value: str) -> bytes:
+    return bytes.fromhex(value[2:])
+
+
+@dataclass(frozen=True)
+class Cursor:
+    """The `ingest_cursor` row of one chain."""
+
+    start_block: int
+    indexed_block: int
+    indexed_hash: str | None
+    indexed_timestamp: int | None
+    head_block: int | None
+    finalized_block: int | None
+    backfill_done: bool
+
+
+@dataclass(frozen=True)
+class Touched:
+    """Entities whose projections must be recomputed."""
+
+    streams: list[int]
+    escrows: list[int]
+    accounts: list[bytes]
+    params: bool
+    endpoints: list[tuple[bytes, int]] = field(default_factory=list)  # (payee, endpoint)
+
+    @classmethod
+    def from_batch(cls, batch: DecodedBatch, *, streams: bool = True) -> Touched:
+        """What the rows of `batch` touch (streams left out if `streams` is false: the write
+        path merges them from the events' post-state instead, all but those whose prices
+        changed)."""
+        stream_ids: set[int] = set()
+        escrows: set[int] = set()
+        accounts: set[bytes] = set()
+        endpoints: set[tuple[bytes, int]] = set()
+        for table, rows in batch.rows.items():
+            if table in STREAM_TABLES and (streams or table in REFRESHED_STREAM_TABLES):
+                stream_ids.update(r[ID_COLUMN] for r in rows)
+            if table in ENDPOINT_TABLES:
+                endpoints.update((r[ID_COLUMN], r[ENDPOINT_ID]) for r in rows)
+            if table in ESCROW_TABLES:
+                escrows.update(r[ID_COLUMN] for r in rows)
+            column = ACCOUNT_COLUMNS.get(table)
+            if column is not None:
+                accounts.update(r[column] for r in rows)
+        params = any(t in batch.rows for t in PARAM_TABLES)
+        return cls(sorted(stream_ids), sorted(escrows), sorted(accounts), params, sorted(endpoints))
+
+
+@dataclass
+class _StreamPatch:
+    payer: bytes | None = None
+    payee: bytes | None = None
+    opened_block: int | None = None
+    rate: int | None = None
+    balance: int | None = None
+    settled_at: int | None = None
+    usage_seq: int | None = None
+    price_list: bool | None = None
+    closed: bool = False
+    close_at: int | None = None
+    updated_block: int = 0
+
+
+def stream_patches(batch: DecodedBatch) -> dict[int, _StreamPatch]:
+    """Fold the stream events of `batch`, in log order, into each stream's new post-state.
+
+    Only the last event of each kind per stream can matter (rows of a table arrive in log
+    order), so each table is reduced to those first and only the few survivors per stream are
+    ordered: linear in the batch, which is what keeps large backfill ranges cheap.
+    """
+    last: dict[int, list[tuple[int, int, str, tuple[Any, ...]]]] = {}
+    max_seq: dict[int, int] = {}
+    for table in STREAM_TABLES:
+        rows = batch.rows.get(table)
+        if not rows:
+            continue
+        latest: dict[int, tuple[Any, ...]] = {}
+        for row in rows:
+            latest[row[ID_COLUMN]] = row
+        if table == "usage_recorded":
+            for row in rows:
+                sid, seq = row[ID_COLUMN], row[USAGE_SEQ]
+                if seq > max_seq.get(sid, -1):
+                    max_seq[sid] = seq
+        for sid, row in latest.items():
+            last.setdefault(sid, []).append((row[1], row[2], table, row))
+    patches: dict[int, _StreamPatch] = {}
+    for sid, events in last.items():
+        events.sort(key=lambda e: (e[0], e[1]))
+        p = patches[sid] = _StreamPatch(usage_seq=max_seq.get(sid))
+        for block, _, table, row in events:
+            p.updated_block = max(p.updated_block, block)
+            f = row[ID_COLUMN + 1 :]
+            if table == "stream_opened":
+                p.payer, p.payee, p.rate, p.balance = f[0], f[1], f[2], f[3]
+                p.opened_block, p.settled_at = block, row[4]
+                p.price_list = bool(row[OPENED_PRICE_LIST])
+            elif table == "stream_settled":
+                p.balance, p.settled_at = f[2], row[4]
+            elif table == "stream_topped_up":
+                p.balance = f[1]
+            elif table == "stream_rate_updated":
+                p.rate = f[0]
+            elif table == "stream_closed":
+                p.balance, p.closed, p.close_at = 0, True, None
+            elif table == "stream_close_requested":
+                p.rate, p.close_at = 0, f[0]
+            elif table == "usage_recorded":
+                p.balance = row[USAGE_BALANCE]
+    return patches
+
+
+def ledger_changes(batch: DecodedBatch) -> tuple[dict[int, list[int]], dict[bytes, list[int]]]:
+    """What the batch credits per stream (amount - fee of settlements and usage charges) and
+    per account (fees credited, claims), each with the first block it happened in."""
+    per_stream: dict[int, list[int]] = {}  # stream -> [sum, first block]
+    # (table, column of the amount, column of the fee): each credits amount - fee.
+    for table, amount_at, fee_at in (
+        ("stream_settled", ID_COLUMN + 1, ID_COLUMN + 2),
+        ("usage_recorded", USAGE_CHARGED, USAGE_FEE),
+    ):
+        for row in batch.rows.get(table, ()):
+            entry = per_stream.get(row[ID_COLUMN])
+            if entry is None:
+                per_stream[row[ID_COLUMN]] = [row[amount_at] - row[fee_at], row[1]]
+            else:
+                entry[0] += row[amount_at] - row[fee_at]
+                if row[1] < entry[1]:
+                    entry[1] = row[1]
+    per_account: dict[bytes, list[int]] = {}  # account -> [delta, first block]
+    for table, sign in (("fees_credited", 1), ("claimed", -1)):
+        for row in batch.rows.get(table, ()):
+            _add(per_account, row[ID_COLUMN], sign * row[ID_COLUMN + 1], row[1])
+    return per_stream, per_account
+
+
+def _add(deltas: dict[bytes, list[int]], account: bytes, amount: int, block: int) -> None:
+    entry = deltas.get(account)
+    if entry is None:
+        deltas[account] = [amount, block]
+    else:
+        entry[0] += amount
+        entry[1] = min(entry[1], block)
+
+
+@dataclass
+class _Projected:
+    """What a batch changes in the projections, worked out from its rows in Python."""
+
+    count: int
+    patches: dict[int, _StreamPatch]
+    touched: Touched
+    ledger: bool
+    credits: dict[int, list[int]]
+    deltas: dict[bytes, list[int]]
+
+    @classmethod
+    def of(cls, batch: DecodedBatch) -> _Projected:
+        """The projection changes of `batch`."""
+        ledger = any(t in batch.rows for t in LEDGER_TABLES)
+        per_stream, per_account = ledger_changes(batch) if ledger else ({}, {})
+        return cls(
+            count=batch.count,
+            patches=stream_patches(batch),
+            touched=Touched.from_batch(batch, streams=False),
+            ledger=ledger,
+            credits=per_stream,
+            deltas=per_account,
+        )
+
+
+async def _put(send: MemoryObjectSendStream[tuple[str, Any]], item: tuple[str, Any]) -> bool:
+    """Queue `item` for the copier; False if the copier has stopped (on an error)."""
+    try:
+        await send.send(item)
+    except anyio.BrokenResourceError:
+        return False
+    return True
+
+
+async def _feed(
+    send: MemoryObjectSendStream[tuple[str, Any]],
+    parts: Iterable[DecodedBatch],
+    whole: DecodedBatch,
+) -> bool:
+    """Queue each part's COPY payloads as it is decoded, gathering its rows into `whole`;
+    False if the copier stopped (on an error)."""
+    for part in parts:
+        for table, lines in part.text.items():
+            # A memoryview: asyncpg takes bytes for a file name.
+            text = memoryview(("\n".join(lines) + "\n").encode())
+            if not await _put(send, (table, text)):
+                return False
+        raw = part.rows.get(RAW_TABLE)
+        if raw and not await _put(send, (RAW_TABLE, raw)):
+            return False
+        for table, rows in part.rows.items():
+            whole.rows.setdefault(table, []).extend(rows)
+        whole.count += part.count
+    return True
+
+
+class Store:
+    """Database side of the indexer for one chain."""
+
+    def __init__(self, chain_id: int, decoder: Decoder, queries: Queries | None = None) -> None:
+        self.chain_id = chain_id
+        self.decoder = decoder
+        self.q = queries or load_queries("ingest.sql")
+
+    async def cursor(self, conn: Conn, start_block: int) -> Cursor:
+        """Read the cursor, creating it at `start_block` on first use."""
+        await conn.execute(self.q["init_cursor"], self.chain_id, start_block)
+        row = await conn.fetchrow(self.q["get_cursor"], self.chain_id)
+        assert row is not None
+        return Cursor(
+            start_block=row["start_block"],
+            indexed_block=row["indexed_block"],
+            indexed_hash="0x" + bytes(row["indexed_hash"]).hex() if row["indexed_hash"] else None,
+            indexed_timestamp=row["indexed_timestamp"],
+            head_block=row["head_block"],
+            finalized_block=row["finalized_block"],
+            backfill_done=row["backfill_done"],
+        )
+
+    async def stored_block(self, conn: Conn, number: int) -> BlockHeader | None:
+        """The canonical block the database holds at `number`, if any."""
+        row = await conn.fetchrow(self.q["get_block"], self.chain_id, number)
+        if row is None:
+            return None
+        return BlockHeader(
+            number=row["number"],
+            hash="0x" + bytes(row["hash"]).hex(),
+            parent_hash="0x" + bytes(row["parent_hash"]).hex(),
+            timestamp=row["timestamp"],
+        )
+
+    async def observe_head(self, conn: Conn, head: BlockHeader, finalized: int) -> None:
+        """Record what the node reports (for lag in the views and metrics)."""
+        await conn.execute(
+            self.q["observe_head"], self.chain_id, head.number, head.timestamp, finalized
+        )
+
+    async def write_range(
+        self,
+        conn: Conn,
+        batch: DecodedBatch | Iterable[DecodedBatch],
+        from_block: int,
+        end: BlockHeader,
+        *,
+        blocks: Iterable[BlockHeader] = (),
+        backfill_done: bool = False,
+    ) -> int:
+        """Store the events of blocks [from_block, end.number] and move the cursor to `end`.
+
+        `batch` may also be the range's logs decoded in consecutive parts (an iterator that
+        decodes as it goes): each part is copied as soon as it is decoded, so the server
+        ingests one part while the next is decoded. Returns the number of events stored.
+        """
+        started = time.perf_counter()
+        parts = [batch] if isinstance(batch, DecodedBatch) else batch
+        async with conn.transaction():
+            await self._claim_cursor(conn, from_block - 1)
+            done = await self._copy_events(conn, parts)
+            if done.patches:
+                await self._merge_streams(conn, done.patches)
+            await self._refresh(conn, done.touched)
+            if done.ledger:
+                await self._merge_ledger(conn, done)
+            for header in (*blocks, end):
+                await self._upsert_block(conn, header)
+            await conn.execute(
+                self.q["advance_cursor"],
+                self.chain_id,
+                end.number,
+                _hex_bytes(end.hash),
+                end.timestamp,
+                backfill_done,
+            )
+        metrics.DB_LATENCY.labels(kind="write_range").observe(time.perf_counter() - started)
+        metrics.EVENTS_INDEXED.inc(done.count)
+        metrics.BLOCKS_INDEXED.inc(end.number - from_block + 1)
+        metrics.INDEXED_BLOCK.set(end.number)
+        metrics.INDEXED_TIMESTAMP.set(end.timestamp)
+        return done.count
+
+    async def rollback_to(
+        self,
+        conn: Conn,
+        ancestor: BlockHeader,
+        old_head: BlockHeader,
+        new_head: BlockHeader | None,
+    ) -> int:
+        """Undo every block after `ancestor`; returns the number of events removed."""
+        started = time.perf_counter()
+        chain = self.chain_id
+        async with conn.transaction():
+            await self._claim_cursor(conn, old_head.number)
+            row = await conn.fetchrow(self.q["touched_after"], chain, ancestor.number)
+            assert row is not None
+            endpoints = await conn.fetch(self.q["endpoints_touched_after"], chain, ancestor.number)
+            touched = Touched(
+                streams=[int(x) for x in row["streams"]],
+                escrows=[int(x) for x in row["escrows"]],
+                accounts=[bytes(x) for x in row["accounts"]],
+                params=True,
+                endpoints=[(bytes(r["payee"]), int(r["endpoint"])) for r in endpoints],
+            )
+            # Ledger first: its subtraction reads the orphaned events before they go.
+            await conn.execute(self.q["apply_ledger_range"], chain, ancestor.number, 2**62, -1)
+            await conn.execute(self.q["drop_ledger_rows_after"], chain, ancestor.number)
+            removed = int(
+                await conn.fetchval(self.q["delete_events_after"], chain, ancestor.number)
+            )
+            await conn.execute(self.q["delete_blocks_after"], chain, ancestor.number)
+            await self._refresh(conn, touched)
+            await conn.execute(
+                self.q["rewind_cursor"],
+                chain,
+                ancestor.number,
+                _hex_bytes(ancestor.hash),
+                ancestor.timestamp,
+            )
+            await conn.execute(
+                self.q["record_reorg"],
+                chain,
+                old_head.number - ancestor.number,
+                ancestor.number,
+                old_head.number,
+                _hex_bytes(old_head.hash),
+                new_head.number if new_head else None,
+                _hex_bytes(new_head.hash) if new_head else None,
+                removed,
+            )
+        metrics.DB_LATENCY.labels(kind="rollback").observe(time.perf_counter() - started)
+        return removed
+
+    async def prune_blocks(self, conn: Conn, below: int) -> None:
+        """Forget block rows below `below` (finalized history needs no parent-hash chain)."""
+        await conn.execute(self.q["prune_blocks"], self.chain_id, below)
+
+    async def _copy_events(self, conn: Conn, parts: Iterable[DecodedBatch]) -> _Projected:
+        """COPY the rows of each part while the next part is decoded; return what all of them
+        change in the projections (worked out while the last COPYs run).
+
+        A task sends the COPYs one after the other on `conn`; taking the next part from
+        `parts` (which may decode it then) runs meanwhile, so the server's work on one part
+        overlaps the decoding of the next. The queue between them is short: decoding never
+        runs far ahead of what the server has taken.
+        """
+        whole = DecodedBatch(rows={})
+        send, receive = anyio.create_memory_object_stream[tuple[str, Any]](COPY_QUEUE)
+
+        async def copier() -> None:
+            async with receive:
+                async for table, payload in receive:
+                    columns = list(self.decoder.columns(table))
+                    if table == RAW_TABLE:
+                        await conn.copy_records_to_table(table, records=payload, columns=columns)
+                    else:
+                        await conn.copy_to_table(
+                            table, source=payload, columns=columns, format="text"
+                        )
+
+        with unwrap_group():
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(copier)
+                async with send:
+                    fed = await _feed(send, parts, whole)
+                # The last COPYs are still running: work out the projections meanwhile.
+                projected = _Projected.of(whole) if fed else None
+        assert projected is not None  # the copier stopped early: the group raised its error
+        return projected
+
+    async def _merge_ledger(self, conn: Conn, done: _Projected) -> None:
+        """Add what the batch's events credit and claim to each account's ledger row."""
+        deltas = {a: list(d) for a, d in done.deltas.items()}
+        if done.credits:
+            rows = await conn.fetch(self.q["stream_payees"], self.chain_id, list(done.credits))
+            payees = {int(r["stream_id"]): bytes(r["payee"]) for r in rows}
+            for sid, (amount, block) in done.credits.items():
+                _add(deltas, payees[sid], amount, block)
+        accounts = list(deltas)
+        await conn.execute(
+            self.q["merge_ledger"],
+            self.chain_id,
+            accounts,
+            [deltas[a][0] for a in accounts],
+            [deltas[a][1] for a in accounts],
+        )
+
+    async def _merge_streams(self, conn: Conn, patches: dict[int, _StreamPatch]) -> None:
+        ids = list(patches)
+        ps = [patches[i] for i in ids]
+        await conn.execute(
+            self.q["merge_streams"],
+            self.chain_id,
+            ids,
+            [p.payer for p in ps],
+            [p.payee for p in ps],
+            [p.opened_block for p in ps],
+            [p.rate for p in ps],
+            [p.balance for p in ps],
+            [p.settled_at for p in ps],
+            [p.usage_seq for p in ps],
+            [p.price_list for p in ps],
+            [p.closed for p in ps],
+            [p.close_at for p in ps],
+            [p.updated_block for p in ps],
+        )
+
+    async def _claim_cursor(self, conn: Conn, expected: int) -> None:
+        if await conn.fetchval(self.q["claim_cursor"], self.chain_id, expected) is None:
+            raise CursorMoved(
+                f"chain {self.chain_id}: the cursor is no longer at block {expected}",
+                help="another indexer writes to this database; only one may (the leader)",
+            )
+
+    async def _upsert_block(self, conn: Conn, h: BlockHeader) -> None:
+        await conn.execute(
+            self.q["upsert_block"],
+            self.chain_id,
+            h.number,
+            _hex_bytes(h.hash),
+            _hex_bytes(h.parent_hash),
+            h.timestamp,
+        )
+
+    async def _refresh(self, conn: Conn, t: Touched) -> None:
+        chain = self.chain_id
+        if t.streams:
+            await conn.execute(self.q["refresh_streams"], chain, t.streams)
+        if t.escrows:
+            await conn.execute(self.q["refresh_escrows"], chain, t.escrows)
+        if t.accounts or t.escrows:
+            await conn.execute(self.q["refresh_vault_accounts"], chain, t.accounts, t.escrows)
+        if t.params:
+            await conn.execute(self.q["refresh_contract_params"], chain)
+        if t.endpoints:
+            payees = [payee for payee, _ in t.endpoints]
+            ids = [endpoint for _, endpoint in t.endpoints]
+            await conn.execute(self.q["delete_gone_endpoints"], chain, payees, ids)
+            await conn.execute(self.q["refresh_endpoints"], chain, payees, ids)

@@ -1,0 +1,1 @@
+"""Operator commands over the database and the chain: status, verify, usage import."""

@@ -1,0 +1,460 @@
+"""The planners: from the indexed state, the on-chain work that is due, as outbox intents.
+
+One pass reads what is due from the operator views themselves (`keeper.streams_due`,
+`keeper.escrows_refundable`), so what an operator sees there is exactly what the pass plans:
+
+- **settle**: streams due by the settle rule (depleting within the horizon: urgent; accrued at
+  least the minimum; not settled for the maximum interval), most urgent first, then the
+  largest amounts;
+- **refund**: open escrows whose `expiresAt` is at or before the indexed head's timestamp
+  (chain time, never the wall clock), most overdue first;
+- **usage** (when enabled): the usage inbox validated, pending reports reconciled and the
+  reports that continue each stream's sequence batched (see `keeper.plan.usage`); a stream's run
+  is urgent when a deadline is near: the stream is closing (its notice period runs out at
+  close_at) or the price its reports are billed at has a change pending.
+
+Due items are cut into batches sized by gas (`max_batch_gas`, a per-item estimate and a fixed
+overhead). Within a batch the streams are ordered by payee: the contract folds a run of one
+payee into one ledger write, which is the cheapest order. Above `base_fee_ceiling` only urgent
+work is planned. A closing stream is never settled: its rate is 0 from the close request, and
+its final close settles and refunds it. An item already in an unfinished intent, or backed off
+after it reverted or had no effect, is not in the views, so it is never planned twice.
+
+Each batch becomes an intent whose idempotency key is derived from its kind, block and items:
+re-running a pass (after a crash between two intents, say) reports the batches it already
+planned as `AlreadyPlanned`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+import asyncpg
+import structlog
+from prometheus_client import Counter
+
+from keeper import metrics
+from keeper.chain.reverts import revert_reason
+from keeper.chain.rpc import ChainClient, RpcResponseError
+from keeper.db import Conn, to_int
+from keeper.db.outbox import AlreadyPlanned, IntentRequest, Outbox, Planned
+from keeper.db.queries import Queries, load_queries
+from keeper.errors import KeeperError
+from keeper.loops import OUTAGES
+from keeper.plan.batches import batch_size, encode_batch, item_key
+from keeper.plan.usage import (
+    URGENT_REASONS,
+    IntakeReport,
+    UsageItem,
+    UsageOracle,
+    pack_runs,
+    run_urgency,
+)
+
+log = structlog.get_logger(__name__)
+
+USAGE_URGENT = Counter(
+    "keeper_usage_urgent_total",
+    "Usage reports planned as urgent, by the deadline they beat: stream_closing, price_change "
+    "or endpoint_price_change (the other reports of their stream's run are not counted).",
+    ["reason"],
+    registry=metrics.REGISTRY,
+)
+
+
+@dataclass(frozen=True)
+class PlanSettings:
+    """The `[plan]` section's tuning."""
+
+    settle_min_amount: int = 1_000_000  # token base units (1.00 of a 6-decimal token)
+    settle_max_interval: int = 86_400  # seconds
+    settle_horizon: int = 3_600  # seconds of runway left that make a stream urgent
+    backoff_seconds: int = 600  # an item that reverted or had no effect waits this long
+    max_batch_gas: int = 3_000_000  # a batch's gas limit, at most (keeper.plan.batches)
+    usage_intake_per_pass: int = 5_000  # inbox rows validated per pass
+    unknown_stream_grace: float = 300.0  # seconds a row for a not yet indexed id waits
+    base_fee_ceiling: int | None = None  # wei; above it only urgent work is planned
+
+    def batch_size(self, kind: str) -> int:
+        """Items of `kind` per batch under `max_batch_gas` (at least one)."""
+        return batch_size(kind, self.max_batch_gas)
+
+
+@dataclass(frozen=True)
+class DueItem:
+    """One item due, with why."""
+
+    item: int
+    reason: str
+    urgent: bool
+    amount: int  # accrued now (settle) or the escrowed amount (refund)
+    group: bytes = b""  # payee (settle): batch order
+
+
+@dataclass
+class Batch:
+    """One planned call."""
+
+    kind: str
+    target: str
+    items: list[Any]  # ids, or [stream id, units, seq, endpoint] for usage
+    reasons: dict[str, str]  # by item_key
+    urgent: bool
+    amount: int
+    block: int
+
+    @property
+    def key(self) -> str:
+        """The idempotency key: kind, block and a digest of the items."""
+        names = ",".join(item_key(self.kind, i) for i in self.items)
+        digest = hashlib.sha256(names.encode()).hexdigest()[:16]
+        return f"{self.kind}:{self.block}:{len(self.items)}:{digest}"
+
+    @property
+    def calldata(self) -> bytes:
+        """The batch call's calldata."""
+        return encode_batch(self.kind, self.items)
+
+
+@dataclass
+class PassReport:
+    """What one planning pass found and planned."""
+
+    block: int | None = None
+    due: dict[str, int] = field(default_factory=dict)
+    planned: list[Batch] = field(default_factory=list)
+    already_planned: int = 0
+    held_by_base_fee: int = 0
+    intake: IntakeReport | None = None
+    reconciled: dict[str, int] = field(default_factory=dict)
+    # An unexpected error of the usage part of the pass (intake, reconciliation or planning):
+    # contained, so that settlement and refunds are planned all the same.
+    usage_error: Exception | None = None
+
+
+def cut_batches(
+    kind: str,
+    target: str,
+    due: Sequence[DueItem],
+    size: int,
+    block: int,
+    *,
+    urgent_only: bool = False,
+) -> list[Batch]:
+    """Cut `due` (already most-urgent first) into batches of at most `size` items. Urgent and
+    ordinary items never share a batch, so an urgent batch is small enough to go out first and
+    a budget or base-fee hold on ordinary work never holds an urgent item back."""
+    batches: list[Batch] = []
+    for urgent in (True, False):
+        part = [d for d in due if d.urgent is urgent]
+        if not part or (urgent_only and not urgent):
+            continue
+        for start in range(0, len(part), size):
+            chunk = sorted(part[start : start + size], key=lambda d: (d.group, d.item))
+            batches.append(
+                Batch(
+                    kind=kind,
+                    target=target,
+                    items=[d.item for d in chunk],
+                    reasons={str(d.item): d.reason for d in chunk},
+                    urgent=urgent,
+                    amount=sum(d.amount for d in chunk),
+                    block=block,
+                )
+            )
+    return batches
+
+
+class Planner:
+    """The settle and refund planners of one chain."""
+
+    def __init__(
+        self,
+        chain_id: int,
+        *,
+        stream_manager: str,
+        escrow_vault: str,
+        settings: PlanSettings | None = None,
+        usage: bool = True,
+        queries: Queries | None = None,
+    ) -> None:
+        self.chain_id = chain_id
+        self.stream_manager = stream_manager
+        self.escrow_vault = escrow_vault
+        self.settings = settings or PlanSettings()
+        self.q = queries or load_queries("planner.sql")
+        self.outbox = Outbox(chain_id)
+        self.log = log.bind(chain_id=chain_id)
+        s = self.settings
+        self.usage = (
+            UsageOracle(
+                chain_id,
+                intake_per_pass=s.usage_intake_per_pass,
+                unknown_stream_grace=s.unknown_stream_grace,
+            )
+            if usage
+            else None
+        )
+
+    async def store_settings(self, conn: Conn) -> None:
+        """Write the settle rule's thresholds where `keeper.streams_due` reads them."""
+        s = self.settings
+        await conn.execute(
+            self.q["upsert_settings"],
+            self.chain_id,
+            Decimal(s.settle_min_amount),
+            s.settle_max_interval,
+            s.settle_horizon,
+            s.backoff_seconds,
+        )
+
+    async def backfill_done(self, conn: Conn) -> bool:
+        """Whether the indexer has finished its backfill (planning waits for it)."""
+        return bool(await conn.fetchval(self.q["backfill_done"], self.chain_id))
+
+    async def due(self, conn: Conn) -> tuple[int | None, list[DueItem], list[DueItem]]:
+        """(indexed block, settle items due, refund items due), most urgent first."""
+        block = await conn.fetchval(self.q["indexed_block"], self.chain_id)
+        settle = [
+            DueItem(
+                item=to_int(r["stream_id"]),
+                reason=r["reason"],
+                urgent=r["urgent"],
+                amount=to_int(r["accrued_now"]),
+                group=bytes.fromhex(r["payee"][2:]),
+            )
+            for r in await conn.fetch(self.q["streams_due"], self.chain_id)
+        ]
+        refund = [
+            DueItem(
+                item=to_int(r["escrow_id"]),
+                reason="expired",
+                urgent=False,
+                amount=to_int(r["amount"]),
+            )
+            for r in await conn.fetch(self.q["escrows_refundable"], self.chain_id)
+        ]
+        return (None if block is None else int(block)), settle, refund
+
+    def batches(
+        self,
+        block: int,
+        settle: Sequence[DueItem],
+        refund: Sequence[DueItem],
+        base_fee: int | None,
+    ) -> tuple[list[Batch], int]:
+        """The batches a pass plans, and how many items the base-fee ceiling held back."""
+        s = self.settings
+        urgent_only = self.urgent_only(base_fee)
+        batches = cut_batches(
+            "settle",
+            self.stream_manager,
+            settle,
+            s.batch_size("settle"),
+            block,
+            urgent_only=urgent_only,
+        )
+        if not urgent_only:
+            batches += cut_batches(
+                "refund", self.escrow_vault, refund, s.batch_size("refund"), block
+            )
+        held = 0
+        if urgent_only:
+            held = sum(1 for d in settle if not d.urgent) + len(refund)
+        return batches, held
+
+    def urgent_only(self, base_fee: int | None) -> bool:
+        """Whether `base_fee` is above the ceiling, where only urgent work goes out."""
+        ceiling = self.settings.base_fee_ceiling
+        return ceiling is not None and base_fee is not None and base_fee > ceiling
+
+    def usage_batches(
+        self, block: int, runs: Sequence[list[UsageItem]], *, urgent_only: bool = False
+    ) -> list[Batch]:
+        """`recordUsage` batches of whole per-stream runs, by payee: the urgent runs first, in
+        batches of their own (as `cut_batches` keeps urgent settlements apart), and no others
+        when `urgent_only`. An item's reason is its deadline (`keeper.plan.usage.URGENT_REASONS`)
+        or `usage`."""
+        batches = []
+        for urgent in (True, False):
+            part = [r for r in runs if (run_urgency(r) is not None) is urgent]
+            if not part or (urgent_only and not urgent):
+                continue
+            batches += [
+                Batch(
+                    kind="usage",
+                    target=self.stream_manager,
+                    items=[u.item for u in batch],
+                    reasons={item_key("usage", u.item): u.urgent or "usage" for u in batch},
+                    urgent=urgent,
+                    amount=sum(u.units * u.price for u in batch),
+                    block=block,
+                )
+                for batch in pack_runs(part, self.usage_batch_size)
+            ]
+        return batches
+
+    @property
+    def usage_batch_size(self) -> int:
+        """Reports per usage batch (also the most of one stream's reports per pass)."""
+        return self.settings.batch_size("usage")
+
+    async def plan_pass(
+        self, conn: Conn, *, base_fee: int | None = None, dry_run: bool = False
+    ) -> PassReport:
+        """One planning pass: read what is due, cut batches and (unless `dry_run`) create their
+        intents, all in one transaction."""
+        report = PassReport()
+        if self.usage is not None:
+            # Its own transaction: accepted rows and their sequence numbers are committed
+            # whatever the planning below does, and the intake lock is not held while it runs.
+            try:
+                async with conn.transaction():
+                    report.intake = await self.usage.intake(conn)
+            except OUTAGES:
+                raise
+            except Exception as exc:
+                report.usage_error = exc
+        async with conn.transaction():
+            block, settle, refund = await self.due(conn)
+            report.block = block
+            report.due = {"settle": len(settle), "refund": len(refund)}
+            if block is None:
+                return report  # nothing indexed yet
+            batches, report.held_by_base_fee = self.batches(block, settle, refund, base_fee)
+            if self.usage is not None and report.usage_error is None:
+                try:
+                    async with conn.transaction():  # a savepoint: a failure undoes only this
+                        batches += await self._usage_part(conn, block, base_fee, report)
+                except OUTAGES:
+                    raise
+                except Exception as exc:
+                    report.usage_error = exc
+            for batch in batches:
+                if dry_run:
+                    report.planned.append(batch)
+                    continue
+                outcome = await self.outbox.plan(conn, self.request(batch))
+                if isinstance(outcome, AlreadyPlanned):
+                    report.already_planned += 1
+                else:
+                    assert isinstance(outcome, Planned)
+                    report.planned.append(batch)
+        if not dry_run:
+            self._count_urgent_usage(report, base_fee)
+        return report
+
+    def _count_urgent_usage(self, report: PassReport, base_fee: int | None) -> None:
+        """Count and log the urgent usage reports a pass planned (after its commit)."""
+        urgent: dict[str, int] = {}
+        for batch in report.planned:
+            if batch.kind == "usage" and batch.urgent:
+                for reason in batch.reasons.values():
+                    if reason in URGENT_REASONS:
+                        urgent[reason] = urgent.get(reason, 0) + 1
+        if not urgent:
+            return
+        for reason, n in urgent.items():
+            USAGE_URGENT.labels(reason).inc(n)
+        self.log.info(
+            "usage_urgent_planned",
+            reports=sum(len(b.items) for b in report.planned if b.kind == "usage" and b.urgent),
+            deadlines=urgent,
+            above_base_fee_ceiling=self.urgent_only(base_fee),
+        )
+
+    async def _usage_part(
+        self, conn: Conn, block: int, base_fee: int | None, report: PassReport
+    ) -> list[Batch]:
+        """Reconcile usage reports and cut the batches of those due (only urgent ones above
+        the base-fee ceiling)."""
+        assert self.usage is not None
+        reconciled = await self.usage.reconcile(conn)
+        runs = await self.usage.due(conn, self.usage_batch_size)
+        report.reconciled = reconciled  # only once nothing can undo it any more
+        report.due["usage"] = sum(len(r) for r in runs)
+        urgent_only = self.urgent_only(base_fee)
+        if urgent_only:
+            report.held_by_base_fee += sum(len(r) for r in runs if run_urgency(r) is None)
+        return self.usage_batches(block, runs, urgent_only=urgent_only)
+
+    def request(self, batch: Batch) -> IntentRequest:
+        """The outbox request for `batch`."""
+        return IntentRequest(
+            kind=batch.kind,
+            key=batch.key,
+            target=batch.target,
+            calldata=batch.calldata,
+            items=batch.items,
+            urgent=batch.urgent,
+        )
+
+
+def describe(batch: Batch) -> dict[str, Any]:
+    """A JSON-able view of a batch (for `keeper plan --json` and logs)."""
+    reasons: dict[str, int] = {}
+    for reason in batch.reasons.values():
+        reasons[reason] = reasons.get(reason, 0) + 1
+    return {
+        "kind": batch.kind,
+        "key": batch.key,
+        "target": batch.target,
+        "urgent": batch.urgent,
+        "items": batch.items,
+        "reasons": {str(i): r for i, r in batch.reasons.items()},
+        "reason_counts": reasons,
+        "amount": str(batch.amount),
+    }
+
+
+async def dry_run(
+    planner: Planner,
+    conn: Conn,
+    client: ChainClient,
+    sender: str,
+    usage_sender: str | None = None,
+) -> dict[str, Any]:
+    """What the next pass would plan, without planning it: the batches with each item's reason
+    and the gas `eth_estimateGas` gives for each from `sender` (settle and refund calls are
+    permissionless; usage batches are simulated from `usage_sender`, an account with
+    ORACLE_ROLE, when given). The configured thresholds are applied and the usage inbox is
+    validated in a transaction that is rolled back, so the database is left exactly as it
+    was."""
+    head = await client.head()
+    tr = conn.transaction()
+    await tr.start()
+    try:
+        await planner.store_settings(conn)
+        report = await planner.plan_pass(conn, base_fee=head.base_fee, dry_run=True)
+    except asyncpg.UndefinedTableError as exc:
+        raise KeeperError(
+            f"the database has no keeper schema ({exc})", help="run `keeper migrate` first"
+        ) from None
+    finally:
+        await tr.rollback()
+    batches = []
+    for batch in report.planned:
+        shown = describe(batch)
+        origin = usage_sender if batch.kind == "usage" and usage_sender else sender
+        call = {"from": origin, "to": batch.target, "data": "0x" + batch.calldata.hex()}
+        try:
+            shown["simulated_gas"] = int(await client.request("eth_estimateGas", [call]), 16)
+        except RpcResponseError as exc:
+            shown["simulated_gas"] = None
+            shown["simulation_error"] = (
+                revert_reason(exc.data) if exc.data is not None else exc.message
+            )
+        batches.append(shown)
+    return {
+        "chain_id": planner.chain_id,
+        "indexed_block": report.block,
+        "head_block": head.number,
+        "base_fee": head.base_fee,
+        "due": report.due,
+        "held_by_base_fee": report.held_by_base_fee,
+        "batches": batches,
+    }

@@ -1,0 +1,2 @@
+"""The daemon around the stages: its loops, leader election, the health and metrics
+port, systemd notification."""
