@@ -243,7 +243,7 @@ ON CONFLICT (chain_id, signer) DO UPDATE
 SET balance = EXCLUDED.balance, low_balance = EXCLUDED.low_balance, updated_at = now();
 
 -- name: lock_lane
--- A signer's nonce lane, locked to the end of the transaction (see txmanager.lane_lock_key).
+-- A signer's nonce lane, locked to the end of the transaction (see keeper.db.outbox.lane_lock_key).
 SELECT pg_advisory_xact_lock($1::bigint);
 
 -- name: record_fault

@@ -25,12 +25,11 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
-import asyncpg
 import structlog
 from prometheus_client import Counter
 
 from keeper import metrics, secrets
-from keeper.db.queries import Queries
+from keeper.db.outbox import OutboxStore
 from keeper.loops import OUTAGES, describe
 
 log = structlog.get_logger(__name__)
@@ -60,15 +59,13 @@ class IntentFaults:
 
     def __init__(
         self,
-        pool: asyncpg.Pool,
-        queries: Queries,
+        outbox: OutboxStore,
         chain_id: int,
         *,
         base_delay: float = 30.0,
         max_delay: float = 3600.0,
     ) -> None:
-        self.pool = pool
-        self.q = queries
+        self.outbox = outbox
         self.chain_id = chain_id
         self.base_delay = base_delay
         self.max_delay = max_delay
@@ -97,8 +94,7 @@ class IntentFaults:
             fault = self._faults.get(intent_id)
             if fault is not None and fault.stage == stage:
                 del self._faults[intent_id]
-                async with self.pool.acquire() as conn:
-                    await conn.execute(self.q["clear_fault"], intent_id, stage)
+                await self.outbox.clear_fault(intent_id, stage)
                 self.log.info("intent_fault_cleared", intent=key, stage=stage)
 
     async def _failed(self, intent_id: int, key: str, stage: str, exc: Exception) -> None:
@@ -120,7 +116,4 @@ class IntentFaults:
             self.log.debug("intent_fault", **fields)
         else:
             self.log.error("intent_fault", unexpected=True, exc_info=exc, **fields)
-        async with self.pool.acquire() as conn:
-            await conn.execute(
-                self.q["record_fault"], intent_id, self.chain_id, stage, text, failures, delay
-            )
+        await self.outbox.record_fault(intent_id, stage, text, failures, delay)

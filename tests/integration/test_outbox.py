@@ -93,8 +93,12 @@ async def test_signed_bytes_are_immutable(db: asyncpg.Connection) -> None:
     assert row is not None and tuple(row) == ("broadcast", 1, 5)
 
 
-async def test_in_flight_counts_per_signer(db: asyncpg.Connection) -> None:
+async def test_in_flight_counts_per_signer(db: asyncpg.Connection, database_url: str) -> None:
     for n in range(3):
         await _assigned(db, f"k{n}", nonce=n)
-    assert await Outbox(CHAIN).in_flight(db) == {SIGNER: 3}
+    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=1)
+    try:
+        assert await Outbox(CHAIN, pool).in_flight() == {SIGNER: 3}
+    finally:
+        await pool.close()
     assert await Outbox(CHAIN).next_nonce(db, b"\x33" * 20) == 0

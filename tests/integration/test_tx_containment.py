@@ -18,7 +18,6 @@ from structlog.testing import capture_logs
 
 from keeper import metrics
 from keeper.service.status import collect_status, render_status
-from keeper.tx.manager import TxManager
 from tests.support.tx import Env
 
 pytestmark = pytest.mark.anyio
@@ -29,19 +28,19 @@ def _faults(stage: str) -> float:
     return value or 0.0
 
 
-def _break(manager: TxManager, method: str, key: str) -> dict[str, int]:
-    """Make `manager.<method>` raise for the intent with `key`; returns the call counts."""
+def _break(step: object, method: str, key: str) -> dict[str, int]:
+    """Make `step.<method>` raise for the intent with `key`; returns the call counts."""
     calls = {"broken": 0, "other": 0}
-    original = getattr(manager, method)
+    original = getattr(step, method)
 
     async def broken(intent: Any, *args: Any, **kwargs: Any) -> Any:
-        if intent["key"] == key:
+        if intent.key == key:
             calls["broken"] += 1
             raise RuntimeError(f"injected bug for {key}")
         calls["other"] += 1
         return await original(intent, *args, **kwargs)
 
-    setattr(manager, method, broken)
+    setattr(step, method, broken)
     return calls
 
 
@@ -54,7 +53,7 @@ async def test_a_bug_in_one_assignment_leaves_the_others_alone(env: Env) -> None
     manager = env.manager_with(fault_backoff=1.0)
     broken_id = await env.plan("broken", [1])
     fine_id = await env.plan("fine", [2])
-    calls = _break(manager, "_simulate_or_split", "broken")
+    calls = _break(manager.simulator, "simulate_or_split", "broken")
     before = _faults("assign")
 
     with capture_logs() as logs:
@@ -91,7 +90,7 @@ async def test_a_bug_in_one_assignment_leaves_the_others_alone(env: Env) -> None
     assert (await _fault_rows(env))[0]["failures"] == 2
 
     # The bug is fixed: once the backoff is over the intent goes out and the record is cleared.
-    manager._simulate_or_split = TxManager._simulate_or_split.__get__(manager)  # type: ignore[method-assign]
+    del manager.simulator.simulate_or_split  # the instance attribute: the class's method again
     await anyio.sleep(2.1)
     with capture_logs() as logs:
         await manager.tick()
@@ -109,7 +108,7 @@ async def test_a_bug_in_one_receipt_leaves_the_others_alone(env: Env) -> None:
     fine_id = await env.plan("fine-receipt", [2])
     await manager.tick()  # both assigned and sent; automine mines them
     stuck_at = await env.state(broken_id)
-    calls = _break(manager, "_advance", "broken-receipt")
+    calls = _break(manager.receipts, "advance", "broken-receipt")
     started = time.monotonic()
     while await env.state(fine_id) != "confirmed" and time.monotonic() - started < 30:
         env.mine()

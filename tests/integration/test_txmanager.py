@@ -127,7 +127,7 @@ async def test_a_restart_sends_the_stored_bytes(env: Env, monkeypatch: pytest.Mo
     async def crash_before_broadcast(*args: object) -> None:
         raise SystemExit("killed between storing and broadcasting")
 
-    monkeypatch.setattr(env.manager, "_broadcast", crash_before_broadcast)
+    monkeypatch.setattr(env.manager.sender, "broadcast", crash_before_broadcast)
     with pytest.raises(SystemExit):
         await env.manager.tick()
     async with env.pool.acquire() as conn:

@@ -22,7 +22,8 @@ from keeper.chain.rpc import ChainClient, RpcError
 from keeper.db.outbox import IntentRequest, Outbox, Planned
 from keeper.dev.anvil import rpc
 from keeper.plan.batches import encode_batch, gas_floor
-from keeper.tx.manager import TxManager, l1_fee, receipt_cost
+from keeper.tx.manager import TxManager
+from keeper.tx.receipts import l1_fee, receipt_cost
 from keeper.tx.send_errors import SendOutcome, classify_send_error
 from tests.support.ingest import Target, index_until_caught_up, open_indexer
 from tests.support.rpc_proxy import RpcProxy
@@ -481,7 +482,7 @@ async def test_a_gas_cap_refusal_purges_the_nonce_and_halves_the_next_batch(env:
             assert "gas_limit_too_high" in row["reason"]
             [attempt] = await attempt_rows(env, intent)
             assert attempt["broadcasts"] == 0  # refused: never counted as sent, never resent
-            assert manager.batch_gas_cap == gas_floor("settle", 40) // 2
+            assert manager.sender.batch_gas_cap == gas_floor("settle", 40) // 2
             assert [e["cap"] for e in logs if e["event"] == "batch_gas_cap_lowered"] == [
                 gas_floor("settle", 40) // 2
             ]
@@ -510,7 +511,7 @@ async def test_a_real_gas_cap_refusal_sends_the_next_batch_under_half_the_limit(
     floor = gas_floor("settle", len(items))
     assert floor > 2**24
     manager = env.manager_with(signers=env.signers[:1])
-    assert manager.batch_gas_cap is None
+    assert manager.sender.batch_gas_cap is None
     intent = await env.plan("settle:above-the-cap", items)
     report = await manager.tick()
     assert report.purged == 1
@@ -519,7 +520,7 @@ async def test_a_real_gas_cap_refusal_sends_the_next_batch_under_half_the_limit(
     [attempt] = await attempt_rows(env, intent)
     assert attempt["gas_limit"] == floor and attempt["broadcasts"] == 0
     assert classify_send_error(attempt["last_error"]) is SendOutcome.GAS_LIMIT_TOO_HIGH
-    assert manager.batch_gas_cap == floor // 2
+    assert manager.sender.batch_gas_cap == floor // 2
 
     later = await env.plan("settle:under-the-cap", [i + len(items) for i in items])
     await manager.tick()
@@ -590,7 +591,7 @@ async def test_the_l1_fee_of_an_op_stack_receipt_is_paid_for(env: Env) -> None:
                     "FROM keeper.tx_pipeline WHERE intent_id = $1",
                     intent,
                 )
-                spent = await manager._spent_last_hour(conn)
+            spent = await manager.assigner.spent_last_hour()
             assert row is not None and row["l1_fee"] == fee
             gas = int(row["gas_used"]) * int(row["effective_gas_price"])
             assert row["cost_wei"] == gas + fee

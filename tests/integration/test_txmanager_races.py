@@ -12,9 +12,12 @@ import anyio
 import pytest
 from structlog.testing import capture_logs
 
-from keeper.db.outbox import IntentRequest, Outbox, Planned
-from keeper.tx.manager import TxManager, lane_lock_key
+from keeper.db.outbox import IntentRequest, Outbox, Planned, lane_lock_key
+from keeper.db.queries import load_queries
+from keeper.tx.manager import TxManager
 from tests.support.tx import Env
+
+QUERIES = load_queries("outbox.sql")
 
 pytestmark = pytest.mark.anyio
 
@@ -61,7 +64,7 @@ async def test_a_stale_pass_never_unmines_what_another_made_final(env: Env) -> N
 
     async def hook(query: str) -> None:
         nonlocal fired
-        if query == first.q["all_attempt_hashes"] and not fired:
+        if query == QUERIES["all_attempt_hashes"] and not fired:
             fired = True
             await first.tick()  # the other manager makes it final between the two reads
 
@@ -95,7 +98,7 @@ async def test_a_lane_assigns_one_nonce_at_a_time_across_managers(env: Env) -> N
         tx = other.transaction()
         await tx.start()
         await other.execute(
-            manager.q["lock_lane"], lane_lock_key(manager.chain_id, signer.address_bytes)
+            QUERIES["lock_lane"], lane_lock_key(manager.chain_id, signer.address_bytes)
         )
         async with anyio.create_task_group() as tg:
             tg.start_soon(manager.tick)
@@ -111,7 +114,7 @@ async def test_a_lane_assigns_one_nonce_at_a_time_across_managers(env: Env) -> N
             theirs = await outbox.plan(other, req)
             assert isinstance(theirs, Planned)
             await other.execute(
-                manager.q["assign_intent"], theirs.intent_id, signer.address_bytes, 0, 100_000
+                QUERIES["assign_intent"], theirs.intent_id, signer.address_bytes, 0, 100_000
             )
             await tx.commit()
     async with env.pool.acquire() as conn:

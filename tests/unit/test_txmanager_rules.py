@@ -2,23 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any, cast
-
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from keeper.chain.signers import Signer
+from keeper.db.outbox_rows import Attempt, Call, Signed
 from keeper.dev.anvil import dev_key
+from keeper.tx.assign import budget_allows, low_balance_lanes, pick_signer
+from keeper.tx.context import TxSettings
 from keeper.tx.fees import FeeCaps, Fees
-from keeper.tx.manager import (
-    TxManager,
-    TxSettings,
-    budget_allows,
-    low_balance_lanes,
-    purge_candidates,
-    purge_fees,
-)
+from keeper.tx.repair import purge_candidates, purge_fees
 
 A = b"\xaa" * 20
 B = b"\xbb" * 20
@@ -47,8 +41,9 @@ def test_a_non_urgent_assignment_never_takes_spending_over_the_budget(
         assert spent + cost <= budget
 
 
-def _attempt(signer: bytes, nonce: int, first: int | None) -> dict[str, Any]:
-    return {"signer": signer, "nonce": nonce, "first_broadcast_block": first, "intent_id": nonce}
+def _attempt(signer: bytes, nonce: int, first: int | None) -> Attempt:
+    signed = Signed(signer, nonce, 1, 1, False, 21_000, b"", b"")
+    return Attempt(nonce, nonce, "settle", f"k{nonce}", Call(A, b""), signed, first, first)
 
 
 def test_only_each_lanes_lowest_nonce_past_the_threshold_is_a_purge_candidate() -> None:
@@ -60,7 +55,7 @@ def test_only_each_lanes_lowest_nonce_past_the_threshold_is_a_purge_candidate() 
     ]
     assert purge_candidates(latest, head=60, after_blocks=50) == [latest[0]]
     assert purge_candidates(latest, head=59, after_blocks=50) == []
-    assert [a["nonce"] for a in purge_candidates(latest, 95, 50)] == [5, 2]
+    assert [a.signed.nonce for a in purge_candidates(latest, 95, 50)] == [5, 2]
 
 
 def test_a_never_broadcast_attempt_is_not_purged() -> None:
@@ -111,18 +106,12 @@ def test_purge_fees_stay_under_the_caps_and_rise(max_fee: int, tip: int, base: i
 
 def test_least_loaded_assignment_skips_excluded_lanes() -> None:
     signers = [Signer(dev_key(5)), Signer(dev_key(6))]
-    manager = TxManager(
-        cast(Any, None),
-        cast(Any, None),
-        chain_id=31337,
-        signers=signers,
-        settings=TxSettings(in_flight_cap=2),
-    )
-    first, second = sorted(s.address_bytes for s in signers)
-    assert manager._pick_signer({}) == first
-    assert manager._pick_signer({}, {first}) == second
-    assert manager._pick_signer({second: 2}, {first}) is None  # the only usable lane is full
-    assert manager._pick_signer({first: 1}) == second
+    lanes = [s.address_bytes for s in signers]
+    first, second = sorted(lanes)
+    assert pick_signer(lanes, {}, 2) == first
+    assert pick_signer(lanes, {}, 2, {first}) == second
+    assert pick_signer(lanes, {second: 2}, 2, {first}) is None  # the only usable lane is full
+    assert pick_signer(lanes, {first: 1}, 2) == second
 
 
 def test_new_settings_default_to_no_gating() -> None:
