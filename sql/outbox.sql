@@ -51,7 +51,7 @@ RETURNING id;
 UPDATE attempts
 SET state = CASE WHEN state = 'signed' THEN 'broadcast' ELSE state END,
     broadcast_at = COALESCE(broadcast_at, now()), broadcast_block = COALESCE(broadcast_block, $2),
-    broadcasts = broadcasts + 1, last_error = $3
+    broadcasts = broadcasts + 1, last_error = $3, last_outcome = $4
 WHERE id = $1;
 
 -- name: attempts_of
@@ -142,7 +142,7 @@ WHERE a.chain_id = $1 AND i.state IN ('assigned', 'mined', 'confirmed');
 -- name: record_send_error
 -- A refused send (insufficient funds, underpriced, ...): keep the node's answer on the attempt
 -- without changing its state; a 'signed' attempt stays signed and is sent again next pass.
-UPDATE attempts SET last_error = $2 WHERE id = $1;
+UPDATE attempts SET last_error = $2, last_outcome = $3 WHERE id = $1;
 
 -- name: in_flight_worst_case
 -- The most the assigned-but-unmined intents can still cost: gas_limit * max_fee of each one's

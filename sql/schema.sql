@@ -758,6 +758,8 @@ CREATE TABLE attempts (
     broadcasts      integer NOT NULL DEFAULT 0 CHECK (broadcasts >= 0),
     last_error      text,
     created_at      timestamptz NOT NULL DEFAULT now(),
+    -- The node's last answer, classified (keeper.tx.send_errors.SendOutcome); NULL: accepted.
+    last_outcome    text,
     CHECK (state = 'signed' OR broadcast_at IS NOT NULL OR state = 'superseded'),
     CHECK (priority_fee <= max_fee)
 );
@@ -916,10 +918,11 @@ SELECT i.chain_id,
        i.mined_at,
        i.confirmed_at,
        i.updated_at,
-       i.l1_fee
+       i.l1_fee,
+       la.last_outcome AS latest_send_outcome
 FROM intents i
 LEFT JOIN LATERAL (
-    SELECT a.max_fee, a.priority_fee, a.last_error FROM attempts a
+    SELECT a.max_fee, a.priority_fee, a.last_error, a.last_outcome FROM attempts a
     WHERE a.intent_id = i.id ORDER BY a.id DESC LIMIT 1
 ) la ON true;
 

@@ -111,6 +111,18 @@ FROM intents
 WHERE chain_id = $1 AND state IN ('planned', 'assigned', 'mined', 'confirmed')
 GROUP BY kind, state;
 
+-- name: unsure_sends
+-- Attempts the node answered neither yes nor no (an answer the keeper cannot place, a full pool,
+-- a send that did not reach it): sent again from the same bytes after 1, 2, 4, ... blocks while
+-- receipts and the pending nonce decide. The newest, with how many there are.
+SELECT intent_id, kind, key, latest_send_outcome AS outcome, latest_send_error AS message,
+       updated_at AS at, count(*) OVER () AS total
+FROM keeper.tx_pipeline
+WHERE chain_id = $1 AND state = 'assigned'
+  AND latest_send_outcome IN ('unknown', 'pool_full', 'timeout')
+ORDER BY updated_at DESC, intent_id DESC
+LIMIT 1;
+
 -- name: tx_faults
 -- Intents the transaction manager backed off after an unexpected error (the newest first),
 -- with how many there are in all.

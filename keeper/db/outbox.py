@@ -88,8 +88,12 @@ class OutboxStore(Protocol):
         self, intent_id: int, signer: bytes, gas_limit: int, sign: SignAt
     ) -> tuple[int, Signed] | None: ...
     async def add_attempt(self, intent_id: int, signed: Signed) -> int: ...
-    async def mark_broadcast(self, attempt_id: int, block: int, error: str | None) -> None: ...
-    async def record_send_error(self, attempt_id: int, error: str | None) -> None: ...
+    async def mark_broadcast(
+        self, attempt_id: int, block: int, error: str | None, outcome: str | None
+    ) -> None: ...
+    async def record_send_error(
+        self, attempt_id: int, error: str | None, outcome: str | None
+    ) -> None: ...
     async def unsent(self) -> list[StoredSend]: ...
     async def unsure(self, attempt_ids: Sequence[int]) -> list[StoredSend]: ...
     async def latest_attempts(self) -> list[Attempt]: ...
@@ -284,15 +288,18 @@ class Outbox:
         async with self.pool.acquire() as conn:
             return await self._insert_attempt(conn, intent_id, signed)
 
-    async def mark_broadcast(self, attempt_id: int, block: int, error: str | None) -> None:
-        """The attempt was sent at `block` (the node's answer `error`, if any, kept)."""
-        async with self.pool.acquire() as conn:
-            await conn.execute(self.q["mark_broadcast"], attempt_id, block, error)
+    async def mark_broadcast(
+        self, attempt_id: int, block: int, error: str | None, outcome: str | None
+    ) -> None:
+        """The attempt was sent at `block` (the node's answer `error` and what it means,
+        `outcome`, kept when it was not a plain acceptance)."""
+        await self._change("mark_broadcast", attempt_id, block, error, outcome)
 
-    async def record_send_error(self, attempt_id: int, error: str | None) -> None:
+    async def record_send_error(
+        self, attempt_id: int, error: str | None, outcome: str | None
+    ) -> None:
         """The node refused the attempt for now: its answer is kept, its state unchanged."""
-        async with self.pool.acquire() as conn:
-            await conn.execute(self.q["record_send_error"], attempt_id, error)
+        await self._change("record_send_error", attempt_id, error, outcome)
 
     async def record_mined(self, intent_id: int, receipt: MinedReceipt) -> bool:
         """An assigned intent's attempt was mined: its receipt recorded, its other attempts

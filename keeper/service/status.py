@@ -95,6 +95,7 @@ async def _collect(conn: Conn, chain_id: int | None) -> dict[str, Any]:
     failed = await conn.fetchrow(q["last_failed_intent"], chain_id)
     send_error = await conn.fetchrow(q["last_send_error"], chain_id)
     fault = await conn.fetchrow(q["tx_faults"], chain_id)
+    unsure = await conn.fetchrow(q["unsure_sends"], chain_id)
     leader = await current_leader(conn, chain_id)
 
     return {
@@ -154,6 +155,19 @@ async def _collect(conn: Conn, chain_id: int | None) -> dict[str, Any]:
             "refunded_amount": _amount(totals["refunded_amount"]),
         },
         "last_error": _last_error(failed, send_error),
+        "unsure_sends": None
+        if unsure is None
+        else {
+            "attempts": _int(unsure["total"]),
+            "latest": {
+                "at": _time(unsure["at"]),
+                "intent_id": _int(unsure["intent_id"]),
+                "kind": unsure["kind"],
+                "key": unsure["key"],
+                "outcome": unsure["outcome"],
+                "message": unsure["message"],
+            },
+        },
         "tx_faults": None
         if fault is None
         else {
@@ -320,6 +334,14 @@ def render_status(status: Mapping[str, Any]) -> str:
         if error
         else "last error  none"
     )
+    unsure = status.get("unsure_sends")
+    if unsure:
+        latest = unsure["latest"]
+        lines.append(
+            f"unsure      {unsure['attempts']} send(s) the node answered neither yes nor no, "
+            f"sent again after 1, 2, 4, ... blocks; latest {latest['kind']} intent "
+            f"{latest['intent_id']} ({latest['outcome']}): {_one_line(latest['message'] or '')}"
+        )
     faults = status.get("tx_faults")
     if faults:
         latest = faults["latest"]

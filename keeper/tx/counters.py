@@ -42,6 +42,12 @@ BROADCASTS = Counter(
     ["outcome"],
     registry=metrics.REGISTRY,
 )
+UNSURE_ATTEMPTS = Gauge(
+    "keeper_tx_unsure_attempts",
+    "Attempts the node answered neither yes nor no (unknown answer, full pool, no answer): sent "
+    "again from the same bytes after 1, 2, 4, ... blocks while receipts and the nonce decide.",
+    registry=metrics.REGISTRY,
+)
 REBROADCASTS = Counter(
     "keeper_tx_rebroadcasts_total",
     "Stored bytes sent again unchanged (at the fee cap, after an unsure send).",

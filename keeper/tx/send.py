@@ -10,7 +10,7 @@ from __future__ import annotations
 from keeper import secrets
 from keeper.chain.rpc import RpcError, RpcResponseError
 from keeper.tx.context import TxContext, hex_of
-from keeper.tx.counters import BROADCASTS
+from keeper.tx.counters import BROADCASTS, UNSURE_ATTEMPTS
 from keeper.tx.send_errors import SendOutcome, classify_send_error, unknown_backoff_blocks
 
 # Answers that mean "this fee will not do": the attempt is repriced by the bump rule.
@@ -68,7 +68,11 @@ class Sender:
         ctx = self.ctx
         rows = await ctx.outbox.unsent()
         if self.paced:
-            rows += await ctx.outbox.unsure(sorted(self.paced))
+            unsure = await ctx.outbox.unsure(sorted(self.paced))
+            # Attempts mined, replaced or purged meanwhile are forgotten.
+            self.paced = {a.id: self.paced[a.id] for a in unsure}
+            rows += unsure
+        UNSURE_ATTEMPTS.set(len(self.paced))
         for row in rows:
             paced = self.paced.get(row.id)
             if paced is not None and ctx.head.number < paced[1]:
@@ -127,10 +131,11 @@ class Sender:
             self.refused[attempt_id] = f"refused by the node ({outcome.value}): {error}"
             if outcome in (SendOutcome.GAS_LIMIT_TOO_HIGH, SendOutcome.OVERSIZED_DATA):
                 self._lower_gas_cap(attempt_id)
+        stored = None if outcome is SendOutcome.ACCEPTED else outcome.value
         if sent:
-            await ctx.outbox.mark_broadcast(attempt_id, head, error)
+            await ctx.outbox.mark_broadcast(attempt_id, head, error, stored)
         else:
-            await ctx.outbox.record_send_error(attempt_id, error)
+            await ctx.outbox.record_send_error(attempt_id, error, stored)
         if error is not None:
             # A state change is logged once; the same answer again only counted (and at debug).
             repeat = self.answers.get(attempt_id) == outcome

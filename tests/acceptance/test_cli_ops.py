@@ -329,6 +329,25 @@ def test_max_batch_gas_above_the_transaction_gas_cap(setup: Setup) -> None:
     )
 
 
+def test_max_batch_gas_above_the_block_gas_limit(setup: Setup, anvil: Anvil) -> None:
+    """On a chain whose blocks hold less than 2^24 gas, the head block's gas limit is the cap."""
+    before = int(str(rpc(anvil.url, "eth_getBlockByNumber", ["latest", False])["gasLimit"]), 16)  # type: ignore[index]
+    rpc(anvil.url, "evm_setBlockGasLimit", [hex(10_000_000)])
+    rpc(anvil.url, "evm_mine")
+    try:
+        setup.sections = "[plan]\nmax_batch_gas = 12000000\n"
+        check_both(
+            setup.write(),
+            "chain",
+            "plan.max_batch_gas: 12,000,000 is above the block gas limit of 10,000,000 on chain "
+            "31337",
+            "expected at most 10,000,000",
+        )
+    finally:
+        rpc(anvil.url, "evm_setBlockGasLimit", [hex(before)])
+        rpc(anvil.url, "evm_mine")
+
+
 def test_every_problem_is_reported_at_once(setup: Setup) -> None:
     setup.deployment["token"] = "not an address"
     setup.signers = signer_table(setup.root / "a.json", setup.root / "a.password")

@@ -88,7 +88,7 @@ async def test_signed_bytes_are_immutable(db: asyncpg.Connection) -> None:
         await db.execute("UPDATE attempts SET raw = 'other' WHERE id = $1", attempt)
     with pytest.raises(asyncpg.CheckViolationError, match="signed -> mined"):
         await db.execute("UPDATE attempts SET state = 'mined' WHERE id = $1", attempt)
-    await db.execute(Q["mark_broadcast"], attempt, 5, None)
+    await db.execute(Q["mark_broadcast"], attempt, 5, None, None)
     row = await db.fetchrow("SELECT state, broadcasts, broadcast_block FROM attempts")
     assert row is not None and tuple(row) == ("broadcast", 1, 5)
 

@@ -22,6 +22,7 @@ from keeper.chain.rpc import ChainClient, RpcError
 from keeper.db.outbox import IntentRequest, Outbox, Planned
 from keeper.dev.anvil import rpc
 from keeper.plan.batches import encode_batch, gas_floor
+from keeper.service.status import collect_status, render_status
 from keeper.tx.manager import TxManager
 from keeper.tx.receipts import l1_fee, receipt_cost
 from keeper.tx.send_errors import SendOutcome, classify_send_error
@@ -539,7 +540,7 @@ async def test_an_unknown_answer_is_sent_again_with_backoff_and_logged_once(env:
     with RpcProxy(env.node.url) as proxy:
         manager = await _proxied(env, proxy)
         try:
-            await env.plan("settle:unknown-answer")
+            intent = await env.plan("settle:unknown-answer")
             proxy.error_next(
                 None, -32000, "the node is thinking about it", methods=["eth_sendRawTransaction"]
             )
@@ -556,6 +557,27 @@ async def test_an_unknown_answer_is_sent_again_with_backoff_and_logged_once(env:
                 e for e in logs if e["event"] == "send_answer" and e["log_level"] == "warning"
             ]
             assert len(warned) == 1
+            # Visible while it lasts: a gauge, and keeper status and /status (one object).
+            assert metrics.REGISTRY.get_sample_value("keeper_tx_unsure_attempts") == 1
+            async with env.pool.acquire() as conn:
+                status = await collect_status(conn, env.deployment.chain_id)
+            assert status["unsure_sends"]["attempts"] == 1
+            assert status["unsure_sends"]["latest"]["outcome"] == "unknown"
+            assert "the node is thinking about it" in status["unsure_sends"]["latest"]["message"]
+            assert "unsure      1 send(s)" in render_status(status)
+            # The node takes it: mined, and nothing is unsure any more.
+            proxy.clear_faults()
+            env.automine(True)
+            for _ in range(70):
+                await manager.tick()
+                env.mine()
+                if await env.state(intent) != "assigned":
+                    break
+            await manager.tick()
+            assert await env.state(intent) in ("mined", "confirmed", "final")
+            assert metrics.REGISTRY.get_sample_value("keeper_tx_unsure_attempts") == 0
+            async with env.pool.acquire() as conn:
+                assert (await collect_status(conn, env.deployment.chain_id))["unsure_sends"] is None
         finally:
             proxy.clear_faults()
             await manager.client.close()

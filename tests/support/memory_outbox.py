@@ -60,6 +60,7 @@ class StoredAttempt:
     broadcast_block: int | None = None
     broadcasts: int = 0
     last_error: str | None = None
+    last_outcome: str | None = None
 
 
 @dataclass
@@ -263,15 +264,21 @@ class MemoryOutbox:
     async def add_attempt(self, intent_id: int, signed: Signed) -> int:
         return self._insert_attempt(intent_id, signed)
 
-    async def mark_broadcast(self, attempt_id: int, block: int, error: str | None) -> None:
+    async def mark_broadcast(
+        self, attempt_id: int, block: int, error: str | None, outcome: str | None
+    ) -> None:
         a = self.attempts[attempt_id]
+        a.last_outcome = outcome
         a.state = "broadcast" if a.state == "signed" else a.state
         a.broadcast_block = block if a.broadcast_block is None else a.broadcast_block
         a.broadcasts += 1
         a.last_error = error
 
-    async def record_send_error(self, attempt_id: int, error: str | None) -> None:
+    async def record_send_error(
+        self, attempt_id: int, error: str | None, outcome: str | None
+    ) -> None:
         self.attempts[attempt_id].last_error = error
+        self.attempts[attempt_id].last_outcome = outcome
 
     def _move(self, intent_id: int, start: str, end: str) -> bool:
         intent = self.intents[intent_id]

@@ -13,6 +13,7 @@ from itertools import pairwise
 from typing import Any, cast
 
 import pytest
+from structlog.testing import capture_logs
 
 from keeper.chain.rpc import ChainClient
 from keeper.chain.signers import Signer
@@ -134,10 +135,15 @@ async def test_at_the_fee_caps_the_stored_bytes_are_sent_again_unchanged() -> No
     w = World(bump_after_blocks=1, purge_after_blocks=1000, max_fee=3 * GWEI)
     intent = w.plan("settle:capped", [1])
     w.chain.base_fee = 10 * GWEI
-    await w.manager.tick()
-    await w.blocks(4)
+    with capture_logs() as logs:
+        await w.manager.tick()
+        await w.blocks(4)
     assert len(w.outbox.attempts_of(intent)) == 1  # nothing to bump to under the cap
     assert w.outbox.attempts_of(intent)[0].broadcasts >= 4
+    # The node's same answer to the same bytes is logged once, then only counted (debug).
+    answers = [e["log_level"] for e in logs if e["event"] == "send_answer"]
+    assert answers[0] == "warning" and len(answers) >= 3
+    assert set(answers[1:]) == {"debug"}
 
 
 async def test_a_fee_spike_above_the_caps_purges_once_and_never_signs_a_purge_again() -> None:
