@@ -214,6 +214,8 @@ class Scenario:
 
 
 CONFIG_COMMANDS = ["check-config", "config show", "status", "migrate", "usage import", "run"]
+# The commands that read the chain too (a provider's answers reach their output).
+CHAIN_COMMANDS = ["plan", "backfill", "verify"]
 
 
 @dataclass
@@ -442,10 +444,15 @@ def test_a_provider_whose_errors_repeat_the_path_and_query(
         scenario = Scenario(
             rpc_url(stub.port),
             role_database_url,
-            ["check-config", "run"],
+            ["check-config", "run", *CHAIN_COMMANDS],
             # Stopped once /status has answered (a keeper that retries the error waits on).
             run_until=lambda served: "/status" in served,
-            expect={"check-config": "bad request to ***", "run health /status": '"process"'},
+            expect={
+                "check-config": "bad request to ***",
+                "run health /status": '"process"',
+                # The chain commands ran into the provider's error, and printed it scrubbed.
+                **dict.fromkeys(CHAIN_COMMANDS, "bad request to ***"),
+            },
         )
         check(setup, scenario)
     finally:
@@ -458,7 +465,7 @@ def test_a_crash_with_the_api_key_in_its_traceback(setup: Setup, role_database_u
         scenario = Scenario(
             rpc_url(stub.port),
             role_database_url,
-            ["check-config", "run"],
+            ["check-config", "run", *CHAIN_COMMANDS],
             # Once the error is out (a keeper that would retry it rather than crash waits on).
             run_until=lambda served: "invalid literal" in served["log"],
             expect={
@@ -483,7 +490,7 @@ def test_a_working_keeper_prints_no_secret(
         scenario = Scenario(
             rpc_url(proxy.port),
             role_database_url,
-            [*CONFIG_COMMANDS, "config show --json", "status --json"],
+            [*CONFIG_COMMANDS, *CHAIN_COMMANDS, "config show --json", "status --json"],
             run_until=leading,
             expect={
                 "check-config (stdout)": "all 5 checks passed",
