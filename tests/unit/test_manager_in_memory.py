@@ -268,3 +268,85 @@ async def test_a_signer_below_its_minimum_balance_gets_no_work_until_funded() ->
     w.chain.balances[w.signers[0].address_bytes] = 10**18
     await w.manager.tick()
     assert w.state(intent) == "assigned"
+
+
+# --------------------------------------------------------------------------- containment
+
+
+def _break(step: object, method: str, key: str) -> list[str]:
+    """Make `step.<method>` raise for the intent with `key` (its first argument's key)."""
+    original = getattr(step, method)
+    calls: list[str] = []
+
+    async def broken(first: Any, *args: Any) -> Any:
+        calls.append(first.key)
+        if first.key == key:
+            raise RuntimeError(f"injected bug in {method}")
+        return await original(first, *args)
+
+    setattr(step, method, broken)
+    return calls
+
+
+async def _two_stuck(w: World) -> tuple[int, int]:
+    """Two intents on two lanes, sent and stuck under a base fee above what they pay."""
+    ids = w.plan("settle:broken", [1]), w.plan("settle:fine", [2])
+    await w.manager.tick()
+    w.chain.base_fee = 1000 * GWEI
+    return ids
+
+
+@pytest.mark.parametrize("stage", ["assign", "send", "receipts", "effects", "purge", "bump"])
+async def test_a_bug_at_any_stage_stays_with_its_intent(stage: str) -> None:
+    w = World(signers=2, fault_backoff=60.0, bump_after_blocks=2, purge_after_blocks=1000)
+    m = w.manager
+    if stage == "assign":
+        _break(m.simulator, "simulate_or_split", "settle:broken")
+        broken, fine = w.plan("settle:broken", [1]), w.plan("settle:fine", [2])
+        await m.tick()
+        assert w.state(fine) == "assigned"
+    elif stage == "send":
+        broken, fine = w.plan("settle:broken", [1]), w.plan("settle:fine", [2])
+        w.chain.answers = ["insufficient funds for gas * price + value"] * 2
+        await m.tick()  # both refused for now: signed, to be sent again
+        original = m.sender.broadcast
+
+        async def broadcast(attempt_id: int, raw: bytes) -> Any:
+            if w.outbox.attempts[attempt_id].intent_id == broken:
+                raise RuntimeError("injected bug in broadcast")
+            return await original(attempt_id, raw)
+
+        m.sender.broadcast = broadcast  # type: ignore[method-assign]
+        await m.tick()
+        assert [tx.nonce for tx in w.chain.sent] == [0]  # the fine one went out
+    elif stage in ("receipts", "effects"):
+        broken, fine = w.plan("settle:broken", [1]), w.plan("settle:fine", [2])
+        await m.tick()
+        if stage == "receipts":
+            _break(m.receipts, "advance", "settle:broken")
+        else:
+            _break(m.receipts, "_check", "settle:broken")
+        await w.blocks(5)
+        assert w.state(fine) == "confirmed"
+        if stage == "effects":
+            assert w.outbox.items[(fine, "2")][0] == "effect"
+            assert not w.outbox.intents[broken].effects_checked
+        else:
+            assert w.state(broken) == "assigned"
+    else:
+        broken, fine = await _two_stuck(w)
+        if stage == "purge":
+            w.settings = m.settings = TxSettings(
+                finality_depth=10, fault_backoff=60.0, purge_after_blocks=2, bump_after_blocks=100
+            )
+            _break(m.repair, "_purge_nonce", "settle:broken")
+            await w.blocks(3)
+            assert w.state(fine) == "replan" and w.state(broken) == "assigned"
+        else:
+            _break(m.repair, "_nonce_used_elsewhere", "settle:broken")
+            await w.blocks(3)
+            assert len(w.outbox.attempts_of(fine)) > 1  # bumped
+            assert len(w.outbox.attempts_of(broken)) == 1
+    stage_of_fault, error, failures = w.outbox.faults[broken]
+    assert stage_of_fault == stage and "injected bug" in error and failures == 1
+    assert fine not in w.outbox.faults
