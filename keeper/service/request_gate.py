@@ -257,7 +257,11 @@ class Gate(asyncio.Protocol):
 
     def eof_received(self) -> bool | None:
         if self.inner is not None:
-            return self.inner.eof_received()
+            # A client may half-close once it has sent its request: keep the connection open
+            # for the answer (aiohttp's protocol would close it at once); aiohttp closes it
+            # after answering, and the answer deadline bounds the wait.
+            self.inner.eof_received()
+            return True
         if self.drained is None:
             try:
                 self.reader.eof()

@@ -158,10 +158,8 @@ class DatabaseCollector:
             log.warning("metrics_refresh_failed", error=error_name(exc))
             return {"ok": False}
         assert row is not None  # one row always (left joins)
-        for column in [c for _, c in INDEX_GAUGES] + [c for _, c, _ in AMOUNTS]:
-            if row[column] is not None:
-                target = self.amounts if column in self.amounts else self.index
-                target[column] = float(row[column])
+        self.index.update({c: float(row[c]) for _, c in INDEX_GAUGES if row[c] is not None})
+        self.amounts.update({c: float(row[c]) for _, c, _ in AMOUNTS if row[c] is not None})
         self.pending = {kind: float(row[column]) for kind, column in PENDING_COLUMNS}
         counts = {(r["kind"], r["state"]): int(r["n"]) for r in intents}
         self.intents = {
