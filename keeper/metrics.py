@@ -1,8 +1,8 @@
 """Prometheus metrics of the keeper (one registry, bounded label sets).
 
 Names follow the house convention: `keeper_<thing>_total` counters, `_seconds` histograms,
-`_timestamp` gauges. The health port (keeper.service.health) serves `REGISTRY`; the gauges marked
-"from the database" are refreshed by it at each scrape (at most once a second).
+`_timestamp` gauges. The health port (keeper.service.health) serves `REGISTRY`, on which it
+registers a collector of what it reads from the database at each scrape (keeper.service.scrape).
 """
 
 from __future__ import annotations
@@ -49,55 +49,25 @@ REORG_DEPTH = Histogram(
     registry=REGISTRY,
     buckets=(1, 2, 3, 5, 8, 13, 21, 34, 64, 128),
 )
-HEAD_BLOCK = Gauge("keeper_head_block", "The node's latest block number.", registry=REGISTRY)
-INDEXED_BLOCK = Gauge("keeper_indexed_block", "Last block fully indexed.", registry=REGISTRY)
-FINALIZED_BLOCK = Gauge("keeper_finalized_block", "The node's finalized block.", registry=REGISTRY)
+# The index gauges: set by the leader's indexer as it goes, exposed by the health port's
+# collector (keeper.service.scrape), which reads them from the database elsewhere. Hence no
+# registry here: the collector is their one exposition.
+HEAD_BLOCK = Gauge("keeper_head_block", "The node's latest block number.", registry=None)
+INDEXED_BLOCK = Gauge("keeper_indexed_block", "Last block fully indexed.", registry=None)
+FINALIZED_BLOCK = Gauge("keeper_finalized_block", "The node's finalized block.", registry=None)
 LAG_SECONDS = Gauge(
     "keeper_index_lag_seconds",
     "Head block timestamp minus the indexed block's timestamp.",
-    registry=REGISTRY,
+    registry=None,
 )
 INDEXED_TIMESTAMP = Gauge(
-    "keeper_indexed_block_timestamp", "Timestamp of the last indexed block.", registry=REGISTRY
+    "keeper_indexed_block_timestamp", "Timestamp of the last indexed block.", registry=None
 )
 BACKFILL_RANGE = Gauge(
     "keeper_backfill_range_blocks", "Current eth_getLogs range of the backfill.", registry=REGISTRY
 )
 
-# The health port's own, and what it reads from the database at scrape time.
-INTENTS_OPEN = Gauge(
-    "keeper_intents",
-    "Intents not settled yet (planned, assigned, mined, confirmed), by kind and state "
-    "(from the database).",
-    ["kind", "state"],
-    registry=REGISTRY,
-)
-PENDING_WORK = Gauge(
-    "keeper_pending_work",
-    "Work waiting for the keeper (from the database): settle (streams due), refund (escrows "
-    "refundable), usage (accepted reports not recorded), usage_received (rows not validated).",
-    ["kind"],
-    registry=REGISTRY,
-)
-# Token amounts in base units. A float in the exposition only: Prometheus has no other type.
-SETTLED_24H = Gauge(
-    "keeper_settled_amount_24h",
-    "Tokens settled from streams (fee included) in the last 24 h of chain time, base units "
-    "(from the database).",
-    registry=REGISTRY,
-)
-USAGE_CHARGED_24H = Gauge(
-    "keeper_usage_charged_24h",
-    "Tokens charged by usage reports in the last 24 h of chain time, base units "
-    "(from the database).",
-    registry=REGISTRY,
-)
-REFUNDED_24H = Gauge(
-    "keeper_refunded_amount_24h",
-    "Tokens refunded from expired escrows in the last 24 h of chain time, base units "
-    "(from the database).",
-    registry=REGISTRY,
-)
+# The health port's own (what it reads from the database: keeper.service.scrape).
 HTTP_REQUESTS = Counter(
     "keeper_http_requests_total",
     "Requests to the health port, by path (other for unknown ones) and status code.",

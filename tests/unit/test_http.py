@@ -15,14 +15,14 @@ import asyncpg
 import pytest
 from structlog.testing import capture_logs
 
-from keeper.service.health import (
+from keeper.service.health import HealthState
+from keeper.service.request_gate import (
     MAX_HEAD,
     BadRequest,
-    HealthState,
+    HeadReader,
     Response,
     encode_response,
     parse_request,
-    read_head,
 )
 from tests.support.http import exchange, parse_reply, request, serving
 
@@ -99,54 +99,65 @@ def test_dot_segments_are_not_resolved() -> None:
     assert parse_request(b"GET /../healthz HTTP/1.1\r\nHost: x").path == "/../healthz"
 
 
-class ChunkStream(anyio.abc.ByteReceiveStream):
-    """Gives the chunks it holds, then the end of the stream; counts bytes asked for."""
-
-    def __init__(self, *chunks: bytes) -> None:
-        self.chunks = list(chunks)
-        self.asked = 0
-
-    async def receive(self, max_bytes: int = 65536) -> bytes:
-        self.asked += max_bytes
-        if not self.chunks:
-            raise anyio.EndOfStream
-        chunk = self.chunks.pop(0)
-        head, rest = chunk[:max_bytes], chunk[max_bytes:]
-        if rest:
-            self.chunks.insert(0, rest)
-        return head
-
-    async def aclose(self) -> None:
-        pass
+def feed_all(reader: HeadReader, *chunks: bytes) -> bytes | None:
+    """Feed the chunks in order, as a connection receives them; the head once complete."""
+    head = None
+    for chunk in chunks:
+        head = reader.feed(chunk)
+    return head
 
 
 async def test_the_head_is_read_across_chunks_and_the_body_is_left() -> None:
-    stream = ChunkStream(b"GET / HTTP/1.1\r\nHo", b"st: x\r", b"\n\r\nbody")
-    assert await read_head(stream) == b"GET / HTTP/1.1\r\nHost: x"
+    reader = HeadReader()
+    head = feed_all(reader, b"GET / HTTP/1.1\r\nHo", b"st: x\r", b"\n\r\nbody")
+    assert head == b"GET / HTTP/1.1\r\nHost: x"
+    assert reader.tail == b"body"  # passed on to aiohttp, never read by the gate
 
 
 async def test_reading_stops_at_the_limit() -> None:
-    stream = ChunkStream(b"A" * (10 * MAX_HEAD))
+    # An asyncio transport hands over what one recv() gives (up to 256 KiB), so the bound is on
+    # what the reader holds: the chunk crossing the limit is refused, nothing of it kept.
+    reader = HeadReader()
+    data = b"A" * (10 * MAX_HEAD)
+    accepted = 0
     with pytest.raises(BadRequest) as err:
-        await read_head(stream)
+        while accepted < len(data):
+            reader.feed(data[accepted : accepted + 4096])
+            accepted += 4096
     assert err.value.status == 431
-    assert stream.asked <= MAX_HEAD + 4  # never asked for more than the limit
+    assert accepted <= MAX_HEAD + 4  # refused by the chunk that crossed the limit
+    assert len(reader.buffer) <= MAX_HEAD + 4  # never held more than the limit
+    with pytest.raises(BadRequest) as err:
+        HeadReader().feed(data)  # in one chunk
+    assert err.value.status == 431
 
 
 async def test_a_connection_closed_mid_head_or_before_it() -> None:
+    reader = HeadReader()
+    assert reader.feed(b"GET / HTTP/1.1\r\n") is None
     with pytest.raises(BadRequest):
-        await read_head(ChunkStream(b"GET / HTTP/1.1\r\n"))
-    with pytest.raises(anyio.EndOfStream):
-        await read_head(ChunkStream())
+        reader.eof()
+    HeadReader().eof()  # nothing sent: nothing to answer
 
 
-def test_head_answers_carry_the_length_but_no_body() -> None:
+def test_the_gates_answers_carry_the_length_and_close() -> None:
     response = Response(200, b"hello", headers=(("Allow", "GET"),))
     full = encode_response(response)
-    head = encode_response(response, head_only=True)
-    assert full == head + b"hello"
+    head, _, body = full.partition(b"\r\n\r\n")
+    assert body == b"hello"
     assert b"Content-Length: 5\r\n" in head and b"Connection: close\r\n" in head
-    assert b"Allow: GET\r\n" in head
+    assert b"Allow: GET\r\n" in full
+
+
+async def test_head_answers_carry_the_length_but_no_body() -> None:
+    async with serving(HealthState(chain_id=1)) as port:
+        get = await request(port, "GET", "/healthz")
+        head = await request(port, "HEAD", "/healthz")
+    assert (get.body, head.body) == (b"ok\n", b"")
+    assert head.headers["content-length"] == "3" and head.headers["connection"] == "close"
+    assert {k: v for k, v in head.headers.items() if k != "date"} == {
+        k: v for k, v in get.headers.items() if k != "date"
+    }
 
 
 # ---------------------------------------------------------------------- the server
