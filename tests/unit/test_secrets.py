@@ -16,6 +16,7 @@ import pytest
 import structlog
 
 from keeper import cli, logs, secrets
+from keeper.cli import config as config_command
 from keeper.db import redact_dsn
 from keeper.metrics import redact_url
 from keeper.service.health import Response, encode_response, json_response
@@ -238,7 +239,7 @@ def test_the_cli_error_paragraph_is_scrubbed(
     def fails(_: object) -> int:
         raise KeeperError(f"eth_getBlockByNumber: bad request to /v3/{CANARY}?apikey=K")
 
-    monkeypatch.setattr(cli, "cmd_check_config", fails)
+    monkeypatch.setattr(config_command, "cmd_check_config", fails)
     secrets.register(CANARY)
     assert cli.main(["check-config", "--config", "x.toml"]) == 1
     err = capsys.readouterr().err
@@ -255,7 +256,7 @@ def test_everything_a_command_prints_is_scrubbed(
         print(CANARY, file=sys.stderr)
         return 0
 
-    monkeypatch.setattr(cli, "cmd_check_config", prints)
+    monkeypatch.setattr(config_command, "cmd_check_config", prints)
     secrets.register(CANARY)
     assert cli.main(["check-config", "--config", "x.toml"]) == 0
     out, err = capsys.readouterr()
