@@ -48,7 +48,7 @@ def _platform_package() -> str:
 
 def project_root() -> Path:
     """The source checkout this module lives in (used to find `node_modules/`)."""
-    return Path(__file__).resolve().parent.parent
+    return Path(__file__).resolve().parents[2]  # keeper/dev/anvil.py -> the checkout
 
 
 def find_anvil(search_from: Path | None = None) -> Path:
