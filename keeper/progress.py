@@ -49,38 +49,9 @@ class ProgressLine:
         self._open = False
 
     @classmethod
-    def on(
-        cls,
-        out: TextIO,
-        interval: float = 10.0,
-        *,
-        tty_interval: float = 0.2,
-        delay: float = 0.0,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> ProgressLine:
+    def on(cls, out: TextIO, interval: float = 10.0) -> ProgressLine:
         """A progress line on `out`, a terminal or not."""
-        return cls(
-            out,
-            tty=is_terminal(out),
-            interval=interval,
-            tty_interval=tty_interval,
-            delay=delay,
-            clock=clock,
-        )
-
-    @classmethod
-    def on_terminal(
-        cls,
-        out: TextIO,
-        *,
-        tty_interval: float = 0.2,
-        delay: float = 0.0,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> ProgressLine | None:
-        """A progress line on `out` if it is a terminal; None (no line) for a pipe or a file."""
-        if not is_terminal(out):
-            return None
-        return cls(out, tty=True, tty_interval=tty_interval, delay=delay, clock=clock)
+        return cls(out, tty=is_terminal(out), interval=interval)
 
     @property
     def elapsed(self) -> float:

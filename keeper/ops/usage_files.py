@@ -169,34 +169,39 @@ class UsageReader:
             raw = raw[:-1]
         return raw
 
-    def _read_header(self) -> None:
+    def _next_row_line(self) -> bytes | None:
+        """The next line that is not blank (the blank ones are counted), or None at the end."""
         while (raw := self._next_line()) is not None:
-            if not raw.strip():
-                self.blank_lines += 1
-                continue
-            where = f"{self.source}:{self.line}"
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise UsageImportError(
-                    f"{where}: the header row is not UTF-8 ({_decode_problem(raw, exc)})",
-                    source=self.source,
-                    line=self.line,
-                    help="nothing was imported; save the file as UTF-8",
-                ) from exc
-            self.header = parse_csv_header(text, self.source, self.line)
-            self._positions = [self.header.index(f) if f in self.header else -1 for f in FIELDS]
-            return
-        # Without a header nothing says what the columns are: an error, as a file whose first
-        # line is not a header is (an empty export usually means the producer failed).
-        raise UsageImportError(
-            f"{self.source}: no header row (the file "
-            f"{'is empty' if self.line == 0 else 'holds only blank lines'})",
-            source=self.source,
-            line=self.line or None,
-            help=f"a CSV file starts with a header row naming its columns, {FIELD_LIST}; "
-            "nothing was imported",
-        )
+            if raw.strip():
+                return raw
+            self.blank_lines += 1
+        return None
+
+    def _read_header(self) -> None:
+        raw = self._next_row_line()
+        if raw is None:
+            # Without a header nothing says what the columns are: an error, as a file whose
+            # first line is not a header is (an empty export usually means the producer failed).
+            raise UsageImportError(
+                f"{self.source}: no header row (the file "
+                f"{'is empty' if self.line == 0 else 'holds only blank lines'})",
+                source=self.source,
+                line=self.line or None,
+                help=f"a CSV file starts with a header row naming its columns, {FIELD_LIST}; "
+                "nothing was imported",
+            )
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise UsageImportError(
+                f"{self.source}:{self.line}: the header row is not UTF-8 "
+                f"({_decode_problem(raw, exc)})",
+                source=self.source,
+                line=self.line,
+                help="nothing was imported; save the file as UTF-8",
+            ) from exc
+        self.header = parse_csv_header(text, self.source, self.line)
+        self._positions = [self.header.index(f) if f in self.header else -1 for f in FIELDS]
 
     def records(self, validated_at: datetime | None) -> Iterator[Record]:
         """One COPY row per non-blank line; `validated_at` goes to the rejected ones.
@@ -204,10 +209,7 @@ class UsageReader:
         Raises `UsageImportError` for a chain_id that is not an integer and, in JSON lines, a
         key that is not a usage field (the import stops: its transaction writes nothing).
         """
-        while (raw := self._next_line()) is not None:
-            if not raw.strip():
-                self.blank_lines += 1
-                continue
+        while (raw := self._next_row_line()) is not None:
             source = f"{self.source}:{self.line}"
             try:
                 fields = dict(zip(FIELDS, self._parse(raw), strict=True))

@@ -23,7 +23,7 @@ from keeper.db.queries import load_queries
 from keeper.errors import KeeperError
 from keeper.ops.usage_files import COLUMNS, Record, UsageReader
 from keeper.ops.usage_lines import UsageImportError
-from keeper.progress import ProgressLine
+from keeper.progress import ProgressLine, is_terminal
 
 TABLE = "usage_inbox"
 QUERY_FILE = "usage_import.sql"
@@ -155,8 +155,10 @@ def progress_bar(
 ) -> ProgressLine | None:
     """The import's progress bar on `out` if it is a terminal; None (no bar) for a pipe or a
     file. Redrawn at most every `PROGRESS_INTERVAL` seconds, and not before the first is up."""
-    return ProgressLine.on_terminal(
-        out, tty_interval=PROGRESS_INTERVAL, delay=PROGRESS_INTERVAL, clock=clock
+    if not is_terminal(out):
+        return None
+    return ProgressLine(
+        out, tty=True, tty_interval=PROGRESS_INTERVAL, delay=PROGRESS_INTERVAL, clock=clock
     )
 
 
