@@ -15,11 +15,8 @@ it moved fails as `CursorMoved`, reported here as `BackfillError`.
 
 from __future__ import annotations
 
-import math
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TextIO
 
 import asyncpg
 
@@ -31,8 +28,7 @@ from keeper.db.queries import load_queries
 from keeper.errors import KeeperError
 from keeper.ingest.indexer import BackfillProgress, Indexer
 from keeper.ingest.store import CursorMoved
-
-Progress = Callable[[str, BackfillProgress], None]
+from keeper.progress import ProgressLine
 
 
 class BackfillError(KeeperError):
@@ -66,7 +62,7 @@ async def run_backfill(
     *,
     start: int | None,
     end: int | None,
-    progress: Progress | None = None,
+    progress: ProgressLine | None = None,
 ) -> BackfillResult:
     """Check and/or index blocks [start, end] (defaults: cursor + 1, the finalized block)."""
     client = config.chain.client()
@@ -93,7 +89,7 @@ async def run_backfill(
 
 
 async def backfill_range(
-    indexer: Indexer, start: int | None, end: int | None, progress: Progress | None
+    indexer: Indexer, start: int | None, end: int | None, progress: ProgressLine | None
 ) -> BackfillResult:
     """`run_backfill` with an indexer already made (its client and pool are the caller's)."""
     try:
@@ -129,7 +125,7 @@ async def backfill_range(
         def written(p: BackfillProgress) -> None:
             result.events = p.events
             if progress is not None:
-                progress("indexing", p)
+                show_progress(progress, "indexing", p)
 
         try:
             # Backfill done (the planners' signal) only when the index reached the finalized
@@ -189,7 +185,7 @@ async def _check_cursor_canonical(indexer: Indexer, block: int, block_hash: str 
 
 
 async def _compare(
-    indexer: Indexer, first: int, last: int, result: BackfillResult, progress: Progress | None
+    indexer: Indexer, first: int, last: int, result: BackfillResult, progress: ProgressLine | None
 ) -> None:
     """Count the node's logs per event table in [first, last] and compare with the database."""
     on_chain: dict[str, int] = dict.fromkeys(indexer.decoder.tables, 0)
@@ -202,7 +198,8 @@ async def _compare(
         result.checked_events += batch.count
         block = end + 1
         if progress is not None:
-            progress(
+            show_progress(
+                progress,
                 "checking",
                 BackfillProgress(
                     first, last, end, result.checked_events, time.monotonic() - started
@@ -219,51 +216,12 @@ async def _compare(
             result.differences[table] = (mine, theirs)
 
 
-class ProgressLine:
-    """Backfill progress on stderr: one line rewritten in place on a terminal (at most every
-    0.2 s), plain lines every `interval` seconds otherwise.
-
-    The line: phase, blocks done/total, percent, blocks/s, events, ETA.
-    """
-
-    def __init__(self, out: TextIO, *, tty: bool, interval: float = 10.0) -> None:
-        self.out = out
-        self.tty = tty
-        self.interval = 0.2 if tty else interval
-        self._last = -math.inf  # the first call always draws
-        self._width = 0
-        self._open = False
-
-    @classmethod
-    def on(cls, out: TextIO, interval: float = 10.0) -> ProgressLine:
-        """Progress for `out`, a terminal or not."""
-        return cls(out, tty=out.isatty(), interval=interval)
-
-    def __call__(self, phase: str, p: BackfillProgress) -> None:
-        now = time.monotonic()
-        finished = p.block >= p.target
-        if not finished and now - self._last < self.interval:
-            return
-        self._last = now
-        text = format_progress(phase, p)
-        if self.tty:
-            pad = " " * max(0, self._width - len(text))
-            self.out.write(f"\r{text}{pad}")
-            self._width = len(text)
-            self._open = True
-            if finished:
-                self.close()
-        else:
-            self.out.write(text + "\n")
-        self.out.flush()
-
-    def close(self) -> None:
-        """End the rewritten line (before anything else is printed)."""
-        if self._open:
-            self.out.write("\n")
-            self.out.flush()
-            self._open = False
-            self._width = 0
+def show_progress(line: ProgressLine, phase: str, p: BackfillProgress) -> None:
+    """Draw the backfill's progress on `line` if a frame is due; the last block's always is,
+    and ends the line."""
+    final = p.block >= p.target
+    if line.due(final=final):
+        line.draw(format_progress(phase, p), final=final)
 
 
 def format_progress(phase: str, p: BackfillProgress) -> str:

@@ -26,7 +26,10 @@ from web3 import Web3
 
 from keeper.chain.deployment import DEFAULT_NOTICE_PERIOD, Deployment, contract
 from keeper.dev.anvil import Anvil, dev_key, free_port
-from keeper.dev.demo import (
+from keeper.dev.demo_live import LiveStream, usage_rows
+from keeper.dev.demo_postgres import PgserverMissing, start_embedded_postgres
+from keeper.dev.demo_report import Activity, activity_text, format_duration, format_units
+from keeper.dev.demo_workload import (
     ENDPOINTS,
     ESCROWS,
     LIST_PAYEE,
@@ -34,13 +37,8 @@ from keeper.dev.demo import (
     PAYERS,
     STREAMS,
     USAGE,
-    PgserverMissing,
-    format_duration,
-    format_units,
-    start_embedded_postgres,
     usage_recorded,
 )
-from keeper.dev.demo_run import Activity, LiveStream, activity_text, usage_rows
 
 _SCRIPT = Path(sys.executable).with_name("keeper")
 KEEPER = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "keeper"]

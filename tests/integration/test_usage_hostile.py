@@ -18,7 +18,9 @@ from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
 from keeper.db import Conn
-from keeper.ops.usage_import import UsageImportError, UsageReader, import_usage
+from keeper.ops.usage_files import UsageReader
+from keeper.ops.usage_import import import_usage
+from keeper.ops.usage_lines import UsageImportError
 from keeper.plan.inbox import EARLIEST_OBSERVED_AT, OBSERVED_AT_SKEW, whole_number
 from keeper.plan.planner import Planner
 from keeper.plan.usage import UsageOracle

@@ -19,7 +19,9 @@ import pytest
 
 from keeper import db as keeper_db
 from keeper.cli import main
-from keeper.ops.usage_import import NEXT_STEP, UsageImportError, UsageReader, import_usage
+from keeper.ops.usage_files import UsageReader
+from keeper.ops.usage_import import NEXT_STEP, import_usage
+from keeper.ops.usage_lines import UsageImportError
 from keeper.plan.usage import UsageOracle
 
 HUGE = "115792089237316195423570985008687907853269984665640564039457584007913129639936"

@@ -6,9 +6,10 @@ import io
 
 import pytest
 
-from keeper.ingest.backfill import ProgressLine, format_progress
+from keeper.ingest.backfill import format_progress, show_progress
 from keeper.ingest.indexer import BackfillProgress
 from keeper.ops.verify import Difference, State, compare
+from keeper.progress import ProgressLine
 
 A, B, C = (bytes([n]) * 20 for n in (1, 2, 3))
 
@@ -24,9 +25,11 @@ def test_the_progress_line_says_blocks_percent_rate_events_and_eta() -> None:
 def test_on_a_terminal_one_line_is_rewritten_then_ended() -> None:
     out = io.StringIO()
     line = ProgressLine(out, tty=True)
-    line("indexing", BackfillProgress(1, 100, 10, 5, 1.0))
-    line("indexing", BackfillProgress(1, 100, 20, 9, 2.0))  # within 0.2 s: not drawn
-    line("indexing", BackfillProgress(1, 100, 100, 50, 3.0))  # the end is always drawn
+    show_progress(line, "indexing", BackfillProgress(1, 100, 10, 5, 1.0))
+    # within 0.2 s: not drawn
+    show_progress(line, "indexing", BackfillProgress(1, 100, 20, 9, 2.0))
+    # the end is always drawn
+    show_progress(line, "indexing", BackfillProgress(1, 100, 100, 50, 3.0))
     text = out.getvalue()
     assert text.count("\r") == 2 and text.endswith("\n") and text.count("\n") == 1
     assert "10/100 blocks (10.0%)" in text and "100/100 blocks (100.0%)" in text
@@ -38,7 +41,7 @@ def test_elsewhere_plain_lines_at_an_interval() -> None:
     out = io.StringIO()
     line = ProgressLine(out, tty=False, interval=3600)
     for block in range(1, 101):
-        line("checking", BackfillProgress(1, 100, block, block, 1.0))
+        show_progress(line, "checking", BackfillProgress(1, 100, block, block, 1.0))
     lines = out.getvalue().splitlines()
     assert len(lines) == 2  # the first, then nothing for an hour, then the last
     assert lines[-1].startswith("checking 100/100 blocks (100.0%)")

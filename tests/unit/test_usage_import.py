@@ -11,22 +11,18 @@ from datetime import UTC, datetime
 
 import pytest
 
-from keeper.ops.usage_import import (
-    COLUMNS,
-    NEXT_STEP,
-    ImportSummary,
+from keeper.ops.usage_files import COLUMNS, Record, UsageReader, file_format
+from keeper.ops.usage_import import NEXT_STEP, ImportSummary, draw_progress, progress_bar
+from keeper.ops.usage_lines import (
     MalformedLine,
-    Progress,
-    Record,
     UsageImportError,
-    UsageReader,
-    file_format,
     parse_csv_header,
     parse_csv_line,
     parse_json_line,
     snippet,
 )
 from keeper.plan.inbox import HUGE_DIGITS, parse_chain_id, whole_number
+from keeper.progress import ProgressLine
 
 NOW = datetime(2024, 6, 1, tzinfo=UTC)
 HUGE = "115792089237316195423570985008687907853269984665640564039457584007913129639936"
@@ -443,11 +439,12 @@ class Clock:
 
 def test_progress_redraws_in_place_at_most_ten_times_a_second() -> None:
     out, clock = FakeTerminal(), Clock()
-    bar = Progress(out, total_bytes=1000, clock=clock)
+    bar = progress_bar(out, clock=clock)
+    assert bar is not None
     for rows in range(1, 1001):
         clock.now += 0.001  # 1,000 rows/s for 1 s
-        bar.update(rows, rows)
-    bar.finish(1000, 1000)
+        draw_progress(bar, rows, rows, 1000)
+    draw_progress(bar, 1000, 1000, 1000, final=True)
     frames = out.getvalue().split("\r")[1:]
     assert 9 <= len(frames) <= 11
     assert frames[-1].endswith("\n")
@@ -456,18 +453,19 @@ def test_progress_redraws_in_place_at_most_ten_times_a_second() -> None:
 
 def test_progress_pads_a_shorter_frame_over_a_longer_one() -> None:
     out, clock = FakeTerminal(), Clock()
-    bar = Progress(out, clock=clock)
+    bar = progress_bar(out, clock=clock)
+    assert bar is not None
     clock.now += 0.5
-    bar.update(100_000, 0)
+    draw_progress(bar, 100_000, 0, None)
     clock.now += 100
-    bar.update(100_001, 0)
+    draw_progress(bar, 100_001, 0, None)
     first, second = out.getvalue().split("\r")[1:]
     assert len(second) >= len(first)
 
 
 def test_no_progress_bar_off_a_terminal() -> None:
-    assert Progress.on_terminal(io.StringIO()) is None
-    assert isinstance(Progress.on_terminal(FakeTerminal()), Progress)
+    assert progress_bar(io.StringIO()) is None
+    assert isinstance(progress_bar(FakeTerminal()), ProgressLine)
 
 
 def test_summary_text_and_json() -> None:
