@@ -21,7 +21,8 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     import anyio
 
     from keeper.config import load_config
-    from keeper.ingest.backfill import BackfillResult, ProgressLine, run_backfill
+    from keeper.ingest.backfill import BackfillResult, run_backfill
+    from keeper.progress import ProgressLine
 
     config = load_config(args.config)
     deployment = config.deployment()

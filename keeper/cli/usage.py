@@ -22,17 +22,15 @@ def cmd_usage_import(args: argparse.Namespace) -> int:
 
     import anyio
 
-    from keeper.ops import usage_import
+    from keeper.ops import usage_files, usage_import
 
     dsn = database_url(args)
-    fmt = usage_import.file_format(args.file, args.format)
-    source = args.source or usage_import.source_name(args.file)
-    with usage_import.open_file(args.file) as stream:
+    fmt = usage_files.file_format(args.file, args.format)
+    source = args.source or usage_files.source_name(args.file)
+    with usage_files.open_file(args.file) as stream:
         # The CSV header is checked here, before the database is touched.
-        reader = usage_import.UsageReader(stream, fmt, source=source, chain_id=args.chain_id)
-        progress = usage_import.Progress.on_terminal(
-            sys.stderr, total_bytes=usage_import.file_size(stream)
-        )
+        reader = usage_files.UsageReader(stream, fmt, source=source, chain_id=args.chain_id)
+        progress = usage_import.progress_bar(sys.stderr)
         summary = anyio.run(lambda: usage_import.import_to_database(dsn, reader, progress=progress))
     print(json.dumps(summary.as_dict()) if args.json else summary.text())
     return 0
