@@ -22,7 +22,8 @@ from keeper import db, secrets
 from keeper.chain.deployment import Deployment
 from keeper.chain.rpc import ChainClient, RpcError, RpcResponseError
 from keeper.chain.signers import check_signers
-from keeper.config import ConfigError, KeeperConfig, env_overrides, load_config
+from keeper.config import ConfigError, KeeperConfig
+from keeper.config_load import env_overrides, load_config
 from keeper.db.queries import load_queries
 from keeper.errors import KeeperError
 from keeper.metrics import redact_url

@@ -20,7 +20,7 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     """Index a range of finalized blocks into the database, with a progress line."""
     import anyio
 
-    from keeper.config import load_config
+    from keeper.config_load import load_config
     from keeper.ingest.backfill import BackfillResult, run_backfill
     from keeper.progress import ProgressLine
 
@@ -78,7 +78,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
     import anyio
 
-    from keeper.config import load_config
+    from keeper.config_load import load_config
     from keeper.ops.verify import Report
 
     config = load_config(args.config)

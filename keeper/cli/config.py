@@ -37,7 +37,8 @@ def cmd_config_show(args: argparse.Namespace) -> int:
     """Print the effective configuration (file, environment, defaults), secrets masked."""
     import json
 
-    from keeper.config import effective, env_overrides, load_config, to_toml
+    from keeper.config_load import env_overrides, load_config
+    from keeper.config_text import effective, to_toml
 
     data = effective(load_config(args.config))
     if args.json:

@@ -17,7 +17,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     from keeper.db.migrations import migrate
 
     if args.config is not None:
-        from keeper.config import load_config
+        from keeper.config_load import load_config
 
         dsn = load_config(args.config).database.url.get_secret_value()
     else:

@@ -14,7 +14,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
     import anyio
 
-    from keeper.config import load_config
+    from keeper.config_load import load_config
 
     config = load_config(args.config)
     result = anyio.run(_dry_plan, config)

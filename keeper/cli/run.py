@@ -17,7 +17,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     # noted, and the daemon stops as soon as it starts: never killed by the default action.
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
-    from keeper.config import load_config
+    from keeper.config_load import load_config
 
     config = load_config(args.config)  # first: a bad file is refused before web3 is loaded
     import anyio

@@ -24,7 +24,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     chain_id: int | None = args.chain_id
     if args.config is not None:
-        from keeper.config import load_config
+        from keeper.config_load import load_config
 
         config = load_config(args.config)
         dsn = config.database.url.get_secret_value()

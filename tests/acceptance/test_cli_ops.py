@@ -22,7 +22,7 @@ from eth_account import Account
 from eth_utils import to_checksum_address
 
 from keeper.chain.deployment import Deployment, deploy_all
-from keeper.config import load_config
+from keeper.config_load import load_config
 from keeper.dev.anvil import Anvil, dev_key, rpc
 from tests.support.daemon import Db, Keeper, keeper, wait_until
 

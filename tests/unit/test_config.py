@@ -28,11 +28,9 @@ from keeper.config import (
     PlanConfig,
     SignerConfig,
     TxConfig,
-    effective,
-    env_overrides,
-    load_config,
-    to_toml,
 )
+from keeper.config_load import env_overrides, load_config
+from keeper.config_text import effective, to_toml
 from keeper.plan.planner import PlanSettings
 
 ROOT = Path(__file__).resolve().parents[2]
