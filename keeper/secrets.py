@@ -2,7 +2,7 @@
 
 Masking the known fields (`keeper.urls.redact_url`, `redact_dsn`) protects the places that
 remember to mask. This module is the net under them: a process-wide registry of secret
-values, filled when the configuration loads (`keeper.config.load_config`) and when a command
+values, filled when the configuration loads (`keeper.config_load.load_config`) and when a command
 takes a database or RPC URL or a key from its options (`keeper.cli`), and `scrub(text)`, which
 replaces every registered value with `***` wherever it appears: in a provider's error message
 that repeats the request path, in an exception from a library, in a traceback.
