@@ -47,8 +47,8 @@ def _notice_period(text: str) -> int:
 def cmd_deploy(args: argparse.Namespace) -> int:
     """Deploy the contracts with an operator's key and write the deployment file."""
     from keeper.chain import keys
-    from keeper.chain.deployment import DeployError, deploy_all
     from keeper.dev.devchain import connection_text
+    from keeper.ops.deploy import DeployError, deploy_all
     from keeper.urls import redact_url
 
     if args.keystore is not None and args.password_file is None:

@@ -11,10 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from keeper.chain.deployment import Deployer, Deployment, contract, receipt_logs
+from keeper.chain.deployment import Deployment
 from keeper.dev.anvil import dev_key
 from keeper.dev.devchain import DEV_ROLES
 from keeper.errors import KeeperError
+from keeper.ops.deploy import Deployer, contract, receipt_logs
 
 
 class DemoError(KeeperError):

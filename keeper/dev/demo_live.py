@@ -15,9 +15,10 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from keeper.chain.deployment import Deployer, Deployment
+from keeper.chain.deployment import Deployment
 from keeper.dev.anvil import dev_key
 from keeper.dev.demo_chain import DemoChain
+from keeper.ops.deploy import Deployer
 
 CHAIN_WORK_INTERVAL = 20.0
 USAGE_LABELS = ("GET /v1/quote", "POST /v1/chat", "POST /v1/embed")

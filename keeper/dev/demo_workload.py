@@ -9,11 +9,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from keeper.chain.deployment import Deployer, Deployment, receipt_logs
+from keeper.chain.deployment import Deployment
 from keeper.dev.anvil import dev_key, rpc
 from keeper.dev.demo_chain import DemoChain, DemoError
 from keeper.dev.devchain import DEV_ROLES
 from keeper.ingest.events import unpack_usage_recorded
+from keeper.ops.deploy import Deployer, receipt_logs
 from keeper.plan.batches import pack_usage
 
 # anvil dev accounts used by the workload, after the ones DEV_ROLES takes (0-2).

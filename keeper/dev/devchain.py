@@ -22,9 +22,10 @@ from pathlib import Path
 from types import FrameType
 from typing import TextIO
 
-from keeper.chain.deployment import DEFAULT_FEE_BPS, DEFAULT_NOTICE_PERIOD, Deployment, deploy_all
+from keeper.chain.deployment import Deployment
 from keeper.dev.anvil import Anvil, dev_key, free_port, rpc, start_anvil
 from keeper.errors import KeeperError
+from keeper.ops.deploy import DEFAULT_FEE_BPS, DEFAULT_NOTICE_PERIOD, deploy_all
 
 DEFAULT_PORT = 8545
 DEFAULT_BLOCK_TIME = 1.0

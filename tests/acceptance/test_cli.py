@@ -17,8 +17,9 @@ import pytest
 from eth_account import Account
 from web3 import Web3
 
-from keeper.chain.deployment import Deployment, contract
+from keeper.chain.deployment import Deployment
 from keeper.dev.anvil import Anvil, dev_key, free_port, rpc
+from keeper.ops.deploy import contract
 from keeper.resources import load_artifact
 from tests.support.daemon import KEEPER, keeper
 

@@ -21,9 +21,10 @@ import pytest
 from eth_account import Account
 from eth_utils import to_checksum_address
 
-from keeper.chain.deployment import Deployment, deploy_all
+from keeper.chain.deployment import Deployment
 from keeper.config_load import load_config
 from keeper.dev.anvil import Anvil, dev_key, rpc
+from keeper.ops.deploy import deploy_all
 from tests.support.daemon import Db, Keeper, keeper, wait_until
 
 API_KEY = "k3y-0f-the-rpc"  # in the RPC URL's query string, as hosted RPCs put it

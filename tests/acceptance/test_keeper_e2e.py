@@ -50,8 +50,9 @@ from typing import Any, cast
 
 import pytest
 
-from keeper.chain.deployment import Deployment, deploy_all
+from keeper.chain.deployment import Deployment
 from keeper.dev.anvil import dev_key, rpc
+from keeper.ops.deploy import deploy_all
 from keeper.plan.usage import ORACLE_ROLE
 from tests.support.chain import DEV_KEY0, batch, send_in_order, tx
 from tests.support.daemon import Keeper, Outboxes

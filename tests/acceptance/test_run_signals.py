@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from keeper.chain.deployment import deploy_all
 from keeper.dev.anvil import Anvil
+from keeper.ops.deploy import deploy_all
 from tests.support.chain import DEV_KEY0
 
 

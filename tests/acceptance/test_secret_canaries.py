@@ -38,8 +38,9 @@ import pytest
 from eth_account import Account
 
 from keeper import db as keeper_db
-from keeper.chain.deployment import Deployment, deploy_all
+from keeper.chain.deployment import Deployment
 from keeper.dev.anvil import Anvil, dev_key, free_port
+from keeper.ops.deploy import deploy_all
 from tests.support.daemon import KEEPER
 from tests.support.rpc_proxy import RpcProxy
 

@@ -57,9 +57,10 @@ from eth_account.typed_transactions.typed_transaction import TypedTransaction
 from hexbytes import HexBytes
 from web3 import Web3
 
-from keeper.chain.deployment import Deployment, contract, deploy_all
+from keeper.chain.deployment import Deployment
 from keeper.db.outbox import IntentRequest
 from keeper.dev.anvil import Anvil, dev_key, rpc
+from keeper.ops.deploy import contract, deploy_all
 from tests.support.daemon import Keeper, Outboxes
 from tests.support.rpc_proxy import Hold, RpcProxy
 

@@ -85,12 +85,13 @@ from eth_abi.abi import encode as abi_encode
 from eth_utils import keccak
 
 from keeper import db
-from keeper.chain.deployment import Deployment, deploy_all
+from keeper.chain.deployment import Deployment
 from keeper.db import Conn
 from keeper.db.migrations import migrate
 from keeper.db.outbox import AlreadyPlanned, IntentRequest, Outbox, Planned
 from keeper.dev.anvil import DEV_CHAIN_ID, dev_key, rpc, running_anvil
 from keeper.logs import configure as configure_logs
+from keeper.ops.deploy import deploy_all
 from keeper.plan.planner import DueItem, PassReport, Planner, PlanSettings
 from keeper.plan.usage import IntakeReport, UsageItem, UsageOracle
 from tests.bench.bench_index import DEFAULT_DSN, TimedConn, Timings, fresh_database

@@ -18,8 +18,9 @@ from web3 import Web3
 from web3.contract import Contract
 from web3.logs import DISCARD
 
-from keeper.chain.deployment import Deployment, contract
+from keeper.chain.deployment import Deployment
 from keeper.dev.anvil import Anvil, rpc
+from keeper.ops.deploy import contract
 from keeper.plan.accrual import pack_report, unpack_report
 from tests.support.chain import DEV_KEY0, deploy_contracts
 

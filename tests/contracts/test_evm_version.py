@@ -9,8 +9,8 @@ import pytest
 from web3 import Web3
 from web3.logs import DISCARD
 
-from keeper.chain.deployment import contract
 from keeper.dev.anvil import Anvil, rpc
+from keeper.ops.deploy import contract
 from keeper.resources import CONTRACT_NAMES, load_artifact
 from tests.support.chain import DEV_KEY0, deploy_contracts
 

@@ -24,7 +24,7 @@ import asyncpg
 import pytest
 from web3 import Web3
 
-from keeper.chain.deployment import DEFAULT_NOTICE_PERIOD, Deployment, contract
+from keeper.chain.deployment import Deployment
 from keeper.dev.anvil import Anvil, dev_key, free_port
 from keeper.dev.demo_live import LiveStream, usage_rows
 from keeper.dev.demo_postgres import PgserverMissing, start_embedded_postgres
@@ -39,6 +39,7 @@ from keeper.dev.demo_workload import (
     USAGE,
     usage_recorded,
 )
+from keeper.ops.deploy import DEFAULT_NOTICE_PERIOD, contract
 
 _SCRIPT = Path(sys.executable).with_name("keeper")
 KEEPER = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "keeper"]

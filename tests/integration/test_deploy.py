@@ -11,15 +11,9 @@ import pytest
 from eth_account import Account
 from web3 import Web3
 
-from keeper.chain.deployment import (
-    DEFAULT_NOTICE_PERIOD,
-    DeployError,
-    Deployment,
-    DeploymentFileError,
-    contract,
-    deploy_all,
-)
+from keeper.chain.deployment import Deployment, DeploymentFileError
 from keeper.dev.anvil import Anvil, dev_key, free_port
+from keeper.ops.deploy import DEFAULT_NOTICE_PERIOD, DeployError, contract, deploy_all
 from keeper.resources import load_artifact
 
 ADMIN_ROLE = b"\x00" * 32

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from keeper.chain.deployment import deploy_all
 from keeper.dev.anvil import DEV_CHAIN_ID, dev_key, rpc
+from keeper.ops.deploy import deploy_all
 from tests.support.chain import DEV_KEY0
 from tests.support.dev_nodes import DevNode, HardhatNode
 

@@ -9,11 +9,11 @@ import pytest
 from structlog.testing import capture_logs
 
 from keeper import db as keeper_db
-from keeper.chain.deployment import deploy_all
 from keeper.chain.heads import HeadWatcher
 from keeper.chain.rpc import ChainClient
 from keeper.dev.anvil import Anvil, free_port, rpc
 from keeper.ingest.indexer import Indexer, IngestSettings
+from keeper.ops.deploy import deploy_all
 from tests.support.chain import DEV_KEY0
 
 pytestmark = pytest.mark.anyio

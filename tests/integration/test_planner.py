@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 from eth_utils import to_checksum_address
 
-from keeper.chain.deployment import contract, deploy_all
 from keeper.dev.anvil import rpc
+from keeper.ops.deploy import contract, deploy_all
 from keeper.plan.batches import encode_batch
 from keeper.plan.planner import Planner, PlanSettings
 from tests.support.chain import DEV_KEY0

@@ -17,10 +17,10 @@ from hexbytes import HexBytes
 from structlog.testing import capture_logs
 
 from keeper import metrics
-from keeper.chain.deployment import contract
 from keeper.chain.rpc import ChainClient, RpcError
 from keeper.db.outbox import IntentRequest, Outbox, Planned
 from keeper.dev.anvil import rpc
+from keeper.ops.deploy import contract
 from keeper.plan.batches import encode_batch, gas_floor
 from keeper.service.status import collect_status, render_status
 from keeper.tx.manager import TxManager

@@ -11,8 +11,9 @@ from typing import Any
 
 import pytest
 
-from keeper.chain.deployment import Deployment, contract, deploy_all
+from keeper.chain.deployment import Deployment
 from keeper.dev.anvil import rpc
+from keeper.ops.deploy import contract, deploy_all
 from keeper.plan.planner import Planner
 from keeper.plan.usage import ORACLE_ROLE
 from tests.support.chain import DEV_KEY0

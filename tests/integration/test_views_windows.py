@@ -14,9 +14,9 @@ import pytest
 from eth_utils import to_checksum_address
 from web3.contract import Contract
 
-from keeper.chain.deployment import contract
 from keeper.db import Conn
 from keeper.dev.anvil import rpc
+from keeper.ops.deploy import contract
 from keeper.plan.accrual import carry_fee
 from keeper.plan.planner import Planner, PlanSettings
 from tests.support.ingest import Target, index_until_caught_up, open_indexer

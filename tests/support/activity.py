@@ -15,9 +15,10 @@ from eth_utils import keccak
 from web3 import Web3
 from web3.contract import Contract
 
-from keeper.chain.deployment import Deployment, contract, deploy_all
+from keeper.chain.deployment import Deployment
 from keeper.db import Conn
 from keeper.dev.anvil import Anvil, dev_key, rpc
+from keeper.ops.deploy import contract, deploy_all
 from keeper.plan.batches import pack_usage
 
 MAX_GAP = 90  # empty blocks between rounds: 1..MAX_GAP

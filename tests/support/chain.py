@@ -13,8 +13,9 @@ from eth_account import Account
 from eth_utils import keccak, to_checksum_address
 from web3 import Web3
 
-from keeper.chain.deployment import DEFAULT_FEE_BPS, Deployer, Deployment
+from keeper.chain.deployment import Deployment
 from keeper.dev.anvil import DEV_MNEMONIC, rpc
+from keeper.ops.deploy import DEFAULT_FEE_BPS, Deployer
 
 # anvil's account 0 for DEV_MNEMONIC; a public, well-known development key.
 DEV_KEY0 = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80"

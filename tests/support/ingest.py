@@ -42,10 +42,11 @@ from web3.contract import Contract
 from web3.types import RPCEndpoint
 
 from keeper import db as keeper_db
-from keeper.chain.deployment import Deployment, contract, deploy_all
+from keeper.chain.deployment import Deployment
 from keeper.chain.rpc import ChainClient, RpcResponseError, RpcUnavailable
 from keeper.dev.anvil import Anvil
 from keeper.ingest.indexer import Indexer, IngestSettings
+from keeper.ops.deploy import contract, deploy_all
 from keeper.ops.verify import price_terms
 from tests.support.chain import DEV_KEY0, calldata
 

@@ -21,11 +21,12 @@ from eth_utils import to_checksum_address
 from web3 import Web3
 
 from keeper import db as keeper_db
-from keeper.chain.deployment import Deployment, contract, deploy_all
+from keeper.chain.deployment import Deployment
 from keeper.chain.rpc import ChainClient
 from keeper.chain.signers import Signer
 from keeper.db.outbox import IntentRequest, Outbox, Planned
 from keeper.dev.anvil import dev_key, rpc, start_anvil
+from keeper.ops.deploy import contract, deploy_all
 from keeper.tx.manager import TxManager, TxSettings
 from tests.support.chain import DEV_KEY0
 from tests.support.dev_nodes import NODE_KINDS, AnvilNode, DevNode, NodeKind, start_hardhat

@@ -12,8 +12,8 @@ from typing import Any
 
 from eth_utils import to_checksum_address
 
-from keeper.chain.deployment import contract
 from keeper.db import Conn
+from keeper.ops.deploy import contract
 from keeper.plan.planner import PlanSettings
 from keeper.plan.usage import ORACLE_ROLE
 from tests.support.ingest import Target, index_until_caught_up, open_indexer
