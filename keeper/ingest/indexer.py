@@ -510,17 +510,7 @@ class Indexer:
     async def _common_ancestor(self, cursor: Cursor) -> BlockHeader | None:
         """The newest stored block the node still has at the same height with the same hash."""
         async with self.pool.acquire() as conn:
-            rows = await conn.fetch(self.store.q["blocks_from"], self.chain_id, 0)
-        stored = [
-            BlockHeader(
-                r["number"],
-                "0x" + bytes(r["hash"]).hex(),
-                "0x" + bytes(r["parent_hash"]).hex(),
-                r["timestamp"],
-            )
-            for r in rows
-            if r["number"] <= cursor.indexed_block
-        ]
+            stored = await self.store.stored_blocks(conn, cursor.indexed_block)
         for i in range(0, len(stored), 64):
             group = stored[i : i + 64]
             node = await self.client.headers([b.number for b in group])
