@@ -245,7 +245,7 @@ class Decoder:
         chain_id = self.chain_id
         plans = self._plans
         word = _WORD
-        new_row = tuple.__new__  # a row of its table's class, without a Python-level __new__
+        new_row = tuple.__new__  # a row of its table's class, skipping its Python-level __new__
         # Consecutive logs mostly share their block and transaction: parse those once, and
         # the COPY text around the log index with them ("chain\tblock\t", "\ttx\ttime\t").
         last_block_hex = last_tx_hex = ""
@@ -327,7 +327,8 @@ class Decoder:
             return None  # not one of ours (a filter should not return it)
         topics = log["topics"]
         name = self.raw.get(topics[0], (contract, "unknown"))[1] if topics else "anonymous"
-        return ROWS[RAW_TABLE](
+        return tuple.__new__(
+            ROWS[RAW_TABLE],
             (
                 self.chain_id,
                 number,
@@ -338,5 +339,5 @@ class Decoder:
                 name,
                 [bytes.fromhex(t[2:]) for t in topics],
                 bytes.fromhex(log["data"][2:]),
-            )
+            ),
         )

@@ -8,6 +8,7 @@ everything it touched. Rows are read by their columns' names (`keeper.ingest.cat
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -152,30 +153,38 @@ def stream_patches(batch: DecodedBatch) -> dict[int, StreamPatch]:
 def ledger_changes(batch: DecodedBatch) -> tuple[dict[int, list[int]], dict[bytes, list[int]]]:
     """What the batch credits per stream (amount - fee of settlements and usage charges) and
     per account (fees credited, claims), each with the first block it happened in."""
+    rows = batch.rows
     per_stream: dict[int, list[int]] = {}  # stream -> [sum, first block]
-    for row in batch.rows.get("stream_settled", ()):
-        add(per_stream, row.stream_id, row.amount - row.fee, row.block_number)
-    for row in batch.rows.get("usage_recorded", ()):
-        add(per_stream, row.stream_id, row.charged - row.fee, row.block_number)
+    fold(
+        per_stream,
+        ((r.stream_id, r.amount - r.fee, r.block_number) for r in rows.get("stream_settled", ())),
+    )
+    fold(
+        per_stream,
+        ((r.stream_id, r.charged - r.fee, r.block_number) for r in rows.get("usage_recorded", ())),
+    )
     per_account: dict[bytes, list[int]] = {}  # account -> [delta, first block]
-    for row in batch.rows.get("fees_credited", ()):
-        add(per_account, row.recipient, row.amount, row.block_number)
-    for row in batch.rows.get("claimed", ()):
-        add(per_account, row.payee, -row.amount, row.block_number)
+    fold(
+        per_account,
+        ((r.recipient, r.amount, r.block_number) for r in rows.get("fees_credited", ())),
+    )
+    fold(per_account, ((r.payee, -r.amount, r.block_number) for r in rows.get("claimed", ())))
     return per_stream, per_account
 
 
 K = TypeVar("K")
 
 
-def add(deltas: dict[K, list[int]], key: K, amount: int, block: int) -> None:
-    """Add `amount` to the [sum, first block] entry of `key`, moving its first block back."""
-    entry = deltas.get(key)
-    if entry is None:
-        deltas[key] = [amount, block]
-    else:
-        entry[0] += amount
-        entry[1] = min(entry[1], block)
+def fold(deltas: dict[K, list[int]], changes: Iterable[tuple[K, int, int]]) -> None:
+    """Add each (key, amount, block) change to the [sum, first block] entry of its key."""
+    for key, amount, block in changes:
+        entry = deltas.get(key)
+        if entry is None:
+            deltas[key] = [amount, block]
+        else:
+            entry[0] += amount
+            if block < entry[1]:
+                entry[1] = block
 
 
 @dataclass

@@ -24,7 +24,7 @@ from keeper.db.queries import Queries, load_queries
 from keeper.errors import KeeperError, unwrap_group
 from keeper.ingest.catalog import RAW_TABLE, rollback_query
 from keeper.ingest.events import DecodedBatch, Decoder
-from keeper.ingest.projections import Projected, StreamPatch, Touched, add
+from keeper.ingest.projections import Projected, StreamPatch, Touched, fold
 
 COPY_QUEUE = 2  # decoded parts waiting for their COPY
 
@@ -266,8 +266,10 @@ class Store:
         if done.credits:
             rows = await conn.fetch(self.q["stream_payees"], self.chain_id, list(done.credits))
             payees = {int(r["stream_id"]): bytes(r["payee"]) for r in rows}
-            for sid, (amount, block) in done.credits.items():
-                add(deltas, payees[sid], amount, block)
+            fold(
+                deltas,
+                ((payees[sid], amount, block) for sid, (amount, block) in done.credits.items()),
+            )
         accounts = list(deltas)
         await conn.execute(
             self.q["merge_ledger"],
