@@ -38,7 +38,16 @@ from keeper.ingest.catalog import (
 )
 from keeper.resources import load_artifact
 
-__all__ = ["RAW_TABLE", "DecodedBatch", "Decoder", "EventSpec", "unpack_usage_recorded"]
+__all__ = [
+    "RAW_TABLE",
+    "DecodedBatch",
+    "Decoder",
+    "EventSpec",
+    "MalformedLog",
+    "UnknownEventShape",
+    "build_catalog",
+    "unpack_usage_recorded",
+]
 
 
 class UnknownEventShape(KeeperError):

@@ -38,7 +38,14 @@ from keeper.ingest.reorgs import EXIT_FATAL_REORG, FatalReorg, handle_reorg
 from keeper.ingest.store import Cursor, CursorMoved, Store
 from keeper.loops import OUTAGES, LoopGuard
 
-__all__ = ["EXIT_FATAL_REORG", "BackfillProgress", "FatalReorg", "Indexer", "IngestSettings"]
+__all__ = [
+    "EXIT_FATAL_REORG",
+    "BackfillProgress",
+    "ChainMismatch",
+    "FatalReorg",
+    "Indexer",
+    "IngestSettings",
+]
 
 log = structlog.get_logger(__name__)
 
