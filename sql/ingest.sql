@@ -4,6 +4,9 @@
 -- it leaves, so "current state" is "the latest event of each kind"): the same statements
 -- serve ingest (entities touched by new events) and reorgs (entities touched by orphaned
 -- events), so the two paths cannot drift apart.
+--
+-- The rollback of the event tables themselves (every table's rows after a block) is not here:
+-- keeper.ingest.catalog.rollback_query builds it from the catalog, which names every table.
 
 -- name: get_cursor
 SELECT chain_id, start_block, indexed_block, indexed_hash, indexed_timestamp, head_block,
@@ -54,10 +57,6 @@ SELECT number, hash, parent_hash, timestamp FROM blocks WHERE chain_id = $1 AND 
 -- Stored blocks at or above $2, newest first (the reorg walk-back compares them one by one).
 SELECT number, hash, parent_hash, timestamp FROM blocks
 WHERE chain_id = $1 AND number >= $2 ORDER BY number DESC;
-
--- name: delete_events_after
--- delete_events_after() (migration 0002) knows every event table; returns the rows removed.
-SELECT delete_events_after($1, $2);
 
 -- name: delete_blocks_after
 DELETE FROM blocks WHERE chain_id = $1 AND number > $2;
@@ -482,7 +481,7 @@ SELECT payee, endpoint FROM endpoint_price_set WHERE chain_id = $1 AND block_num
 
 -- name: merge_streams
 -- The fast path of ingest: apply the post-state the new events carry (one row per stream,
--- folded in log order by keeper.ingest.store) without reading history. NULL means "not changed by
+-- folded in log order by keeper.ingest.projections) without reading history. NULL means "not changed by
 -- these events". New streams (opened in these events) are inserted; refresh_streams, the full
 -- recompute, is what a rollback uses, and the reorg tests hold the two equal. Prices are not
 -- merged: a stream with a UsagePriceSet among the events is recomputed by refresh_streams

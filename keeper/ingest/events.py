@@ -1,10 +1,11 @@
-"""The contracts' events: which table each goes to, and a fast decoder of raw logs into rows.
+"""The contracts' events: the catalog read against the ABIs, and a fast decoder of raw logs
+into rows.
 
-Every event of StreamManager and EscrowVault has a typed table (`sql/migrations`), one column per
-event argument; the catalog below names them and is checked against the ABIs at import, so an
-artifact change that renames or retypes an argument fails loudly instead of mis-filing data.
-Events the keeper does not interpret (roles, pause) still go to `contract_events`, raw, so
-nothing a contract emitted is ever dropped.
+Every event of StreamManager and EscrowVault has a typed table, one column per event argument;
+`keeper.ingest.catalog` names them and is checked against the ABIs at import, so an artifact
+change that renames or retypes an argument fails loudly instead of mis-filing data. Events the
+keeper does not interpret (roles, pause) still go to `contract_events`, raw, so nothing a
+contract emitted is ever dropped.
 
 Decoding works on the JSON-RPC log dicts directly: all the events have static argument types,
 so each value is a slice of the hex data. This is several times faster than a generic ABI
@@ -22,10 +23,31 @@ from typing import Any
 from eth_utils import keccak
 
 from keeper.errors import KeeperError
+from keeper.ingest.catalog import (
+    CATALOG,
+    COMMON_COLUMNS,
+    RAW_EVENTS,
+    RAW_TABLE,
+    ROWS,
+    EventRow,
+    Packed,
+    Unpack,
+    column_names,
+    column_types,
+    unpack_usage_recorded,
+)
 from keeper.resources import load_artifact
 
-# Columns every event table starts with, in COPY order.
-COMMON_COLUMNS = ("chain_id", "block_number", "log_index", "tx_hash", "block_time")
+__all__ = [
+    "RAW_TABLE",
+    "DecodedBatch",
+    "Decoder",
+    "EventSpec",
+    "MalformedLog",
+    "UnknownEventShape",
+    "build_catalog",
+    "unpack_usage_recorded",
+]
 
 
 class UnknownEventShape(KeeperError):
@@ -36,24 +58,11 @@ class MalformedLog(KeeperError):
     """A log returned by the RPC does not have the shape its event declares."""
 
 
-# Turns an event's argument values (ABI order) into its table's column values.
-Unpack = Callable[[list[Any]], list[Any]]
-
-
-@dataclass(frozen=True)
-class Packed:
-    """A catalog entry whose arguments pack several values: `args` names the ABI arguments,
-    `columns` the table's columns, and `unpack` maps the values of one to the other."""
-
-    args: tuple[str, ...]
-    columns: tuple[str, ...]
-    unpack: Unpack
-
-
 @dataclass(frozen=True)
 class EventSpec:
     """One event: its contract, signature, table, its (ABI type, indexed) arguments and the
-    table's columns (the arguments one to one, or what `unpack` makes of them)."""
+    table's columns (the arguments one to one, or what `unpack` makes of them) with their SQL
+    types."""
 
     contract: str
     name: str
@@ -63,6 +72,8 @@ class EventSpec:
     columns: tuple[str, ...]
     types: tuple[str, ...]
     indexed: tuple[bool, ...]
+    sql_types: tuple[str, ...]
+    row: type[EventRow]
     unpack: Unpack | None = None
 
     @property
@@ -75,120 +86,6 @@ class EventSpec:
         """All columns of the table, in the order `decode` produces values."""
         return COMMON_COLUMNS + self.columns
 
-
-_U32 = (1 << 32) - 1
-_U64 = (1 << 64) - 1
-_U96 = (1 << 96) - 1
-
-
-def unpack_usage_recorded(values: list[Any]) -> list[Any]:
-    """UsageRecorded(report, charge, state) -> its columns.
-
-    report = streamId | seq << 64 | endpoint << 96 | units << 128 (bits from 192 clear),
-    charge = charged | fee << 96, state = balanceAfter | price << 96; the shortfall is what
-    the report cost at that price beyond what it charged."""
-    report, charge, state = values
-    units = report >> 128 & _U64
-    charged = charge & _U96
-    price = state >> 96
-    return [
-        report & _U64,
-        report >> 64 & _U32,
-        report >> 96 & _U32,
-        units,
-        charged,
-        charge >> 96,
-        units * price - charged,
-        state & _U96,
-        price,
-    ]
-
-
-USAGE_RECORDED_COLUMNS = (
-    "stream_id",
-    "seq",
-    "endpoint",
-    "units",
-    "charged",
-    "fee",
-    "shortfall",
-    "balance_after",
-    "price",
-)
-
-# (contract, event) -> (table, column names in ABI argument order, or a Packed entry)
-CATALOG: dict[tuple[str, str], tuple[str, tuple[str, ...] | Packed]] = {
-    ("StreamManager", "StreamOpened"): (
-        "stream_opened",
-        ("stream_id", "payer", "payee", "rate", "deposit", "price_list"),
-    ),
-    ("StreamManager", "StreamSettled"): (
-        "stream_settled",
-        ("stream_id", "amount", "fee", "balance_after"),
-    ),
-    ("StreamManager", "SettleSkipped"): ("settle_skipped", ("stream_id", "reason")),
-    ("StreamManager", "StreamToppedUp"): (
-        "stream_topped_up",
-        ("stream_id", "amount", "balance_after"),
-    ),
-    ("StreamManager", "StreamRateUpdated"): ("stream_rate_updated", ("stream_id", "rate")),
-    ("StreamManager", "StreamClosed"): ("stream_closed", ("stream_id", "refunded")),
-    ("StreamManager", "StreamCloseRequested"): (
-        "stream_close_requested",
-        ("stream_id", "close_at"),
-    ),
-    ("StreamManager", "UsagePriceSet"): (
-        "usage_price_set",
-        ("stream_id", "price", "effective_at"),
-    ),
-    ("StreamManager", "UsageRecorded"): (
-        "usage_recorded",
-        Packed(("report", "charge", "state"), USAGE_RECORDED_COLUMNS, unpack_usage_recorded),
-    ),
-    ("StreamManager", "EndpointAdded"): (
-        "endpoint_added",
-        ("payee", "endpoint", "name", "price"),
-    ),
-    ("StreamManager", "EndpointPriceSet"): (
-        "endpoint_price_set",
-        ("payee", "endpoint", "price", "effective_at"),
-    ),
-    ("StreamManager", "NoticePeriodSet"): ("notice_period_set", ("notice_period",)),
-    ("StreamManager", "UsageSkipped"): (
-        "usage_skipped",
-        ("stream_id", "seq", "last_seq", "reason"),
-    ),
-    ("StreamManager", "FeesCredited"): ("fees_credited", ("recipient", "amount")),
-    ("StreamManager", "Claimed"): ("claimed", ("payee", "amount")),
-    ("StreamManager", "FeeUpdated"): ("fee_updated", ("fee_bps",)),
-    ("StreamManager", "FeeRecipientUpdated"): ("fee_recipient_updated", ("recipient",)),
-    ("EscrowVault", "Deposited"): ("vault_deposited", ("account", "amount", "available_after")),
-    ("EscrowVault", "Withdrawn"): ("vault_withdrawn", ("account", "amount", "available_after")),
-    ("EscrowVault", "EscrowCreated"): (
-        "escrow_created",
-        ("escrow_id", "payer", "payee", "amount", "expires_at", "payer_available_after"),
-    ),
-    ("EscrowVault", "EscrowReleased"): (
-        "escrow_released",
-        ("escrow_id", "payee", "amount", "payee_available_after"),
-    ),
-    ("EscrowVault", "EscrowRefunded"): (
-        "escrow_refunded",
-        ("escrow_id", "payer", "amount", "payer_available_after"),
-    ),
-    ("EscrowVault", "RefundSkipped"): ("refund_skipped", ("escrow_id", "reason")),
-}
-
-# Events kept raw in `contract_events` (AccessControl and pause bookkeeping).
-RAW_EVENTS = {
-    "RoleGranted",
-    "RoleRevoked",
-    "RoleAdminChanged",
-    "Paused",
-    "Unpaused",
-}
-RAW_TABLE = "contract_events"
-RAW_COLUMNS = (*COMMON_COLUMNS, "contract", "event", "topics", "data")
 
 INDEXED_CONTRACTS = ("StreamManager", "EscrowVault")
 
@@ -214,14 +111,14 @@ def build_catalog() -> tuple[dict[str, EventSpec], dict[str, tuple[str, str]]]:
                 continue
             if key not in CATALOG:
                 raise UnknownEventShape(
-                    f"{contract}.{sig} has no table in keeper.ingest.events.CATALOG",
+                    f"{contract}.{sig} has no table in keeper.ingest.catalog.CATALOG",
                     help="add a table for it in a new migration and to the catalog",
                 )
             table, entry = CATALOG[key]
             types = tuple(i["type"] for i in item["inputs"])
             indexed = tuple(bool(i["indexed"]) for i in item["inputs"])
             if isinstance(entry, Packed):
-                args, columns, unpack = entry.args, entry.columns, entry.unpack
+                args, unpack = entry.args, entry.unpack
                 # The packing is named by the arguments: a renamed one may pack otherwise.
                 names = tuple(i["name"] for i in item["inputs"])
                 if names != args or any(t != "uint256" for t in types):
@@ -230,18 +127,27 @@ def build_catalog() -> tuple[dict[str, EventSpec], dict[str, tuple[str, str]]]:
                         f"{list(zip(names, types, strict=True))}"
                     )
             else:
-                args, columns, unpack = entry, entry, None
+                args, unpack = column_names(entry), None
             if len(args) != len(item["inputs"]):
                 raise UnknownEventShape(f"{contract}.{sig}: catalog has arguments {args}")
+            try:
+                sql_types = column_types(entry, types)
+            except KeyError as exc:
+                raise UnknownEventShape(
+                    f"{contract}.{sig}: no column type for ABI type {exc}",
+                    help="store it in a new migration and state its type in the catalog",
+                ) from None
             typed[topic0] = EventSpec(
                 contract=contract,
                 name=item["name"],
                 signature=sig,
                 topic0=topic0,
                 table=table,
-                columns=columns,
+                columns=column_names(entry),
                 types=types,
                 indexed=indexed,
+                sql_types=sql_types,
+                row=ROWS[table],
                 unpack=unpack,
             )
             seen.add(key)
@@ -271,7 +177,7 @@ class DecodedBatch:
     `rows`). Both keep the logs' order.
     """
 
-    rows: dict[str, list[tuple[Any, ...]]]
+    rows: dict[str, list[EventRow]]
     count: int = 0
     text: dict[str, list[str]] = field(default_factory=dict)
 
@@ -336,23 +242,19 @@ class Decoder:
 
     def columns(self, table: str) -> tuple[str, ...]:
         """COPY column order of `table`."""
-        if table == RAW_TABLE:
-            return RAW_COLUMNS
-        for spec in self.typed.values():
-            if spec.table == table:
-                return spec.copy_columns
-        raise KeyError(table)
+        return ROWS[table]._fields
 
     def decode(
         self, logs: Iterable[Mapping[str, Any]], timestamps: Mapping[int, int]
     ) -> DecodedBatch:
         """Decode `logs`; `timestamps` gives block times for logs that do not carry one."""
-        rows: dict[str, list[tuple[Any, ...]]] = {}
+        rows: dict[str, list[EventRow]] = {}
         text: dict[str, list[str]] = {}
         count = 0
         chain_id = self.chain_id
         plans = self._plans
         word = _WORD
+        new_row = tuple.__new__  # a row of its table's class, skipping its Python-level __new__
         # Consecutive logs mostly share their block and transaction: parse those once, and
         # the COPY text around the log index with them ("chain\tblock\t", "\ttx\ttime\t").
         last_block_hex = last_tx_hex = ""
@@ -383,25 +285,10 @@ class Decoder:
                 log_index = int(log["logIndex"], 16)
                 found = plans.get(topics[0]) if topics else None
                 if found is None:
-                    contract = self.contract_of.get(log["address"].lower())
-                    if contract is None:
-                        continue  # not one of ours (a filter should not return it)
-                    name = (
-                        self.raw.get(topics[0], (contract, "unknown"))[1] if topics else "anonymous"
-                    )
-                    row = (
-                        chain_id,
-                        number,
-                        log_index,
-                        tx_hash,
-                        ts,
-                        contract,
-                        name,
-                        [bytes.fromhex(t[2:]) for t in topics],
-                        bytes.fromhex(log["data"][2:]),
-                    )
-                    rows.setdefault(RAW_TABLE, []).append(row)
-                    count += 1
+                    row = self._raw_row(log, number, log_index, tx_hash, ts)
+                    if row is not None:
+                        rows.setdefault(RAW_TABLE, []).append(row)
+                        count += 1
                     continue
                 spec, plan, integers, size = found
                 data = log["data"]
@@ -431,9 +318,35 @@ class Decoder:
                 if table_rows is None:
                     table_rows = rows[table] = []
                     text[table] = []
-                table_rows.append((chain_id, number, log_index, tx_hash, ts, *values))
+                table_rows.append(
+                    new_row(spec.row, (chain_id, number, log_index, tx_hash, ts, *values))
+                )
                 text[table].append(f"{block_text}{log_index}{tx_text}{values_text}")
                 count += 1
             except (KeyError, IndexError, ValueError, TypeError) as exc:
                 raise MalformedLog(f"cannot decode log {log!r}: {exc!r}") from exc
         return DecodedBatch(rows=rows, count=count, text=text)
+
+    def _raw_row(
+        self, log: Mapping[str, Any], number: int, log_index: int, tx_hash: bytes, ts: int | None
+    ) -> EventRow | None:
+        """The `contract_events` row of a log no typed table takes (None: not our contract's)."""
+        contract = self.contract_of.get(log["address"].lower())
+        if contract is None:
+            return None  # not one of ours (a filter should not return it)
+        topics = log["topics"]
+        name = self.raw.get(topics[0], (contract, "unknown"))[1] if topics else "anonymous"
+        return tuple.__new__(
+            ROWS[RAW_TABLE],
+            (
+                self.chain_id,
+                number,
+                log_index,
+                tx_hash,
+                ts,
+                contract,
+                name,
+                [bytes.fromhex(t[2:]) for t in topics],
+                bytes.fromhex(log["data"][2:]),
+            ),
+        )

@@ -11,7 +11,6 @@ the finalized block is fatal: the process stops with `EXIT_FATAL_REORG` rather t
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -34,39 +33,23 @@ from keeper.chain.rpc import (
 )
 from keeper.errors import KeeperError, unwrap_group
 from keeper.ingest.events import DecodedBatch, Decoder
+from keeper.ingest.ranges import GC_COLLECT_EVERY, Range, RangeReader, gc_paused, shrunk
+from keeper.ingest.reorgs import EXIT_FATAL_REORG, FatalReorg, handle_reorg
 from keeper.ingest.store import Cursor, CursorMoved, Store
 from keeper.loops import OUTAGES, LoopGuard
 
+__all__ = [
+    "EXIT_FATAL_REORG",
+    "BackfillProgress",
+    "ChainMismatch",
+    "FatalReorg",
+    "Indexer",
+    "IngestSettings",
+]
+
 log = structlog.get_logger(__name__)
 
-EXIT_FATAL_REORG = 3
 DECODE_PART_LOGS = 20_000  # logs decoded at a time: the server copies one part while the next
-GC_COLLECT_EVERY = 60.0  # seconds: a full collection during long backfills (the GC is paused)
-
-
-@contextlib.contextmanager
-def _gc_paused() -> Iterator[None]:
-    """Pause the cyclic garbage collector inside the block (as it was before, after).
-
-    Parsing and decoding a range allocate hundreds of thousands of containers (log dicts,
-    topic lists, row tuples) that live exactly as long as the range: the collector would only
-    traverse them again and again (about a third of the JSON parse time). The backfill holds
-    the pause throughout and collects explicitly now and then (GC_COLLECT_EVERY). The pause is
-    process-wide: cyclic garbage of the daemon's other loops waits for that collection too.
-    """
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
-
-
-class FatalReorg(KeeperError):
-    """The chain reorganised below the finalized block: the index cannot be trusted."""
-
-    exit_code = EXIT_FATAL_REORG
 
 
 class ChainMismatch(KeeperError):
@@ -110,14 +93,6 @@ class BackfillProgress:
         return self.block - self.first + 1
 
 
-@dataclass
-class _Range:
-    start: int
-    end: BlockHeader
-    logs: list[dict[str, Any]]
-    timestamps: dict[int, int]
-
-
 class Indexer:
     """Keeps one chain's contract events and projections in Postgres up to date."""
 
@@ -144,13 +119,17 @@ class Indexer:
         self.settings = settings or IngestSettings()
         self.decoder = Decoder(chain_id, addresses)
         self.store = Store(chain_id, self.decoder)
-        self.range = self.settings.initial_range
-        # What the provider refused last: growth stops below it, then probes upward slowly
-        # (a limit on results, not blocks, moves with the density of events).
-        self.ceiling = self.settings.max_range
-        self._at_ceiling = 0
         self.follow_step = self.settings.max_follow_step
         self.log = log.bind(chain_id=chain_id)
+        self.ranges = RangeReader(
+            client,
+            self.addresses,
+            initial=self.settings.initial_range,
+            minimum=self.settings.min_range,
+            maximum=self.settings.max_range,
+            target_logs=self.settings.target_logs,
+            logger=self.log,
+        )
 
     # ------------------------------------------------------------------ entry points
 
@@ -256,18 +235,18 @@ class Indexer:
         done_events = 0
         started = last_report = time.monotonic()
         self.log.info("backfill_started", from_block=first, to_block=target)
-        send, receive = anyio.create_memory_object_stream[_Range](2)
+        send, receive = anyio.create_memory_object_stream[Range](2)
         collected = started
 
         async def produce() -> None:
             async with send:
                 start = first
                 while start <= target:
-                    fetched = await self._fetch_range(start, target)
+                    fetched = await self.ranges.fetch(start, target)
                     await send.send(fetched)
                     start = fetched.end.number + 1
 
-        with _gc_paused(), unwrap_group():
+        with gc_paused(), unwrap_group():
             async with anyio.create_task_group() as tg:
                 tg.start_soon(produce)
                 async with receive:
@@ -301,7 +280,7 @@ class Indexer:
                                 blocks_per_s=round(rate, 1),
                                 events_per_s=round(done_events / elapsed, 1),
                                 events=done_events,
-                                range=self.range,
+                                range=self.ranges.range,
                                 eta_s=round((total_blocks - done_blocks) / rate, 1)
                                 if rate
                                 else None,
@@ -315,10 +294,10 @@ class Indexer:
         """Read and decode the widest range from `start` (up to `target`) the provider accepts,
         adapting the range as backfill does, without writing anything; return the range's last
         block and its rows (for `keeper backfill`'s check of blocks already indexed)."""
-        fetched = await self._fetch_range(start, target)
+        fetched = await self.ranges.fetch(start, target)
         return fetched.end.number, self.decoder.decode(fetched.logs, fetched.timestamps)
 
-    def _decoded_parts(self, fetched: _Range) -> Iterator[DecodedBatch]:
+    def _decoded_parts(self, fetched: Range) -> Iterator[DecodedBatch]:
         """The range's logs decoded DECODE_PART_LOGS at a time, each when it is asked for.
 
         Consumes `fetched.logs`: each part's log dicts are let go once decoded.
@@ -328,55 +307,6 @@ class Indexer:
             part = logs[:DECODE_PART_LOGS]
             del logs[:DECODE_PART_LOGS]
             yield self.decoder.decode(part, fetched.timestamps)
-
-    async def _fetch_range(self, start: int, target: int) -> _Range:
-        """Logs of the widest range from `start` the provider accepts (adapting self.range)."""
-        while True:
-            end = min(start + self.range - 1, target)
-            try:
-                logs = await self.client.get_logs(self.addresses, start, end)
-            except RangeTooLarge as exc:
-                self.range = self._shrunk(start, end, exc)
-                self.ceiling = self.range
-                self._at_ceiling = 0
-                metrics.BACKFILL_RANGE.set(self.range)
-                self.log.debug("range_shrunk", from_block=start, to_block=end, range=self.range)
-                continue
-            header = await self.client.header(end)
-            if header is None:
-                raise KeeperError(f"the node has no block {end} though it reported it final")
-            timestamps = await self._missing_timestamps(logs)
-            if self.range >= self.ceiling:
-                self._at_ceiling += 1
-                if self._at_ceiling >= 8:
-                    self.ceiling = min(self.ceiling * 5 // 4 + 1, self.settings.max_range)
-                    self._at_ceiling = 0
-            if len(logs) < self.settings.target_logs // 2:
-                self.range = min(self.range * 2, self.ceiling, self.settings.max_range)
-            elif len(logs) > self.settings.target_logs:
-                self.range = max(self.range // 2, self.settings.min_range)
-            metrics.BACKFILL_RANGE.set(self.range)
-            return _Range(start, header, logs, timestamps)
-
-    def _shrunk(self, start: int, end: int, exc: RangeTooLarge) -> int:
-        size = end - start + 1
-        if exc.suggested_to is not None and start <= exc.suggested_to < end:
-            return max(exc.suggested_to - start + 1, self.settings.min_range)
-        if exc.max_blocks is not None and exc.max_blocks < size:
-            return max(exc.max_blocks, self.settings.min_range)
-        if size <= self.settings.min_range:
-            raise exc  # cannot split further: a single block the provider refuses
-        return max(size // 2, self.settings.min_range)
-
-    async def _missing_timestamps(self, logs: Sequence[dict[str, Any]]) -> dict[int, int]:
-        """Block timestamps for logs whose node did not include `blockTimestamp`."""
-        missing = sorted(
-            {int(lg["blockNumber"], 16) for lg in logs if not lg.get("blockTimestamp")}
-        )
-        if not missing:
-            return {}
-        headers = await self.client.headers(missing)
-        return {h.number: h.timestamp for h in headers if h is not None}
 
     # ------------------------------------------------------------------ follow
 
@@ -433,7 +363,9 @@ class Indexer:
                 break
             except RangeTooLarge as exc:
                 # The provider's limit is below the unfinalized window: take fewer blocks.
-                self.follow_step = self._shrunk(chain[0].number, chain[-1].number, exc)
+                self.follow_step = shrunk(
+                    chain[0].number, chain[-1].number, exc, self.settings.min_range
+                )
                 self.log.info("follow_step_shrunk", refused=len(chain), step=self.follow_step)
                 chain = chain[: self.follow_step]
         by_number = {h.number: h for h in chain}
@@ -457,80 +389,8 @@ class Indexer:
         )
         return len(chain)
 
-    # ------------------------------------------------------------------ reorgs
-
     async def _reorg(self, cursor: Cursor) -> bool:
-        """Walk back to the common ancestor, re-check, and roll back to it (True if done)."""
-        ancestor = await self._common_ancestor(cursor)
-        if ancestor is None:
-            raise FatalReorg(
-                f"chain {self.chain_id}: no stored block below {cursor.indexed_block} is "
-                "canonical any more",
-                help="the chain reorganised below the finalized block; re-index from scratch "
-                "after checking the RPC node",
-            )
-        # Never trust one lagging answer: ask again after a pause.
-        await anyio.sleep(self.settings.recheck_delay)
-        again = await self._common_ancestor(cursor)
-        if again is None or again.number != ancestor.number or again.hash != ancestor.hash:
-            self.log.warning("reorg_unconfirmed", first=ancestor.number)
-            return False
-        if ancestor.number == cursor.indexed_block and ancestor.hash == cursor.indexed_hash:
-            # The node only answered from behind for a moment: our head is still canonical.
-            self.log.info("node_lagged", block=cursor.indexed_block)
-            return False
-        finalized = cursor.finalized_block
-        if finalized is not None and ancestor.number < min(finalized, cursor.indexed_block):
-            raise FatalReorg(
-                f"chain {self.chain_id}: reorg back to block {ancestor.number}, below the "
-                f"finalized block {finalized}",
-                help="the node rewrote finalized history; the index stops rather than guess. "
-                "Check the RPC node, then re-index (drop the chain's rows) if it is right",
-            )
-        async with self.pool.acquire() as conn:
-            old_head = await self.store.stored_block(conn, cursor.indexed_block)
-            old = old_head or BlockHeader(
-                cursor.indexed_block, cursor.indexed_hash or "0x" + "00" * 32, "0x" + "00" * 32, 0
-            )
-            current = await self.client.head()
-            removed = await self.store.rollback_to(conn, ancestor, old, current)
-        depth = cursor.indexed_block - ancestor.number
-        metrics.REORGS.inc()
-        metrics.REORG_DEPTH.observe(depth)
-        self.log.warning(
-            "reorg_handled",
-            depth=depth,
-            ancestor=ancestor.number,
-            old_head=cursor.indexed_hash,
-            new_head=current.hash,
-            events_removed=removed,
+        """Roll back to the common ancestor if the reorg is confirmed (True if done)."""
+        return await handle_reorg(
+            self.client, self.pool, self.store, cursor, self.settings.recheck_delay, self.log
         )
-        return True
-
-    async def _common_ancestor(self, cursor: Cursor) -> BlockHeader | None:
-        """The newest stored block the node still has at the same height with the same hash."""
-        async with self.pool.acquire() as conn:
-            rows = await conn.fetch(self.store.q["blocks_from"], self.chain_id, 0)
-        stored = [
-            BlockHeader(
-                r["number"],
-                "0x" + bytes(r["hash"]).hex(),
-                "0x" + bytes(r["parent_hash"]).hex(),
-                r["timestamp"],
-            )
-            for r in rows
-            if r["number"] <= cursor.indexed_block
-        ]
-        for i in range(0, len(stored), 64):
-            group = stored[i : i + 64]
-            node = await self.client.headers([b.number for b in group])
-            for mine, theirs in zip(group, node, strict=True):
-                if theirs is not None and theirs.hash == mine.hash:
-                    return mine
-        # Nothing stored matches. If everything indexed is still unfinalized, the whole index is
-        # on the orphaned branch: start again from just before the deployment block.
-        if cursor.finalized_block is None or cursor.finalized_block < cursor.start_block:
-            if cursor.start_block == 0:
-                return BlockHeader(-1, "0x" + "00" * 32, "0x" + "00" * 32, 0)
-            return await self.client.header(cursor.start_block - 1)
-        return None

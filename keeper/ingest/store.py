@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import anyio
+import asyncpg
 from anyio.streams.memory import MemoryObjectSendStream
 
 from keeper import metrics
@@ -21,56 +22,10 @@ from keeper.chain.rpc import BlockHeader
 from keeper.db import Conn
 from keeper.db.queries import Queries, load_queries
 from keeper.errors import KeeperError, unwrap_group
-from keeper.ingest.events import CATALOG, RAW_TABLE, DecodedBatch, Decoder, Packed
+from keeper.ingest.catalog import RAW_TABLE, rollback_query
+from keeper.ingest.events import DecodedBatch, Decoder
+from keeper.ingest.projections import Projected, StreamPatch, Touched, fold
 
-STREAM_TABLES = frozenset(
-    {
-        "stream_opened",
-        "stream_settled",
-        "stream_topped_up",
-        "stream_rate_updated",
-        "stream_closed",
-        "stream_close_requested",
-        "usage_price_set",
-        "usage_recorded",
-    }
-)
-# Stream events whose effect the write path leaves to refresh_streams (a price set's coming
-# into force depends on the time of the next one, which the stored history holds).
-REFRESHED_STREAM_TABLES = frozenset({"usage_price_set"})
-ENDPOINT_TABLES = frozenset({"endpoint_added", "endpoint_price_set"})
-ESCROW_TABLES = frozenset({"escrow_created", "escrow_released", "escrow_refunded"})
-# table -> column position (in the COPY row) of the vault account the event names
-ACCOUNT_COLUMNS = {
-    "vault_deposited": 5,
-    "vault_withdrawn": 5,
-    "escrow_created": 6,
-    "escrow_released": 6,
-    "escrow_refunded": 6,
-}
-LEDGER_TABLES = frozenset({"stream_settled", "usage_recorded", "fees_credited", "claimed"})
-PARAM_TABLES = frozenset(
-    {"fee_updated", "fee_recipient_updated", "notice_period_set", "contract_events"}
-)
-ID_COLUMN = 5  # stream_id / escrow_id follow the five common columns
-
-
-def _position(table: str, column: str) -> int:
-    """Where `column` of the event table `table` is in a decoded row."""
-    for entry_table, entry in CATALOG.values():
-        if entry_table == table:
-            columns = entry.columns if isinstance(entry, Packed) else entry
-            return ID_COLUMN + columns.index(column)
-    raise KeyError(table)
-
-
-# Positions in a decoded row of the columns the projections read.
-OPENED_PRICE_LIST = _position("stream_opened", "price_list")
-USAGE_SEQ = _position("usage_recorded", "seq")
-USAGE_CHARGED = _position("usage_recorded", "charged")
-USAGE_FEE = _position("usage_recorded", "fee")
-USAGE_BALANCE = _position("usage_recorded", "balance_after")
-ENDPOINT_ID = _position("endpoint_added", "endpoint")
 COPY_QUEUE = 2  # decoded parts waiting for their COPY
 
 
@@ -80,6 +35,16 @@ class CursorMoved(KeeperError):
 
 def _hex_bytes(value: str) -> bytes:
     return bytes.fromhex(value[2:])
+
+
+def _header(row: asyncpg.Record) -> BlockHeader:
+    """A `blocks` row as a header."""
+    return BlockHeader(
+        number=row["number"],
+        hash="0x" + bytes(row["hash"]).hex(),
+        parent_hash="0x" + bytes(row["parent_hash"]).hex(),
+        timestamp=row["timestamp"],
+    )
 
 
 @dataclass(frozen=True)
@@ -93,162 +58,6 @@ class Cursor:
     head_block: int | None
     finalized_block: int | None
     backfill_done: bool
-
-
-@dataclass(frozen=True)
-class Touched:
-    """Entities whose projections must be recomputed."""
-
-    streams: list[int]
-    escrows: list[int]
-    accounts: list[bytes]
-    params: bool
-    endpoints: list[tuple[bytes, int]] = field(default_factory=list)  # (payee, endpoint)
-
-    @classmethod
-    def from_batch(cls, batch: DecodedBatch, *, streams: bool = True) -> Touched:
-        """What the rows of `batch` touch (streams left out if `streams` is false: the write
-        path merges them from the events' post-state instead, all but those whose prices
-        changed)."""
-        stream_ids: set[int] = set()
-        escrows: set[int] = set()
-        accounts: set[bytes] = set()
-        endpoints: set[tuple[bytes, int]] = set()
-        for table, rows in batch.rows.items():
-            if table in STREAM_TABLES and (streams or table in REFRESHED_STREAM_TABLES):
-                stream_ids.update(r[ID_COLUMN] for r in rows)
-            if table in ENDPOINT_TABLES:
-                endpoints.update((r[ID_COLUMN], r[ENDPOINT_ID]) for r in rows)
-            if table in ESCROW_TABLES:
-                escrows.update(r[ID_COLUMN] for r in rows)
-            column = ACCOUNT_COLUMNS.get(table)
-            if column is not None:
-                accounts.update(r[column] for r in rows)
-        params = any(t in batch.rows for t in PARAM_TABLES)
-        return cls(sorted(stream_ids), sorted(escrows), sorted(accounts), params, sorted(endpoints))
-
-
-@dataclass
-class _StreamPatch:
-    payer: bytes | None = None
-    payee: bytes | None = None
-    opened_block: int | None = None
-    rate: int | None = None
-    balance: int | None = None
-    settled_at: int | None = None
-    usage_seq: int | None = None
-    price_list: bool | None = None
-    closed: bool = False
-    close_at: int | None = None
-    updated_block: int = 0
-
-
-def stream_patches(batch: DecodedBatch) -> dict[int, _StreamPatch]:
-    """Fold the stream events of `batch`, in log order, into each stream's new post-state.
-
-    Only the last event of each kind per stream can matter (rows of a table arrive in log
-    order), so each table is reduced to those first and only the few survivors per stream are
-    ordered: linear in the batch, which is what keeps large backfill ranges cheap.
-    """
-    last: dict[int, list[tuple[int, int, str, tuple[Any, ...]]]] = {}
-    max_seq: dict[int, int] = {}
-    for table in STREAM_TABLES:
-        rows = batch.rows.get(table)
-        if not rows:
-            continue
-        latest: dict[int, tuple[Any, ...]] = {}
-        for row in rows:
-            latest[row[ID_COLUMN]] = row
-        if table == "usage_recorded":
-            for row in rows:
-                sid, seq = row[ID_COLUMN], row[USAGE_SEQ]
-                if seq > max_seq.get(sid, -1):
-                    max_seq[sid] = seq
-        for sid, row in latest.items():
-            last.setdefault(sid, []).append((row[1], row[2], table, row))
-    patches: dict[int, _StreamPatch] = {}
-    for sid, events in last.items():
-        events.sort(key=lambda e: (e[0], e[1]))
-        p = patches[sid] = _StreamPatch(usage_seq=max_seq.get(sid))
-        for block, _, table, row in events:
-            p.updated_block = max(p.updated_block, block)
-            f = row[ID_COLUMN + 1 :]
-            if table == "stream_opened":
-                p.payer, p.payee, p.rate, p.balance = f[0], f[1], f[2], f[3]
-                p.opened_block, p.settled_at = block, row[4]
-                p.price_list = bool(row[OPENED_PRICE_LIST])
-            elif table == "stream_settled":
-                p.balance, p.settled_at = f[2], row[4]
-            elif table == "stream_topped_up":
-                p.balance = f[1]
-            elif table == "stream_rate_updated":
-                p.rate = f[0]
-            elif table == "stream_closed":
-                p.balance, p.closed, p.close_at = 0, True, None
-            elif table == "stream_close_requested":
-                p.rate, p.close_at = 0, f[0]
-            elif table == "usage_recorded":
-                p.balance = row[USAGE_BALANCE]
-    return patches
-
-
-def ledger_changes(batch: DecodedBatch) -> tuple[dict[int, list[int]], dict[bytes, list[int]]]:
-    """What the batch credits per stream (amount - fee of settlements and usage charges) and
-    per account (fees credited, claims), each with the first block it happened in."""
-    per_stream: dict[int, list[int]] = {}  # stream -> [sum, first block]
-    # (table, column of the amount, column of the fee): each credits amount - fee.
-    for table, amount_at, fee_at in (
-        ("stream_settled", ID_COLUMN + 1, ID_COLUMN + 2),
-        ("usage_recorded", USAGE_CHARGED, USAGE_FEE),
-    ):
-        for row in batch.rows.get(table, ()):
-            entry = per_stream.get(row[ID_COLUMN])
-            if entry is None:
-                per_stream[row[ID_COLUMN]] = [row[amount_at] - row[fee_at], row[1]]
-            else:
-                entry[0] += row[amount_at] - row[fee_at]
-                if row[1] < entry[1]:
-                    entry[1] = row[1]
-    per_account: dict[bytes, list[int]] = {}  # account -> [delta, first block]
-    for table, sign in (("fees_credited", 1), ("claimed", -1)):
-        for row in batch.rows.get(table, ()):
-            _add(per_account, row[ID_COLUMN], sign * row[ID_COLUMN + 1], row[1])
-    return per_stream, per_account
-
-
-def _add(deltas: dict[bytes, list[int]], account: bytes, amount: int, block: int) -> None:
-    entry = deltas.get(account)
-    if entry is None:
-        deltas[account] = [amount, block]
-    else:
-        entry[0] += amount
-        entry[1] = min(entry[1], block)
-
-
-@dataclass
-class _Projected:
-    """What a batch changes in the projections, worked out from its rows in Python."""
-
-    count: int
-    patches: dict[int, _StreamPatch]
-    touched: Touched
-    ledger: bool
-    credits: dict[int, list[int]]
-    deltas: dict[bytes, list[int]]
-
-    @classmethod
-    def of(cls, batch: DecodedBatch) -> _Projected:
-        """The projection changes of `batch`."""
-        ledger = any(t in batch.rows for t in LEDGER_TABLES)
-        per_stream, per_account = ledger_changes(batch) if ledger else ({}, {})
-        return cls(
-            count=batch.count,
-            patches=stream_patches(batch),
-            touched=Touched.from_batch(batch, streams=False),
-            ledger=ledger,
-            credits=per_stream,
-            deltas=per_account,
-        )
 
 
 async def _put(send: MemoryObjectSendStream[tuple[str, Any]], item: tuple[str, Any]) -> bool:
@@ -289,6 +98,7 @@ class Store:
         self.chain_id = chain_id
         self.decoder = decoder
         self.q = queries or load_queries("ingest.sql")
+        self.delete_events_after = rollback_query()
 
     async def cursor(self, conn: Conn, start_block: int) -> Cursor:
         """Read the cursor, creating it at `start_block` on first use."""
@@ -308,14 +118,12 @@ class Store:
     async def stored_block(self, conn: Conn, number: int) -> BlockHeader | None:
         """The canonical block the database holds at `number`, if any."""
         row = await conn.fetchrow(self.q["get_block"], self.chain_id, number)
-        if row is None:
-            return None
-        return BlockHeader(
-            number=row["number"],
-            hash="0x" + bytes(row["hash"]).hex(),
-            parent_hash="0x" + bytes(row["parent_hash"]).hex(),
-            timestamp=row["timestamp"],
-        )
+        return None if row is None else _header(row)
+
+    async def stored_blocks(self, conn: Conn, up_to: int) -> list[BlockHeader]:
+        """The blocks the database holds up to `up_to`, newest first."""
+        rows = await conn.fetch(self.q["blocks_from"], self.chain_id, 0)
+        return [_header(r) for r in rows if r["number"] <= up_to]
 
     async def observe_head(self, conn: Conn, head: BlockHeader, finalized: int) -> None:
         """Record what the node reports (for lag in the views and metrics)."""
@@ -391,9 +199,7 @@ class Store:
             # Ledger first: its subtraction reads the orphaned events before they go.
             await conn.execute(self.q["apply_ledger_range"], chain, ancestor.number, 2**62, -1)
             await conn.execute(self.q["drop_ledger_rows_after"], chain, ancestor.number)
-            removed = int(
-                await conn.fetchval(self.q["delete_events_after"], chain, ancestor.number)
-            )
+            removed = int(await conn.fetchval(self.delete_events_after, chain, ancestor.number))
             await conn.execute(self.q["delete_blocks_after"], chain, ancestor.number)
             await self._refresh(conn, touched)
             await conn.execute(
@@ -421,7 +227,7 @@ class Store:
         """Forget block rows below `below` (finalized history needs no parent-hash chain)."""
         await conn.execute(self.q["prune_blocks"], self.chain_id, below)
 
-    async def _copy_events(self, conn: Conn, parts: Iterable[DecodedBatch]) -> _Projected:
+    async def _copy_events(self, conn: Conn, parts: Iterable[DecodedBatch]) -> Projected:
         """COPY the rows of each part while the next part is decoded; return what all of them
         change in the projections (worked out while the last COPYs run).
 
@@ -450,18 +256,20 @@ class Store:
                 async with send:
                     fed = await _feed(send, parts, whole)
                 # The last COPYs are still running: work out the projections meanwhile.
-                projected = _Projected.of(whole) if fed else None
+                projected = Projected.of(whole) if fed else None
         assert projected is not None  # the copier stopped early: the group raised its error
         return projected
 
-    async def _merge_ledger(self, conn: Conn, done: _Projected) -> None:
+    async def _merge_ledger(self, conn: Conn, done: Projected) -> None:
         """Add what the batch's events credit and claim to each account's ledger row."""
         deltas = {a: list(d) for a, d in done.deltas.items()}
         if done.credits:
             rows = await conn.fetch(self.q["stream_payees"], self.chain_id, list(done.credits))
             payees = {int(r["stream_id"]): bytes(r["payee"]) for r in rows}
-            for sid, (amount, block) in done.credits.items():
-                _add(deltas, payees[sid], amount, block)
+            fold(
+                deltas,
+                ((payees[sid], amount, block) for sid, (amount, block) in done.credits.items()),
+            )
         accounts = list(deltas)
         await conn.execute(
             self.q["merge_ledger"],
@@ -471,7 +279,7 @@ class Store:
             [deltas[a][1] for a in accounts],
         )
 
-    async def _merge_streams(self, conn: Conn, patches: dict[int, _StreamPatch]) -> None:
+    async def _merge_streams(self, conn: Conn, patches: dict[int, StreamPatch]) -> None:
         ids = list(patches)
         ps = [patches[i] for i in ids]
         await conn.execute(
