@@ -21,6 +21,7 @@ import anyio
 import asyncpg
 import structlog
 from anyio.abc import TaskStatus
+from prometheus_client import Counter
 
 from keeper import metrics
 from keeper.chain.heads import HeadWatcher
@@ -49,6 +50,13 @@ __all__ = [
 
 log = structlog.get_logger(__name__)
 
+BACKFILL_RUNS = Counter(
+    "keeper_backfill_runs_total",
+    "Backfill runs of the indexer: one at start and one after each fall behind the finalized "
+    "block; a run that continues the previous one (a finalized block close to the head) is "
+    "counted here and logged at debug.",
+    registry=metrics.REGISTRY,
+)
 DECODE_PART_LOGS = 20_000  # logs decoded at a time: the server copies one part while the next
 
 
@@ -121,6 +129,7 @@ class Indexer:
         self.store = Store(chain_id, self.decoder)
         self.follow_step = self.settings.max_follow_step
         self.log = log.bind(chain_id=chain_id)
+        self._backfilled_to = -2  # the last block of the latest backfill run
         self.ranges = RangeReader(
             client,
             self.addresses,
@@ -234,7 +243,12 @@ class Indexer:
         done_blocks = 0
         done_events = 0
         started = last_report = time.monotonic()
-        self.log.info("backfill_started", from_block=first, to_block=target)
+        # A run that starts where the previous one ended is the same state going on (a node
+        # whose finalized block follows its head): counted, and logged at debug only.
+        say = self.log.debug if first == self._backfilled_to + 1 else self.log.info
+        self._backfilled_to = target
+        BACKFILL_RUNS.inc()
+        say("backfill_started", from_block=first, to_block=target)
         send, receive = anyio.create_memory_object_stream[Range](2)
         collected = started
 
@@ -274,7 +288,7 @@ class Indexer:
                         if now - last_report >= self.settings.progress_interval or done:
                             elapsed = max(now - started, 1e-9)
                             rate = done_blocks / elapsed
-                            self.log.info(
+                            say(
                                 "backfill_progress",
                                 block=fetched.end.number,
                                 blocks_per_s=round(rate, 1),

@@ -15,6 +15,7 @@ from collections.abc import Callable
 import pytest
 from structlog.testing import capture_logs
 
+from keeper import metrics
 from keeper.chain.rpc import ChainClient, effective_finalized
 from keeper.dev.anvil import Anvil
 from keeper.ingest.indexer import IngestSettings
@@ -85,3 +86,29 @@ async def test_a_reorg_under_a_finalized_tag_at_the_head_is_ordinary(
             async with indexer.pool.acquire() as conn:
                 rows = await reorg_rows(conn, driver.chain_id)
             assert [r["depth"] for r in rows] == [3]
+
+
+async def test_a_finalized_block_at_the_head_re_enters_backfill_quietly(
+    anvil_factory: Callable[..., Anvil], database_url: str
+) -> None:
+    """With finality_depth 0 on a node whose finalized tag is its head, every new block is a
+    backfill run: logged once at info, then counted and logged at debug (not two info lines a
+    block)."""
+    driver = Driver(anvil_factory(), random.Random(13))
+    driver.act(3)
+    settings = IngestSettings(poll_interval=0.05, recheck_delay=0.0, finality_depth=0)
+    with RpcProxy(driver.url, finalized_is_head=True) as proxy:
+        async with open_indexer(proxy.url, database_url, driver.target, settings) as indexer:
+            runs = metrics.REGISTRY.get_sample_value("keeper_backfill_runs_total") or 0.0
+            with capture_logs() as logs:
+                await index_until_caught_up(indexer)
+                for _ in range(3):
+                    driver.act(2)
+                    await index_until_caught_up(indexer)
+    started = [e for e in logs if e["event"] == "backfill_started"]
+    assert len(started) >= 4  # the first run, and one each time new blocks came
+    assert [e["log_level"] for e in started] == ["info"] + ["debug"] * (len(started) - 1)
+    progress = [e["log_level"] for e in logs if e["event"] == "backfill_progress"]
+    assert progress.count("info") <= 1
+    after = metrics.REGISTRY.get_sample_value("keeper_backfill_runs_total") or 0.0
+    assert after - runs == len(started)
