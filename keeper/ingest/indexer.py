@@ -257,7 +257,10 @@ class Indexer:
                 start = first
                 while start <= target:
                     fetched = await self.ranges.fetch(start, target)
-                    await send.send(fetched)
+                    try:
+                        await send.send(fetched)
+                    except anyio.BrokenResourceError:
+                        return  # the writer stopped (its own error says why): nothing to add
                     start = fetched.end.number + 1
 
         with gc_paused(), unwrap_group():

@@ -1,4 +1,5 @@
-"""The package layout: one folder per stage, and no module importing a later stage.
+"""The package layout: one folder per stage, no module importing a later stage, none over 500
+lines.
 
 The data flow is chain -> ingest -> Postgres -> plan -> tx -> chain. A module may import its own
 stage and the stages before it, never one after: the base modules at the top of `keeper/`
@@ -88,3 +89,12 @@ def test_no_module_imports_a_later_stage() -> None:
     assert not unexpected, sorted(unexpected)
     # The exceptions are still needed (a stale one would hide a new upward import).
     assert {(u[0], u[2]) for u in upward} == BASE_EXCEPTIONS
+
+
+def test_no_module_is_over_500_lines() -> None:
+    long = {
+        str(path.relative_to(PACKAGE)): n
+        for path in _modules()
+        if (n := len(path.read_text().splitlines())) > MAX_LINES
+    }
+    assert not long, long
