@@ -35,9 +35,6 @@ if TYPE_CHECKING:
     from keeper.chain.deployment import Deployment
     from keeper.chain.rpc import ChainClient
     from keeper.chain.signers import KeySource
-    from keeper.ingest.indexer import IngestSettings
-    from keeper.plan.planner import PlanSettings
-    from keeper.tx.manager import TxSettings
 
 
 class ConfigError(KeeperError):
@@ -116,7 +113,7 @@ class DatabaseConfig(_Section):
 
 
 class IngestConfig(_Section):
-    """`[ingest]`: backfill and follow tuning (see keeper.ingest.indexer.IngestSettings)."""
+    """`[ingest]`: backfill and follow tuning (the indexer takes this section as it is)."""
 
     poll_interval: float = Field(1.0, gt=0, description="Seconds between head polls.")
     finality_depth: int = Field(
@@ -141,12 +138,6 @@ class IngestConfig(_Section):
         if v < low:
             raise ValueError(f"must be >= min_range ({low})")
         return v
-
-    def settings(self) -> IngestSettings:
-        """The ingest tuning as the indexer takes it."""
-        from keeper.ingest.indexer import IngestSettings
-
-        return IngestSettings(**self.model_dump())
 
 
 class SignerConfig(_Section):
@@ -204,24 +195,13 @@ class TxConfig(_Section):
     purge_after_blocks: int = Field(
         50, ge=1, description="A lane's lowest nonce stuck this long is purged by a self-send."
     )
-
-    def settings(self) -> TxSettings:
-        """The tuning as keeper.tx.manager takes it."""
-        from keeper.tx.manager import TxSettings
-
-        return TxSettings(
-            confirmations=self.confirmations,
-            bump_after_blocks=self.bump_after_blocks,
-            in_flight_cap=self.in_flight_cap,
-            max_fee=self.max_fee_wei,
-            max_priority_fee=self.max_priority_fee_wei,
-            tip=self.tip_wei,
-            legacy=self.legacy,
-            gas_margin_pct=self.gas_margin_pct,
-            min_signer_balance=self.min_signer_balance_wei,
-            budget_per_hour=self.budget_per_hour_wei,
-            purge_after_blocks=self.purge_after_blocks,
-        )
+    assign_batch: int = Field(64, ge=1, description="Planned intents assigned per pass at most.")
+    replan_after_checks: int = Field(
+        2, ge=1, description="Passes a nonce used outside the keeper is seen before re-planning."
+    )
+    fault_backoff: float = Field(
+        30.0, gt=0, description="Seconds an intent waits after an unexpected error (doubling)."
+    )
 
 
 class PlanConfig(_Section):
@@ -258,21 +238,6 @@ class PlanConfig(_Section):
         description="Seconds a usage row naming a stream above the highest indexed id waits "
         "(the indexer may not have reached it) before it is rejected as unknown.",
     )
-
-    def settings(self) -> PlanSettings:
-        """The tuning as keeper.plan.planner takes it."""
-        from keeper.plan.planner import PlanSettings
-
-        return PlanSettings(
-            settle_min_amount=self.settle_min_amount,
-            settle_max_interval=self.settle_max_interval,
-            settle_horizon=self.settle_horizon,
-            backoff_seconds=self.backoff_seconds,
-            max_batch_gas=self.max_batch_gas,
-            base_fee_ceiling=self.base_fee_ceiling_wei,
-            usage_intake_per_pass=self.usage_intake_per_pass,
-            unknown_stream_grace=self.unknown_stream_grace,
-        )
 
 
 class HealthConfig(_Section):

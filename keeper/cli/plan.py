@@ -57,7 +57,7 @@ async def _dry_plan(config: Any) -> dict[str, Any]:
         deployment.chain_id,
         stream_manager=deployment.stream_manager,
         escrow_vault=deployment.escrow_vault,
-        settings=config.plan.settings(),
+        settings=config.plan,
     )
     conn = await db.connect(config.database.url.get_secret_value())
     client = config.chain.client()

@@ -79,7 +79,7 @@ async def run_backfill(
                     "EscrowVault": deployment.escrow_vault,
                 },
                 start_block=deployment.deployment_block,
-                settings=config.ingest.settings(),
+                settings=config.ingest,
             )
             return await backfill_range(indexer, start, end, progress)
         finally:

@@ -32,6 +32,7 @@ from keeper.chain.rpc import (
     RpcResponseError,
     effective_finalized,
 )
+from keeper.config import IngestConfig
 from keeper.errors import KeeperError, unwrap_group
 from keeper.ingest.events import DecodedBatch, Decoder
 from keeper.ingest.ranges import GC_COLLECT_EVERY, Range, RangeReader, gc_paused, shrunk
@@ -45,7 +46,6 @@ __all__ = [
     "ChainMismatch",
     "FatalReorg",
     "Indexer",
-    "IngestSettings",
 ]
 
 log = structlog.get_logger(__name__)
@@ -62,22 +62,6 @@ DECODE_PART_LOGS = 20_000  # logs decoded at a time: the server copies one part 
 
 class ChainMismatch(KeeperError):
     """The RPC serves another chain than the one configured."""
-
-
-@dataclass(frozen=True)
-class IngestSettings:
-    """Tuning of backfill and follow (the configuration file's `[ingest]` section)."""
-
-    poll_interval: float = 1.0
-    finality_depth: int = 64
-    initial_range: int = 2_000
-    min_range: int = 1
-    max_range: int = 200_000
-    target_logs: int = 20_000  # grow the range while responses stay under this many logs
-    max_follow_step: int = 256  # unfinalized blocks taken per poll
-    progress_interval: float = 5.0
-    recheck_delay: float = 0.25
-    keep_blocks: int = 256  # block rows kept below the finalized block
 
 
 @dataclass(frozen=True)
@@ -112,7 +96,7 @@ class Indexer:
         chain_id: int,
         addresses: dict[str, str],
         start_block: int,
-        settings: IngestSettings | None = None,
+        settings: IngestConfig | None = None,
         ws_url: str | None = None,
         on_error: Callable[[str], None] | None = None,
     ) -> None:
@@ -124,7 +108,7 @@ class Indexer:
         self.chain_id = chain_id
         self.addresses = [a for a in addresses.values()]
         self.start_block = start_block
-        self.settings = settings or IngestSettings()
+        self.settings = settings or IngestConfig()
         self.decoder = Decoder(chain_id, addresses)
         self.store = Store(chain_id, self.decoder)
         self.follow_step = self.settings.max_follow_step

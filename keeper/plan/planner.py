@@ -40,6 +40,7 @@ from prometheus_client import Counter
 from keeper import metrics
 from keeper.chain.reverts import revert_reason
 from keeper.chain.rpc import ChainClient, RpcResponseError
+from keeper.config import PlanConfig
 from keeper.db import Conn, to_int
 from keeper.db.outbox import AlreadyPlanned, IntentRequest, Outbox, Planned
 from keeper.db.queries import Queries, load_queries
@@ -64,24 +65,6 @@ USAGE_URGENT = Counter(
     ["reason"],
     registry=metrics.REGISTRY,
 )
-
-
-@dataclass(frozen=True)
-class PlanSettings:
-    """The `[plan]` section's tuning."""
-
-    settle_min_amount: int = 1_000_000  # token base units (1.00 of a 6-decimal token)
-    settle_max_interval: int = 86_400  # seconds
-    settle_horizon: int = 3_600  # seconds of runway left that make a stream urgent
-    backoff_seconds: int = 600  # an item that reverted or had no effect waits this long
-    max_batch_gas: int = 3_000_000  # a batch's gas limit, at most (keeper.plan.batches)
-    usage_intake_per_pass: int = 5_000  # inbox rows validated per pass
-    unknown_stream_grace: float = 300.0  # seconds a row for a not yet indexed id waits
-    base_fee_ceiling: int | None = None  # wei; above it only urgent work is planned
-
-    def batch_size(self, kind: str) -> int:
-        """Items of `kind` per batch under `max_batch_gas` (at least one)."""
-        return batch_size(kind, self.max_batch_gas)
 
 
 @dataclass(frozen=True)
@@ -178,14 +161,14 @@ class Planner:
         *,
         stream_manager: str,
         escrow_vault: str,
-        settings: PlanSettings | None = None,
+        settings: PlanConfig | None = None,
         usage: bool = True,
         queries: Queries | None = None,
     ) -> None:
         self.chain_id = chain_id
         self.stream_manager = stream_manager
         self.escrow_vault = escrow_vault
-        self.settings = settings or PlanSettings()
+        self.settings = settings or PlanConfig()
         self.q = queries or load_queries("planner.sql")
         self.outbox = Outbox(chain_id)
         self.log = log.bind(chain_id=chain_id)
@@ -254,13 +237,13 @@ class Planner:
             "settle",
             self.stream_manager,
             settle,
-            s.batch_size("settle"),
+            batch_size("settle", s.max_batch_gas),
             block,
             urgent_only=urgent_only,
         )
         if not urgent_only:
             batches += cut_batches(
-                "refund", self.escrow_vault, refund, s.batch_size("refund"), block
+                "refund", self.escrow_vault, refund, batch_size("refund", s.max_batch_gas), block
             )
         held = 0
         if urgent_only:
@@ -269,7 +252,7 @@ class Planner:
 
     def urgent_only(self, base_fee: int | None) -> bool:
         """Whether `base_fee` is above the ceiling, where only urgent work goes out."""
-        ceiling = self.settings.base_fee_ceiling
+        ceiling = self.settings.base_fee_ceiling_wei
         return ceiling is not None and base_fee is not None and base_fee > ceiling
 
     def usage_batches(
@@ -301,7 +284,7 @@ class Planner:
     @property
     def usage_batch_size(self) -> int:
         """Reports per usage batch (also the most of one stream's reports per pass)."""
-        return self.settings.batch_size("usage")
+        return batch_size("usage", self.settings.max_batch_gas)
 
     async def plan_pass(
         self, conn: Conn, *, base_fee: int | None = None, dry_run: bool = False

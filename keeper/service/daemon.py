@@ -20,7 +20,7 @@ import signal
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import anyio
@@ -396,7 +396,7 @@ async def _lead(run: _Run, pool: asyncpg.Pool, client: ChainClient, leadership: 
             "EscrowVault": deployment.escrow_vault,
         },
         start_block=deployment.deployment_block,
-        settings=config.ingest.settings(),
+        settings=config.ingest,
         ws_url=config.chain.ws_url.get_secret_value() if config.chain.ws_url else None,
         on_error=lambda text: setattr(run.state, "last_error", secrets.scrub(text)),
     )
@@ -406,12 +406,15 @@ async def _lead(run: _Run, pool: asyncpg.Pool, client: ChainClient, leadership: 
         if signers:
             # The same finality depth as the indexer's, so "final" means one thing, and one
             # batch gas cap for the planner and the manager.
-            settings = replace(
-                config.tx.settings(),
+            manager = TxManager(
+                client,
+                pool,
+                chain_id=chain_id,
+                signers=signers,
+                settings=config.tx,
                 finality_depth=config.ingest.finality_depth,
                 max_batch_gas=config.plan.max_batch_gas,
             )
-            manager = TxManager(client, pool, chain_id=chain_id, signers=signers, settings=settings)
             work.start_soon(_tx_loop, manager, run)
             usage = config.plan.usage
             if usage:
@@ -436,7 +439,7 @@ async def _lead(run: _Run, pool: asyncpg.Pool, client: ChainClient, leadership: 
                 chain_id,
                 stream_manager=deployment.stream_manager,
                 escrow_vault=deployment.escrow_vault,
-                settings=config.plan.settings(),
+                settings=config.plan,
                 usage=usage,
             )
             work.start_soon(_plan_loop, planner, client, pool, run)

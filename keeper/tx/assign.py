@@ -73,7 +73,7 @@ class Assigner:
     async def assign(self) -> None:
         ctx = self.ctx
         low = await self._check_balances()
-        budget = ctx.settings.budget_per_hour
+        budget = ctx.settings.budget_per_hour_wei
         planned = await ctx.outbox.planned(ctx.settings.assign_batch)
         in_flight = await ctx.outbox.in_flight()
         spent = await self.spent_last_hour()
@@ -98,9 +98,9 @@ class Assigner:
         """Assign, sign, store and send `planned` (urgent first); True when the budget held a
         non-urgent intent back."""
         ctx = self.ctx
-        budget = ctx.settings.budget_per_hour
+        budget = ctx.settings.budget_per_hour_wei
         base, tip = await ctx.fees()
-        fees = initial_fees(base, tip, ctx.settings.caps)
+        fees = initial_fees(base, tip, ctx.caps)
         for intent in planned:
             if ctx.faults.backed_off(intent.id):
                 continue
@@ -165,7 +165,7 @@ class Assigner:
             [("eth_getBalance", [hex_of(addr), "latest"]) for addr in addrs]
         )
         balances = {addr: int(r, 16) for addr, r in zip(addrs, results, strict=True)}
-        minimum = ctx.settings.min_signer_balance
+        minimum = ctx.settings.min_signer_balance_wei
         low = low_balance_lanes(balances, minimum)
         for addr, balance in balances.items():
             name = ctx.name(addr)
@@ -182,7 +182,7 @@ class Assigner:
         return low
 
     def _set_budget_state(self, exhausted: bool, spent: int) -> None:
-        budget = self.ctx.settings.budget_per_hour
+        budget = self.ctx.settings.budget_per_hour_wei
         if exhausted and not self._budget_exhausted:
             self.ctx.log.warning("budget_exhausted", spent=spent, budget=budget)
         elif not exhausted and self._budget_exhausted:

@@ -1,6 +1,6 @@
 """What the steps of a transaction-manager pass share: the chain, the outbox, the signers and the
-settings, and per pass the head, the fee quote and the signers' nonces on chain (each read at
-most once a pass)."""
+`[tx]` section (`keeper.config.TxConfig`), and per pass the head, the fee quote and the signers'
+nonces on chain (each read at most once a pass)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from eth_utils import to_checksum_address
 
 from keeper.chain.rpc import BlockHeader, ChainClient, RpcResponseError
 from keeper.chain.signers import Signer
+from keeper.config import TxConfig
 from keeper.db.outbox import OutboxStore
 from keeper.db.outbox_rows import Call, Signed
 from keeper.tx.faults import IntentFaults
@@ -22,33 +23,6 @@ from keeper.tx.fees import FeeCaps, Fees
 log = structlog.get_logger("keeper.tx.manager")
 
 DEFAULT_TIP = 10**9  # when the node cannot quote one (eth_maxPriorityFeePerGas unsupported)
-
-
-@dataclass(frozen=True)
-class TxSettings:
-    """The `[tx]` section: confirmation, fees, lanes."""
-
-    confirmations: int = 3
-    bump_after_blocks: int = 3
-    in_flight_cap: int = 16
-    max_fee: int = 500 * 10**9
-    max_priority_fee: int = 5 * 10**9
-    tip: int | None = None  # None: ask the node (eth_maxPriorityFeePerGas)
-    legacy: bool = False
-    gas_margin_pct: int = 25
-    assign_batch: int = 64
-    replan_after_checks: int = 2  # ticks a foreign nonce use must be seen before re-planning
-    finality_depth: int = 64  # head - this is final when the node has no `finalized` tag
-    min_signer_balance: int = 0  # wei; a signer below it gets no new assignments
-    budget_per_hour: int | None = None  # wei per hour on this chain; None: unlimited
-    purge_after_blocks: int = 50  # lowest nonce broadcast this long without a receipt: purged
-    fault_backoff: float = 30.0  # seconds an intent waits after its first unexpected error
-    max_batch_gas: int | None = None  # no gas limit above it; a batch estimated above is halved
-
-    @property
-    def caps(self) -> FeeCaps:
-        """The fee caps."""
-        return FeeCaps(max_fee=self.max_fee, max_priority_fee=self.max_priority_fee)
 
 
 @dataclass
@@ -87,7 +61,9 @@ class TxContext:
         *,
         chain_id: int,
         signers: Sequence[Signer],
-        settings: TxSettings,
+        settings: TxConfig,
+        finality_depth: int,
+        max_batch_gas: int | None,
     ) -> None:
         if not signers:
             raise ValueError("the transaction manager needs at least one signer")
@@ -96,6 +72,9 @@ class TxContext:
         self.chain_id = chain_id
         self.signers = {s.address_bytes: s for s in signers}
         self.settings = settings
+        # From other sections: what is final ([ingest]) and the most gas a batch has ([plan]).
+        self.finality_depth = finality_depth
+        self.max_batch_gas = max_batch_gas
         self.faults = IntentFaults(outbox, chain_id, base_delay=settings.fault_backoff)
         self.log = log.bind(chain_id=chain_id)
         self.head = BlockHeader(0, "0x", "0x", 0)
@@ -103,6 +82,11 @@ class TxContext:
         self.report = TickReport()
         self._quote: tuple[int | None, int] | None = None
         self._nonces: dict[tuple[bytes, str], int] = {}
+
+    @property
+    def caps(self) -> FeeCaps:
+        """The fee caps."""
+        return FeeCaps(self.settings.max_fee_wei, self.settings.max_priority_fee_wei)
 
     def begin(self, head: BlockHeader, finalized: int) -> TickReport:
         """Start a pass at `head`: the fee quote and the nonces are read again when needed."""
@@ -119,9 +103,10 @@ class TxContext:
             return self._quote
         if self.settings.legacy or self.head.base_fee is None:
             price = int(await self.client.request("eth_gasPrice"), 16)
-            self._quote = (None, self.settings.tip if self.settings.tip is not None else price)
+            tip = self.settings.tip_wei
+            self._quote = (None, tip if tip is not None else price)
             return self._quote
-        tip = self.settings.tip
+        tip = self.settings.tip_wei
         if tip is None:
             try:
                 tip = int(await self.client.request("eth_maxPriorityFeePerGas"), 16)

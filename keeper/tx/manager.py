@@ -28,16 +28,17 @@ import asyncpg
 
 from keeper.chain.rpc import ChainClient
 from keeper.chain.signers import Signer
+from keeper.config import TxConfig
 from keeper.db.outbox import Outbox, OutboxStore
 from keeper.tx.assign import Assigner
-from keeper.tx.context import TickReport, TxContext, TxSettings
+from keeper.tx.context import TickReport, TxContext
 from keeper.tx.counters import TX_PASS_SECONDS
 from keeper.tx.receipts import Receipts
 from keeper.tx.repair import Repair
 from keeper.tx.send import Sender
 from keeper.tx.simulate import Simulator
 
-__all__ = ["TickReport", "TxManager", "TxSettings"]
+__all__ = ["TickReport", "TxManager"]
 
 
 class TxManager:
@@ -50,15 +51,26 @@ class TxManager:
         *,
         chain_id: int,
         signers: Sequence[Signer],
-        settings: TxSettings | None = None,
+        settings: TxConfig | None = None,
+        finality_depth: int = 64,
+        max_batch_gas: int | None = None,
         outbox: OutboxStore | None = None,
     ) -> None:
+        """`settings` is the `[tx]` section; `finality_depth` comes from `[ingest]` (intents are
+        final at the effective finalized block) and `max_batch_gas` from `[plan]` (no gas
+        limit above it; None: no cap but the node's)."""
         if outbox is None:
             if pool is None:
                 raise ValueError("the transaction manager needs a pool or an outbox")
             outbox = Outbox(chain_id, pool)
         self.ctx = TxContext(
-            client, outbox, chain_id=chain_id, signers=signers, settings=settings or TxSettings()
+            client,
+            outbox,
+            chain_id=chain_id,
+            signers=signers,
+            settings=settings or TxConfig(),
+            finality_depth=finality_depth,
+            max_batch_gas=max_batch_gas,
         )
         self.sender = Sender(self.ctx)
         self.simulator = Simulator(self.ctx, self.sender)
@@ -75,11 +87,11 @@ class TxManager:
         return self.ctx.chain_id
 
     @property
-    def settings(self) -> TxSettings:
+    def settings(self) -> TxConfig:
         return self.ctx.settings
 
     @settings.setter
-    def settings(self, settings: TxSettings) -> None:
+    def settings(self, settings: TxConfig) -> None:
         self.ctx.settings = settings
 
     @property
@@ -102,7 +114,7 @@ class TxManager:
         """One pass over the outbox."""
         started = time.perf_counter()
         head = await self.ctx.client.head()
-        finalized = await self.ctx.client.finalized(head, self.ctx.settings.finality_depth)
+        finalized = await self.ctx.client.finalized(head, self.ctx.finality_depth)
         report = self.ctx.begin(head, finalized)
         self.sender.new_pass()
         for step in self.steps():

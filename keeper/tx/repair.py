@@ -91,7 +91,7 @@ class Repair:
             if reason is None or a.kind == "purge":
                 continue
             async with ctx.faults.contain(a.intent_id, a.key, "purge"):
-                await self._purge_nonce(a, initial_fees(base, tip, ctx.settings.caps), reason)
+                await self._purge_nonce(a, initial_fees(base, tip, ctx.caps), reason)
 
     async def purge(self) -> None:
         """Replace each lane's lowest nonce stuck past `purge_after_blocks` with a zero-value
@@ -112,7 +112,7 @@ class Repair:
                     # Below: a lower nonce is missing; purging this one would not unblock the lane.
                     continue
                 previous = fees_of(a)
-                fees = purge_fees(previous, base, tip, ctx.settings.caps)
+                fees = purge_fees(previous, base, tip, ctx.caps)
                 if a.kind == "purge" or fees is None:
                     self._wait_for_fees(a, previous, base)
                     continue
@@ -187,7 +187,7 @@ class Repair:
                     continue
                 if self.sender.answers.get(a.id) is SendOutcome.UNKNOWN:
                     continue  # a fee bump would not answer it: sent again, paced (Sender)
-                fees = bump(fees_of(a), base, tip, ctx.settings.caps)
+                fees = bump(fees_of(a), base, tip, ctx.caps)
                 if fees is None:
                     await self.sender.broadcast(a.id, a.signed.raw)
                     REBROADCASTS.inc()

@@ -60,7 +60,7 @@ class Sender:
     def batch_gas_cap(self) -> int | None:
         """The most gas a batch is sent with: `max_batch_gas`, or less once a node refused a
         gas limit under it."""
-        caps = [c for c in (self.ctx.settings.max_batch_gas, self.learned_cap) if c is not None]
+        caps = [c for c in (self.ctx.max_batch_gas, self.learned_cap) if c is not None]
         return min(caps) if caps else None
 
     async def send_unsent(self) -> None:
@@ -152,7 +152,7 @@ class Sender:
         limit = self.gas_limits.get(attempt_id)
         if limit is None:
             return
-        cap = self.ctx.settings.max_batch_gas
+        cap = self.ctx.max_batch_gas
         learned = limit // 2 if cap is None else min(cap, limit // 2)
         if self.learned_cap is None or learned < self.learned_cap:
             self.learned_cap = learned

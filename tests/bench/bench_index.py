@@ -49,10 +49,11 @@ import asyncpg
 
 from keeper import db
 from keeper.chain.rpc import BlockHeader, ChainClient
+from keeper.config import IngestConfig
 from keeper.db.migrations import migrate
 from keeper.dev.anvil import Anvil, rpc, running_anvil
 from keeper.ingest.events import DecodedBatch, Decoder
-from keeper.ingest.indexer import Indexer, IngestSettings
+from keeper.ingest.indexer import Indexer
 from keeper.ingest.store import Store
 from keeper.logs import configure as configure_logs
 from tests.bench.index_workload import Workload, generate
@@ -433,7 +434,7 @@ async def run_backfill(
     dsn: str,
     target: int,
     *,
-    settings: IngestSettings | None = None,
+    settings: IngestConfig | None = None,
     profile: cProfile.Profile | None = None,
 ) -> BackfillResult:
     """Backfill (deployment block, target] into the database at `dsn` and check what it wrote."""
@@ -584,7 +585,7 @@ async def head_latency(
 ) -> LatencyResult:
     """Follow the head with Indexer.run while topUps are sent; latency per topUp, in ms."""
     dep = wl.deployment
-    settings = IngestSettings()
+    settings = IngestConfig()
     extra: dict[str, Any] = {"ws_url": ws_url} if ws_url else {}
     mode = "ws" if ws_url else "poll"
     pool = await db.create_pool(dsn)
@@ -675,8 +676,8 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         tuned["initial_range"] = args.initial_range
     if args.max_range:
         tuned["max_range"] = args.max_range
-        tuned.setdefault("initial_range", min(args.max_range, IngestSettings().initial_range))
-    settings = IngestSettings(**tuned) if tuned else None
+        tuned.setdefault("initial_range", min(args.max_range, IngestConfig().initial_range))
+    settings = IngestConfig(**tuned) if tuned else None
     db_name = f"keeper_bench_index_{os.getpid()}"
     # No historical states: anvil would otherwise snapshot its whole state at every block, which
     # makes each of the ~3,000 blocks slower to mine than the last. Logs, blocks and receipts
@@ -759,7 +760,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         and raw_fixed.events == expected
     )
     ratio = result.rate / raw_same.rate if raw_same.rate else 0.0
-    poll_ms = IngestSettings().poll_interval * 1000
+    poll_ms = IngestConfig().poll_interval * 1000
     out: dict[str, Any] = {
         "events": expected,
         "raw_events_per_s": round(raw_same.rate),
@@ -830,12 +831,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--initial-range",
         type=int,
-        help="IngestSettings.initial_range of the measured backfill (default: the keeper's)",
+        help="IngestConfig.initial_range of the measured backfill (default: the keeper's)",
     )
     parser.add_argument(
         "--max-range",
         type=int,
-        help="IngestSettings.max_range, e.g. 10 for ~20,000-log ranges as a provider with a "
+        help="IngestConfig.max_range, e.g. 10 for ~20,000-log ranges as a provider with a "
         "log limit would force (default: the keeper's)",
     )
     parser.add_argument("--log-level", default="warning", help="keeper log level (stderr)")

@@ -86,13 +86,14 @@ from eth_utils import keccak
 
 from keeper import db
 from keeper.chain.deployment import Deployment
+from keeper.config import PlanConfig
 from keeper.db import Conn
 from keeper.db.migrations import migrate
 from keeper.db.outbox import AlreadyPlanned, IntentRequest, Outbox, Planned
 from keeper.dev.anvil import DEV_CHAIN_ID, dev_key, rpc, running_anvil
 from keeper.logs import configure as configure_logs
 from keeper.ops.deploy import deploy_all
-from keeper.plan.planner import DueItem, PassReport, Planner, PlanSettings
+from keeper.plan.planner import DueItem, PassReport, Planner
 from keeper.plan.usage import IntakeReport, UsageItem, UsageOracle
 from tests.bench.bench_index import DEFAULT_DSN, TimedConn, Timings, fresh_database
 from tests.support.chain import DEV_KEY0
@@ -441,7 +442,7 @@ def build_planner(chain_id: int, cls: type[Planner] = Planner) -> Planner:
         chain_id,
         stream_manager=SYNTH_MANAGER,
         escrow_vault=SYNTH_VAULT,
-        settings=PlanConfig().settings(),
+        settings=PlanConfig(),
         usage=True,
     )
 
@@ -516,7 +517,7 @@ async def scale_database(
 class TimedUsage(UsageOracle):
     """UsageOracle timing its three steps."""
 
-    def __init__(self, chain_id: int, settings: PlanSettings, timings: Timings) -> None:
+    def __init__(self, chain_id: int, settings: PlanConfig, timings: Timings) -> None:
         super().__init__(
             chain_id,
             intake_per_pass=settings.usage_intake_per_pass,

@@ -36,9 +36,10 @@ from eth_utils import to_checksum_address
 from keeper import db, metrics
 from keeper.chain.rpc import ChainClient
 from keeper.chain.signers import Signer
+from keeper.config import TxConfig
 from keeper.dev.anvil import dev_key, rpc, running_anvil
 from keeper.logs import configure as configure_logs
-from keeper.tx.manager import TxManager, TxSettings
+from keeper.tx.manager import TxManager
 from tests.bench.bench_index import DEFAULT_DSN, fresh_database
 from tests.support.settle_load import (
     open_streams,
@@ -47,7 +48,7 @@ from tests.support.settle_load import (
 )
 
 FIRST_SIGNER = 5  # dev accounts 5.. sign; account 0 deploys and pays the streams
-SETTINGS = TxSettings(confirmations=2)
+SETTINGS = TxConfig(confirmations=2)
 RUN_DEADLINE_S = 900  # a run that stops making progress fails instead of hanging
 
 
@@ -196,7 +197,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; the JSON object is the last line of stdout.
 
-    Chosen settings: `TxSettings(confirmations=2)`, the rest the keeper's defaults (in-flight cap
+    Chosen settings: `TxConfig(confirmations=2)`, the rest the keeper's defaults (in-flight cap
     16 per signer, at most 64 intents assigned per pass, fees and tip from the node). On anvil
     with automine every transaction is mined in its own block at once, so depth 2 is reached as
     soon as one more block follows; depth 1 would make "mined" and "confirmed" the same pass and

@@ -18,10 +18,10 @@ import pytest
 
 from keeper import db as keeper_db
 from keeper.chain.rpc import ChainClient
+from keeper.config import IngestConfig
 from keeper.dev.anvil import start_anvil
 from keeper.ingest.backfill import BackfillError, backfill_range
 from keeper.ingest.events import Decoder
-from keeper.ingest.indexer import IngestSettings
 from keeper.resources import read_sql
 from tests.support.activity import (
     DevChain,
@@ -236,7 +236,7 @@ async def test_a_concurrent_writer_stops_the_backfill_cleanly(
     client = MovingCursor(chain.url, database_url)
     pool = await keeper_db.create_pool(database_url, min_size=1, max_size=2)
     try:
-        settings = IngestSettings(initial_range=5, max_range=5)
+        settings = IngestConfig(initial_range=5, max_range=5)
         indexer = make_indexer(client, pool, target_of(chain), settings)
         with pytest.raises(BackfillError) as err:
             await backfill_range(indexer, None, None, None)

@@ -17,8 +17,8 @@ from structlog.testing import capture_logs
 
 from keeper import metrics
 from keeper.chain.rpc import ChainClient, effective_finalized
+from keeper.config import IngestConfig
 from keeper.dev.anvil import Anvil
-from keeper.ingest.indexer import IngestSettings
 from tests.support.ingest import (
     Driver,
     index_until_caught_up,
@@ -30,7 +30,7 @@ from tests.support.rpc_proxy import RpcProxy
 pytestmark = pytest.mark.anyio
 
 DEPTH = 8
-SETTINGS = IngestSettings(poll_interval=0.05, recheck_delay=0.0, finality_depth=DEPTH)
+SETTINGS = IngestConfig(poll_interval=0.05, recheck_delay=0.0, finality_depth=DEPTH)
 
 
 @pytest.mark.parametrize(
@@ -96,7 +96,7 @@ async def test_a_finalized_block_at_the_head_re_enters_backfill_quietly(
     block)."""
     driver = Driver(anvil_factory(), random.Random(13))
     driver.act(3)
-    settings = IngestSettings(poll_interval=0.05, recheck_delay=0.0, finality_depth=0)
+    settings = IngestConfig(poll_interval=0.05, recheck_delay=0.0, finality_depth=0)
     with RpcProxy(driver.url, finalized_is_head=True) as proxy:
         async with open_indexer(proxy.url, database_url, driver.target, settings) as indexer:
             runs = metrics.REGISTRY.get_sample_value("keeper_backfill_runs_total") or 0.0

@@ -11,8 +11,9 @@ from structlog.testing import capture_logs
 from keeper import db as keeper_db
 from keeper.chain.heads import HeadWatcher
 from keeper.chain.rpc import ChainClient
+from keeper.config import IngestConfig
 from keeper.dev.anvil import Anvil, free_port, rpc
-from keeper.ingest.indexer import Indexer, IngestSettings
+from keeper.ingest.indexer import Indexer
 from keeper.ops.deploy import deploy_all
 from tests.support.chain import DEV_KEY0
 
@@ -115,7 +116,7 @@ async def test_indexer_follows_by_polling_when_the_socket_is_dead(
         chain_id=dep.chain_id,
         addresses={"StreamManager": dep.stream_manager, "EscrowVault": dep.escrow_vault},
         start_block=dep.deployment_block,
-        settings=IngestSettings(poll_interval=0.1),
+        settings=IngestConfig(poll_interval=0.1),
         ws_url=f"ws://127.0.0.1:{free_port()}",
     )
     try:

@@ -18,9 +18,10 @@ from structlog.testing import capture_logs
 
 from keeper import db as keeper_db
 from keeper.chain.rpc import RpcUnavailable
+from keeper.config import IngestConfig
 from keeper.dev.anvil import Anvil
 from keeper.ingest.events import Decoder
-from keeper.ingest.indexer import ChainMismatch, FatalReorg, Indexer, IngestSettings
+from keeper.ingest.indexer import ChainMismatch, FatalReorg, Indexer
 from tests.support.chain import calldata
 from tests.support.ingest import (
     ANVIL_FINALITY,
@@ -42,7 +43,7 @@ from tests.support.ingest import (
 
 pytestmark = pytest.mark.anyio
 
-FAST = IngestSettings(recheck_delay=0.0, poll_interval=0.01)
+FAST = IngestConfig(recheck_delay=0.0, poll_interval=0.01)
 
 
 @pytest.fixture
@@ -182,7 +183,7 @@ async def test_restart_after_an_outage_mid_backfill(
 
     client = FaultyClient(driver.url)
     client.fail_get_logs(after=4, times=100)
-    settings = IngestSettings(recheck_delay=0.0, initial_range=2)
+    settings = IngestConfig(recheck_delay=0.0, initial_range=2)
     async with open_indexer(client, database_url, driver.target, settings) as crashed:
         # The typed error, not an exception group from the backfill's tasks: the run loop
         # waits out RpcUnavailable, and only it.
@@ -210,7 +211,7 @@ async def test_run_waits_out_an_rpc_outage_mid_backfill(
     driver.mine(ANVIL_FINALITY + 2)
     client = FaultyClient(driver.url)
     client.fail_get_logs(after=3, times=2)
-    settings = IngestSettings(recheck_delay=0.0, initial_range=2, poll_interval=0.01)
+    settings = IngestConfig(recheck_delay=0.0, initial_range=2, poll_interval=0.01)
     async with open_indexer(client, database_url, driver.target, settings) as indexer:
         head = driver.head()
         async with anyio.create_task_group() as tg:
@@ -405,7 +406,10 @@ async def test_backfill_ranges_grow_from_one_block(
     driver.mine(200)
     finalized = driver.finalized()
     client = FaultyClient(driver.url)
-    settings = IngestSettings(recheck_delay=0.0, initial_range=1, progress_interval=0.0)
+    # Below the configuration's bounds (they hold operators to sane values): a line per range.
+    settings = IngestConfig.model_construct(
+        recheck_delay=0.0, initial_range=1, progress_interval=0.0
+    )
     with capture_logs() as logs:
         async with open_indexer(client, database_url, driver.target, settings) as indexer:
             await index_until_caught_up(indexer)
@@ -435,7 +439,10 @@ async def test_backfill_ranges_shrink_when_answers_are_large(
     driver.mine(ANVIL_FINALITY + 1)
     finalized = driver.finalized()
     client = FaultyClient(driver.url)
-    settings = IngestSettings(recheck_delay=0.0, initial_range=32, target_logs=20, min_range=2)
+    # Below the configuration's bounds (they hold operators to sane values): a tiny target.
+    settings = IngestConfig.model_construct(
+        recheck_delay=0.0, initial_range=32, target_logs=20, min_range=2
+    )
     async with open_indexer(client, database_url, driver.target, settings) as indexer:
         await index_until_caught_up(indexer)
         backfill = [r for r in client.get_logs_calls if r[1] <= finalized]
@@ -465,7 +472,7 @@ async def test_finality_depth_fallback(
     client = FaultyClient(driver.url)
     client.finalized_mode = mode
     depth = 8
-    settings = IngestSettings(recheck_delay=0.0, finality_depth=depth)
+    settings = IngestConfig(recheck_delay=0.0, finality_depth=depth)
     async with open_indexer(client, database_url, driver.target, settings) as indexer:
         await index_until_caught_up(indexer)
         head = driver.head()

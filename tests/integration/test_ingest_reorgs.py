@@ -14,7 +14,6 @@ Every test has its own anvil node, so no reorg disturbs another test.
 
 from __future__ import annotations
 
-import dataclasses
 import random
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -26,8 +25,9 @@ import pytest
 
 from keeper import db as keeper_db
 from keeper import metrics
+from keeper.config import IngestConfig
 from keeper.dev.anvil import Anvil
-from keeper.ingest.indexer import FatalReorg, Indexer, IngestSettings
+from keeper.ingest.indexer import FatalReorg, Indexer
 from keeper.ingest.store import Cursor
 from tests.support.ingest import (
     ANVIL_FINALITY,
@@ -45,7 +45,7 @@ from tests.support.ingest import (
 
 pytestmark = pytest.mark.anyio
 
-FAST = IngestSettings(recheck_delay=0.0, poll_interval=0.01)
+FAST = IngestConfig(recheck_delay=0.0, poll_interval=0.01)
 
 
 @pytest.fixture
@@ -99,7 +99,7 @@ class Run:
         driver: Driver,
         database_url: str,
         fresh: FreshDatabases,
-        settings: IngestSettings = FAST,
+        settings: IngestConfig = FAST,
     ) -> Run:
         """An indexer of `driver`'s contracts on `database_url`."""
         run = cls(driver, await _indexer(driver, database_url, settings), fresh, database_url)
@@ -202,7 +202,7 @@ class Run:
         self.reorgs_checked += 1
 
 
-async def _indexer(driver: Driver, database_url: str, settings: IngestSettings) -> Indexer:
+async def _indexer(driver: Driver, database_url: str, settings: IngestConfig) -> Indexer:
     pool = await keeper_db.create_pool(database_url, min_size=1, max_size=4)
     return make_indexer(FaultyClient(driver.url), pool, driver.target, settings)
 
@@ -265,7 +265,7 @@ async def step_midway(run: Run, rng: random.Random) -> None:
     for _ in range(blocks):
         run.driver.act()
     # Another process on the same database, taking one block per poll.
-    one_by_one = dataclasses.replace(run.indexer.settings, max_follow_step=1)
+    one_by_one = run.indexer.settings.model_copy(update={"max_follow_step": 1})
     slow = make_indexer(run.indexer.client, run.indexer.pool, run.driver.target, one_by_one)
     for _ in range(rng.randint(1, blocks - 1)):
         await slow.sync_once()
@@ -394,10 +394,11 @@ async def test_random_histories_end_equal_to_a_fresh_index(
     are exactly the contracts' logs, and each reorg is recorded with its depth and hashes."""
     rng = random.Random(seed)
     driver = Driver(anvil_factory(), rng)
-    settings = dataclasses.replace(
-        FAST,
-        max_follow_step=rng.choice([1, 2, 5, 256]),
-        initial_range=rng.choice([1, 3, 2_000]),
+    settings = FAST.model_copy(
+        update={
+            "max_follow_step": rng.choice([1, 2, 5, 256]),
+            "initial_range": rng.choice([1, 3, 2_000]),
+        }
     )
     run = await Run.open(driver, database_url, fresh, settings)
     try:
@@ -432,7 +433,7 @@ async def test_random_histories_end_equal_to_a_fresh_index(
 
 @asynccontextmanager
 async def running(
-    driver: Driver, database_url: str, fresh: FreshDatabases, settings: IngestSettings = FAST
+    driver: Driver, database_url: str, fresh: FreshDatabases, settings: IngestConfig = FAST
 ) -> AsyncIterator[Run]:
     """`Run.open` ... `close`."""
     run = await Run.open(driver, database_url, fresh, settings)

@@ -11,10 +11,11 @@ from typing import Any
 import pytest
 from eth_utils import to_checksum_address
 
+from keeper.config import PlanConfig
 from keeper.dev.anvil import rpc
 from keeper.ops.deploy import contract, deploy_all
 from keeper.plan.batches import encode_batch
-from keeper.plan.planner import Planner, PlanSettings
+from keeper.plan.planner import Planner
 from tests.support.chain import DEV_KEY0
 from tests.support.ingest import Target, index_until_caught_up, open_indexer
 from tests.support.tx import Env
@@ -24,7 +25,7 @@ pytestmark = pytest.mark.anyio
 
 PAYEE_A = to_checksum_address("0x" + "a1" * 20)
 PAYEE_B = to_checksum_address("0x" + "b2" * 20)
-SETTINGS = PlanSettings(
+SETTINGS = PlanConfig(
     settle_min_amount=100_000, settle_max_interval=3_600, settle_horizon=600, backoff_seconds=60
 )
 
@@ -72,7 +73,7 @@ async def index(env: Env, database_url: str) -> None:
         await index_until_caught_up(indexer)
 
 
-def planner(env: Env, settings: PlanSettings = SETTINGS) -> Planner:
+def planner(env: Env, settings: PlanConfig = SETTINGS) -> Planner:
     d = env.deployment
     return Planner(
         d.chain_id,
@@ -163,11 +164,10 @@ async def test_batches_are_cut_by_gas_and_held_above_the_base_fee_ceiling(
 ) -> None:
     world(env)
     await index(env, database_url)
-    small = PlanSettings(
-        **{
-            **SETTINGS.__dict__,
+    small = SETTINGS.model_copy(
+        update={
             "max_batch_gas": 60_000 + 16_000,  # one stream per batch
-            "base_fee_ceiling": 1,
+            "base_fee_ceiling_wei": 1,
         }
     )
     p = planner(env, small)

@@ -27,9 +27,10 @@ import pytest
 
 from keeper import db as keeper_db
 from keeper.chain.rpc import ChainClient, RpcUnavailable
+from keeper.config import IngestConfig
 from keeper.db import Conn
 from keeper.dev.anvil import Anvil, start_anvil
-from keeper.ingest.indexer import Indexer, IngestSettings
+from keeper.ingest.indexer import Indexer
 from tests.support.activity import (
     DevChain,
     deploy_chain,
@@ -48,7 +49,7 @@ KEEPER = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "keeper"
 ROUNDS = 10
 # Tuning for the tests: a first range wide enough to hit every limit below, follow steps narrow
 # enough to stay under them (see test_follow_adapts_to_a_block_limit for why that matters).
-SETTINGS = IngestSettings(
+SETTINGS = IngestConfig(
     poll_interval=0.1, initial_range=400, max_range=4_000, max_follow_step=8, recheck_delay=0
 )
 
@@ -125,7 +126,7 @@ async def harness(chain: DevChain, database_url: str) -> AsyncIterator[HarnessFa
     async def factory(
         proxy: RpcProxy,
         *,
-        settings: IngestSettings = SETTINGS,
+        settings: IngestConfig = SETTINGS,
         attempts: int = 5,
         rpc_timeout: float = 10.0,
         max_backoff: float = 0.05,
@@ -237,7 +238,7 @@ async def test_follow_adapts_to_a_block_limit(chain: DevChain, harness: HarnessF
     Providers' free tiers allow as little as 10 blocks per eth_getLogs (Alchemy, QuickNode 5):
     a keeper with the default `max_follow_step` (256) must still follow the head.
     """
-    settings = IngestSettings(poll_interval=0.1, initial_range=400, recheck_delay=0)
+    settings = IngestConfig(poll_interval=0.1, initial_range=400, recheck_delay=0)
     assert settings.max_follow_step > 20
     with RpcProxy(chain.url, max_blocks=20, style="geth") as p:
         h: Harness = await harness(p, settings=settings)
@@ -267,7 +268,7 @@ async def test_claims_in_their_own_range(
             chain_id=dev.deployment.chain_id,
             addresses=dev.addresses,
             start_block=dev.deployment.deployment_block,
-            settings=IngestSettings(initial_range=20, max_range=20, recheck_delay=0),
+            settings=IngestConfig(initial_range=20, max_range=20, recheck_delay=0),
         )
         for _ in range(20):
             await indexer.sync_once()

@@ -4,7 +4,6 @@ the cases a node answers in its own words on Hardhat's node too (`on_both_nodes`
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -163,7 +162,7 @@ def _no_key_material(logs: Sequence[Mapping[str, Any]], signers: list[Signer]) -
 
 async def test_a_low_balance_signer_gets_no_work_until_funded(env: Env) -> None:
     low, other = env.signers
-    manager = env.manager_with(min_signer_balance=10**18)
+    manager = env.manager_with(min_signer_balance_wei=10**18)
     env.set_balance(low, 10**17)
     ids = [await env.plan(f"settle:low:{i}", [i + 1]) for i in range(4)]
     with capture_logs() as logs:
@@ -189,7 +188,7 @@ async def test_a_low_balance_signer_gets_no_work_until_funded(env: Env) -> None:
 
 
 async def test_above_the_hourly_budget_only_urgent_intents_go_out(env: Env) -> None:
-    manager = env.manager_with(budget_per_hour=1)
+    manager = env.manager_with(budget_per_hour_wei=1)
     normal = await env.plan("settle:normal", [1])
     urgent = await env.plan("settle:urgent", [2], urgent=True)
     with capture_logs() as logs:
@@ -202,7 +201,7 @@ async def test_above_the_hourly_budget_only_urgent_intents_go_out(env: Env) -> N
     spent = metrics.REGISTRY.get_sample_value("keeper_spent_last_hour_wei")
     assert spent is not None and spent > 0  # the urgent one's gas, mined this hour
 
-    manager.settings = replace(manager.settings, budget_per_hour=10**30)
+    manager.settings = manager.settings.model_copy(update={"budget_per_hour_wei": 10**30})
     with capture_logs() as later:
         report = await manager.tick()
     assert report.assigned == 1 and await env.state(normal) == "mined"

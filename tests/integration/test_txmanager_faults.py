@@ -7,7 +7,6 @@ matters), real Postgres; the cases a node answers in its own words on Hardhat's 
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -28,7 +27,7 @@ from keeper.tx.receipts import l1_fee, receipt_cost
 from keeper.tx.send_errors import SendOutcome, classify_send_error
 from tests.support.ingest import Target, index_until_caught_up, open_indexer
 from tests.support.rpc_proxy import RpcProxy
-from tests.support.tx import Env, install_probe, on_both_nodes
+from tests.support.tx import Env, install_probe, on_both_nodes, tx_settings
 
 pytestmark = pytest.mark.anyio
 
@@ -381,7 +380,7 @@ async def test_receipt_rpc_failing_then_recovering(env: Env) -> None:
 
 async def test_dropped_at_the_fee_cap_is_rebroadcast_unchanged(env: Env) -> None:
     cap = 5 * 10**9
-    manager = env.manager_with(max_fee=cap, max_priority_fee=cap, tip=cap)
+    manager = env.manager_with(max_fee_wei=cap, max_priority_fee_wei=cap, tip_wei=cap)
     env.automine(False)
     intent = await env.plan("settle:capped")
     await manager.tick()
@@ -457,7 +456,7 @@ async def _proxied(env: Env, proxy: RpcProxy, **settings: Any) -> TxManager:
         env.pool,
         chain_id=env.deployment.chain_id,
         signers=env.signers[:1],
-        settings=replace(env.manager.settings, **settings),
+        settings=tx_settings(env.manager.settings, **settings),
     )
 
 

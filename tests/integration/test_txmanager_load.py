@@ -17,8 +17,9 @@ from eth_utils import to_checksum_address
 from keeper import db as keeper_db
 from keeper.chain.rpc import ChainClient
 from keeper.chain.signers import Signer
+from keeper.config import TxConfig
 from keeper.dev.anvil import Anvil, dev_key, rpc
-from keeper.tx.manager import TickReport, TxManager, TxSettings
+from keeper.tx.manager import TickReport, TxManager
 from tests.support.settle_load import open_streams, plan_settles, settled_ids
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
@@ -64,7 +65,7 @@ async def test_four_signers_two_managers_1000_intents(
                 pool,
                 chain_id=chain_id,
                 signers=signers,
-                settings=TxSettings(confirmations=2),
+                settings=TxConfig(confirmations=2),
             )
             for client in clients[:MANAGERS]
         ]

@@ -13,7 +13,7 @@ import pytest
 from keeper.db.outbox import IntentRequest, Outbox
 from keeper.dev.anvil import rpc
 from keeper.plan.batches import encode_batch
-from keeper.plan.planner import Planner, PlanSettings
+from keeper.plan.planner import Planner
 from keeper.plan.usage import ORACLE_ROLE, UsageOracle, signers_without_oracle_role
 from tests.support.tx import Env
 from tests.support.usage import SETTINGS, index, keeper_plan, send, statuses, world
@@ -320,7 +320,7 @@ async def test_usage_waits_above_the_base_fee_ceiling(env: Env, database_url: st
     await index(env, database_url)
     await inbox(env, (1, 10, "a"), (2, 3, "b"))
     d = env.deployment
-    settings = PlanSettings(**{**SETTINGS.__dict__, "base_fee_ceiling": 10})
+    settings = SETTINGS.model_copy(update={"base_fee_ceiling_wei": 10})
     p = Planner(
         d.chain_id, stream_manager=d.stream_manager, escrow_vault=d.escrow_vault, settings=settings
     )

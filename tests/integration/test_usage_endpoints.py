@@ -6,7 +6,6 @@ deadline, at the old terms."""
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -69,7 +68,9 @@ def planner(d: Deployment, ceiling: int | None = None) -> Planner:
         d.chain_id,
         stream_manager=d.stream_manager,
         escrow_vault=d.escrow_vault,
-        settings=replace(SETTINGS, unknown_stream_grace=0, base_fee_ceiling=ceiling),
+        settings=SETTINGS.model_copy(
+            update={"unknown_stream_grace": 0, "base_fee_ceiling_wei": ceiling}
+        ),
     )
 
 

@@ -13,8 +13,9 @@ import pytest
 from structlog.testing import capture_logs
 
 from keeper import metrics
+from keeper.config import PlanConfig
 from keeper.plan.batches import encode_batch
-from keeper.plan.planner import Planner, PlanSettings
+from keeper.plan.planner import Planner
 from keeper.plan.usage import URGENT_REASONS, UsageOracle
 
 pytestmark = pytest.mark.anyio
@@ -23,7 +24,7 @@ CHAIN = 31337
 PA, PB = b"\xaa" * 20, b"\xbb" * 20
 PAYER = b"\xcc" * 20
 HEAD_TIME = 1_800_000_000
-SETTINGS = PlanSettings(
+SETTINGS = PlanConfig(
     settle_min_amount=1, settle_max_interval=10**9, settle_horizon=0, backoff_seconds=60
 )
 
@@ -224,7 +225,7 @@ def planner(ceiling: int | None = None) -> Planner:
         CHAIN,
         stream_manager="0x" + "11" * 20,
         escrow_vault="0x" + "22" * 20,
-        settings=PlanSettings(**{**SETTINGS.__dict__, "base_fee_ceiling": ceiling}),
+        settings=SETTINGS.model_copy(update={"base_fee_ceiling_wei": ceiling}),
     )
 
 

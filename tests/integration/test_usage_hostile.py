@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import io
 import json
-from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -125,7 +124,7 @@ def planner(env: Env) -> Planner:
         d.chain_id,
         stream_manager=d.stream_manager,
         escrow_vault=d.escrow_vault,
-        settings=replace(SETTINGS, unknown_stream_grace=0),
+        settings=SETTINGS.model_copy(update={"unknown_stream_grace": 0}),
     )
 
 

@@ -14,11 +14,12 @@ import pytest
 from eth_utils import to_checksum_address
 from web3.contract import Contract
 
+from keeper.config import PlanConfig
 from keeper.db import Conn
 from keeper.dev.anvil import rpc
 from keeper.ops.deploy import contract
 from keeper.plan.accrual import carry_fee
-from keeper.plan.planner import Planner, PlanSettings
+from keeper.plan.planner import Planner
 from tests.support.ingest import Target, index_until_caught_up, open_indexer
 from tests.support.tx import Env
 
@@ -26,7 +27,7 @@ pytestmark = pytest.mark.anyio
 
 PAYEE_A = to_checksum_address("0x" + "a1" * 20)
 PAYEE_B = to_checksum_address("0x" + "b2" * 20)
-SETTINGS = PlanSettings(
+SETTINGS = PlanConfig(
     settle_min_amount=100_000, settle_max_interval=3_600, settle_horizon=600, backoff_seconds=60
 )
 WINDOWS = [

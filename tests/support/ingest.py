@@ -44,8 +44,9 @@ from web3.types import RPCEndpoint
 from keeper import db as keeper_db
 from keeper.chain.deployment import Deployment
 from keeper.chain.rpc import ChainClient, RpcResponseError, RpcUnavailable
+from keeper.config import IngestConfig
 from keeper.dev.anvil import Anvil
-from keeper.ingest.indexer import Indexer, IngestSettings
+from keeper.ingest.indexer import Indexer
 from keeper.ops.deploy import contract, deploy_all
 from keeper.ops.verify import price_terms
 from tests.support.chain import DEV_KEY0, calldata
@@ -1126,7 +1127,7 @@ def make_indexer(
     client: ChainClient,
     pool: asyncpg.Pool,
     target: Target,
-    settings: IngestSettings | None = None,
+    settings: IngestConfig | None = None,
 ) -> Indexer:
     """An Indexer of `target`'s contracts."""
     return Indexer(
@@ -1144,7 +1145,7 @@ async def open_indexer(
     rpc: str | ChainClient,
     database_url: str,
     target: Target,
-    settings: IngestSettings | None = None,
+    settings: IngestConfig | None = None,
 ) -> AsyncIterator[Indexer]:
     """An Indexer with its own pool (and client, given a URL), closed on exit."""
     client = ChainClient(rpc) if isinstance(rpc, str) else rpc
@@ -1177,7 +1178,7 @@ async def fresh_index(
     rpc_url: str,
     target: Target,
     database_url: str,
-    settings: IngestSettings | None = None,
+    settings: IngestConfig | None = None,
     *,
     observed: bool = False,
 ) -> Dump:

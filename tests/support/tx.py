@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import subprocess
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -24,10 +24,11 @@ from keeper import db as keeper_db
 from keeper.chain.deployment import Deployment
 from keeper.chain.rpc import ChainClient
 from keeper.chain.signers import Signer
+from keeper.config import TxConfig
 from keeper.db.outbox import IntentRequest, Outbox, Planned
 from keeper.dev.anvil import dev_key, rpc, start_anvil
 from keeper.ops.deploy import contract, deploy_all
-from keeper.tx.manager import TxManager, TxSettings
+from keeper.tx.manager import TxManager
 from tests.support.chain import DEV_KEY0
 from tests.support.dev_nodes import NODE_KINDS, AnvilNode, DevNode, NodeKind, start_hardhat
 
@@ -61,14 +62,23 @@ class Env:
     def set_balance(self, signer: Signer, wei: int) -> None:
         self.node.set_balance(signer.address, wei)
 
-    def manager_with(self, signers: list[Signer] | None = None, **settings: Any) -> TxManager:
-        """Another manager on the same chain and outbox, with changed settings."""
+    def manager_with(
+        self,
+        signers: list[Signer] | None = None,
+        *,
+        max_batch_gas: int | None = None,
+        **settings: Any,
+    ) -> TxManager:
+        """Another manager on the same chain and outbox, with changed `[tx]` settings (field
+        names checked; values may pass the configuration's bounds, e.g. bump_after_blocks 0) and
+        `[plan]`'s max_batch_gas."""
         return TxManager(
             self.manager.client,
             self.pool,
             chain_id=self.deployment.chain_id,
             signers=signers or self.signers,
-            settings=replace(self.manager.settings, **settings),
+            settings=tx_settings(self.manager.settings, **settings),
+            max_batch_gas=max_batch_gas,
         )
 
     async def plan(self, key: str, ids: list[int] | None = None, *, urgent: bool = False) -> int:
@@ -99,6 +109,13 @@ class Env:
             return int(
                 await conn.fetchval("SELECT count(*) FROM attempts WHERE intent_id = $1", intent_id)
             )
+
+
+def tx_settings(base: TxConfig, **changes: Any) -> TxConfig:
+    """`base` with `changes`: field names checked, values not (tests go past the bounds)."""
+    unknown = set(changes) - set(TxConfig.model_fields)
+    assert not unknown, f"not [tx] fields: {sorted(unknown)}"
+    return base.model_copy(update=changes)
 
 
 @pytest.fixture
@@ -135,7 +152,7 @@ async def env(
             pool,
             chain_id=deployment.chain_id,
             signers=signers,
-            settings=TxSettings(confirmations=2, bump_after_blocks=2),
+            settings=TxConfig(confirmations=2, bump_after_blocks=2),
         )
         try:
             yield Env(node, Web3(Web3.HTTPProvider(node.url)), deployment, manager, pool, signers)

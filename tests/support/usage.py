@@ -12,9 +12,9 @@ from typing import Any
 
 from eth_utils import to_checksum_address
 
+from keeper.config import PlanConfig
 from keeper.db import Conn
 from keeper.ops.deploy import contract
-from keeper.plan.planner import PlanSettings
 from keeper.plan.usage import ORACLE_ROLE
 from tests.support.ingest import Target, index_until_caught_up, open_indexer
 from tests.support.tx import Env
@@ -22,7 +22,7 @@ from tests.support.tx import Env
 PAYEE_A = to_checksum_address("0x" + "a1" * 20)
 PAYEE_B = to_checksum_address("0x" + "b2" * 20)
 # Settling stays out of the way: nothing here is ever due for settlement.
-SETTINGS = PlanSettings(
+SETTINGS = PlanConfig(
     settle_min_amount=10**30, settle_max_interval=10**9, settle_horizon=0, backoff_seconds=60
 )
 

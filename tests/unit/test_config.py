@@ -31,7 +31,6 @@ from keeper.config import (
 )
 from keeper.config_load import env_overrides, load_config
 from keeper.config_text import effective, to_toml
-from keeper.plan.planner import PlanSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 MINIMAL = """
@@ -60,9 +59,9 @@ def write(tmp_path: Path, text: str) -> Path:
 def test_the_example_configuration_loads() -> None:
     config = load_config(ROOT / "config" / "keeper.example.toml")
     assert config.ingest.poll_interval == 1.0
-    assert config.tx.settings().confirmations == 3
+    assert config.tx.confirmations == 3
     # The example's [plan] values are the defaults, field by field.
-    assert config.plan.settings() == PlanSettings()
+    assert config.plan == PlanConfig()
     assert config.signers == []
     # Relative paths are relative to the file.
     assert config.chain.deployment_file.is_absolute()

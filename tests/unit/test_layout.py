@@ -26,13 +26,11 @@ STAGES = (
     "dev",
     "cli",
 )
-# The base modules that sit on top of the others (imported lazily, inside functions).
-# `config` builds each component's settings; `loops` names the transient errors of db and chain.
+# The base modules that reach into a stage: `config` builds the chain client and the signers'
+# key sources and reads the deployment file (lazily, inside its methods); `loops` names the
+# transient errors of db and chain. Every component takes its configuration section as it is.
 BASE_EXCEPTIONS = {
     ("keeper.config", "chain"),
-    ("keeper.config", "ingest"),
-    ("keeper.config", "plan"),
-    ("keeper.config", "tx"),
     ("keeper.loops", "db"),
     ("keeper.loops", "chain"),
 }

@@ -17,10 +17,10 @@ from structlog.testing import capture_logs
 
 from keeper.chain.rpc import ChainClient
 from keeper.chain.signers import Signer
+from keeper.config import TxConfig
 from keeper.db.outbox_rows import Call
 from keeper.dev.anvil import dev_key
 from keeper.plan.batches import encode_batch
-from keeper.tx.context import TxSettings
 from keeper.tx.manager import TxManager
 from tests.support.memory_chain import GWEI, MemoryChain
 from tests.support.memory_outbox import MemoryOutbox
@@ -36,7 +36,7 @@ class World:
         self.chain = MemoryChain()
         self.outbox = MemoryOutbox()
         self.signers = SIGNERS[:signers]
-        self.settings = TxSettings(**{"finality_depth": 10, **settings})
+        self.settings = TxConfig(**settings)
         self.manager = self.new_manager()
 
     def new_manager(self) -> TxManager:
@@ -46,6 +46,7 @@ class World:
             chain_id=self.chain.chain_id,
             signers=self.signers,
             settings=self.settings,
+            finality_depth=10,
             outbox=self.outbox,
         )
 
@@ -132,7 +133,7 @@ async def test_a_stuck_attempt_is_bumped_until_it_is_mined_at_one_nonce() -> Non
 
 
 async def test_at_the_fee_caps_the_stored_bytes_are_sent_again_unchanged() -> None:
-    w = World(bump_after_blocks=1, purge_after_blocks=1000, max_fee=3 * GWEI)
+    w = World(bump_after_blocks=1, purge_after_blocks=1000, max_fee_wei=3 * GWEI)
     intent = w.plan("settle:capped", [1])
     w.chain.base_fee = 10 * GWEI
     with capture_logs() as logs:
@@ -150,7 +151,10 @@ async def test_a_fee_spike_above_the_caps_purges_once_and_never_signs_a_purge_ag
     """The fee-spike regression: the purge of a lane stuck at the caps was signed again at the
     same caps (the same transaction) and broke attempts_tx_hash_key, every pass."""
     w = World(
-        max_fee=2 * GWEI, max_priority_fee=2 * GWEI, purge_after_blocks=4, bump_after_blocks=6
+        max_fee_wei=2 * GWEI,
+        max_priority_fee_wei=2 * GWEI,
+        purge_after_blocks=4,
+        bump_after_blocks=6,
     )
     intent = w.plan("settle:spike", [1])
     w.chain.base_fee = GWEI // 4  # the first attempt: 1.5 gwei, under the cap
@@ -250,7 +254,7 @@ async def test_a_receipt_reorged_out_goes_back_and_is_mined_again() -> None:
 
 
 async def test_the_budget_holds_back_only_non_urgent_work() -> None:
-    w = World(budget_per_hour=1)
+    w = World(budget_per_hour_wei=1)
     normal = w.plan("settle:normal", [1])
     urgent = w.plan("settle:urgent", [2], urgent=True)
     report = await w.manager.tick()
@@ -259,7 +263,7 @@ async def test_the_budget_holds_back_only_non_urgent_work() -> None:
 
 
 async def test_a_signer_below_its_minimum_balance_gets_no_work_until_funded() -> None:
-    w = World(min_signer_balance=10**18)
+    w = World(min_signer_balance_wei=10**18)
     intent = w.plan("settle:poor", [1])
     w.chain.balances[w.signers[0].address_bytes] = 10**17
     await w.manager.tick()
@@ -336,8 +340,8 @@ async def test_a_bug_at_any_stage_stays_with_its_intent(stage: str) -> None:
     else:
         broken, fine = await _two_stuck(w)
         if stage == "purge":
-            w.settings = m.settings = TxSettings(
-                finality_depth=10, fault_backoff=60.0, purge_after_blocks=2, bump_after_blocks=100
+            w.settings = m.settings = TxConfig(
+                fault_backoff=60.0, purge_after_blocks=2, bump_after_blocks=100
             )
             _break(m.repair, "_purge_nonce", "settle:broken")
             await w.blocks(3)

@@ -7,10 +7,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from keeper.chain.signers import Signer
+from keeper.config import TxConfig
 from keeper.db.outbox_rows import Attempt, Call, Signed
 from keeper.dev.anvil import dev_key
 from keeper.tx.assign import budget_allows, low_balance_lanes, pick_signer
-from keeper.tx.context import TxSettings
 from keeper.tx.fees import FeeCaps, Fees
 from keeper.tx.repair import purge_candidates, purge_fees
 
@@ -115,6 +115,6 @@ def test_least_loaded_assignment_skips_excluded_lanes() -> None:
 
 
 def test_new_settings_default_to_no_gating() -> None:
-    settings = TxSettings()
-    assert settings.min_signer_balance == 0 and settings.budget_per_hour is None
+    settings = TxConfig()
+    assert settings.min_signer_balance_wei == 0 and settings.budget_per_hour_wei is None
     assert settings.purge_after_blocks == 50

@@ -8,10 +8,11 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from keeper.config import PlanConfig
 from keeper.plan.accrual import MAX_USAGE_SEQ
 from keeper.plan.batches import MAX_REPORT_SEQ
 from keeper.plan.inbox import MAX_SEQ, ParsedRow, Rejection, parse_row
-from keeper.plan.planner import Planner, PlanSettings
+from keeper.plan.planner import Planner
 from keeper.plan.usage import StreamState, UsageItem, contiguous_runs, judge, run_urgency
 
 NOW = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
@@ -184,7 +185,7 @@ def planner(ceiling: int | None = 100) -> Planner:
         1,
         stream_manager="0x" + "11" * 20,
         escrow_vault="0x" + "22" * 20,
-        settings=PlanSettings(base_fee_ceiling=ceiling),
+        settings=PlanConfig(base_fee_ceiling_wei=ceiling),
     )
 
 
