@@ -134,11 +134,6 @@ async def _check_gas_cap(config: KeeperConfig, client: ChainClient, tag: str, wh
         )
 
 
-def _reverted(exc: RpcResponseError) -> bool:
-    """Whether an eth_call error answer is the call reverting."""
-    return exc.data is not None or exc.code == 3 or "revert" in exc.message.lower()
-
-
 def _has_code(code: object) -> bool:
     """Whether an eth_getCode answer holds any code ("0x", or null from some nodes: none)."""
     text = str(code or "0x").removeprefix("0x")
@@ -156,7 +151,7 @@ async def _check_token(
                 "eth_call", [{"to": address, "data": _TOKEN_SELECTOR}, tag]
             )
         except RpcResponseError as exc:
-            if not _reverted(exc):
+            if not exc.reverted:
                 raise  # the node failing, not the contract answering: waited out at start-up
             answer = None
         raw = bytes.fromhex(str(answer or "0x")[2:])

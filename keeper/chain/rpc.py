@@ -66,6 +66,12 @@ class RpcResponseError(RpcError):
         self.code = code
         self.data = data  # revert data of a reverted eth_call / eth_estimateGas, if any
 
+    @property
+    def reverted(self) -> bool:
+        """Whether this answer to eth_call / eth_estimateGas is the call reverting (as opposed
+        to the node failing to run it)."""
+        return self.data is not None or self.code == 3 or "revert" in self.message.lower()
+
 
 class RangeTooLarge(RpcResponseError):
     """The provider refused an eth_getLogs range (too many blocks or too many results)."""

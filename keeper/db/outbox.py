@@ -39,6 +39,7 @@ from keeper.db.outbox_rows import (
     StoredSend,
     attempt,
     confirmed_batch,
+    int_or_none,
     open_intent,
     planned_intent,
     stored_send,
@@ -61,10 +62,6 @@ def lane_lock_key(chain_id: int, signer: bytes) -> int:
     """The advisory lock key of a signer's nonce lane (a signed 64-bit integer)."""
     digest = hashlib.sha256(b"keeper-lane" + chain_id.to_bytes(8, "big") + signer).digest()
     return int.from_bytes(digest[:8], "big", signed=True)
-
-
-def _int_or_none(value: Any) -> int | None:
-    return None if value is None else int(value)
 
 
 def _changed(status: str) -> bool:
@@ -234,7 +231,7 @@ class Outbox:
             ItemEffect(
                 r["item"],
                 bool(r["effect"]),
-                None if r["skip_reason"] is None else int(r["skip_reason"]),
+                int_or_none(r["skip_reason"]),
             )
             for r in rows
         ]

@@ -166,6 +166,11 @@ class ItemEffect:
     skip_reason: int | None
 
 
+def int_or_none(value: Any) -> int | None:
+    """A nullable integer column."""
+    return None if value is None else int(value)
+
+
 def items_of(raw: Any) -> list[Any]:
     """An intent's items from its jsonb column (asyncpg hands jsonb over as text)."""
     return list(json.loads(raw) if isinstance(raw, str) else raw)
@@ -198,13 +203,12 @@ def open_intent(row: Mapping[str, Any]) -> OpenIntent:
         gas_limit=int(row["gas_limit"]),
         call=call_of(row),
         items=items_of(row["items"]),
-        block_number=None if row["block_number"] is None else int(row["block_number"]),
+        block_number=int_or_none(row["block_number"]),
         block_hash=None if block_hash is None else bytes(block_hash),
     )
 
 
 def attempt(row: Mapping[str, Any]) -> Attempt:
-    first = row["first_broadcast_block"]
     return Attempt(
         id=int(row["id"]),
         intent_id=int(row["intent_id"]),
@@ -221,8 +225,8 @@ def attempt(row: Mapping[str, Any]) -> Attempt:
             raw=bytes(row["raw"]),
             tx_hash=bytes(row["tx_hash"]),
         ),
-        broadcast_block=None if row["broadcast_block"] is None else int(row["broadcast_block"]),
-        first_broadcast_block=None if first is None else int(first),
+        broadcast_block=int_or_none(row["broadcast_block"]),
+        first_broadcast_block=int_or_none(row["first_broadcast_block"]),
     )
 
 

@@ -14,7 +14,7 @@ from keeper.kinds import BATCH_KINDS
 from keeper.plan.batches import usage_fields
 from keeper.tx.context import TxContext, call_json, hex_of
 from keeper.tx.counters import GAS_SPENT, INTENTS, ITEMS
-from keeper.tx.simulate import is_revert, revert_of
+from keeper.tx.simulate import revert_of
 
 
 def l1_fee(receipt: Mapping[str, Any]) -> int | None:
@@ -169,7 +169,7 @@ class Receipts:
             try:
                 await self.ctx.client.request("eth_call", [call, hex(max(block, 0))])
             except RpcResponseError as exc:
-                if is_revert(exc):
+                if exc.reverted:
                     return revert_of(exc).reason
                 return f"reason unknown (replay failed: {exc.message})"
         return "reason unknown (the call succeeds when replayed)"

@@ -26,12 +26,6 @@ class Simulated:
     items: int
 
 
-def is_revert(exc: RpcResponseError) -> bool:
-    """Whether a node's error answer to eth_call / eth_estimateGas is the call reverting (as
-    opposed to the node failing to run it)."""
-    return exc.data is not None or exc.code == 3 or "revert" in exc.message.lower()
-
-
 def revert_of(exc: RpcResponseError) -> Revert:
     if exc.data is not None:
         return Revert(revert_reason(exc.data), exc.data)
@@ -54,7 +48,7 @@ class Simulator:
                 await self.ctx.client.request("eth_estimateGas", [call_json(signer, call)]), 16
             )
         except RpcResponseError as exc:
-            if not is_revert(exc):
+            if not exc.reverted:
                 raise
             return revert_of(exc)
 
@@ -63,7 +57,7 @@ class Simulator:
         try:
             await self.ctx.client.request("eth_call", [call_json(signer, call), "latest"])
         except RpcResponseError as exc:
-            if not is_revert(exc):
+            if not exc.reverted:
                 raise
             return revert_of(exc)
         return None
