@@ -13,9 +13,10 @@ the model of StreamManager, and a unit test holds the two equal.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
+from typing import Any
 
 from eth_utils import keccak
 
@@ -74,3 +75,46 @@ BATCH_KINDS: Mapping[str, BatchKind] = MappingProxyType(
 # calls the manager sends itself (a purge of a stuck nonce, a one-off contract call).
 SINGLE_CALL_KINDS = ("purge", "call")
 INTENT_KINDS = (*BATCH_KINDS, *SINGLE_CALL_KINDS)
+
+
+# A batch item as its row in `batch_items` holds it: (entity, seq, units, endpoint). The entity
+# is the stream or escrow id; seq, units and endpoint are a usage report's, None for the others.
+ItemColumns = tuple[int, int | None, int | None, int | None]
+# An item within its batch: (entity, seq).
+ItemRef = tuple[int, int | None]
+
+
+def usage_fields(item: Sequence[Any]) -> tuple[int, int, int, int]:
+    """A usage item's `(stream id, units, seq, endpoint)`; an item of three (planned before
+    endpoints existed) has endpoint 0."""
+    stream_id, units, seq = (int(v) for v in item[:3])
+    return stream_id, units, seq, int(item[3]) if len(item) > 3 else 0
+
+
+def item_columns(kind: str, item: Any) -> ItemColumns:
+    """The `batch_items` columns of a planned item: an id, or `[stream id, units, seq,
+    endpoint]` for usage."""
+    if kind == USAGE.name:
+        stream_id, units, seq, endpoint = usage_fields(item)
+        return stream_id, seq, units, endpoint
+    return int(item), None, None, None
+
+
+def item_of_columns(kind: str, columns: ItemColumns) -> Any:
+    """The planned item a `batch_items` row holds (the inverse of `item_columns`)."""
+    entity, seq, units, endpoint = columns
+    if kind == USAGE.name:
+        return [entity, units, seq, endpoint]
+    return entity
+
+
+def item_ref(kind: str, item: Any) -> ItemRef:
+    """Which item of its batch `item` is: its entity and, for usage, its sequence number."""
+    entity, seq, _units, _endpoint = item_columns(kind, item)
+    return entity, seq
+
+
+def ref_key(ref: ItemRef) -> str:
+    """How an item is named in logs and idempotency keys: the id, or `id:seq` for usage."""
+    entity, seq = ref
+    return str(entity) if seq is None else f"{entity}:{seq}"

@@ -2,10 +2,25 @@
 
 -- name: insert_intent
 -- ON CONFLICT DO NOTHING: an existing key means "already planned" (no row returned).
-INSERT INTO intents (chain_id, kind, key, target, calldata, value, items, urgent)
-VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb, $8)
+INSERT INTO intents (chain_id, kind, key, target, calldata, value, urgent)
+VALUES ($1, $2, $3, $4, $5, $6, $7)
 ON CONFLICT (chain_id, key) DO NOTHING
 RETURNING id;
+
+-- name: insert_items
+-- A new batch intent's items, in its calldata's order: $2 the intent, $3 its kind, then one array
+-- per column (keeper.kinds.item_columns).
+INSERT INTO batch_items (intent_id, position, chain_id, kind, entity, seq, units, endpoint)
+SELECT $2, (r.n - 1)::integer, $1, $3, r.entity, r.seq, r.units, r.endpoint
+FROM unnest($4::numeric[], $5::numeric[], $6::numeric[], $7::numeric[])
+     WITH ORDINALITY AS r (entity, seq, units, endpoint, n);
+
+-- name: items_of_intents
+-- The items still in their batches (not taken out for reverting), per intent, in order.
+SELECT intent_id, kind, entity, seq, units, endpoint
+FROM batch_items
+WHERE chain_id = $1 AND intent_id = ANY($2::bigint[]) AND outcome IS DISTINCT FROM 'reverted'
+ORDER BY intent_id, position;
 
 -- name: intent_by_key
 SELECT id, state FROM intents WHERE chain_id = $1 AND key = $2;
@@ -16,7 +31,7 @@ SELECT * FROM intents WHERE id = $1;
 -- name: planned_intents
 -- Oldest first, urgent work ahead of the rest. (Only the leader runs a manager; assign_intent's
 -- `state = 'planned'` condition still makes a second one harmless.)
-SELECT id, kind, key, target, calldata, value, items, urgent
+SELECT id, kind, key, target, calldata, value, urgent
 FROM intents
 WHERE chain_id = $1 AND state = 'planned'
 ORDER BY urgent DESC, id
@@ -62,7 +77,7 @@ FROM attempts WHERE intent_id = $1 ORDER BY id;
 -- name: open_intents
 -- Everything sent but not final: the confirmation loop's work list.
 SELECT id, kind, key, signer, nonce, state, gas_limit, tx_hash, block_number, block_hash, urgent,
-       items, target, calldata, value
+       target, calldata, value
 FROM intents
 WHERE chain_id = $1 AND state IN ('assigned', 'mined', 'confirmed')
 ORDER BY signer, nonce;
@@ -92,7 +107,8 @@ WHERE id = $1 AND state = $2 AND state IN ('mined', 'confirmed');
 
 -- name: forget_effects
 -- The checked effects of an unmined intent belonged to the orphaned block.
-DELETE FROM intent_items WHERE intent_id = $1 AND outcome IN ('effect', 'no_effect', 'skipped');
+UPDATE batch_items SET outcome = NULL, detail = NULL, checked_at = NULL
+WHERE intent_id = $1 AND outcome IN ('effect', 'no_effect', 'skipped');
 
 -- name: unmine_attempts
 -- Superseded attempts stay so: the receipt search looks at every attempt's hash anyway.
@@ -160,24 +176,33 @@ UPDATE attempts SET state = 'superseded'
 WHERE intent_id = $1 AND state IN ('signed', 'broadcast');
 
 -- name: rewrite_batch
--- A batch without the items whose simulation reverted; only before anything was signed.
-UPDATE intents SET calldata = $2, items = $3::jsonb, reason = $4
-WHERE id = $1 AND state = 'planned';
+-- A batch made smaller (its items' changes follow: item_outcome, drop_items); only before
+-- anything was signed.
+UPDATE intents SET calldata = $2, reason = $3
+WHERE id = $1 AND state = 'planned'
+RETURNING kind;
+
+-- name: drop_items
+-- The unchecked items of a rewritten batch that are not among the kept ones ($2, $3: their
+-- entities and sequence numbers): planned again.
+DELETE FROM batch_items b
+WHERE b.intent_id = $1 AND b.outcome IS NULL
+  AND NOT EXISTS (SELECT 1 FROM unnest($2::numeric[], $3::numeric[]) AS k (entity, seq)
+                  WHERE k.entity = b.entity AND k.seq IS NOT DISTINCT FROM b.seq);
 
 -- name: note_planned
 -- Why a planned intent is waiting (a simulation that could not run, ...); it stays planned.
 UPDATE intents SET reason = $2 WHERE id = $1 AND state = 'planned';
 
--- name: insert_item_outcome
-INSERT INTO intent_items (intent_id, item, outcome, detail) VALUES ($1, $2, $3, $4)
-ON CONFLICT (intent_id, item) DO UPDATE
-SET outcome = EXCLUDED.outcome, detail = EXCLUDED.detail, checked_at = now();
+-- name: item_outcome
+UPDATE batch_items SET outcome = $4, detail = $5, checked_at = now()
+WHERE intent_id = $1 AND entity = $2 AND seq IS NOT DISTINCT FROM $3;
 
 -- name: effects_due
 -- Confirmed batches whose items were not checked yet, once the indexer has their block (and
 -- does not hold a different block at that height: it may still be on the other side of a
 -- reorg).
-SELECT i.id, i.kind, i.key, i.items, i.tx_hash, i.block_number
+SELECT i.id, i.kind, i.key, i.tx_hash, i.block_number
 FROM intents i
 JOIN ingest_cursor c ON c.chain_id = i.chain_id
 WHERE i.chain_id = $1 AND i.state IN ('confirmed', 'final') AND i.effects_checked_at IS NULL
@@ -193,41 +218,49 @@ LIMIT 100;
 UPDATE intents SET effects_checked_at = now() WHERE id = $1;
 
 -- name: settle_effects
--- Per stream id of a settle batch: settled, or skipped with the contract's reason, in the
--- intent's own transaction. $2 tx hash, $3 block, $4 the ids.
-SELECT id::text AS item,
+-- Per item of a settle batch ($2): settled, or skipped with the contract's reason, in the
+-- intent's own transaction.
+SELECT b.entity, b.seq,
        EXISTS (SELECT 1 FROM stream_settled e
-               WHERE e.chain_id = $1 AND e.stream_id = id AND e.block_number = $3
-                 AND e.tx_hash = $2) AS effect,
+               WHERE e.chain_id = $1 AND e.stream_id = b.entity
+                 AND e.block_number = i.block_number AND e.tx_hash = i.tx_hash) AS effect,
        (SELECT s.reason FROM settle_skipped s
-        WHERE s.chain_id = $1 AND s.stream_id = id AND s.block_number = $3 AND s.tx_hash = $2
+        WHERE s.chain_id = $1 AND s.stream_id = b.entity AND s.block_number = i.block_number
+          AND s.tx_hash = i.tx_hash
         LIMIT 1) AS skip_reason
-FROM unnest($4::numeric[]) AS id;
+FROM batch_items b
+JOIN intents i ON i.id = b.intent_id
+WHERE b.intent_id = $2 AND b.outcome IS DISTINCT FROM 'reverted'
+ORDER BY b.position;
 
 -- name: refund_effects
-SELECT id::text AS item,
+SELECT b.entity, b.seq,
        EXISTS (SELECT 1 FROM escrow_refunded e
-               WHERE e.chain_id = $1 AND e.escrow_id = id AND e.block_number = $3
-                 AND e.tx_hash = $2) AS effect,
+               WHERE e.chain_id = $1 AND e.escrow_id = b.entity
+                 AND e.block_number = i.block_number AND e.tx_hash = i.tx_hash) AS effect,
        (SELECT s.reason FROM refund_skipped s
-        WHERE s.chain_id = $1 AND s.escrow_id = id AND s.block_number = $3 AND s.tx_hash = $2
+        WHERE s.chain_id = $1 AND s.escrow_id = b.entity AND s.block_number = i.block_number
+          AND s.tx_hash = i.tx_hash
         LIMIT 1) AS skip_reason
-FROM unnest($4::numeric[]) AS id;
+FROM batch_items b
+JOIN intents i ON i.id = b.intent_id
+WHERE b.intent_id = $2 AND b.outcome IS DISTINCT FROM 'reverted'
+ORDER BY b.position;
 
 -- name: usage_effects
 -- Per (stream id, seq) report of a usage batch.
-SELECT r.id::text || ':' || r.seq::text AS item,
+SELECT b.entity, b.seq,
        EXISTS (SELECT 1 FROM usage_recorded e
-               WHERE e.chain_id = $1 AND e.stream_id = r.id AND e.seq = r.seq
-                 AND e.block_number = $3 AND e.tx_hash = $2) AS effect,
+               WHERE e.chain_id = $1 AND e.stream_id = b.entity AND e.seq = b.seq
+                 AND e.block_number = i.block_number AND e.tx_hash = i.tx_hash) AS effect,
        (SELECT s.reason FROM usage_skipped s
-        WHERE s.chain_id = $1 AND s.stream_id = r.id AND s.seq = r.seq
-          AND s.block_number = $3 AND s.tx_hash = $2
+        WHERE s.chain_id = $1 AND s.stream_id = b.entity AND s.seq = b.seq
+          AND s.block_number = i.block_number AND s.tx_hash = i.tx_hash
         LIMIT 1) AS skip_reason
-FROM unnest($4::numeric[], $5::numeric[]) AS r (id, seq);
-
--- name: items_of
-SELECT item, outcome, detail FROM intent_items WHERE intent_id = $1 ORDER BY item;
+FROM batch_items b
+JOIN intents i ON i.id = b.intent_id
+WHERE b.intent_id = $2 AND b.outcome IS DISTINCT FROM 'reverted'
+ORDER BY b.position;
 
 -- name: unsure_attempts
 -- Attempts (of still-assigned intents) whose last send had an unsure answer: sent again.

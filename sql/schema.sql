@@ -699,7 +699,6 @@ CREATE TABLE intents (
     target              bytea NOT NULL CHECK (octet_length(target) = 20),
     calldata            bytea NOT NULL,
     value               numeric(78,0) NOT NULL DEFAULT 0 CHECK (value >= 0),
-    items               jsonb NOT NULL DEFAULT '[]',
     urgent              boolean NOT NULL DEFAULT false,
     state               text NOT NULL DEFAULT 'planned'
                         CHECK (state IN ('planned', 'assigned', 'mined', 'confirmed', 'final',
@@ -822,22 +821,37 @@ $$;
 CREATE TRIGGER attempts_transition BEFORE UPDATE ON attempts
     FOR EACH ROW EXECUTE FUNCTION attempts_check_transition();
 
--- Per item outcomes of a batch: `reverted` (taken out of the batch before signing because its
--- simulation reverted on its own, reason in `detail`), and after confirmation, from the indexed
--- events, `effect`, `skipped` (the contract's skip reason) or `no_effect`. An item without its
--- effect is backed off, never retried forever in silence.
-CREATE TABLE intent_items (
+-- The items of the batch intents (settle, refund, usage), one typed row each, written with
+-- the intent: the stream or escrow id (`entity`) and, for a usage report, its sequence
+-- number, units and endpoint; `position` is its place in the batch's calldata. chain_id and
+-- kind are the intent's, here so the planners find an entity's items by index. `outcome` is
+-- NULL while the item is in its batch and unchecked; `reverted` when its simulation reverted
+-- on its own and it was taken out of the batch (the reason in `detail`); after confirmation,
+-- from the indexed events, `effect`, `skipped` (the contract's skip reason) or `no_effect`.
+-- An item without its effect is backed off, never retried forever in silence.
+CREATE TABLE batch_items (
     intent_id   bigint NOT NULL REFERENCES intents (id),
-    item        text NOT NULL,
-    outcome     text NOT NULL,
+    position    integer NOT NULL CHECK (position >= 0),
+    chain_id    bigint NOT NULL,
+    kind        text NOT NULL CHECK (kind IN ('settle', 'refund', 'usage')),
+    entity      numeric(78,0) NOT NULL CHECK (entity >= 0),
+    seq         numeric(78,0),
+    units       numeric(78,0),
+    endpoint    numeric(78,0),
+    outcome     text CHECK (outcome IN ('effect', 'no_effect', 'skipped', 'reverted')),
     detail      text,
-    checked_at  timestamptz NOT NULL DEFAULT now(),
-    PRIMARY KEY (intent_id, item),
-    CONSTRAINT intent_items_outcome_check
-        CHECK (outcome IN ('effect', 'no_effect', 'skipped', 'reverted'))
+    checked_at  timestamptz,
+    PRIMARY KEY (intent_id, position),
+    CONSTRAINT batch_items_item_key UNIQUE NULLS NOT DISTINCT (intent_id, entity, seq),
+    CONSTRAINT batch_items_usage_check CHECK ((kind = 'usage') = (seq IS NOT NULL)),
+    CONSTRAINT batch_items_report_check
+        CHECK (kind = 'usage' OR (units IS NULL AND endpoint IS NULL)),
+    CONSTRAINT batch_items_checked_check CHECK ((outcome IS NULL) = (checked_at IS NULL))
 );
-CREATE INDEX intent_items_outcome_idx ON intent_items (outcome, checked_at)
-    WHERE outcome IN ('no_effect', 'reverted');
+-- An entity's items, newest intent last: in flight, backed off, the latest refund of an escrow.
+CREATE INDEX batch_items_entity_idx ON batch_items (chain_id, kind, entity, intent_id);
+-- keeper.settlement_totals' windows and keeper.items_backed_off, as range scans.
+CREATE INDEX batch_items_checked_idx ON batch_items (checked_at) WHERE checked_at IS NOT NULL;
 
 -- ---------------------------------------------------------------- planners
 CREATE TABLE planner_settings (
@@ -850,14 +864,16 @@ CREATE TABLE planner_settings (
 );
 
 -- Batch items the keeper has on its way: in an intent that is not settled yet, or mined in a
--- block the indexer has not reached (the projections do not show its effect yet).
+-- block the indexer has not reached (the projections do not show its effect yet). `item` is
+-- the stream or escrow id; a usage report's sequence number, units and endpoint are NULL for
+-- the other kinds.
 CREATE VIEW keeper.items_in_flight AS
-SELECT i.chain_id, i.kind, item.value AS item, i.id AS intent_id, i.key AS intent_key,
-       i.state AS intent_state
-FROM intents i
-LEFT JOIN ingest_cursor c ON c.chain_id = i.chain_id
-CROSS JOIN LATERAL jsonb_array_elements_text(i.items) AS item (value)
-WHERE i.kind IN ('settle', 'refund')
+SELECT b.chain_id, b.kind, b.entity AS item, i.id AS intent_id, i.key AS intent_key,
+       i.state AS intent_state, b.seq, b.units, b.endpoint
+FROM batch_items b
+JOIN intents i ON i.id = b.intent_id
+LEFT JOIN ingest_cursor c ON c.chain_id = b.chain_id
+WHERE b.outcome IS DISTINCT FROM 'reverted'
   AND (i.state IN ('planned', 'assigned', 'mined')
        OR (i.state IN ('confirmed', 'final')
            AND i.block_number > COALESCE(c.indexed_block, -1)));
@@ -865,13 +881,13 @@ WHERE i.kind IN ('settle', 'refund')
 -- Batch items backed off: reverted in simulation or without effect after confirmation, within
 -- the backoff window.
 CREATE VIEW keeper.items_backed_off AS
-SELECT i.chain_id, i.kind, it.item, it.outcome, it.detail, it.checked_at,
-       it.checked_at + make_interval(secs => ps.backoff_seconds) AS retry_after
-FROM intent_items it
-JOIN intents i ON i.id = it.intent_id
-JOIN planner_settings ps ON ps.chain_id = i.chain_id
-WHERE it.outcome IN ('no_effect', 'reverted')
-  AND it.checked_at + make_interval(secs => ps.backoff_seconds) > now();
+SELECT b.chain_id, b.kind, b.entity AS item, b.outcome, b.detail, b.checked_at,
+       b.checked_at + make_interval(secs => ps.backoff_seconds) AS retry_after, b.seq,
+       b.intent_id
+FROM batch_items b
+JOIN planner_settings ps ON ps.chain_id = b.chain_id
+WHERE b.outcome IN ('no_effect', 'reverted')
+  AND b.checked_at + make_interval(secs => ps.backoff_seconds) > now();
 
 -- keeper.streams_due: in the section of 0013 below, on top of keeper.stream_balances.
 
@@ -897,7 +913,8 @@ SELECT i.chain_id,
        i.key,
        i.state,
        i.urgent,
-       jsonb_array_length(i.items) AS items,
+       (SELECT count(*) FROM batch_items b
+        WHERE b.intent_id = i.id AND b.outcome IS DISTINCT FROM 'reverted')::integer AS items,
        keeper.hex(i.signer) AS signer,
        i.nonce,
        (SELECT count(*) FROM attempts a WHERE a.intent_id = i.id) AS attempts,
@@ -1011,21 +1028,16 @@ CREATE INDEX usage_reports_block_idx ON usage_reports (chain_id, block_number)
 -- Usage reports on their way: in a usage intent that is not settled yet, or mined in a block
 -- the indexer has not reached.
 CREATE VIEW keeper.usage_in_flight AS
-SELECT i.chain_id,
-       (item.value ->> 0)::numeric(78,0) AS stream_id,
-       (item.value ->> 2)::numeric(78,0) AS seq,
-       (item.value ->> 1)::numeric(78,0) AS units,
-       i.id AS intent_id,
-       i.key AS intent_key,
-       i.state AS intent_state,
-       (item.value ->> 3)::numeric(78,0) AS endpoint
-FROM intents i
-LEFT JOIN ingest_cursor c ON c.chain_id = i.chain_id
-CROSS JOIN LATERAL jsonb_array_elements(i.items) AS item (value)
-WHERE i.kind = 'usage'
-  AND (i.state IN ('planned', 'assigned', 'mined')
-       OR (i.state IN ('confirmed', 'final')
-           AND i.block_number > COALESCE(c.indexed_block, -1)));
+SELECT f.chain_id,
+       f.item AS stream_id,
+       f.seq,
+       f.units,
+       f.intent_id,
+       f.intent_key,
+       f.intent_state,
+       f.endpoint
+FROM keeper.items_in_flight f
+WHERE f.kind = 'usage';
 
 -- Every usage row and where it stands: `received` (not validated yet), `rejected` (at intake or
 -- after acceptance, with the reason), `pending` (accepted, waiting for a batch), `sending` (in a
@@ -1083,17 +1095,6 @@ SELECT * FROM keeper.usage WHERE status = 'rejected';
 -- keeper.escrows_expired, keeper.escrows_refundable and keeper.usage_daily were first created
 -- by 0003 and 0006 and recreated by 0008; they are declared here, after the tables they read.
 
--- The refund intents that hold an escrow id, found per expired escrow. Without it, an escrow
--- no intent holds yet (just expired) costs a scan of every intent ever made, and the refund
--- planner reads this on each pass (through keeper.escrows_refundable). intents is written once
--- per batch, so the index costs little.
-CREATE INDEX intents_refund_items_idx ON intents USING gin (items jsonb_path_ops)
-    WITH (fastupdate = off) WHERE kind = 'refund';
-
--- keeper.settlement_totals' windows over the checked batch items, as range scans: intent_items
--- grows by a row per batch item for good, and is written once per item checked (never by COPY).
-CREATE INDEX intent_items_checked_idx ON intent_items (checked_at);
-
 -- Open escrows whose expiry has passed in chain time: what the refund planner works on. The
 -- refund_* columns show the latest refund intent holding the escrow (NULL when none does): one
 -- on its way, or a finished one whose refund the indexer has not seen yet (failed, replanned).
@@ -1119,15 +1120,12 @@ SELECT e.chain_id,
 FROM escrows e
 JOIN ingest_cursor c ON c.chain_id = e.chain_id
 LEFT JOIN LATERAL (
-    SELECT h.id, h.key, h.state, h.tx_hash
-    -- OFFSET 0 keeps the search on intents_refund_items_idx: given ORDER BY id DESC LIMIT 1
-    -- itself, the planner walks every intent backwards by primary key instead.
-    FROM (SELECT i.id, i.key, i.state, i.tx_hash
-          FROM intents i
-          WHERE i.chain_id = e.chain_id AND i.kind = 'refund'
-            AND i.items @> jsonb_build_array(e.escrow_id)
-          OFFSET 0) h
-    ORDER BY h.id DESC
+    SELECT i.id, i.key, i.state, i.tx_hash
+    FROM batch_items b
+    JOIN intents i ON i.id = b.intent_id
+    WHERE b.chain_id = e.chain_id AND b.kind = 'refund' AND b.entity = e.escrow_id
+      AND b.outcome IS DISTINCT FROM 'reverted'
+    ORDER BY b.intent_id DESC
     LIMIT 1
 ) r ON true
 WHERE e.status = 'open' AND e.expires_at <= c.indexed_timestamp;
@@ -1138,10 +1136,10 @@ SELECT x.*
 FROM keeper.escrows_expired x
 WHERE NOT EXISTS (SELECT 1 FROM keeper.items_in_flight f
                   WHERE f.chain_id = x.chain_id AND f.kind = 'refund'
-                    AND f.item = x.escrow_id::text)
+                    AND f.item = x.escrow_id)
   AND NOT EXISTS (SELECT 1 FROM keeper.items_backed_off o
                   WHERE o.chain_id = x.chain_id AND o.kind = 'refund'
-                    AND o.item = x.escrow_id::text);
+                    AND o.item = x.escrow_id);
 
 -- Usage per stream, label and UTC day (of the block's timestamp): applied reports from
 -- UsageRecorded and skipped ones from UsageSkipped, in one row. The label is that of the
@@ -1225,7 +1223,7 @@ END;
 -- window `1h` holds the events with as_of - 3600 < block_time <= as_of, as_of being the
 -- indexed head's timestamp. Settlements, usage and refunds count every event, whoever sent
 -- it. The batch items are the keeper's own, by their outcome; success_rate is the share that
--- had their effect (NULL without items). Items are placed by intent_items.checked_at against
+-- had their effect (NULL without items). Items are placed by batch_items.checked_at against
 -- the wall clock (now() - window_seconds < checked_at): an item has no chain time of its own,
 -- and one reverted in simulation may never reach a block. On a live chain the two clocks
 -- differ by the indexer's lag (keeper.indexer_status.wall_lag_seconds).
@@ -1294,9 +1292,8 @@ CROSS JOIN LATERAL (
            count(*) FILTER (WHERE x.outcome = 'skipped') AS items_skipped,
            count(*) FILTER (WHERE x.outcome = 'no_effect') AS items_no_effect,
            count(*) FILTER (WHERE x.outcome = 'reverted') AS items_reverted
-    FROM intent_items x
-    JOIN intents i ON i.id = x.intent_id
-    WHERE i.chain_id = c.chain_id
+    FROM batch_items x
+    WHERE x.chain_id = c.chain_id
       AND x.checked_at > now() - make_interval(secs => w.window_seconds)
 ) it
 WHERE c.indexed_timestamp IS NOT NULL
@@ -1475,10 +1472,10 @@ WHERE b.status IN ('open', 'depleted')
        OR b.as_of - b.settled_at >= ps.settle_max_interval)
   AND NOT EXISTS (SELECT 1 FROM keeper.items_in_flight f
                   WHERE f.chain_id = b.chain_id AND f.kind = 'settle'
-                    AND f.item = b.stream_id::text)
+                    AND f.item = b.stream_id)
   AND NOT EXISTS (SELECT 1 FROM keeper.items_backed_off o
                   WHERE o.chain_id = b.chain_id AND o.kind = 'settle'
-                    AND o.item = b.stream_id::text);
+                    AND o.item = b.stream_id);
 
 -- StreamManager.StreamCloseRequested(uint256,uint256)
 CREATE TABLE stream_close_requested (

@@ -178,12 +178,12 @@ WHERE r.chain_id = $1 AND r.state = 'pending' AND r.seq > s.usage_seq
                   WHERE f.chain_id = $1 AND f.stream_id = r.stream_id)
   AND NOT EXISTS (
       SELECT 1
-      FROM intents i
+      FROM batch_items b
+      JOIN intents i ON i.id = b.intent_id
       JOIN planner_settings ps ON ps.chain_id = i.chain_id
-      CROSS JOIN LATERAL jsonb_array_elements(i.items) AS item (value)
-      WHERE i.chain_id = $1 AND i.kind = 'usage' AND i.state = 'failed'
-        AND i.updated_at + make_interval(secs => ps.backoff_seconds) > now()
-        AND (item.value ->> 0)::numeric(78,0) = r.stream_id)
+      WHERE b.chain_id = $1 AND b.kind = 'usage' AND b.entity = r.stream_id
+        AND i.state = 'failed'
+        AND i.updated_at + make_interval(secs => ps.backoff_seconds) > now())
 ORDER BY r.chain_id, r.stream_id, r.seq
 LIMIT $2;
 

@@ -1,6 +1,6 @@
 """The outbox: intents, their signed attempts and their items, in Postgres.
 
-Every query on `intents`, `attempts`, `intent_items` and `tx_faults` goes through this module
+Every query on `intents`, `attempts`, `batch_items` and `tx_faults` goes through this module
 (`sql/outbox.sql`). Planners call `plan()` inside their own transaction; an idempotency key that
 exists already is the typed outcome `AlreadyPlanned`, not an error. The transaction manager uses
 the rest: reads return the dataclasses of `keeper.db.outbox_rows`, and a state change returns
@@ -15,7 +15,6 @@ in-memory one (`tests/support/memory_outbox.py`) that keeps the same rules.
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime
 from decimal import Decimal
@@ -45,6 +44,7 @@ from keeper.db.outbox_rows import (
     stored_send,
 )
 from keeper.db.queries import Queries, load_queries
+from keeper.kinds import item_columns, item_of_columns, item_ref
 
 __all__ = [  # the planners' side is re-exported; the manager imports the rows from outbox_rows
     "AlreadyPlanned",
@@ -113,9 +113,7 @@ class OutboxStore(Protocol):
     ) -> bool: ...
     async def note_planned(self, intent_id: int, note: str) -> None: ...
     async def effects_due(self) -> list[ConfirmedBatch]: ...
-    async def item_effects(
-        self, query: str, batch: ConfirmedBatch, keys: Sequence[Sequence[int]]
-    ) -> list[ItemEffect]: ...
+    async def item_effects(self, query: str, batch: ConfirmedBatch) -> list[ItemEffect]: ...
     async def record_effects(
         self, intent_id: int, outcomes: Mapping[str, Sequence[ItemOutcome]]
     ) -> None: ...
@@ -153,10 +151,18 @@ class Outbox:
             bytes.fromhex(req.target.removeprefix("0x")),
             req.calldata,
             req.value,
-            json.dumps(list(req.items)),
             req.urgent,
         )
         if intent_id is not None:
+            if req.items:
+                columns = zip(*(item_columns(req.kind, i) for i in req.items), strict=True)
+                await conn.execute(
+                    self.q["insert_items"],
+                    self.chain_id,
+                    intent_id,
+                    req.kind,
+                    *([_numeric(v) for v in column] for column in columns),
+                )
             return Planned(int(intent_id), req.key)
         row = await conn.fetchrow(self.q["intent_by_key"], self.chain_id, req.key)
         assert row is not None, "the conflicting intent cannot vanish: intents are never deleted"
@@ -174,7 +180,25 @@ class Outbox:
 
     async def planned(self, limit: int) -> list[PlannedIntent]:
         """Planned intents, urgent first, then oldest first."""
-        return [planned_intent(r) for r in await self._fetch("planned_intents", limit)]
+        rows = await self._fetch("planned_intents", limit)
+        items = await self._items(rows)
+        return [planned_intent(r, items.get(r["id"], [])) for r in rows]
+
+    async def _items(self, intents: Sequence[Mapping[str, Any]]) -> dict[int, list[Any]]:
+        """The items still in the batches of `intents` (rows with `id`), in order."""
+        found: dict[int, list[Any]] = {}
+        ids = [int(r["id"]) for r in intents]
+        for row in await self._fetch("items_of_intents", ids) if ids else []:
+            columns = (
+                int(row["entity"]),
+                int_or_none(row["seq"]),
+                int_or_none(row["units"]),
+                int_or_none(row["endpoint"]),
+            )
+            found.setdefault(int(row["intent_id"]), []).append(
+                item_of_columns(row["kind"], columns)
+            )
+        return found
 
     async def in_flight(self) -> dict[bytes, int]:
         """Assigned, unmined intents per signer."""
@@ -207,7 +231,9 @@ class Outbox:
 
     async def open_intents(self) -> list[OpenIntent]:
         """Intents sent and not final, by signer and nonce."""
-        return [open_intent(r) for r in await self._fetch("open_intents")]
+        rows = await self._fetch("open_intents")
+        items = await self._items(rows)
+        return [open_intent(r, items.get(r["id"], [])) for r in rows]
 
     async def attempt_hashes(self) -> dict[int, list[bytes]]:
         """Every attempt's hash of the open intents, per intent."""
@@ -220,20 +246,16 @@ class Outbox:
         """Confirmed batches whose effects were not checked, once the index has their block."""
         return [confirmed_batch(r) for r in await self._fetch("effects_due")]
 
-    async def item_effects(
-        self, query: str, batch: ConfirmedBatch, keys: Sequence[Sequence[int]]
-    ) -> list[ItemEffect]:
-        """Each item of `batch` (identified by the numeric arrays `keys`) against the indexed
-        events of its transaction, by the kind's effects query `query`."""
-        arrays = [[Decimal(k) for k in column] for column in keys]
-        rows = await self._fetch(query, batch.tx_hash, batch.block_number, *arrays)
+    async def item_effects(self, query: str, batch: ConfirmedBatch) -> list[ItemEffect]:
+        """Each item of `batch` against the indexed events of its transaction, by the kind's
+        effects query `query`."""
         return [
             ItemEffect(
-                r["item"],
+                (int(r["entity"]), int_or_none(r["seq"])),
                 bool(r["effect"]),
                 int_or_none(r["skip_reason"]),
             )
-            for r in rows
+            for r in await self._fetch(query, batch.id)
         ]
 
     # ------------------------------------------------------------------ changes
@@ -367,7 +389,6 @@ class Outbox:
                 signed.signer,
                 b"",
                 0,
-                "[]",
                 True,
             )
             await conn.execute(
@@ -383,15 +404,21 @@ class Outbox:
         reason: str,
         reverted: Sequence[ItemOutcome] = (),
     ) -> bool:
-        """A planned batch made smaller before anything was signed (`reverted`: the items left
-        out for reverting, recorded)."""
+        """A planned batch made smaller before anything was signed: its calldata now encodes
+        `items`; `reverted` (the items left out for reverting) are recorded, and the rest of
+        those left out are dropped from it (planned again)."""
         async with self.pool.acquire() as conn, conn.transaction():
-            status = await conn.execute(
-                self.q["rewrite_batch"], intent_id, calldata, json.dumps(list(items)), reason
-            )
-            if not _changed(status):
+            kind = await conn.fetchval(self.q["rewrite_batch"], intent_id, calldata, reason)
+            if kind is None:
                 return False
             await self._record_items(conn, intent_id, "reverted", reverted)
+            kept = [item_ref(kind, i) for i in items]
+            await conn.execute(
+                self.q["drop_items"],
+                intent_id,
+                [_numeric(entity) for entity, _ in kept],
+                [_numeric(seq) for _, seq in kept],
+            )
             return True
 
     async def note_planned(self, intent_id: int, note: str) -> None:
@@ -412,8 +439,11 @@ class Outbox:
     ) -> None:
         if items:
             await conn.executemany(
-                self.q["insert_item_outcome"],
-                [(intent_id, item, outcome, detail) for item, detail in items],
+                self.q["item_outcome"],
+                [
+                    (intent_id, _numeric(entity), _numeric(seq), outcome, detail)
+                    for (entity, seq), detail in items
+                ],
             )
 
     async def record_fault(
@@ -429,3 +459,8 @@ class Outbox:
         """The intent went through `stage`: its fault record goes."""
         async with self.pool.acquire() as conn:
             await conn.execute(self.q["clear_fault"], intent_id, stage)
+
+
+def _numeric(value: int | None) -> Decimal | None:
+    """An integer column value as asyncpg binds numeric(78,0)."""
+    return None if value is None else Decimal(value)

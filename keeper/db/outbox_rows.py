@@ -7,15 +7,14 @@ very same types.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from keeper.kinds import INTENT_KINDS
+from keeper.kinds import INTENT_KINDS, ItemRef
 
-# An item's outcome as recorded in intent_items: (item key, detail or None).
-ItemOutcome = tuple[str, str | None]
+# An item's outcome as recorded in batch_items: (which item, detail or None).
+ItemOutcome = tuple[ItemRef, str | None]
 
 
 @dataclass(frozen=True)
@@ -152,7 +151,6 @@ class ConfirmedBatch:
     id: int
     kind: str
     key: str
-    items: list[Any]
     tx_hash: bytes
     block_number: int
 
@@ -161,7 +159,7 @@ class ConfirmedBatch:
 class ItemEffect:
     """One item of a batch against the indexed events of its transaction."""
 
-    item: str
+    item: ItemRef
     effect: bool
     skip_reason: int | None
 
@@ -171,27 +169,22 @@ def int_or_none(value: Any) -> int | None:
     return None if value is None else int(value)
 
 
-def items_of(raw: Any) -> list[Any]:
-    """An intent's items from its jsonb column (asyncpg hands jsonb over as text)."""
-    return list(json.loads(raw) if isinstance(raw, str) else raw)
-
-
 def call_of(row: Mapping[str, Any]) -> Call:
     return Call(bytes(row["target"]), bytes(row["calldata"]), int(row["value"]))
 
 
-def planned_intent(row: Mapping[str, Any]) -> PlannedIntent:
+def planned_intent(row: Mapping[str, Any], items: list[Any]) -> PlannedIntent:
     return PlannedIntent(
         id=int(row["id"]),
         kind=row["kind"],
         key=row["key"],
         call=call_of(row),
-        items=items_of(row["items"]),
+        items=items,
         urgent=bool(row["urgent"]),
     )
 
 
-def open_intent(row: Mapping[str, Any]) -> OpenIntent:
+def open_intent(row: Mapping[str, Any], items: list[Any]) -> OpenIntent:
     block_hash = row["block_hash"]
     return OpenIntent(
         id=int(row["id"]),
@@ -202,7 +195,7 @@ def open_intent(row: Mapping[str, Any]) -> OpenIntent:
         nonce=int(row["nonce"]),
         gas_limit=int(row["gas_limit"]),
         call=call_of(row),
-        items=items_of(row["items"]),
+        items=items,
         block_number=int_or_none(row["block_number"]),
         block_hash=None if block_hash is None else bytes(block_hash),
     )
@@ -239,7 +232,6 @@ def confirmed_batch(row: Mapping[str, Any]) -> ConfirmedBatch:
         id=int(row["id"]),
         kind=row["kind"],
         key=row["key"],
-        items=items_of(row["items"]),
         tx_hash=bytes(row["tx_hash"]),
         block_number=int(row["block_number"]),
     )

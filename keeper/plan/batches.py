@@ -1,8 +1,8 @@
 """The batch calls the keeper sends, as data: an intent's `items` and its calldata.
 
-A batch intent carries its items (JSON) next to its calldata, so the transaction manager can
-re-encode any subset of them: that is how a batch whose simulation reverts is split and sent
-without its bad items. Item shapes per kind:
+A batch intent carries its items (a typed `batch_items` row each: `keeper.kinds.item_columns`)
+next to its calldata, so the transaction manager can re-encode any subset of them: that is how
+a batch whose simulation reverts is split and sent without its bad items. Item shapes per kind:
 
 - `settle`: stream ids -> `StreamManager.settleStreams(uint256[] ids)`
 - `refund`: escrow ids -> `EscrowVault.refundExpired(uint256[] ids)`
@@ -20,7 +20,7 @@ from typing import Any
 
 from eth_abi.abi import encode
 
-from keeper.kinds import BATCH_KINDS
+from keeper.kinds import BATCH_KINDS, item_ref, ref_key, usage_fields
 
 # The gas of a batch, one number per kind for both sides: the planners cut batches so that
 # BATCH_BASE_GAS + the kind's gas_per_item (keeper.kinds) x items stays under `max_batch_gas`,
@@ -37,13 +37,6 @@ MAX_REPORT_STREAM_ID = 2**64 - 1
 MAX_REPORT_SEQ = 2**32 - 1
 MAX_REPORT_ENDPOINT = 2**32 - 1
 MAX_REPORT_UNITS = 2**64 - 1
-
-
-def usage_fields(item: Sequence[Any]) -> tuple[int, int, int, int]:
-    """A usage item's `(stream id, units, seq, endpoint)`; an item of three (planned before
-    endpoints existed) has endpoint 0."""
-    stream_id, units, seq = (int(v) for v in item[:3])
-    return stream_id, units, seq, int(item[3]) if len(item) > 3 else 0
 
 
 def pack_usage(stream_id: int, units: int, seq: int, endpoint: int) -> int:
@@ -99,11 +92,8 @@ def encode_batch(kind: str, items: Sequence[Any]) -> bytes:
 
 
 def item_key(kind: str, item: Any) -> str:
-    """How an item is named in `intent_items` and in logs: the id, or `id:seq` for usage."""
-    if kind == "usage":
-        stream_id, _units, seq, _endpoint = usage_fields(item)
-        return f"{stream_id}:{seq}"
-    return str(int(item))
+    """How an item is named in logs and batch keys: the id, or `id:seq` for usage."""
+    return ref_key(item_ref(kind, item))
 
 
 @dataclass(frozen=True)

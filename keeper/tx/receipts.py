@@ -10,8 +10,7 @@ from typing import Any
 
 from keeper.chain.rpc import BlockHeader, RpcResponseError
 from keeper.db.outbox_rows import ConfirmedBatch, ItemOutcome, MinedReceipt, OpenIntent
-from keeper.kinds import BATCH_KINDS
-from keeper.plan.batches import usage_fields
+from keeper.kinds import BATCH_KINDS, ref_key
 from keeper.tx.context import TxContext, call_json, hex_of
 from keeper.tx.counters import GAS_SPENT, INTENTS, ITEMS
 from keeper.tx.simulate import revert_of
@@ -191,12 +190,7 @@ class Receipts:
     async def _check(self, batch: ConfirmedBatch) -> None:
         ctx, kind = self.ctx, batch.kind
         spec = BATCH_KINDS[kind]
-        if spec.name == "usage":
-            fields = [usage_fields(i) for i in batch.items]
-            keys = [[f[0] for f in fields], [f[2] for f in fields]]
-        else:
-            keys = [[int(i) for i in batch.items]]
-        effects = await ctx.outbox.item_effects(spec.effects_query, batch, keys)
+        effects = await ctx.outbox.item_effects(spec.effects_query, batch)
         by_outcome: dict[str, list[ItemOutcome]] = {}
         for e in effects:
             if e.effect:
@@ -217,6 +211,6 @@ class Receipts:
             ctx.log.warning(
                 "batch_items_without_effect",
                 intent=batch.key,
-                items=[item for item, _ in missing][:20],
+                items=[ref_key(item) for item, _ in missing][:20],
                 count=len(missing),
             )

@@ -11,7 +11,8 @@ from keeper import secrets
 from keeper.chain.reverts import revert_reason
 from keeper.chain.rpc import RpcResponseError
 from keeper.db.outbox_rows import Call, ItemOutcome, PlannedIntent
-from keeper.plan.batches import Revert, encode_batch, gas_floor, item_key, split_batch, splittable
+from keeper.kinds import item_ref
+from keeper.plan.batches import Revert, encode_batch, gas_floor, split_batch, splittable
 from keeper.tx.context import TxContext, call_json
 from keeper.tx.counters import INTENTS, ITEMS
 from keeper.tx.send import Sender
@@ -75,7 +76,7 @@ class Simulator:
         None when it does not (failed, or left planned with its reason noted).
 
         A batch that would revert is bisected: items that revert on their own are recorded in
-        `intent_items` as `reverted` with their decoded reason and dropped from the batch,
+        `batch_items` as `reverted` with their decoded reason and dropped from the batch,
         which is re-encoded (still `planned`: nothing was signed) and goes out without them.
         A batch that reverts whatever its items (paused contract, missing role), a single
         call, or a batch left with no good item fails with the reason."""
@@ -101,7 +102,7 @@ class Simulator:
             return await self.reverts(signer, _with(call, encode_batch(kind, subset)))
 
         split = await split_batch(items, result, simulate)
-        bad = [(item_key(kind, item), r.reason) for item, r in split.bad]
+        bad = [(item_ref(kind, item), r.reason) for item, r in split.bad]
         if split.whole is not None:
             await self.fail(intent, f"simulation reverted: {split.whole.reason}", [])
             return None

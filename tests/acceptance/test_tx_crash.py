@@ -632,7 +632,8 @@ def _run_to_final(chain: Chain, outbox: Outboxes, keeper: Keeper) -> None:
 def _plan_again(chain: Chain, outbox: Outboxes) -> dict[int, bytes]:
     """Plan the calls of the purged intents again (what the planners do with `replan`)."""
     rows = outbox.fetch(
-        "SELECT key, calldata, items FROM intents i WHERE state = 'replan' AND NOT EXISTS "
+        "SELECT key, calldata, ARRAY(SELECT b.entity FROM batch_items b WHERE b.intent_id = i.id"
+        " ORDER BY b.position) AS items FROM intents i WHERE state = 'replan' AND NOT EXISTS "
         "(SELECT 1 FROM intents j WHERE j.key = i.key || ':again')"
     )
     assert rows, "nothing was purged"
@@ -642,7 +643,7 @@ def _plan_again(chain: Chain, outbox: Outboxes) -> dict[int, bytes]:
             key=f"{r['key']}:again",
             target=chain.deployment.stream_manager,
             calldata=bytes(r["calldata"]),
-            items=json.loads(r["items"]),
+            items=[int(i) for i in r["items"]],
         )
         for r in rows
     ]

@@ -311,7 +311,7 @@ SELECT 'settle', 200 + j * 190, sha256(('settle-tx-' || j)::bytea),
         FROM generate_series(0, 149) AS x), 150
 FROM bench_params p
 CROSS JOIN generate_series(0, p.streams / 10 - 1) AS j;
-INSERT INTO intents (chain_id, kind, key, target, calldata, items, state, signer, nonce,
+INSERT INTO intents (chain_id, kind, key, target, calldata, state, signer, nonce,
                      gas_limit, tx_hash, block_number, block_hash, receipt_status, gas_used,
                      effective_gas_price, created_at, updated_at, assigned_at, mined_at,
                      confirmed_at, effects_checked_at)
@@ -320,7 +320,6 @@ SELECT p.chain_id, h.kind,
        p.manager,
        decode(repeat('00', CASE h.kind WHEN 'usage' THEN 4 + 32 * (6 + 3 * h.n)
                                        ELSE 4 + 32 * (2 + h.n) END::integer), 'hex'),
-       h.items,
        CASE WHEN h.block <= p.head - 64 THEN 'final' ELSE 'confirmed' END,
        decode('cc' || lpad(to_hex(l.lane), 38, '0'), 'hex'),
        row_number() OVER (PARTITION BY l.lane ORDER BY h.block, h.kind) - 1,
@@ -331,46 +330,83 @@ FROM bench_params p
 CROSS JOIN bench_hist h
 CROSS JOIN LATERAL (SELECT 1 + get_byte(h.tx_hash, 0) % 4 AS lane) l
 CROSS JOIN LATERAL (SELECT now() - make_interval(secs => (p.head - h.block) * 2) AS at) t;
+INSERT INTO batch_items (intent_id, position, chain_id, kind, entity, seq, units, endpoint,
+                         outcome, checked_at)
+SELECT i.id, (x.n - 1)::integer, i.chain_id, i.kind, (x.v ->> 0)::numeric,
+       (x.v ->> 2)::numeric, (x.v ->> 1)::numeric, 0, 'effect', i.effects_checked_at
+FROM bench_hist h
+JOIN intents i ON i.tx_hash = h.tx_hash
+CROSS JOIN LATERAL jsonb_array_elements(h.items) WITH ORDINALITY AS x (v, n)
+WHERE h.kind = 'usage'
+UNION ALL
+SELECT i.id, (x.n - 1)::integer, i.chain_id, i.kind, (x.v #>> '{}')::numeric, NULL, NULL,
+       NULL, 'effect', i.effects_checked_at
+FROM bench_hist h
+JOIN intents i ON i.tx_hash = h.tx_hash
+CROSS JOIN LATERAL jsonb_array_elements(h.items) WITH ORDINALITY AS x (v, n)
+WHERE h.kind = 'settle';
 """,
     ),
     (
         "intents in flight, items backed off",
         """
-INSERT INTO intents (chain_id, kind, key, target, calldata, items, state, signer, nonce,
-                     gas_limit, created_at, assigned_at)
-SELECT p.chain_id, 'settle', 'settle:' || p.head || ':150:inflight' || k.k, p.manager,
-       decode(repeat('00', 4 + 32 * 152), 'hex'),
+CREATE TEMP TABLE bench_inflight AS
+SELECT 'settle:' || p.head || ':150:inflight' || k.k AS key,
        (SELECT jsonb_agg(s.stream_id ORDER BY s.stream_id) FROM (
             SELECT stream_id FROM streams
             WHERE chain_id = p.chain_id AND stream_id % 1000 BETWEEN 64 AND 123
-            ORDER BY stream_id OFFSET k.k * 150 LIMIT 150) s),
-       'assigned', decode('cc' || lpad(to_hex(k.k + 1), 38, '0'), 'hex'),
-       (SELECT max(nonce) + 1 FROM intents
-        WHERE signer = decode('cc' || lpad(to_hex(k.k + 1), 38, '0'), 'hex')),
-       3500000, now() - interval '5 seconds', now() - interval '4 seconds'
+            ORDER BY stream_id OFFSET k.k * 150 LIMIT 150) s) AS items
 FROM bench_params p
-CROSS JOIN generate_series(0, 2) AS k (k);
-INSERT INTO intents (chain_id, kind, key, target, calldata, items, state, signer, nonce,
-                     gas_limit, created_at, assigned_at)
-SELECT p.chain_id, 'usage', 'usage:' || p.head || ':20:inflight', p.manager,
-       decode(repeat('00', 4 + 32 * 66), 'hex'),
+CROSS JOIN generate_series(0, 2) AS k (k)
+UNION ALL
+SELECT 'usage:' || p.head || ':20:inflight',
        (SELECT jsonb_agg(jsonb_build_array(r.stream_id, r.units, r.seq)
                          ORDER BY r.stream_id, r.seq)
         FROM usage_reports r
         WHERE r.chain_id = p.chain_id AND r.state = 'pending'
           AND r.stream_id IN (SELECT stream_id FROM streams
                               WHERE chain_id = p.chain_id AND stream_id % 20 = 0
-                              ORDER BY stream_id LIMIT 10)),
+                              ORDER BY stream_id LIMIT 10))
+FROM bench_params p;
+INSERT INTO intents (chain_id, kind, key, target, calldata, state, signer, nonce,
+                     gas_limit, created_at, assigned_at)
+SELECT p.chain_id, 'settle', 'settle:' || p.head || ':150:inflight' || k.k, p.manager,
+       decode(repeat('00', 4 + 32 * 152), 'hex'),
+       'assigned', decode('cc' || lpad(to_hex(k.k + 1), 38, '0'), 'hex'),
+       (SELECT max(nonce) + 1 FROM intents
+        WHERE signer = decode('cc' || lpad(to_hex(k.k + 1), 38, '0'), 'hex')),
+       3500000, now() - interval '5 seconds', now() - interval '4 seconds'
+FROM bench_params p
+CROSS JOIN generate_series(0, 2) AS k (k);
+INSERT INTO intents (chain_id, kind, key, target, calldata, state, signer, nonce,
+                     gas_limit, created_at, assigned_at)
+SELECT p.chain_id, 'usage', 'usage:' || p.head || ':20:inflight', p.manager,
+       decode(repeat('00', 4 + 32 * 66), 'hex'),
        'assigned', decode('cc' || lpad(to_hex(4), 38, '0'), 'hex'),
        (SELECT max(nonce) + 1 FROM intents
         WHERE signer = decode('cc' || lpad(to_hex(4), 38, '0'), 'hex')),
        3500000, now() - interval '5 seconds', now() - interval '4 seconds'
 FROM bench_params p;
-INSERT INTO intent_items (intent_id, item, outcome, detail, checked_at)
-SELECT (SELECT max(id) FROM intents WHERE kind = 'settle' AND state = 'final'),
-       s.stream_id::text, 'reverted', 'synthetic: reverted in simulation',
-       now() - interval '1 minute'
+INSERT INTO batch_items (intent_id, position, chain_id, kind, entity, seq, units, endpoint)
+SELECT i.id, (x.n - 1)::integer, i.chain_id, i.kind,
+       CASE WHEN i.kind = 'usage' THEN (x.v ->> 0)::numeric ELSE (x.v #>> '{}')::numeric END,
+       CASE WHEN i.kind = 'usage' THEN (x.v ->> 2)::numeric END,
+       CASE WHEN i.kind = 'usage' THEN (x.v ->> 1)::numeric END,
+       CASE WHEN i.kind = 'usage' THEN 0 END
+FROM bench_inflight f
+JOIN intents i ON i.key = f.key
+CROSS JOIN LATERAL jsonb_array_elements(f.items) WITH ORDINALITY AS x (v, n);
+-- Backed off: items of a newer settle intent that failed, reverted in simulation.
+INSERT INTO intents (chain_id, kind, key, target, calldata, state, reason)
+SELECT p.chain_id, 'settle', 'settle:' || p.head || ':50:backedoff', p.manager, '\x00',
+       'failed', 'synthetic: every item reverted in simulation'
+FROM bench_params p;
+INSERT INTO batch_items (intent_id, position, chain_id, kind, entity, outcome, detail,
+                         checked_at)
+SELECT i.id, (row_number() OVER (ORDER BY s.stream_id) - 1)::integer, p.chain_id, 'settle',
+       s.stream_id, 'reverted', 'synthetic: reverted in simulation', now() - interval '1 minute'
 FROM bench_params p
+JOIN intents i ON i.key = 'settle:' || p.head || ':50:backedoff'
 CROSS JOIN LATERAL (
     SELECT stream_id FROM streams
     WHERE chain_id = p.chain_id AND stream_id % 1000 BETWEEN 124 AND 163
@@ -1043,7 +1079,8 @@ UNMINED_SETTLES = "SELECT count(*) FROM intents WHERE kind = 'settle' AND block_
 SETTLE_INTENTS = """
 SELECT count(*) AS planned, count(block_number) AS mined, min(block_number) AS first_block,
        max(block_number) AS last_block,
-       sum(jsonb_array_length(items)) FILTER (WHERE block_number IS NOT NULL) AS items_mined,
+       sum((SELECT count(*) FROM batch_items b WHERE b.intent_id = intents.id))
+           FILTER (WHERE block_number IS NOT NULL) AS items_mined,
        sum(gas_used) AS gas_used,
        bool_and(receipt_status = 1) FILTER (WHERE block_number IS NOT NULL) AS all_succeeded
 FROM intents WHERE kind = 'settle'

@@ -18,7 +18,7 @@ from keeper.plan.batches import encode_batch
 from keeper.plan.planner import Planner
 from tests.support.chain import DEV_KEY0
 from tests.support.ingest import Target, index_until_caught_up, open_indexer
-from tests.support.tx import Env
+from tests.support.tx import Env, item_outcomes
 from tests.support.usage import keeper_plan
 
 pytestmark = pytest.mark.anyio
@@ -105,7 +105,11 @@ async def test_a_pass_plans_what_is_due_with_its_reason(env: Env, database_url: 
     assert kinds == [("settle", True, [3]), ("settle", False, [2, 1]), ("refund", False, [1])]
     assert report.planned[1].reasons == {"1": "min_amount", "2": "max_interval"}
     async with env.pool.acquire() as conn:
-        intents = await conn.fetch("SELECT kind, urgent, calldata, items FROM intents ORDER BY id")
+        intents = await conn.fetch("SELECT kind, urgent, calldata FROM intents ORDER BY id")
+        items = await conn.fetch(
+            "SELECT i.key, b.kind, b.entity FROM batch_items b JOIN intents i ON i.id = b.intent_id"
+            " ORDER BY b.intent_id, b.position"
+        )
         # A second pass finds everything on its way: nothing is planned twice.
         again = await p.plan_pass(conn)
         assert await conn.fetchval("SELECT count(*) FROM keeper.streams_due") == 0
@@ -116,6 +120,10 @@ async def test_a_pass_plans_what_is_due_with_its_reason(env: Env, database_url: 
         ("refund", False),
     ]
     assert bytes(intents[1]["calldata"]) == encode_batch("settle", [2, 1])
+    # Each planned item is a typed row of its intent, in the calldata's order.
+    assert [(r["key"], r["kind"], r["entity"]) for r in items] == [
+        (b.key, b.kind, i) for b in report.planned for i in b.items
+    ]
     assert again.planned == [] and again.due == {"settle": 0, "refund": 0, "usage": 0}
 
 
@@ -142,10 +150,7 @@ async def test_due_work_is_done_end_to_end(env: Env, database_url: str) -> None:
     assert vault.functions.getEscrow(1).call()[-1] == 3  # STATUS_REFUNDED
     assert vault.functions.getEscrow(2).call()[-1] == 1  # still open
     async with env.pool.acquire() as conn:
-        outcomes = await conn.fetch(
-            "SELECT i.kind, it.item, it.outcome FROM intent_items it "
-            "JOIN intents i ON i.id = it.intent_id ORDER BY 1, 2"
-        )
+        outcomes = await item_outcomes(conn)
         assert {(r["kind"], r["item"], r["outcome"]) for r in outcomes} == {
             ("settle", "1", "effect"),
             ("settle", "2", "effect"),

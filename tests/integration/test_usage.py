@@ -15,7 +15,7 @@ from keeper.dev.anvil import rpc
 from keeper.plan.batches import encode_batch
 from keeper.plan.planner import Planner
 from keeper.plan.usage import ORACLE_ROLE, UsageOracle, signers_without_oracle_role
-from tests.support.tx import Env
+from tests.support.tx import Env, item_outcomes
 from tests.support.usage import SETTINGS, index, keeper_plan, send, statuses, world
 
 pytestmark = pytest.mark.anyio
@@ -173,7 +173,7 @@ async def test_reports_are_recorded_once_with_charge_and_shortfall(
     async with env.pool.acquire() as conn:
         assert await conn.fetchval("SELECT count(*) FROM keeper.usage_pending") == 0
         assert await conn.fetchval("SELECT count(*) FROM intents WHERE kind = 'usage'") == 1
-        outcomes = await conn.fetch("SELECT item, outcome FROM intent_items ORDER BY item")
+        outcomes = await item_outcomes(conn)
     assert {(r["item"], r["outcome"]) for r in outcomes} == {
         ("1:1", "effect"),
         ("1:2", "effect"),

@@ -17,7 +17,7 @@ from keeper.plan.planner import Planner
 from keeper.plan.usage import ORACLE_ROLE
 from tests.support.chain import DEV_KEY0
 from tests.support.ingest import Target, index_until_caught_up, open_indexer
-from tests.support.tx import Env
+from tests.support.tx import Env, item_outcomes
 from tests.support.usage import SETTINGS, send, statuses
 
 pytestmark = pytest.mark.anyio
@@ -153,7 +153,7 @@ async def test_endpoints_are_resolved_recorded_and_priced_and_unknown_ones_kept(
     assert got["g"][0::4] == ("rejected", "unknown_endpoint")
     async with env.pool.acquire() as conn:
         detail = await conn.fetchval("SELECT detail FROM usage_inbox WHERE producer_key = 'f'")
-        outcomes = await conn.fetch("SELECT item, outcome FROM intent_items ORDER BY item")
+        outcomes = await item_outcomes(conn)
     assert "'images'" in detail and payee_a.lower() in detail
     assert manager.functions.getStream(1).call()[5] == 2  # usage sequence
     assert {(r["item"], r["outcome"]) for r in outcomes} == {

@@ -133,12 +133,18 @@ async def test_escrows_expired_shows_the_refund_intent_that_carries_it(
         # An earlier refund of escrow 1 failed: it is shown until a newer intent holds it.
         old_id = await conn.fetchval(
             """
-            INSERT INTO intents (chain_id, kind, key, target, calldata, items, state, reason)
-            VALUES ($1, 'refund', 'refund-old', $2, '\\x00', '[1]', 'failed', 'reverted')
+            INSERT INTO intents (chain_id, kind, key, target, calldata, state, reason)
+            VALUES ($1, 'refund', 'refund-old', $2, '\\x00', 'failed', 'reverted')
             RETURNING id
             """,
             d.chain_id,
             bytes.fromhex(d.escrow_vault[2:]),
+        )
+        await conn.execute(
+            "INSERT INTO batch_items (intent_id, position, chain_id, kind, entity)"
+            " VALUES ($1, 0, $2, 'refund', 1)",
+            old_id,
+            d.chain_id,
         )
         before = await conn.fetch("SELECT * FROM keeper.escrows_expired ORDER BY escrow_id")
         assert [
@@ -420,9 +426,9 @@ async def test_settlement_totals_success_rate_follows_the_item_outcomes(
     for chain_id in (chain, other, unindexed):
         intents[chain_id] = await db.fetchval(
             """
-            INSERT INTO intents (chain_id, kind, key, target, calldata, items, state, signer,
+            INSERT INTO intents (chain_id, kind, key, target, calldata, state, signer,
                                  nonce, tx_hash, block_number, block_hash, receipt_status)
-            VALUES ($1, 'settle', 'settle-1', $2, '\\x00', '[]', 'final', $2, 0, $3, 90, $3, 1)
+            VALUES ($1, 'settle', 'settle-1', $2, '\\x00', 'final', $2, 0, $3, 90, $3, 1)
             RETURNING id
             """,
             chain_id,
@@ -441,9 +447,10 @@ async def test_settlement_totals_success_rate_follows_the_item_outcomes(
         (unindexed, 60, "effect"),
     ]
     await db.executemany(
-        "INSERT INTO intent_items (intent_id, item, outcome, checked_at)"
-        " VALUES ($1, $2, $3, now() - make_interval(secs => $4))",
-        [(intents[c], str(n), outcome, age) for n, (c, age, outcome) in enumerate(items)],
+        "INSERT INTO batch_items (intent_id, position, chain_id, kind, entity, outcome,"
+        " checked_at) VALUES ($1, $2, $3, 'settle', $2::integer, $4,"
+        " now() - make_interval(secs => $5))",
+        [(intents[c], n, c, outcome, age) for n, (c, age, outcome) in enumerate(items)],
     )
 
     rows = await db.fetch(

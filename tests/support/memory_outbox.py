@@ -27,6 +27,7 @@ from keeper.db.outbox_rows import (
     Signed,
     StoredSend,
 )
+from keeper.kinds import ItemRef, item_ref
 
 
 class IntegrityError(Exception):
@@ -69,11 +70,12 @@ class MemoryOutbox:
 
     intents: dict[int, Intent] = field(default_factory=dict)
     attempts: dict[int, StoredAttempt] = field(default_factory=dict)
-    items: dict[tuple[int, str], tuple[str, str | None]] = field(default_factory=dict)
+    # Each checked or reverted item's (outcome, detail), per (intent id, item).
+    items: dict[tuple[int, ItemRef], tuple[str, str | None]] = field(default_factory=dict)
     faults: dict[int, tuple[str, str, int]] = field(default_factory=dict)
     signer_states: dict[bytes, tuple[int, bool]] = field(default_factory=dict)
     # What the effects query answers per (intent id, item): (effect, skip reason).
-    effects: dict[tuple[int, str], tuple[bool, int | None]] = field(default_factory=dict)
+    effects: dict[tuple[int, ItemRef], tuple[bool, int | None]] = field(default_factory=dict)
 
     # ------------------------------------------------------------------ for tests
 
@@ -199,9 +201,7 @@ class MemoryOutbox:
 
     async def effects_due(self) -> list[ConfirmedBatch]:
         return [
-            ConfirmedBatch(
-                i.id, i.kind, i.key, list(i.items), i.receipt.tx_hash, i.receipt.block_number
-            )
+            ConfirmedBatch(i.id, i.kind, i.key, i.receipt.tx_hash, i.receipt.block_number)
             for i in self.intents.values()
             if i.state in ("confirmed", "final")
             and not i.effects_checked
@@ -210,13 +210,9 @@ class MemoryOutbox:
             and i.receipt.status == 1
         ]
 
-    async def item_effects(
-        self, query: str, batch: ConfirmedBatch, keys: Sequence[Sequence[int]]
-    ) -> list[ItemEffect]:
-        names = [":".join(str(k) for k in key) for key in zip(*keys, strict=True)]
-        return [
-            ItemEffect(name, *self.effects.get((batch.id, name), (True, None))) for name in names
-        ]
+    async def item_effects(self, query: str, batch: ConfirmedBatch) -> list[ItemEffect]:
+        refs = [item_ref(batch.kind, i) for i in self.intents[batch.id].items]
+        return [ItemEffect(r, *self.effects.get((batch.id, r), (True, None))) for r in refs]
 
     # ------------------------------------------------------------------ changes
 

@@ -25,6 +25,7 @@ from keeper.chain.deployment import Deployment
 from keeper.chain.rpc import ChainClient
 from keeper.chain.signers import Signer
 from keeper.config import TxConfig
+from keeper.db import Conn
 from keeper.db.outbox import IntentRequest, Outbox, Planned
 from keeper.dev.anvil import dev_key, rpc, start_anvil
 from keeper.ops.deploy import contract, deploy_all
@@ -109,6 +110,24 @@ class Env:
             return int(
                 await conn.fetchval("SELECT count(*) FROM attempts WHERE intent_id = $1", intent_id)
             )
+
+
+# Every checked or reverted batch item, named as the keeper logs it (`id`, or `id:seq` for a
+# usage report), with its intent and kind.
+ITEM_OUTCOMES = """
+SELECT b.intent_id, b.kind,
+       b.entity::text || COALESCE(':' || b.seq::text, '') AS item, b.outcome, b.detail
+FROM batch_items b
+WHERE b.outcome IS NOT NULL AND ($1::bigint IS NULL OR b.intent_id = $1)
+ORDER BY b.intent_id, b.position
+"""
+
+
+async def item_outcomes(
+    conn: Conn | asyncpg.Pool, intent_id: int | None = None
+) -> list[asyncpg.Record]:
+    """The checked or reverted batch items (of `intent_id`, or of every intent)."""
+    return list(await conn.fetch(ITEM_OUTCOMES, intent_id))
 
 
 def tx_settings(base: TxConfig, **changes: Any) -> TxConfig:

@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from keeper.chain.reverts import revert_data, revert_reason
+from keeper.kinds import item_columns, item_of_columns, item_ref, ref_key, usage_fields
 from keeper.plan.batches import (
     MAX_REPORT_ENDPOINT,
     MAX_REPORT_SEQ,
@@ -27,7 +28,6 @@ from keeper.plan.batches import (
     split_batch,
     splittable,
     unpack_usage,
-    usage_fields,
 )
 
 
@@ -180,3 +180,24 @@ def test_a_planned_batch_fits_max_batch_gas_at_its_floor(kind: str, max_batch_ga
     assert gas_floor(kind, size) <= max_batch_gas
     # ...and the batch is as large as that allows.
     assert gas_floor(kind, size + 1) > max_batch_gas
+
+
+@given(
+    entity=st.integers(min_value=0, max_value=2**256 - 1),
+    units=st.integers(min_value=0, max_value=2**64 - 1),
+    seq=st.integers(min_value=0, max_value=2**32 - 1),
+    endpoint=st.integers(min_value=0, max_value=2**32 - 1),
+)
+def test_items_round_trip_through_their_batch_items_columns(
+    entity: int, units: int, seq: int, endpoint: int
+) -> None:
+    for kind in ("settle", "refund"):
+        assert item_columns(kind, entity) == (entity, None, None, None)
+        assert item_of_columns(kind, item_columns(kind, entity)) == entity
+        assert item_ref(kind, entity) == (entity, None)
+    report = [entity, units, seq, endpoint]
+    assert item_columns("usage", report) == (entity, seq, units, endpoint)
+    assert item_of_columns("usage", item_columns("usage", report)) == report
+    assert item_ref("usage", report) == (entity, seq)
+    assert ref_key(item_ref("usage", report)) == item_key("usage", report) == f"{entity}:{seq}"
+    assert ref_key(item_ref("settle", entity)) == item_key("settle", entity) == str(entity)

@@ -81,7 +81,7 @@ async def test_planned_work_is_signed_stored_sent_mined_confirmed_final_and_chec
     assert [w.state(i) for i in ids] == ["confirmed"] * 3
     await w.blocks(10)
     assert [w.state(i) for i in ids] == ["final"] * 3
-    assert {w.outbox.items[(i, str(n))][0] for n, i in enumerate(ids)} == {"effect"}
+    assert {w.outbox.items[(i, (n, None))][0] for n, i in enumerate(ids)} == {"effect"}
     assert w.mined_nonces(w.signers[0]) == [0, 1, 2]
 
 
@@ -206,7 +206,7 @@ async def test_an_item_that_reverts_on_its_own_is_split_out_before_signing() -> 
     report = await w.manager.tick()
     assert report.split == 1 and report.assigned == 1
     assert w.outbox.intents[intent].items == [1, 3]
-    assert w.outbox.items[(intent, "2")][0] == "reverted"
+    assert w.outbox.items[(intent, (2, None))][0] == "reverted"
 
 
 async def test_a_bug_in_one_intent_stays_with_it() -> None:
@@ -333,7 +333,7 @@ async def test_a_bug_at_any_stage_stays_with_its_intent(stage: str) -> None:
         await w.blocks(5)
         assert w.state(fine) == "confirmed"
         if stage == "effects":
-            assert w.outbox.items[(fine, "2")][0] == "effect"
+            assert w.outbox.items[(fine, (2, None))][0] == "effect"
             assert not w.outbox.intents[broken].effects_checked
         else:
             assert w.state(broken) == "assigned"
