@@ -57,18 +57,11 @@ constraints:
 
 node_modules: $(NODE_STAMP)
 
-# `npm ci` installs exactly what package-lock.json pins; without a lockfile (first setup)
-# `npm install` resolves the pins in package.json and writes one, to be committed.
-# `npm ci` also refuses a lockfile that lacks anvil's binary packages for other platforms,
-# which happens when it was written against a registry that does not serve them all: then
-# `npm install` installs the same locked versions (and completes the lockfile if it can;
-# commit that change; .ci/run warns when installation changed the lockfile).
-$(NODE_STAMP): package.json $(wildcard package-lock.json)
-	if [ ! -f package-lock.json ]; then $(NPM) install --no-audit --no-fund; \
-	elif ! $(NPM) ci --no-audit --no-fund; then \
-		echo "make: npm ci failed (see above); retrying with npm install" >&2; \
-		$(NPM) install --no-audit --no-fund; \
-	fi
+# `npm ci` installs exactly what package-lock.json pins (for every platform, so that it
+# accepts the lockfile anywhere) and never rewrites it. After changing package.json, update
+# the lockfile with `npm install --package-lock-only` and commit both.
+$(NODE_STAMP): package.json package-lock.json
+	$(NPM) ci --no-audit --no-fund
 	touch $@
 
 # --- build ------------------------------------------------------------------------------

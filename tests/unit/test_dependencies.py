@@ -3,13 +3,15 @@
 Every third-party module that keeper/ (or tests/) imports must come from a distribution that
 pyproject.toml declares, not one that happens to arrive through another's dependencies; every
 declared range has an upper bound; constraints.txt pins every distribution that installing the
-project with its extras brings in, at a version the declared range allows.
+project with its extras brings in, at a version the declared range allows. package-lock.json
+locks package.json's packages and every platform's optional packages, which `npm ci` requires.
 """
 
 from __future__ import annotations
 
 import ast
 import importlib.metadata
+import json
 import sys
 import tomllib
 from collections.abc import Iterable, Iterator
@@ -228,3 +230,34 @@ def test_the_installed_versions_are_the_pinned_ones() -> None:
     assert not different, "run `make .venv` to install the pinned versions:\n" + "\n".join(
         different
     )
+
+
+def _resolves_from(path: str, name: str, packages: dict[str, dict[str, object]]) -> bool:
+    """Whether node's lookup from the package at path (its own node_modules, then each
+    enclosing one up to the root's) finds name among the lockfile's packages."""
+    while True:
+        prefix = f"{path}/" if path else ""
+        if f"{prefix}node_modules/{name}" in packages:
+            return True
+        if not path:
+            return False
+        path = path.rpartition("/node_modules/")[0]
+
+
+def test_the_npm_lockfile_locks_every_platform() -> None:
+    # `npm ci` refuses a lockfile that lacks an optional dependency of a locked package, even
+    # one for another platform (anvil ships its binary as one optional package per platform).
+    package = json.loads((ROOT / "package.json").read_text())
+    lock = json.loads((ROOT / "package-lock.json").read_text())
+    packages: dict[str, dict[str, object]] = lock["packages"]
+    assert packages[""]["devDependencies"] == package["devDependencies"]
+    missing = []
+    for path, entry in packages.items():
+        optional = entry.get("optionalDependencies") or {}
+        assert isinstance(optional, dict)
+        missing += [
+            f"{path} -> {name}" for name in optional if not _resolves_from(path, name, packages)
+        ]
+    assert "node_modules/@foundry-rs/anvil-win32-amd64" in packages
+    assert not missing, "package-lock.json lacks optional packages (`npm install "
+    "--package-lock-only` adds them):\n" + "\n".join(missing)
