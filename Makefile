@@ -19,7 +19,7 @@ VENV_PATH = PATH="$(CURDIR)/$(BIN):$$PATH"
 .DEFAULT_GOAL := help
 
 .PHONY: help venv .venv node_modules contracts test lint format demo bench bench-gas \
-	bench-index bench-tx bench-plan clean distclean fuzz
+	bench-index bench-tx bench-plan clean distclean fuzz constraints
 
 help:
 	@echo "make test       run the whole test suite (installs everything first)"
@@ -28,31 +28,40 @@ help:
 	@echo "make contracts  compile contracts/ into abis/*.json"
 	@echo "make bench      run the benchmarks"
 	@echo "make clean      remove build output and caches (distclean: also .venv, node_modules)"
+	@echo "make constraints  re-resolve the Python packages into constraints.txt (then commit it)"
 
 # --- installation -----------------------------------------------------------------------
 
 venv .venv: $(VENV_STAMP)
 
-$(VENV_STAMP): pyproject.toml
+# constraints.txt pins every Python distribution installed here (the project's dependencies
+# and theirs), so two installs of the same commit get the same versions.
+$(VENV_STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test,dev]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test,dev]'
 	touch $@
+
+# Resolves pyproject.toml's ranges afresh (the newest versions they allow) in a scratch
+# virtualenv and writes its pins to constraints.txt; `make .venv` then installs them.
+CONSTRAINTS_VENV = build/constraints-venv
+constraints:
+	rm -rf $(CONSTRAINTS_VENV)
+	$(PYTHON) -m venv $(CONSTRAINTS_VENV)
+	$(CONSTRAINTS_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(CONSTRAINTS_VENV)/bin/python -m pip install --quiet -e '.[test,dev]'
+	{ echo "# Exact versions that make installs (make constraints writes this file; see README)."; \
+	  $(CONSTRAINTS_VENV)/bin/python -m pip freeze --exclude-editable; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt
+	rm -rf $(CONSTRAINTS_VENV)
 
 node_modules: $(NODE_STAMP)
 
-# `npm ci` installs exactly what package-lock.json pins; without a lockfile (first setup)
-# `npm install` resolves the pins in package.json and writes one, to be committed.
-# `npm ci` also refuses a lockfile that lacks anvil's binary packages for other platforms,
-# which happens when it was written against a registry that does not serve them all: then
-# `npm install` installs the same locked versions (and completes the lockfile if it can;
-# commit that change; .ci/run warns when installation changed the lockfile).
-$(NODE_STAMP): package.json $(wildcard package-lock.json)
-	if [ ! -f package-lock.json ]; then $(NPM) install --no-audit --no-fund; \
-	elif ! $(NPM) ci --no-audit --no-fund; then \
-		echo "make: npm ci failed (see above); retrying with npm install" >&2; \
-		$(NPM) install --no-audit --no-fund; \
-	fi
+# `npm ci` installs exactly what package-lock.json pins (for every platform, so that it
+# accepts the lockfile anywhere) and never rewrites it. After changing package.json, update
+# the lockfile with `npm install --package-lock-only` and commit both.
+$(NODE_STAMP): package.json package-lock.json
+	$(NPM) ci --no-audit --no-fund
 	touch $@
 
 # --- build ------------------------------------------------------------------------------

@@ -193,7 +193,7 @@ def test_readme_installs_where_the_units_look() -> None:
     section = readme[readme.index("## Installing with systemd") :]
     assert INSTALLED_KEEPER == "/opt/keeper/bin/keeper"
     for step in (
-        "/usr/bin/python3 -m venv /opt/keeper\n/opt/keeper/bin/pip install .",
+        "/usr/bin/python3 -m venv /opt/keeper\n/opt/keeper/bin/pip install -c constraints.txt .",
         "useradd --system --user-group --home-dir /nonexistent --shell /usr/sbin/nologin keeper",
         "install -m 0644 systemd/keeper@.service systemd/keeper-migrate@.service "
         "/etc/systemd/system/",
