@@ -17,7 +17,20 @@ import sys
 from collections.abc import Sequence
 
 from keeper import __version__, secrets
-from keeper.cli import chain, config, db, deploy, dev, keys, plan, roles, run, status, usage
+from keeper.cli import (
+    chain,
+    config,
+    db,
+    deploy,
+    dev,
+    keys,
+    plan,
+    roles,
+    run,
+    sandbox,
+    status,
+    usage,
+)
 from keeper.cli.common import Formatter, Handler, configure_logging
 from keeper.errors import KeeperError
 
@@ -60,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     deploy.add_parser(sub)
     dev.add_devchain_parser(sub)
     dev.add_demo_parser(sub)
+    sandbox.add_parser(sub)
     return parser
 
 

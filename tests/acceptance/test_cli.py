@@ -50,6 +50,7 @@ COMMANDS = {
     "usage": ["import"],
     "keys": ["new"],
     "roles": ["show", "grant", "revoke"],
+    "dev": ["open-stream", "open-escrow"],
     "demo": [
         "--port",
         "--host",
@@ -119,7 +120,7 @@ def test_help_lists_each_command_once() -> None:
     top = subcommands(build_parser())
     groups: dict[tuple[str, ...], dict[str, argparse.ArgumentParser]] = {(): top}
     groups.update({(name,): subcommands(p) for name, p in top.items() if subcommands(p)})
-    assert set(groups) == {("config",), ("usage",), ("keys",), ("roles",), ()}
+    assert set(groups) == {("config",), ("usage",), ("keys",), ("roles",), ("dev",), ()}
     for argv, commands in groups.items():
         result = keeper(*argv, "--help")
         assert result.returncode == 0, result.stderr

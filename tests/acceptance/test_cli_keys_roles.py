@@ -19,6 +19,7 @@ from keeper import db as keeper_db
 from keeper.chain.deployment import Deployment
 from keeper.chain.keys import load_keystore
 from keeper.dev.anvil import Anvil, dev_key, rpc
+from keeper.dev.devchain import deploy_dev
 from keeper.ops.deploy import contract, deploy_all
 from tests.support.daemon import KEEPER, keeper
 
@@ -221,3 +222,43 @@ async def test_usage_import_takes_the_database_from_config(
     )
     assert both.returncode == 2
     assert "not allowed with argument" in both.stderr
+
+
+# --------------------------------------------------------------------------- dev open-*
+
+
+def test_dev_open_stream_and_escrow_on_a_dev_chain(tmp_path: Path, anvil: Anvil) -> None:
+    deployment = deploy_dev(anvil.url)
+    config = write_config(tmp_path, anvil, deployment, "postgresql://postgres@127.0.0.1/unused")
+    w3 = Web3(Web3.HTTPProvider(anvil.url))
+    payer, payee = dev_key(4).address, dev_key(7).address
+
+    stream = keeper(
+        "dev", "open-stream", "--config", str(config), "--payer", "4", "--payee", "7",
+        "--rate", "500", "--deposit", "2000000", "--usage-price", "3",
+    )  # fmt: skip
+    assert stream.returncode == 0, stream.stderr
+    stream_id = int(stream.stdout.split()[2].rstrip(":"))
+    manager = contract(w3, "StreamManager", deployment.stream_manager)
+    on_chain = manager.functions.getStream(stream_id).call()
+    assert (on_chain[0], on_chain[1], on_chain[2], on_chain[3]) == (payer, payee, 2_000_000, 500)
+    assert on_chain[6] == 3
+
+    escrow = keeper("dev", "open-escrow", "--config", str(config), "--payer", "4", "--payee", "7")
+    assert escrow.returncode == 0, escrow.stderr
+    escrow_id = int(escrow.stdout.split()[2].rstrip(":"))
+    vault = contract(w3, "EscrowVault", deployment.escrow_vault)
+    payer_, payee_, amount, expires_at, _ = vault.functions.getEscrow(escrow_id).call()
+    assert (payer_, payee_, amount) == (payer, payee, 10 * 10**6)
+    assert f"expires at chain time {expires_at}" in escrow.stdout
+
+
+def test_dev_open_stream_refuses_a_chain_it_did_not_set_up(tmp_path: Path, anvil: Anvil) -> None:
+    owner = Account.create()
+    rpc(anvil.url, "anvil_setBalance", [owner.address, hex(10**20)])
+    deployment = deploy_all(anvil.url, owner.key.hex())
+    config = write_config(tmp_path, anvil, deployment, "postgresql://postgres@127.0.0.1/unused")
+    result = keeper("dev", "open-stream", "--config", str(config))
+    assert result.returncode == 1
+    assert "is not the test token of a dev chain" in result.stderr
+    assert "Traceback" not in result.stderr
