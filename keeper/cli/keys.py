@@ -26,13 +26,13 @@ def cmd_keys_new(args: argparse.Namespace) -> int:
     # stdout holds the address alone, for scripts (ADDR=$(keeper keys new ...)).
     print(key.address)
     print(
-        f"wrote {args.keystore} (encrypted key) and {password_file} (its password), both mode "
-        "0600; back both up. To use it as a signer, add to the configuration (paths are\n"
-        "relative to the configuration file):\n"
+        f"wrote {args.keystore} (the encrypted key) and {password_file} (its password), both "
+        "mode 0600; back both up.\n"
+        "To use the key as a signer, add to the configuration:\n"
         "  [[signers]]\n"
-        f'  keystore = "{args.keystore}"\n'
-        f'  password_file = "{password_file}"\n'
-        "then fund the address with gas, and for usage reports grant it ORACLE_ROLE:\n"
+        f'  keystore = "{args.keystore.resolve()}"\n'
+        f'  password_file = "{password_file.resolve()}"\n'
+        "then fund the address with gas and, for usage reports, grant it ORACLE_ROLE:\n"
         f"  keeper roles grant oracle {key.address} --config FILE --keystore ADMIN.json "
         "--password-file ADMIN.password",
         file=sys.stderr,
