@@ -1,4 +1,5 @@
-"""Load a private key for an operator command (e.g. `keeper deploy`) without ever showing it.
+"""Load a private key for an operator command (e.g. `keeper deploy`) without ever showing it,
+and make a new one (`keeper keys new`).
 
 A key comes from one of three places: a file holding the key as hex text, an environment
 variable holding the same, or an encrypted keystore JSON file (the geth/web3 v3 format) with
@@ -17,6 +18,7 @@ import os
 import string
 from collections.abc import Mapping
 from pathlib import Path
+from secrets import token_bytes, token_urlsafe
 from typing import NoReturn
 
 from eth_account import Account
@@ -210,3 +212,59 @@ def load_keystore(keystore: Path, password_file: Path) -> PrivateKey:
         return PrivateKey(secret)
     except KeyLoadError as exc:
         raise KeyLoadError(f"keystore file {keystore}: {exc.message}") from None
+
+
+class KeyExistsError(KeeperError):
+    """A file `keeper keys new` would write is already there."""
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Create `path` holding `text`, mode 0600 whatever the umask; refuse an existing file."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.fchmod(fd, 0o600)  # the umask may have taken bits away, never added: set it exactly
+        os.write(fd, text.encode("utf-8"))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def new_keystore(keystore: Path, password_file: Path) -> PrivateKey:
+    """A fresh random key, written encrypted to `keystore` (V3 JSON, scrypt) with a random
+    password written to `password_file`; both files mode 0600, neither overwritten.
+
+    The password file holds the password and a line break, as `load_keystore` reads it. If
+    writing the keystore fails, the password file is removed again: nothing half-made stays.
+    """
+    for path in (keystore, password_file):
+        if path.exists() or path.is_symlink():
+            raise KeyExistsError(
+                f"{path} already exists; a key file is never overwritten",
+                help="choose another path, or move the old file away if it is really unused",
+            )
+    if keystore.resolve() == password_file.resolve():
+        raise KeeperError("the keystore and the password file must be two files")
+    while True:
+        secret = token_bytes(32)
+        if 0 < int.from_bytes(secret, "big") < _SECP256K1_N:
+            break
+    key = PrivateKey(secret)
+    password = token_urlsafe(32)
+    for path in (keystore, password_file):
+        # A directory made here holds keys only: private to the keeper's user too.
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    encrypted = json.dumps(Account.encrypt(secret, password))
+    try:
+        _write_private(password_file, password + "\n")
+    except FileExistsError:
+        raise KeyExistsError(f"{password_file} already exists") from None
+    except OSError as exc:
+        raise KeeperError(f"cannot write password file {password_file}: {exc.strerror}") from None
+    try:
+        _write_private(keystore, encrypted + "\n")
+    except OSError as exc:
+        password_file.unlink(missing_ok=True)
+        if isinstance(exc, FileExistsError):
+            raise KeyExistsError(f"{keystore} already exists") from None
+        raise KeeperError(f"cannot write keystore file {keystore}: {exc.strerror}") from None
+    return key

@@ -17,7 +17,20 @@ import sys
 from collections.abc import Sequence
 
 from keeper import __version__, secrets
-from keeper.cli import chain, config, db, deploy, dev, plan, run, status, usage
+from keeper.cli import (
+    chain,
+    config,
+    db,
+    deploy,
+    dev,
+    keys,
+    plan,
+    roles,
+    run,
+    sandbox,
+    status,
+    usage,
+)
 from keeper.cli.common import Formatter, Handler, configure_logging
 from keeper.errors import KeeperError
 
@@ -29,19 +42,6 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=Formatter,
         description=(
             "Keeps on-chain payment streams, escrows and usage billing settled.\n\n"
-            "Commands:\n"
-            "  run           the daemon: index the chain and keep the contracts settled\n"
-            "  migrate       apply the database migrations\n"
-            "  status        one screen: blocks, lag, pending work, signers, reorgs, errors\n"
-            "  check-config  check a configuration: file, deployment, keys, database, chain\n"
-            "  config        `config show`: the effective configuration, secrets masked\n"
-            "  plan          dry run: what the next planning pass would send, and why\n"
-            "  backfill      index a range of finalized blocks (progress bar), then exit\n"
-            "  verify        compare the index with the contracts (eth_call at one block)\n"
-            "  usage         usage rows: `usage import FILE` queues a file of them\n"
-            "  deploy        deploy the contracts to a chain and write a deployment file\n"
-            "  devchain      run a local anvil chain with the contracts deployed\n"
-            "  demo          local chain + database + example workload, to try things out\n\n"
             "A command that takes --config reads one TOML file (see\n"
             "config/keeper.example.toml); any field can be overridden from the environment as\n"
             "KEEPER_<SECTION>__<FIELD>, e.g. KEEPER_INGEST__POLL_INTERVAL=2.\n"
@@ -57,18 +57,23 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["debug", "info", "warning", "error"],
         help="lowest level of log lines written to stderr",
     )
-    sub = parser.add_subparsers(dest="command", metavar="<command>", required=True)
-    # In this order in `keeper --help`.
+    sub = parser.add_subparsers(
+        title="commands", dest="command", metavar="<command>", required=True
+    )
+    # In this order in `keeper --help`, which lists each command once, with its parser's help.
     run.add_parser(sub)
+    db.add_parser(sub)
+    status.add_parser(sub)
+    config.add_parsers(sub)  # check-config, config
     plan.add_parser(sub)
+    chain.add_parsers(sub)  # backfill, verify
+    usage.add_parser(sub)
+    keys.add_parser(sub)
+    roles.add_parser(sub)
     deploy.add_parser(sub)
     dev.add_devchain_parser(sub)
-    db.add_parser(sub)
     dev.add_demo_parser(sub)
-    usage.add_parser(sub)
-    status.add_parser(sub)
-    config.add_parsers(sub)
-    chain.add_parsers(sub)
+    sandbox.add_parser(sub)
     return parser
 
 

@@ -12,12 +12,15 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import structlog
 
 from keeper import logs, secrets
 from keeper.errors import KeeperError
+
+if TYPE_CHECKING:
+    from keeper.chain.keys import PrivateKey
 
 DATABASE_URL_ENV = "KEEPER_DATABASE_URL"
 CONFIG_HELP = "the keeper's TOML configuration"
@@ -102,18 +105,84 @@ def add_json(parser: argparse.ArgumentParser, text: str = "print one JSON object
     parser.add_argument("--json", action="store_true", help=text)
 
 
-def add_group(sub: Any, name: str, summary: str, about: str, subcommands: str) -> Any:
-    """A command made of subcommands, such as `keeper config`: the subparsers to add them to."""
+def add_group(sub: Any, name: str, summary: str, about: str) -> Any:
+    """A command made of subcommands, such as `keeper config`: the subparsers to add them to.
+
+    Its --help lists each subcommand once, with the help its parser gives."""
     group = sub.add_parser(
         name,
         formatter_class=Formatter,
         help=summary,
-        description=(
-            f"{about}\n\nSubcommands:\n{subcommands}\n\n"
-            f"Run `keeper {name} <subcommand> --help` for its options."
-        ),
+        description=f"{about}\n\nRun `keeper {name} <subcommand> --help` for its options.",
     )
-    return group.add_subparsers(dest=f"{name}_command", metavar="<subcommand>", required=True)
+    return group.add_subparsers(
+        title="subcommands", dest=f"{name}_command", metavar="<subcommand>", required=True
+    )
+
+
+def add_database_target(parser: argparse.ArgumentParser, config_help: str) -> None:
+    """`--config FILE | --database-url DSN` (else $KEEPER_DATABASE_URL): where a database-only
+    command finds its database; read back with `target_database_url`."""
+    target = parser.add_mutually_exclusive_group()
+    target.add_argument("--config", type=Path, metavar="FILE", help=config_help)
+    add_database_url(target)
+
+
+def target_database_url(args: argparse.Namespace) -> str:
+    """The database of `add_database_target`'s options: the configuration's database.url
+    (KEEPER_DATABASE__URL overriding it), else --database-url, else $KEEPER_DATABASE_URL."""
+    if args.config is None:
+        return database_url(args)
+    from keeper.config_load import load_config
+
+    return load_config(args.config).database.url.get_secret_value()
+
+
+def add_key_options(parser: argparse.ArgumentParser, whose: str) -> None:
+    """Exactly one of --key-file, --key-env or --keystore (with --password-file): the private
+    key of `whose` (e.g. "the deployer"), read back with `load_key`."""
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument(
+        "--key-file",
+        type=Path,
+        metavar="FILE",
+        help=f"file holding {whose}'s private key as hex (0x optional)",
+    )
+    source.add_argument(
+        "--key-env",
+        metavar="VAR",
+        help=f"name of the environment variable holding {whose}'s private key as hex",
+    )
+    source.add_argument(
+        "--keystore",
+        type=Path,
+        metavar="FILE",
+        help=f"{whose}'s encrypted keystore JSON file (V3, as `keeper keys new`, geth or cast "
+        "write it); needs --password-file",
+    )
+    parser.add_argument(
+        "--password-file", type=Path, metavar="FILE", help="file holding the keystore's password"
+    )
+
+
+def load_key(args: argparse.Namespace) -> PrivateKey:
+    """The key `add_key_options` names, registered as a secret before anything could print it."""
+    from keeper.chain import keys
+
+    if args.keystore is not None and args.password_file is None:
+        raise KeeperError("--keystore needs --password-file", help="put the password in a file")
+    if args.password_file is not None and args.keystore is None:
+        raise KeeperError("--password-file only goes with --keystore")
+    if args.password_file is not None:
+        secrets.register_file(args.password_file)
+    if args.key_file is not None:
+        key = keys.load_key_file(args.key_file)
+    elif args.key_env is not None:
+        key = keys.load_key_env(args.key_env)
+    else:
+        key = keys.load_keystore(args.keystore, args.password_file)
+    secrets.register_key(key.reveal_hex())
+    return key
 
 
 def database_url(args: argparse.Namespace) -> str:

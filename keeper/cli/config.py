@@ -86,7 +86,6 @@ def add_parsers(sub: Any) -> None:
         "config",
         "the effective configuration: `config show`",
         "The keeper's configuration.",
-        "  show  print the effective configuration, secrets masked",
     )
     show = config_sub.add_parser(
         "show",

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import Any
 
-from keeper.cli.common import DATABASE_URL_ENV, Formatter, add_database_url, database_url
+from keeper.cli.common import (
+    DATABASE_URL_ENV,
+    Formatter,
+    add_database_target,
+    target_database_url,
+)
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
@@ -16,12 +20,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     from keeper.db import redact_dsn
     from keeper.db.migrations import migrate
 
-    if args.config is not None:
-        from keeper.config_load import load_config
-
-        dsn = load_config(args.config).database.url.get_secret_value()
-    else:
-        dsn = database_url(args)
+    dsn = target_database_url(args)
     applied = anyio.run(migrate, dsn)
     for name in applied:
         print(f"applied {name}")
@@ -44,12 +43,7 @@ def add_parser(sub: Any) -> None:
             f"${DATABASE_URL_ENV}."
         ),
     )
-    target = migrate.add_mutually_exclusive_group()
-    target.add_argument(
-        "--config",
-        type=Path,
-        metavar="FILE",
-        help="the keeper's TOML configuration: migrate the database of its database.url",
+    add_database_target(
+        migrate, "the keeper's TOML configuration: migrate the database of its database.url"
     )
-    add_database_url(target)
     migrate.set_defaults(handler=cmd_migrate)

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from keeper import secrets
-from keeper.cli.common import Formatter, number, rpc_url
+from keeper.cli.common import Formatter, add_key_options, load_key, number, rpc_url
 from keeper.errors import KeeperError
 
 MAX_FEE_BPS = 1000  # StreamManager.MAX_FEE_BPS: checked here so a bad value fails before gas
@@ -46,25 +46,12 @@ def _notice_period(text: str) -> int:
 
 def cmd_deploy(args: argparse.Namespace) -> int:
     """Deploy the contracts with an operator's key and write the deployment file."""
-    from keeper.chain import keys
     from keeper.dev.devchain import connection_text
     from keeper.ops.deploy import DeployError, deploy_all
     from keeper.urls import redact_url
 
-    if args.keystore is not None and args.password_file is None:
-        raise KeeperError("--keystore needs --password-file", help="put the password in a file")
-    if args.password_file is not None and args.keystore is None:
-        raise KeeperError("--password-file only goes with --keystore")
     secrets.register_url(args.rpc_url)
-    if args.password_file is not None:
-        secrets.register_file(args.password_file)
-    if args.key_file is not None:
-        key = keys.load_key_file(args.key_file)
-    elif args.key_env is not None:
-        key = keys.load_key_env(args.key_env)
-    else:
-        key = keys.load_keystore(args.keystore, args.password_file)
-    secrets.register_key(key.reveal_hex())
+    key = load_key(args)
     shown = redact_url(args.rpc_url)
     print(f"deploying to {shown} as {key.address}", file=sys.stderr, flush=True)
     try:
@@ -106,27 +93,7 @@ def add_parser(sub: Any) -> None:
     deploy.add_argument(
         "--rpc-url", type=rpc_url, required=True, metavar="URL", help="JSON-RPC endpoint"
     )
-    source = deploy.add_mutually_exclusive_group(required=True)
-    source.add_argument(
-        "--key-file",
-        type=Path,
-        metavar="FILE",
-        help="file holding the deployer's private key as hex (0x optional)",
-    )
-    source.add_argument(
-        "--key-env",
-        metavar="VAR",
-        help="name of the environment variable holding the private key as hex",
-    )
-    source.add_argument(
-        "--keystore",
-        type=Path,
-        metavar="FILE",
-        help="encrypted keystore JSON file (V3, as geth or cast write); needs --password-file",
-    )
-    deploy.add_argument(
-        "--password-file", type=Path, metavar="FILE", help="file holding the keystore's password"
-    )
+    add_key_options(deploy, "the deployer")
     deploy.add_argument(
         "--oracle",
         type=_address,

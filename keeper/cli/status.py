@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import Any
 
 from keeper.cli.common import (
     DATABASE_URL_ENV,
     Formatter,
-    add_database_url,
+    add_database_target,
     add_json,
     chain_id,
     database_url,
@@ -71,15 +70,11 @@ def add_parser(sub: Any) -> None:
             f"else ${DATABASE_URL_ENV}."
         ),
     )
-    target = status.add_mutually_exclusive_group()
-    target.add_argument(
-        "--config",
-        type=Path,
-        metavar="FILE",
-        help="the keeper's TOML configuration: its database, and its chain (chain.chain_id, "
+    add_database_target(
+        status,
+        "the keeper's TOML configuration: its database, and its chain (chain.chain_id, "
         "else the deployment file's) unless --chain-id is given",
     )
-    add_database_url(target)
     status.add_argument(
         "--chain-id",
         type=chain_id,

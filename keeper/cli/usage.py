@@ -7,12 +7,13 @@ import sys
 from typing import Any
 
 from keeper.cli.common import (
+    DATABASE_URL_ENV,
     Formatter,
-    add_database_url,
+    add_database_target,
     add_group,
     add_json,
     chain_id,
-    database_url,
+    target_database_url,
 )
 
 
@@ -24,7 +25,7 @@ def cmd_usage_import(args: argparse.Namespace) -> int:
 
     from keeper.ops import usage_files, usage_import
 
-    dsn = database_url(args)
+    dsn = target_database_url(args)
     fmt = usage_files.file_format(args.file, args.format)
     source = args.source or usage_files.source_name(args.file)
     with usage_files.open_file(args.file) as stream:
@@ -43,7 +44,6 @@ def add_parser(sub: Any) -> None:
         "usage",
         "usage rows: import a file of them for the keeper to validate",
         "Usage rows for the usage oracle.",
-        "  import FILE  queue the rows of a CSV or JSON-lines file for validation",
     )
     imp = usage_sub.add_parser(
         "import",
@@ -82,6 +82,8 @@ def add_parser(sub: Any) -> None:
             "On a terminal, a progress line on stderr shows rows read and rows per second.\n"
             "At the end, a summary on stdout: rows read, rows queued for validation,\n"
             "malformed lines kept as rejected, blank lines skipped, seconds taken.\n"
+            "The database is the one of --config FILE (database.url, or\n"
+            f"KEEPER_DATABASE__URL), else --database-url, else ${DATABASE_URL_ENV}.\n"
             "Exit status 0 when the file was imported (malformed lines included), 1 when\n"
             "nothing was."
         ),
@@ -109,6 +111,8 @@ def add_parser(sub: Any) -> None:
         help="name stored in each row's source, before :<line number>; default: FILE as "
         "given (stdin for -)",
     )
-    add_database_url(imp)
+    add_database_target(
+        imp, "the keeper's TOML configuration: import into the database of its database.url"
+    )
     add_json(imp, "print the summary as one JSON object instead")
     imp.set_defaults(handler=cmd_usage_import)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -47,6 +48,9 @@ COMMANDS = {
     "backfill": ["--config", "--from", "--to"],
     "verify": ["--config", "--block", "--json"],
     "usage": ["import"],
+    "keys": ["new"],
+    "roles": ["show", "grant", "revoke"],
+    "dev": ["open-stream", "open-escrow"],
     "demo": [
         "--port",
         "--host",
@@ -100,6 +104,37 @@ def test_command_help_mentions_its_options(command: str) -> None:
         assert option in result.stdout, f"{command} --help does not mention {option}"
 
 
+def subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    """The (sub)commands of `parser`, by name."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    return {}
+
+
+def test_help_lists_each_command_once() -> None:
+    """`keeper --help` and each command group's --help name every (sub)command on exactly one
+    line, with its summary."""
+    from keeper.cli import build_parser
+
+    top = subcommands(build_parser())
+    groups: dict[tuple[str, ...], dict[str, argparse.ArgumentParser]] = {(): top}
+    groups.update({(name,): subcommands(p) for name, p in top.items() if subcommands(p)})
+    assert set(groups) == {("config",), ("usage",), ("keys",), ("roles",), ("dev",), ()}
+    for argv, commands in groups.items():
+        result = keeper(*argv, "--help")
+        assert result.returncode == 0, result.stderr
+        lines = result.stdout.splitlines()
+        for name in commands:
+            at = [
+                i for i, line in enumerate(lines) if re.match(rf"\s+{re.escape(name)}(\s|$)", line)
+            ]
+            assert len(at) == 1, (argv, name, [lines[i] for i in at])
+            # The summary follows the name, or (a long name) stands on the next line.
+            summary = lines[at[0]].split(None, 1)[1:] or [lines[at[0] + 1].strip()]
+            assert summary[0] and summary[0] not in commands, f"{name}: no summary in {argv}"
+
+
 def test_config_show_help_mentions_its_options() -> None:
     result = keeper("config", "show", "--help")
     assert result.returncode == 0, result.stderr
@@ -123,7 +158,7 @@ def test_every_option_has_a_help_text() -> None:
         assert parser.description or parser.prog == "keeper", parser.prog
         for action in parser._actions:
             if isinstance(action, argparse._SubParsersAction):
-                continue  # its choices are listed in the description, and checked above
+                continue  # its choices are listed with their parsers' help (checked below)
             assert action.help, f"{parser.prog} {action.option_strings or action.dest}"
 
 
