@@ -1,0 +1,34 @@
+"""Whether the keeper's signers may report usage: ORACLE_ROLE on StreamManager, read on chain.
+
+`recordUsage` is callable by ORACLE_ROLE only, and every signer may be handed a usage batch, so
+usage billing needs the role on all of them. `keeper run` switches usage billing off when one
+lacks it (and says so in /status, /readyz, `keeper status` and a metric); `keeper check-config`
+reports it before that happens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from eth_abi.abi import encode
+from eth_utils import keccak
+
+from keeper.chain.rpc import ChainClient
+
+ORACLE_ROLE = keccak(text="ORACLE_ROLE")
+_HAS_ROLE = keccak(text="hasRole(bytes32,address)")[:4]
+
+
+async def signers_without_oracle_role(
+    client: ChainClient, stream_manager: str, signers: Sequence[str]
+) -> list[str]:
+    """The signers (addresses) that may not call recordUsage."""
+    lacking = []
+    for address in signers:
+        data = _HAS_ROLE + encode(["bytes32", "address"], [ORACLE_ROLE, address])
+        answer = await client.request(
+            "eth_call", [{"to": stream_manager, "data": "0x" + data.hex()}, "latest"]
+        )
+        if int(answer, 16) == 0:
+            lacking.append(address)
+    return lacking
