@@ -56,6 +56,27 @@ FROM keeper.signers
 WHERE chain_id = $1
 ORDER BY address;
 
+-- name: can_read_role_events
+-- The role events are in a table, not a view: the read-only role keeper_reader cannot read them.
+SELECT has_table_privilege('contract_events', 'SELECT');
+
+-- name: signers_without_oracle_role
+-- The signers the transaction manager has seen that hold no ORACLE_ROLE on StreamManager as of
+-- the indexed block: their latest RoleGranted / RoleRevoked for it (topics: the event, the
+-- role, the account as a 32-byte word, the sender) is missing or a revocation. $2: ORACLE_ROLE.
+SELECT s.address
+FROM keeper.signers s
+WHERE s.chain_id = $1
+  AND NOT COALESCE((
+      SELECT e.event = 'RoleGranted'
+      FROM contract_events e
+      WHERE e.chain_id = $1 AND e.contract = 'StreamManager'
+        AND e.event IN ('RoleGranted', 'RoleRevoked') AND e.topics[2] = $2
+        AND e.topics[3] = decode(lpad(substr(s.address, 3), 64, '0'), 'hex')
+      ORDER BY e.block_number DESC, e.log_index DESC
+      LIMIT 1), false)
+ORDER BY s.address;
+
 -- name: last_reorg
 SELECT detected_at, depth, ancestor_block, old_head_block, new_head_block, events_removed
 FROM keeper.reorgs

@@ -9,11 +9,12 @@ reports it before that happens.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from eth_abi.abi import encode
 from eth_utils import keccak
 
-from keeper.chain.rpc import ChainClient
+if TYPE_CHECKING:  # not imported at run time: `keeper status` reads ORACLE_ROLE without web3
+    from keeper.chain.rpc import ChainClient
 
 ORACLE_ROLE = keccak(text="ORACLE_ROLE")
 _HAS_ROLE = keccak(text="hasRole(bytes32,address)")[:4]
@@ -25,7 +26,8 @@ async def signers_without_oracle_role(
     """The signers (addresses) that may not call recordUsage."""
     lacking = []
     for address in signers:
-        data = _HAS_ROLE + encode(["bytes32", "address"], [ORACLE_ROLE, address])
+        # hasRole(bytes32 role, address account): two static words.
+        data = _HAS_ROLE + ORACLE_ROLE + bytes.fromhex(address.removeprefix("0x")).rjust(32, b"\0")
         answer = await client.request(
             "eth_call", [{"to": stream_manager, "data": "0x" + data.hex()}, "latest"]
         )

@@ -181,6 +181,8 @@ class Check:
     name: str
     ok: bool
     detail: str
+    # False for a problem `keeper run` starts with, running without what it names.
+    stops_run: bool = True
 
 
 async def database_schema(conn: asyncpg.Connection) -> str:
@@ -215,7 +217,7 @@ async def check_all(path: Path, report: Callable[[Check], None]) -> list[Check]:
 
     def record(name: str, ok: bool, detail: str) -> None:
         # A provider's or a driver's message can quote a secret (a request path with its key).
-        check = Check(name, ok, secrets.scrub(detail))
+        check = Check(name, ok, secrets.scrub(detail), stops_run=name != "usage")
         results.append(check)
         report(check)
 

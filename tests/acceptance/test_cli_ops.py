@@ -196,6 +196,7 @@ def test_a_signer_without_oracle_role_fails_the_usage_billing_check(setup: Setup
     message = fail_line(result.stderr, "usage")
     assert f"signers: {address} lack ORACLE_ROLE on StreamManager" in message
     assert "plan.usage = false" in message
+    assert "`keeper run` would start, but without what it names" in result.stderr
     setup.sections = "[plan]\nusage = false\n"
     off = keeper("check-config", "--config", str(setup.write()))
     assert off.returncode == 0, off.stdout + off.stderr
