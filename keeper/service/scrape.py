@@ -212,20 +212,21 @@ class DatabaseCollector:
             else:
                 (family,) = gauge.collect()
                 yield GaugeMetricFamily(family.name, family.documentation, self.index[column])
+        # Families without a value yet are still described (HELP and TYPE, no sample).
+        wall_lag = GaugeMetricFamily("keeper_index_wall_lag_seconds", WALL_LAG_HELP, labels=[])
         if self.wall_lag is not None:
-            yield GaugeMetricFamily("keeper_index_wall_lag_seconds", WALL_LAG_HELP, self.wall_lag)
+            wall_lag.add_metric([], self.wall_lag)
+        yield wall_lag
         for i, (name, documentation) in enumerate(SIGNER_HELP.items()):
             family = GaugeMetricFamily(name, documentation, labels=["signer"])
             for signer, values in self.signers.items():
                 family.add_metric([signer], float(values[i]))
             yield family
         billing = self.state.usage_billing
+        enabled = GaugeMetricFamily("keeper_usage_billing_enabled", USAGE_BILLING_HELP, labels=[])
         if billing is not None:
-            yield GaugeMetricFamily(
-                "keeper_usage_billing_enabled",
-                USAGE_BILLING_HELP,
-                1.0 if billing["enabled"] else 0.0,
-            )
+            enabled.add_metric([], 1.0 if billing["enabled"] else 0.0)
+        yield enabled
         intents = GaugeMetricFamily("keeper_intents", INTENTS_HELP, labels=["kind", "state"])
         for (kind, state), value in self.intents.items():
             intents.add_metric([kind, state], value)
