@@ -7,11 +7,20 @@ registers a collector of what it reads from the database at each scrape (keeper.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
-from keeper import urls
+from keeper import __version__, urls
 
 REGISTRY = CollectorRegistry(auto_describe=True)
+# process_cpu_seconds_total, process_resident_memory_bytes, process_open_fds, ... (Linux /proc).
+ProcessCollector(registry=REGISTRY)
+BUILD_INFO = Gauge(
+    "keeper_build_info",
+    "Always 1; the keeper's version in its label.",
+    ["version"],
+    registry=REGISTRY,
+)
+BUILD_INFO.labels(version=__version__).set(1)
 
 RPC_REQUESTS = Counter(
     "keeper_rpc_requests_total", "JSON-RPC requests sent, by method.", ["method"], registry=REGISTRY
@@ -22,6 +31,17 @@ RPC_ERRORS = Counter(
     ["method", "kind"],
     registry=REGISTRY,
 )
+# A call that reverted is the contract answering (a paused contract, a missing role, an item it
+# refuses), not the node failing: counted here, never in keeper_rpc_errors_total, so an alert on
+# RPC errors means the node.
+RPC_REVERTS = Counter(
+    "keeper_rpc_reverts_total",
+    "eth_call / eth_estimateGas answers that were the call reverting, by method.",
+    ["method"],
+    registry=REGISTRY,
+)
+for _method in ("eth_call", "eth_estimateGas"):
+    RPC_REVERTS.labels(method=_method)
 RPC_LATENCY = Histogram(
     "keeper_rpc_latency_seconds",
     "JSON-RPC round-trip time, by method.",
@@ -65,6 +85,13 @@ INDEXED_TIMESTAMP = Gauge(
 )
 BACKFILL_RANGE = Gauge(
     "keeper_backfill_range_blocks", "Current eth_getLogs range of the backfill.", registry=REGISTRY
+)
+
+READY = Gauge(
+    "keeper_ready",
+    "1 while /readyz would answer 200 (by role: see README), else 0; set at each /readyz and "
+    "each scrape.",
+    registry=REGISTRY,
 )
 
 # The health port's own (what it reads from the database: keeper.service.scrape).

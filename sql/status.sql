@@ -56,6 +56,27 @@ FROM keeper.signers
 WHERE chain_id = $1
 ORDER BY address;
 
+-- name: can_read_role_events
+-- The role events are in a table, not a view: the read-only role keeper_reader cannot read them.
+SELECT has_table_privilege('contract_events', 'SELECT');
+
+-- name: signers_without_oracle_role
+-- The signers the transaction manager has seen that hold no ORACLE_ROLE on StreamManager as of
+-- the indexed block: their latest RoleGranted / RoleRevoked for it (topics: the event, the
+-- role, the account as a 32-byte word, the sender) is missing or a revocation. $2: ORACLE_ROLE.
+SELECT s.address
+FROM keeper.signers s
+WHERE s.chain_id = $1
+  AND NOT COALESCE((
+      SELECT e.event = 'RoleGranted'
+      FROM contract_events e
+      WHERE e.chain_id = $1 AND e.contract = 'StreamManager'
+        AND e.event IN ('RoleGranted', 'RoleRevoked') AND e.topics[2] = $2
+        AND e.topics[3] = decode(lpad(substr(s.address, 3), 64, '0'), 'hex')
+      ORDER BY e.block_number DESC, e.log_index DESC
+      LIMIT 1), false)
+ORDER BY s.address;
+
 -- name: last_reorg
 SELECT detected_at, depth, ancestor_block, old_head_block, new_head_block, events_removed
 FROM keeper.reorgs
@@ -90,7 +111,8 @@ SELECT backfill_done, lag_seconds FROM keeper.indexer_status WHERE chain_id = $1
 -- One row for the gauges /metrics reads from the database at scrape time. Usage is counted
 -- on the base tables' partial indexes: keeper.usage_pending derives each row's status and so
 -- reads the whole inbox, too slow to run at every scrape with millions of rows.
-SELECT s.head_block, s.indexed_block, s.finalized_block, s.lag_seconds, s.indexed_timestamp,
+SELECT s.head_block, s.indexed_block, s.finalized_block, s.lag_seconds, s.wall_lag_seconds,
+       s.indexed_timestamp,
        (SELECT count(*) FROM keeper.streams_due d WHERE d.chain_id = $1) AS settle_due,
        (SELECT count(*) FROM keeper.escrows_refundable e WHERE e.chain_id = $1)
            AS refund_due,
@@ -110,6 +132,34 @@ SELECT kind, state, count(*) AS n
 FROM intents
 WHERE chain_id = $1 AND state IN ('planned', 'assigned', 'mined', 'confirmed')
 GROUP BY kind, state;
+
+-- name: metrics_signers
+-- Per signer the transaction manager has seen: its balance at its last pass, the age of its
+-- oldest intent signed and not confirmed yet (assigned: on its way; mined: waiting for its
+-- confirmations), in wall-clock seconds, and what its intents mined in the last hour (by the
+-- time the keeper saw their receipt) paid: gas used x effective gas price, plus an L2's L1 fee,
+-- as the hourly budget counts it (sql/outbox.sql, spent_since). On the base tables, like
+-- metrics_intents.
+WITH open AS (
+    SELECT signer, min(assigned_at) AS oldest
+    FROM intents
+    WHERE chain_id = $1 AND state IN ('assigned', 'mined')
+    GROUP BY signer
+),
+spent AS (
+    SELECT signer, sum(gas_used::numeric * effective_gas_price + COALESCE(l1_fee, 0)) AS wei
+    FROM intents
+    WHERE chain_id = $1 AND mined_at >= now() - interval '1 hour' AND gas_used IS NOT NULL
+    GROUP BY signer
+)
+SELECT s.signer, s.balance,
+       COALESCE(extract(epoch FROM now() - o.oldest), 0)::float8 AS oldest_unconfirmed_seconds,
+       COALESCE(sp.wei, 0) AS spent_last_hour
+FROM signer_state s
+LEFT JOIN open o ON o.signer = s.signer
+LEFT JOIN spent sp ON sp.signer = s.signer
+WHERE s.chain_id = $1
+ORDER BY s.signer;
 
 -- name: unsure_sends
 -- Attempts the node answered neither yes nor no (an answer the keeper cannot place, a full pool,

@@ -20,6 +20,7 @@ from eth_utils import keccak
 
 from keeper import db, secrets
 from keeper.chain.deployment import Deployment
+from keeper.chain.oracle_role import signers_without_oracle_role
 from keeper.chain.rpc import ChainClient, RpcError, RpcResponseError
 from keeper.chain.signers import check_signers
 from keeper.config import ConfigError, KeeperConfig
@@ -180,6 +181,8 @@ class Check:
     name: str
     ok: bool
     detail: str
+    # False for a problem `keeper run` starts with, running without what it names.
+    stops_run: bool = True
 
 
 async def database_schema(conn: asyncpg.Connection) -> str:
@@ -214,7 +217,7 @@ async def check_all(path: Path, report: Callable[[Check], None]) -> list[Check]:
 
     def record(name: str, ok: bool, detail: str) -> None:
         # A provider's or a driver's message can quote a secret (a request path with its key).
-        check = Check(name, ok, secrets.scrub(detail))
+        check = Check(name, ok, secrets.scrub(detail), stops_run=name != "usage")
         results.append(check)
         report(check)
 
@@ -271,6 +274,8 @@ async def check_all(path: Path, report: Callable[[Check], None]) -> list[Check]:
                 f"the RPC at {redact_url(client.url)} serves chain {facts.chain_id} (head "
                 f"{facts.head}); the token, StreamManager and EscrowVault are deployed there",
             )
+            if signers and config.plan.usage:
+                record(*await _usage_billing(client, deployment, [s.address for s in signers]))
         elif config.chain.chain_id is not None:
             # Without a deployment file, the chain id is all that can be checked.
             chain_id = await check_rpc_chain_id(config, None, client)
@@ -282,6 +287,23 @@ async def check_all(path: Path, report: Callable[[Check], None]) -> list[Check]:
     finally:
         await client.close()
     return results
+
+
+async def _usage_billing(
+    client: ChainClient, deployment: Deployment, addresses: list[str]
+) -> tuple[str, bool, str]:
+    """The usage billing check: every signer holds ORACLE_ROLE (else `keeper run` switches
+    usage billing off)."""
+    lacking = await signers_without_oracle_role(client, deployment.stream_manager, addresses)
+    if not lacking:
+        return "usage", True, "usage billing: every signer holds ORACLE_ROLE on StreamManager"
+    return (
+        "usage",
+        False,
+        f"signers: {', '.join(lacking)} lack ORACLE_ROLE on StreamManager "
+        f"{deployment.stream_manager}, so `keeper run` would switch usage billing off; grant "
+        "it to every signer, or set plan.usage = false",
+    )
 
 
 def _signers_text(addresses: Sequence[str]) -> str:

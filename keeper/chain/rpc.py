@@ -153,6 +153,20 @@ def answer_error(method: str, params: Sequence[Any], error: Any) -> RpcError:
     return err
 
 
+# The calls whose error answer may be the call reverting (RpcResponseError.reverted).
+CALLS = frozenset({"eth_call", "eth_estimateGas"})
+
+
+def count_error_answer(err: RpcError) -> None:
+    """Count an error answer: a call that reverted in keeper_rpc_reverts_total (the contract
+    said no: paused, a missing role), anything else in keeper_rpc_errors_total by its type (the
+    node or the request failed)."""
+    if isinstance(err, RpcResponseError) and err.method in CALLS and err.reverted:
+        metrics.RPC_REVERTS.labels(method=err.method).inc()
+    else:
+        metrics.RPC_ERRORS.labels(method=err.method, kind=type(err).__name__).inc()
+
+
 def _int(text: str) -> int:
     return int(text, 16) if text.lower().startswith("0x") else int(text.replace(",", ""))
 
@@ -267,7 +281,7 @@ class ChainClient:
             metrics.RPC_REQUESTS.labels(method=method).inc()
         if "error" in reply:
             err = answer_error(method, params, reply["error"])
-            metrics.RPC_ERRORS.labels(method=method, kind=type(err).__name__).inc()
+            count_error_answer(err)
             raise err
         return reply.get("result")
 
@@ -314,6 +328,7 @@ class ChainClient:
                     # Asked again on its own, through the retry layer.
                     out.append(await self.request(method, params))
                     continue
+                count_error_answer(err)
                 raise err
             out.append(reply.get("result"))
         return out

@@ -25,7 +25,12 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     if failed:
         print(
             f"keeper check-config: {len(failed)} problem{'s' if len(failed) > 1 else ''} "
-            f"in {args.config}; `keeper run` would not start with it",
+            f"in {args.config}; "
+            + (
+                "`keeper run` would not start with it"
+                if any(c.stops_run for c in failed)
+                else "`keeper run` would start, but without what it names"
+            ),
             file=sys.stderr,
         )
         return 1

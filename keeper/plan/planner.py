@@ -65,6 +65,8 @@ USAGE_URGENT = Counter(
     ["reason"],
     registry=metrics.REGISTRY,
 )
+for _reason in URGENT_REASONS:
+    USAGE_URGENT.labels(reason=_reason)
 
 
 @dataclass(frozen=True)

@@ -48,35 +48,13 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 
 import structlog
-from eth_abi.abi import encode
-from eth_utils import keccak
 
-from keeper.chain.rpc import ChainClient
 from keeper.db import Conn, to_int
 from keeper.db.queries import Queries, load_queries
 from keeper.plan.batches import MAX_REPORT_ENDPOINT
 from keeper.plan.inbox import MAX_SEQ, ParsedRow, Rejection, _parse, _shown
 
 log = structlog.get_logger(__name__)
-
-
-ORACLE_ROLE = keccak(text="ORACLE_ROLE")
-_HAS_ROLE = keccak(text="hasRole(bytes32,address)")[:4]
-
-
-async def signers_without_oracle_role(
-    client: ChainClient, stream_manager: str, signers: Sequence[str]
-) -> list[str]:
-    """The signers (addresses) that may not call recordUsage."""
-    lacking = []
-    for address in signers:
-        data = _HAS_ROLE + encode(["bytes32", "address"], [ORACLE_ROLE, address])
-        answer = await client.request(
-            "eth_call", [{"to": stream_manager, "data": "0x" + data.hex()}, "latest"]
-        )
-        if int(answer, 16) == 0:
-            lacking.append(address)
-    return lacking
 
 
 def intake_lock_key(chain_id: int) -> int:

@@ -33,6 +33,7 @@ from prometheus_client import Counter, Gauge, Histogram
 from keeper import db, metrics, secrets
 from keeper.chain import preflight
 from keeper.chain.deployment import Deployment
+from keeper.chain.oracle_role import signers_without_oracle_role
 from keeper.chain.rpc import BlockHeader, ChainClient, RpcResponseError
 from keeper.chain.signers import Signer, load_signers
 from keeper.config import KeeperConfig
@@ -41,7 +42,6 @@ from keeper.errors import unwrap_group
 from keeper.ingest.indexer import FatalReorg, Indexer
 from keeper.loops import OUTAGES, LoopGuard
 from keeper.plan.planner import PassReport, Planner
-from keeper.plan.usage import signers_without_oracle_role
 from keeper.service import health, sdnotify
 from keeper.service.health import HealthState
 from keeper.service.leader import Leadership, LeadershipLost
@@ -50,6 +50,8 @@ from keeper.tx.manager import TxManager
 log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
+USAGE_DISABLED_REASON = "signers without ORACLE_ROLE on StreamManager"
+USAGE_DISABLED_HELP = "grant every signer ORACLE_ROLE, or set plan.usage = false"
 # What the start-up's chain checks wait out (a node answering them with an error included).
 _WAITED_OUT_AT_START: tuple[type[Exception], ...] = (*OUTAGES, RpcResponseError)
 
@@ -65,6 +67,9 @@ USAGE_RECONCILED = Counter(
     ["outcome"],
     registry=metrics.REGISTRY,
 )
+USAGE_ROWS.labels("accepted")
+for _outcome in ("recorded", "rejected", "undone"):
+    USAGE_RECONCILED.labels(_outcome)
 LEADER = Gauge(
     "keeper_leader",
     "1 while this process holds the chain's leader lock (indexes, plans and sends), else 0.",
@@ -431,10 +436,15 @@ async def _lead(run: _Run, pool: asyncpg.Pool, client: ChainClient, leadership: 
                     usage = False
                     log.error(
                         "usage_disabled",
-                        reason="signers without ORACLE_ROLE on StreamManager",
+                        reason=USAGE_DISABLED_REASON,
                         signers=lacking,
-                        help="grant every signer ORACLE_ROLE, or set plan.usage = false",
+                        help=USAGE_DISABLED_HELP,
                     )
+                run.state.usage_billing = {
+                    "enabled": usage,
+                    "reason": None if usage else USAGE_DISABLED_REASON,
+                    "signers_without_role": lacking,
+                }
             planner = Planner(
                 chain_id,
                 stream_manager=deployment.stream_manager,

@@ -10,10 +10,14 @@ through `keeper.secrets.scrub`: /status carries error texts from the RPC and the
 which may quote a secret.
 
 - `/healthz`: 200 `ok` while the event loop runs; no I/O.
-- `/readyz`: 200 when the database and the RPC answer, the backfill is done, the index lags the
-  head by at most `max_lag_seconds` of chain time and this process is the leader; else 503
-  with a `reason` naming each failing check. The RPC answer is cached for `PROBE_TTL`, so a
-  burst of probes is one RPC call.
+- `/readyz`: readiness by role. The leader is ready (200) when the database and the RPC answer,
+  the backfill is done and the index lags the head by at most `max_lag_seconds` of chain time; a
+  standby when the database and the RPC answer (it is ready to take over: the index is the
+  leader's business, its checks are shown but not counted); a process starting or stopping
+  never. Else 503 with a `reason` naming each failing check. A ready leader that runs with a
+  part switched off (usage billing, for want of ORACLE_ROLE) stays 200 and names it under
+  `degraded`. The RPC answer is cached for `PROBE_TTL`, so a burst of probes is one RPC call.
+  Each answer, and each scrape, sets `keeper_ready`.
 - `/metrics`: the Prometheus registry, with the metrics read from the database refreshed first
   (keeper.service.scrape).
 - `/status`: `keeper.service.status.collect_status` of the chain plus this process (role, pid,
@@ -75,6 +79,13 @@ ALLOWED_METHODS = ("GET", "HEAD")
 QUERY_FILE = "status.sql"
 
 Endpoint = Callable[[], Awaitable[Response]]
+# The checks each role's readiness counts (see the module docstring); other roles are never
+# ready (and their answer names every failing check).
+ALL_CHECKS = ("database", "rpc", "backfill", "lag")
+ROLE_CHECKS: dict[str, tuple[str, ...]] = {
+    "leader": ALL_CHECKS,
+    "standby": ("database", "rpc"),
+}
 
 
 @dataclass
@@ -88,6 +99,9 @@ class HealthState:
     pool: asyncpg.Pool | None = None  # set once connected
     client: ChainClient | None = None  # set once created
     last_error: str | None = None  # the latest loop error text (never secrets)
+    # The leader's usage billing, once decided: {"enabled", "reason", "signers_without_role"};
+    # None on a standby, without signers, or with plan.usage = false.
+    usage_billing: dict[str, Any] | None = None
     started_at: float = field(default_factory=time.time)
 
 
@@ -184,10 +198,11 @@ class HealthServer:
             tg.start_soon(index)
             tg.start_soon(rpc)
         role = self.state.role
-        checks["leader"] = {"ok": role == "leader", "role": role}
+        counted = ROLE_CHECKS.get(role, ALL_CHECKS)
+        checks["role"] = {"ok": role in ROLE_CHECKS, "role": role}
 
-        reasons = [] if role == "leader" else [role]
-        for name in ("database", "rpc", "backfill", "lag"):
+        reasons = [] if role in ROLE_CHECKS else [role]
+        for name in counted:
             check = checks[name]
             if not check["ok"] and not check.get("unknown"):
                 reasons.append(check["detail"])
@@ -195,12 +210,25 @@ class HealthServer:
             "ready": not reasons,
             "role": role,
             "checks": {
-                name: checks[name] for name in ("database", "rpc", "backfill", "lag", "leader")
+                name: {**checks[name], "counted": name in counted or name == "role"}
+                for name in (*ALL_CHECKS, "role")
             },
         }
         if reasons:
             body["reason"] = "; ".join(reasons)
+        degraded = self.degraded()
+        if degraded:
+            body["degraded"] = degraded
+        metrics.READY.set(1 if body["ready"] else 0)
         return body
+
+    def degraded(self) -> list[str]:
+        """What the leader runs without (it is still ready: the rest of its work goes on)."""
+        billing = self.state.usage_billing
+        if billing is None or billing["enabled"]:
+            return []
+        signers = ", ".join(billing["signers_without_role"])
+        return [f"usage billing disabled: {billing['reason']} ({signers})"]
 
     async def _check_index(self) -> dict[str, dict[str, Any]]:
         """The database, backfill and lag checks, from one read of keeper.indexer_status."""
@@ -250,7 +278,9 @@ class HealthServer:
         return {"ok": True, "head_block": head}
 
     async def metrics(self) -> Response:
-        """The Prometheus exposition, the database's metrics refreshed first."""
+        """The Prometheus exposition, the database's metrics and `keeper_ready` refreshed
+        first."""
+        await self.readiness()
         await self.collector.refresh()
         return Response(200, generate_latest(metrics.REGISTRY), CONTENT_TYPE_LATEST)
 
@@ -261,6 +291,8 @@ class HealthServer:
             "pid": os.getpid(),
             "uptime_seconds": round(time.time() - self.state.started_at, 1),
             "last_error": self.state.last_error,
+            "usage_billing": self.state.usage_billing,
+            "degraded": self.degraded(),
         }
         pool = self.state.pool
         if pool is None:

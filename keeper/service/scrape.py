@@ -6,10 +6,18 @@
 not answer, the families are served as they were and `keeper_metrics_refresh_errors_total` counts
 the miss.
 
-The index gauges (head, indexed and finalized block, lag, indexed timestamp) belong to the
-leader's indexer, which sets them as it goes (keeper.metrics); elsewhere the database is their
-source, so the collector exposes them too: the indexer's value in the leader, else the value
-last read from the database.
+The index gauges (head, indexed and finalized block, lag, indexed timestamp) are read from
+the database at every scrape, in the leader too: the indexer writes its cursor and what it last
+saw of the head there range by range, so a scrape during a long backfill or an RPC outage shows
+what `/status` shows at that moment (the indexer's own gauges, set once per poll, would still
+say what the poll began with). Before the first successful read, the indexer's gauges are
+served. `keeper_index_wall_lag_seconds` (now minus the indexed block's timestamp) keeps growing
+while the RPC is down, when the head the keeper last saw is frozen.
+
+Per signer (labelled by checksummed address, as the transaction manager's gauges): the age of
+the oldest intent signed and not confirmed yet (a stuck nonce), what its intents mined in the
+last hour paid, and its gas runway, balance / that hourly spend in seconds (+Inf when it spent
+nothing in the last hour).
 """
 
 from __future__ import annotations
@@ -21,10 +29,12 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import asyncpg
 import structlog
+from eth_utils import to_checksum_address
 from prometheus_client import Gauge, Metric
 from prometheus_client.core import GaugeMetricFamily
 
 from keeper import metrics
+from keeper.db import to_int
 from keeper.db.queries import Queries
 from keeper.kinds import INTENT_KINDS
 from keeper.service.status import OPEN_STATES
@@ -54,6 +64,24 @@ INDEX_GAUGES: tuple[tuple[Gauge, str], ...] = (
     (metrics.LAG_SECONDS, "lag_seconds"),
     (metrics.INDEXED_TIMESTAMP, "indexed_timestamp"),
 )
+WALL_LAG_HELP = (
+    "Wall-clock seconds since the indexed block's timestamp (from the database): grows while "
+    "the RPC is down and the head the keeper last saw is frozen."
+)
+SIGNER_HELP = {
+    "keeper_signer_oldest_unconfirmed_seconds": "Age of each signer's oldest intent signed and "
+    "not confirmed yet (assigned or mined), seconds; 0 when none (from the database).",
+    "keeper_signer_spent_last_hour_wei": "Gas paid by each signer's intents mined in the last "
+    "hour: gas used x effective gas price plus any L1 fee, wei (from the database).",
+    "keeper_signer_gas_runway_seconds": "Each signer's balance divided by its spend of the last "
+    "hour, in seconds; +Inf when it spent nothing in the last hour (from the database).",
+}
+USAGE_BILLING_HELP = (
+    "1 while the leader bills usage; 0 when usage billing is configured (plan.usage) but "
+    "switched off because a signer lacks ORACLE_ROLE. Absent on a standby or with usage off by "
+    "configuration."
+)
+SECONDS_PER_HOUR = 3600
 # The `kind` label of keeper_pending_work, by column.
 PENDING_COLUMNS = (
     ("settle", "settle_due"),
@@ -133,6 +161,9 @@ class DatabaseCollector:
         self.amounts: dict[str, float] = {column: 0.0 for _, column, _ in AMOUNTS}
         self.pending: dict[str, float] = {}
         self.intents: dict[tuple[str, str], float] = {}
+        self.wall_lag: float | None = None
+        # signer -> (oldest unconfirmed seconds, spent last hour wei, runway seconds)
+        self.signers: dict[str, tuple[float, int, float]] = {}
 
     async def refresh(self) -> None:
         """Read the database (at most once per `PROBE_TTL`); never raises."""
@@ -153,6 +184,7 @@ class DatabaseCollector:
                 async with self.db_slots, pool.acquire() as conn, conn.transaction(readonly=True):
                     row = await conn.fetchrow(self.q["metrics_gauges"], chain_id)
                     intents = await conn.fetch(self.q["metrics_intents"], chain_id)
+                    signers = await conn.fetch(self.q["metrics_signers"], chain_id)
         except DB_ERRORS as exc:
             metrics.METRICS_REFRESH_ERRORS.inc()
             log.warning("metrics_refresh_failed", error=error_name(exc))
@@ -160,7 +192,10 @@ class DatabaseCollector:
         assert row is not None  # one row always (left joins)
         self.index.update({c: float(row[c]) for _, c in INDEX_GAUGES if row[c] is not None})
         self.amounts.update({c: float(row[c]) for _, c, _ in AMOUNTS if row[c] is not None})
+        if row["wall_lag_seconds"] is not None:
+            self.wall_lag = float(row["wall_lag_seconds"])
         self.pending = {kind: float(row[column]) for kind, column in PENDING_COLUMNS}
+        self.signers = {to_checksum_address(bytes(r["signer"])): _signer(r) for r in signers}
         counts = {(r["kind"], r["state"]): int(r["n"]) for r in intents}
         self.intents = {
             (kind, state): float(counts.get((kind, state), 0))
@@ -171,13 +206,27 @@ class DatabaseCollector:
 
     def collect(self) -> Iterator[Metric]:
         """The families, from the last successful read (the index gauges: see the module)."""
-        leader = self.state.role == "leader"
         for gauge, column in INDEX_GAUGES:
-            if leader or column not in self.index:
+            if column not in self.index:
                 yield from gauge.collect()
             else:
                 (family,) = gauge.collect()
                 yield GaugeMetricFamily(family.name, family.documentation, self.index[column])
+        # Families without a value yet are still described (HELP and TYPE, no sample).
+        wall_lag = GaugeMetricFamily("keeper_index_wall_lag_seconds", WALL_LAG_HELP, labels=[])
+        if self.wall_lag is not None:
+            wall_lag.add_metric([], self.wall_lag)
+        yield wall_lag
+        for i, (name, documentation) in enumerate(SIGNER_HELP.items()):
+            family = GaugeMetricFamily(name, documentation, labels=["signer"])
+            for signer, values in self.signers.items():
+                family.add_metric([signer], float(values[i]))
+            yield family
+        billing = self.state.usage_billing
+        enabled = GaugeMetricFamily("keeper_usage_billing_enabled", USAGE_BILLING_HELP, labels=[])
+        if billing is not None:
+            enabled.add_metric([], 1.0 if billing["enabled"] else 0.0)
+        yield enabled
         intents = GaugeMetricFamily("keeper_intents", INTENTS_HELP, labels=["kind", "state"])
         for (kind, state), value in self.intents.items():
             intents.add_metric([kind, state], value)
@@ -188,3 +237,11 @@ class DatabaseCollector:
         yield pending
         for name, column, documentation in AMOUNTS:
             yield GaugeMetricFamily(name, documentation, self.amounts[column])
+
+
+def _signer(row: Any) -> tuple[float, int, float]:
+    """(oldest unconfirmed seconds, spent last hour in wei, runway seconds) of a signer row.
+    The runway is whole seconds of integer arithmetic (no float on the way), +Inf without spend."""
+    balance, spent = to_int(row["balance"]), to_int(row["spent_last_hour"])
+    runway = float(balance * SECONDS_PER_HOUR // spent) if spent > 0 else float("inf")
+    return float(row["oldest_unconfirmed_seconds"]), spent, runway

@@ -23,6 +23,7 @@ from typing import Any
 
 import asyncpg
 
+from keeper.chain.oracle_role import ORACLE_ROLE
 from keeper.db import Conn, to_int
 from keeper.db.queries import load_queries
 from keeper.errors import KeeperError
@@ -97,6 +98,10 @@ async def _collect(conn: Conn, chain_id: int | None) -> dict[str, Any]:
     fault = await conn.fetchrow(q["tx_faults"], chain_id)
     unsure = await conn.fetchrow(q["unsure_sends"], chain_id)
     leader = await current_leader(conn, chain_id)
+    lacking = None  # unknown to the read-only role
+    if await conn.fetchval(q["can_read_role_events"]):
+        rows = await conn.fetch(q["signers_without_oracle_role"], chain_id, ORACLE_ROLE)
+        lacking = [r["address"] for r in rows]
 
     return {
         "chain": {"id": chain_id, "name": index["chain_name"] if index else None},
@@ -154,6 +159,8 @@ async def _collect(conn: Conn, chain_id: int | None) -> dict[str, Any]:
             "refunds": _int(totals["refunds"]),
             "refunded_amount": _amount(totals["refunded_amount"]),
         },
+        # Signers holding no ORACLE_ROLE as indexed: usage billing is off while one does.
+        "signers_without_oracle_role": lacking,
         "last_error": _last_error(failed, send_error),
         "unsure_sends": None
         if unsure is None
@@ -312,6 +319,10 @@ def render_status(status: Mapping[str, Any]) -> str:
             f"{signer['in_flight']} in flight{low}"
         )
 
+    usage = _usage_line(status)
+    if usage:
+        lines.append(f"usage       {usage}")
+
     totals = status.get("last_24h")
     if totals:
         lines.append(
@@ -354,6 +365,23 @@ def render_status(status: Mapping[str, Any]) -> str:
     if process and process.get("last_error"):
         lines.append(f"loop error  {_one_line(process['last_error'])}")
     return "\n".join(lines) + "\n"
+
+
+def _usage_line(status: Mapping[str, Any]) -> str | None:
+    """Usage billing: as the daemon decided it (from /status), else from the indexed roles."""
+    billing = (status.get("process") or {}).get("usage_billing")
+    if billing is not None:
+        if billing["enabled"]:
+            return "billing on"
+        signers = ", ".join(billing["signers_without_role"])
+        return f"billing OFF: {billing['reason']} ({signers})"
+    lacking = status.get("signers_without_oracle_role")
+    if lacking:
+        return (
+            f"billing OFF unless plan.usage = false: {', '.join(lacking)} hold no ORACLE_ROLE "
+            "on StreamManager (as indexed); grant it to every signer"
+        )
+    return None
 
 
 def _num(value: int | None) -> str:

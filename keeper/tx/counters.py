@@ -5,6 +5,14 @@ from __future__ import annotations
 from prometheus_client import Counter, Gauge, Histogram
 
 from keeper import metrics
+from keeper.kinds import BATCH_KINDS, INTENT_KINDS
+from keeper.tx.send_errors import SendOutcome
+
+# Every label value these counters take, so that each series exists at 0 from the start and
+# `increase()` sees the first event (a series born at 1 has no increase).
+INTENT_STATES = ("assigned", "mined", "confirmed", "final", "failed", "replan", "unmined")
+ATTEMPT_REASONS = ("first", "bump", "purge")
+ITEM_OUTCOMES = ("effect", "skipped", "no_effect", "reverted")
 
 SIGNER_BALANCE = Gauge(
     "keeper_signer_balance_wei",
@@ -84,3 +92,16 @@ TX_PASS_SECONDS = Histogram(
     registry=metrics.REGISTRY,
     buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
+
+
+for _kind in INTENT_KINDS:
+    GAS_SPENT.labels(kind=_kind)
+    for _state in INTENT_STATES:
+        INTENTS.labels(kind=_kind, state=_state)
+for _kind in BATCH_KINDS:
+    for _outcome in ITEM_OUTCOMES:
+        ITEMS.labels(kind=_kind, outcome=_outcome)
+for _reason in ATTEMPT_REASONS:
+    ATTEMPTS.labels(reason=_reason)
+for _answer in SendOutcome:
+    BROADCASTS.labels(outcome=_answer.value)

@@ -22,9 +22,11 @@ from eth_account import Account
 from eth_utils import to_checksum_address
 
 from keeper.chain.deployment import Deployment
+from keeper.chain.oracle_role import ORACLE_ROLE
 from keeper.config_load import load_config
 from keeper.dev.anvil import Anvil, dev_key, rpc
 from keeper.ops.deploy import deploy_all
+from tests.support.chain import send_and_mine, tx
 from tests.support.daemon import Db, Keeper, keeper, wait_until
 
 API_KEY = "k3y-0f-the-rpc"  # in the RPC URL's query string, as hosted RPCs put it
@@ -155,18 +157,51 @@ def check_both(config: Path, check: str, *expected: str, env: dict[str, str] | N
 # --------------------------------------------------------------------------- check-config
 
 
+def grant_oracle_role(setup: Setup, keystore_path: Path) -> None:
+    """ORACLE_ROLE on StreamManager for the key of `keystore_path`, granted by the admin."""
+    address = bytes.fromhex(json.loads(keystore_path.read_text())["address"].removeprefix("0x"))
+    manager, admin = str(setup.deployment["stream_manager"]), str(setup.deployment["deployer"])
+    send_and_mine(
+        setup.rpc_url.partition("/?")[0],
+        admin,
+        [tx(admin, manager, "grantRole(bytes32,address)", ORACLE_ROLE, address)],
+    )
+
+
 def test_a_good_configuration_passes_every_check(setup: Setup) -> None:
     ks, pw = keystore(setup.root, "signer")
+    grant_oracle_role(setup, ks)
     setup.signers = signer_table(ks.name, pw.name)  # relative to the configuration file
     config = setup.write()
     result = keeper("check-config", "--config", str(config))
     assert result.returncode == 0, result.stdout + result.stderr
     assert_clean(result.stdout + result.stderr)
     names = [line.split()[1] for line in result.stdout.splitlines() if line.startswith("ok")]
-    assert names == ["configuration", "deployment", "signers", "database", "chain"]
-    assert "all 5 checks passed" in result.stdout
+    assert names == ["configuration", "deployment", "signers", "database", "chain", "usage"]
+    assert "all 6 checks passed" in result.stdout
     assert "schema up to date" in result.stdout
     assert "1 key: 0x" in result.stdout
+    assert "every signer holds ORACLE_ROLE" in result.stdout
+
+
+def test_a_signer_without_oracle_role_fails_the_usage_billing_check(setup: Setup) -> None:
+    """`keeper run` would switch usage billing off (it goes on with settlement and refunds);
+    check-config says so beforehand, naming the signer, and passes with plan.usage = false."""
+    ks, pw = keystore(setup.root, "signer")
+    setup.signers = signer_table(ks.name, pw.name)
+    result = keeper("check-config", "--config", str(setup.write()))
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert_clean(result.stdout + result.stderr)
+    address = to_checksum_address(json.loads(ks.read_text())["address"])
+    message = fail_line(result.stderr, "usage")
+    assert f"signers: {address} lack ORACLE_ROLE on StreamManager" in message
+    assert "plan.usage = false" in message
+    assert "`keeper run` would start, but without what it names" in result.stderr
+    setup.sections = "[plan]\nusage = false\n"
+    off = keeper("check-config", "--config", str(setup.write()))
+    assert off.returncode == 0, off.stdout + off.stderr
+    names = [line.split()[1] for line in off.stdout.splitlines() if line.startswith("ok")]
+    assert "usage" not in names
 
 
 def test_missing_rpc_url(setup: Setup) -> None:

@@ -9,13 +9,14 @@ transactions in flight when they are signalled or killed.
   WATCHDOG=1 and STATUS= lines follow; SIGTERM gives STOPPING=1 and exit status 0.
 - A pass stuck in a broadcast (an RPC proxy holds it) does not hold SIGTERM up beyond
   `daemon.shutdown_grace`; the next run sends the stored transaction, and nothing is lost.
-- Two daemons on one database and chain: one leads, the other is a standby (`/readyz` 503
-  `standby`, `keeper_leader 0`); SIGKILL the leader and the standby leads within the lease;
-  every signer's nonces on chain are then exactly the outbox's, each intent mined once.
+- Two daemons on one database and chain: one leads, the other is a standby (`/readyz` 200
+  with `"role": "standby"`, `keeper_leader 0`); SIGKILL the leader and the standby leads within
+  the lease; every signer's nonces on chain are then exactly the outbox's, each intent mined once.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -141,8 +142,10 @@ def test_a_standby_takes_over_when_the_leader_is_killed(
         assert "keeper-leader" in str(events(second, "standby")[0]["leader"])
         leader_url, standby_url = health_url(first), health_url(second)
 
+        # A healthy standby is ready (it could take over), and says which role it has.
         code, body = get(f"{standby_url}/readyz")
-        assert code == 503 and "standby" in body
+        assert code == 200 and json.loads(body)["role"] == "standby", body
+        assert metric(standby_url, "keeper_ready") == 1
         assert get(f"{standby_url}/healthz")[0] == 200
         assert metric(standby_url, "keeper_leader") == 0
         assert metric(leader_url, "keeper_leader") == 1

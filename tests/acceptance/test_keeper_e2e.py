@@ -51,9 +51,9 @@ from typing import Any, cast
 import pytest
 
 from keeper.chain.deployment import Deployment
+from keeper.chain.oracle_role import ORACLE_ROLE
 from keeper.dev.anvil import dev_key, rpc
 from keeper.ops.deploy import deploy_all
-from keeper.plan.usage import ORACLE_ROLE
 from tests.support.chain import DEV_KEY0, batch, send_in_order, tx
 from tests.support.daemon import Keeper, Outboxes
 from tests.support.dev_nodes import DevNode

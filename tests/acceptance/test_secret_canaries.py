@@ -276,6 +276,10 @@ pool_max = 4
 [ingest]
 poll_interval = 0.2
 
+[plan]
+# The fresh signers hold no ORACLE_ROLE: usage billing off on purpose, so check-config passes.
+usage = false
+
 [health]
 port = {self.health_port}
 

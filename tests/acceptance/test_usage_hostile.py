@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 
 from keeper.chain.deployment import Deployment
+from keeper.chain.oracle_role import ORACLE_ROLE
 from keeper.dev.anvil import Anvil, dev_key, rpc
 from keeper.ops.deploy import deploy_all
-from keeper.plan.usage import ORACLE_ROLE
 from tests.support.chain import DEV_KEY0, send_and_mine, tx
 from tests.support.credentials import install_credentials
 from tests.support.daemon import Keeper, Outboxes, wait_until

@@ -398,7 +398,7 @@ JOIN intents i ON i.key = f.key
 CROSS JOIN LATERAL jsonb_array_elements(f.items) WITH ORDINALITY AS x (v, n);
 -- Backed off: items of a newer settle intent that failed, reverted in simulation.
 INSERT INTO intents (chain_id, kind, key, target, calldata, state, reason)
-SELECT p.chain_id, 'settle', 'settle:' || p.head || ':50:backedoff', p.manager, '\x00',
+SELECT p.chain_id, 'settle', 'settle:' || p.head || ':50:backedoff', p.manager, decode('00', 'hex'),
        'failed', 'synthetic: every item reverted in simulation'
 FROM bench_params p;
 INSERT INTO batch_items (intent_id, position, chain_id, kind, entity, outcome, detail,
@@ -753,7 +753,13 @@ async def explain(dsn: str) -> dict[str, float]:
             await show("escrows_refundable", planner.q["escrows_refundable"], DEV_CHAIN_ID)
             await show("unvalidated", uq["unvalidated"], DEV_CHAIN_ID, usage.intake_per_pass)
             await usage.intake(conn)
-            await show("unreconcile_reorged", uq["unreconcile_reorged"], DEV_CHAIN_ID)
+            finalized = await conn.fetchval(uq["finalized_block"], DEV_CHAIN_ID)
+            await show(
+                "unreconcile_reorged",
+                uq["unreconcile_reorged"],
+                DEV_CHAIN_ID,
+                -1 if finalized is None else finalized,
+            )
             await show("reconcile_recorded", uq["reconcile_recorded"], DEV_CHAIN_ID)
             await show("reconcile_closed", uq["reconcile_closed"], DEV_CHAIN_ID)
             await show("usage_due", uq["usage_due"], DEV_CHAIN_ID, usage.due_per_pass)

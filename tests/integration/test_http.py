@@ -134,8 +134,10 @@ async def snapshot(pool: asyncpg.Pool) -> dict[str, tuple[int, str]]:
 # ---------------------------------------------------------------------- readiness
 
 
-async def test_ready_only_as_the_caught_up_leader(env: Env, database_url: str) -> None:
-    state = state_of(env, role="standby")
+async def test_readiness_by_role(env: Env, database_url: str) -> None:
+    """A standby is ready when it could take over (database and RPC answer), whatever the
+    index; the leader only once caught up; a process starting or stopping never."""
+    state = state_of(env, role="starting")
     async with serving(state) as port:
         alive = await request(port, "GET", "/healthz")
         assert (alive.status, alive.body) == (200, b"ok\n")
@@ -143,16 +145,30 @@ async def test_ready_only_as_the_caught_up_leader(env: Env, database_url: str) -
         before = await request(port, "GET", "/readyz")
         assert before.status == 503
         body = before.json()
-        assert body["reason"] == "standby; backfill not started (nothing indexed yet)"
-        assert body["checks"]["database"] == {"ok": True}
+        assert body["reason"] == "starting; backfill not started (nothing indexed yet)"
+        assert body["checks"]["database"] == {"ok": True, "counted": True}
         assert body["checks"]["rpc"]["ok"] is True
 
-        await index(env, database_url)
-        standby = (await request(port, "GET", "/readyz")).json()
-        assert (standby["ready"], standby["reason"]) == (False, "standby")
-        assert standby["checks"]["leader"] == {"ok": False, "role": "standby"}
+        state.role = "standby"
+        standby = await request(port, "GET", "/readyz")
+        assert standby.status == 200
+        body = standby.json()
+        assert (body["ready"], body["role"]) == (True, "standby") and "reason" not in body
+        assert body["checks"]["role"] == {"ok": True, "role": "standby", "counted": True}
+        # The index is the leader's business: shown, not counted.
+        assert body["checks"]["backfill"]["ok"] is False
+        assert body["checks"]["backfill"]["counted"] is False
+        scraped = (await request(port, "GET", "/metrics")).body.decode()
+        assert re.search(r"^keeper_ready 1\.0$", scraped, re.M)
 
         state.role = "leader"
+        leader_behind = await request(port, "GET", "/readyz")
+        assert leader_behind.status == 503
+        assert leader_behind.json()["reason"] == "backfill not started (nothing indexed yet)"
+        scraped = (await request(port, "GET", "/metrics")).body.decode()
+        assert re.search(r"^keeper_ready 0\.0$", scraped, re.M)
+
+        await index(env, database_url)
         ready = await request(port, "GET", "/readyz")
         assert ready.status == 200
         body = ready.json()

@@ -10,11 +10,12 @@ from typing import Any
 
 import pytest
 
+from keeper.chain.oracle_role import ORACLE_ROLE, signers_without_oracle_role
 from keeper.db.outbox import IntentRequest, Outbox
 from keeper.dev.anvil import rpc
 from keeper.plan.batches import encode_batch
 from keeper.plan.planner import Planner
-from keeper.plan.usage import ORACLE_ROLE, UsageOracle, signers_without_oracle_role
+from keeper.plan.usage import UsageOracle
 from tests.support.tx import Env, item_outcomes
 from tests.support.usage import SETTINGS, index, keeper_plan, send, statuses, world
 

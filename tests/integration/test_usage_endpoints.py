@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 
 from keeper.chain.deployment import Deployment
+from keeper.chain.oracle_role import ORACLE_ROLE
 from keeper.dev.anvil import rpc
 from keeper.ops.deploy import contract, deploy_all
 from keeper.plan.planner import Planner
-from keeper.plan.usage import ORACLE_ROLE
 from tests.support.chain import DEV_KEY0
 from tests.support.ingest import Target, index_until_caught_up, open_indexer
 from tests.support.tx import Env, item_outcomes

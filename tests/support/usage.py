@@ -12,10 +12,10 @@ from typing import Any
 
 from eth_utils import to_checksum_address
 
+from keeper.chain.oracle_role import ORACLE_ROLE
 from keeper.config import PlanConfig
 from keeper.db import Conn
 from keeper.ops.deploy import contract
-from keeper.plan.usage import ORACLE_ROLE
 from tests.support.ingest import Target, index_until_caught_up, open_indexer
 from tests.support.tx import Env
 

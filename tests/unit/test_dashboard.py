@@ -50,6 +50,14 @@ SHOWN = {
     "planning pass duration": ("keeper_plan_pass_seconds_bucket",),
     "leader status": ("keeper_leader",),
     "pending work": ("keeper_pending_work",),
+    # The alerting signals (prometheus/keeper.rules.yml).
+    "readiness": ("keeper_ready",),
+    "loop failures": ("keeper_loop_failures_total",),
+    "stuck intents": ("keeper_signer_oldest_unconfirmed_seconds",),
+    "gas runway": ("keeper_signer_gas_runway_seconds",),
+    "usage billing": ("keeper_usage_billing_enabled",),
+    "contract reverts": ("keeper_rpc_reverts_total",),
+    "wall-clock lag": ("keeper_index_wall_lag_seconds",),
 }
 
 

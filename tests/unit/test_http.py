@@ -174,7 +174,7 @@ async def test_an_unconnected_process_is_alive_but_not_ready() -> None:
         body = ready.json()
         assert body["ready"] is False and body["role"] == "starting"
         assert body["reason"] == ("starting; database not connected yet; rpc not connected yet")
-        assert set(body["checks"]) == {"database", "rpc", "backfill", "lag", "leader"}
+        assert set(body["checks"]) == {"database", "rpc", "backfill", "lag", "role"}
         status = await request(port, "GET", "/status")
         assert status.status == 503
         assert status.json()["process"]["role"] == "starting"
