@@ -144,9 +144,10 @@ WHERE r.chain_id = $1 AND r.state = 'pending'
 -- Pending reports the contract has not passed, of streams that take usage (open, or closing
 -- before their close_at in chain time: the indexed head's timestamp) with no usage on its way
 -- and not backed off (their last usage intent failed within the backoff window), in stream
--- and sequence order (the pending index's order: no sort). The two exclusions are NOT EXISTS
--- so they become hashed anti-joins: a NOT IN over a set too large to hash would be searched
--- linearly for every pending report.
+-- and sequence order (the pending index's order: no sort). The streams held back are one set
+-- (`held`), computed once (MATERIALIZED) from the live or recently failed usage intents to
+-- their items, then anti-joined: a lookup per pending report lets a planner with stale
+-- statistics search each stream's whole report history for every report.
 -- price: what the report costs per unit at the head, as the contract's priceInForce: an
 -- own-price stream's own price whatever the endpoint, a price-list stream's endpoint price (a
 -- pending price whose effective time has come is in force).
@@ -155,6 +156,16 @@ WHERE r.chain_id = $1 AND r.state = 'pending'
 -- (`price_change`) or, on a price list, its endpoint's (`endpoint_price_change`).
 WITH head AS (
     SELECT COALESCE(max(indexed_timestamp), 0) AS t FROM ingest_cursor WHERE chain_id = $1
+),
+held AS MATERIALIZED (
+    SELECT f.stream_id FROM keeper.usage_in_flight f WHERE f.chain_id = $1
+    UNION
+    SELECT b.entity
+    FROM intents i
+    JOIN planner_settings ps ON ps.chain_id = i.chain_id
+    JOIN batch_items b ON b.intent_id = i.id
+    WHERE i.chain_id = $1 AND i.kind = 'usage' AND i.state = 'failed'
+      AND i.updated_at + make_interval(secs => ps.backoff_seconds) > now()
 )
 SELECT r.stream_id, r.seq, r.units, s.usage_seq, s.payee, r.endpoint,
        COALESCE(CASE WHEN NOT s.price_list
@@ -174,16 +185,7 @@ LEFT JOIN endpoints e
        ON e.chain_id = r.chain_id AND e.payee = s.payee AND e.endpoint = r.endpoint
 WHERE r.chain_id = $1 AND r.state = 'pending' AND r.seq > s.usage_seq
   AND (s.status = 'open' OR (s.status = 'closing' AND s.close_at > head.t))
-  AND NOT EXISTS (SELECT 1 FROM keeper.usage_in_flight f
-                  WHERE f.chain_id = $1 AND f.stream_id = r.stream_id)
-  AND NOT EXISTS (
-      SELECT 1
-      FROM batch_items b
-      JOIN intents i ON i.id = b.intent_id
-      JOIN planner_settings ps ON ps.chain_id = i.chain_id
-      WHERE b.chain_id = $1 AND b.kind = 'usage' AND b.entity = r.stream_id
-        AND i.state = 'failed'
-        AND i.updated_at + make_interval(secs => ps.backoff_seconds) > now())
+  AND NOT EXISTS (SELECT 1 FROM held h WHERE h.stream_id = r.stream_id)
 ORDER BY r.chain_id, r.stream_id, r.seq
 LIMIT $2;
 

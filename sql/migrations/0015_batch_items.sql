@@ -26,10 +26,16 @@ CREATE TABLE batch_items (
         CHECK (kind = 'usage' OR (units IS NULL AND endpoint IS NULL)),
     CONSTRAINT batch_items_checked_check CHECK ((outcome IS NULL) = (checked_at IS NULL))
 );
--- An entity's items, newest intent last: in flight, backed off, the latest refund of an escrow.
-CREATE INDEX batch_items_entity_idx ON batch_items (chain_id, kind, entity, intent_id);
--- keeper.settlement_totals' windows and keeper.items_backed_off, as range scans.
+-- An item's rows (a usage report's by its seq) in every intent that held it: the latest refund
+-- of an escrow, the intent a report is on its way in.
+CREATE INDEX batch_items_entity_idx ON batch_items (chain_id, kind, entity, seq, intent_id);
+-- keeper.settlement_totals' windows over the checked items, as range scans.
 CREATE INDEX batch_items_checked_idx ON batch_items (checked_at) WHERE checked_at IS NOT NULL;
+-- The backed-off items of an entity (few: the planners look them up for every due entity).
+CREATE INDEX batch_items_backed_off_idx ON batch_items (chain_id, kind, entity)
+    WHERE outcome IN ('no_effect', 'reverted');
+-- Final intents above the indexed block (keeper.items_in_flight): after a reorg or a resync.
+CREATE INDEX intents_final_block_idx ON intents (chain_id, block_number) WHERE state = 'final';
 
 -- Every item of every batch intent, in its batch's order. A usage item of three fields was
 -- planned before endpoints existed: endpoint 0.
@@ -77,15 +83,22 @@ DROP VIEW keeper.streams_due, keeper.escrows_refundable, keeper.items_in_flight,
     keeper.items_backed_off;
 
 CREATE VIEW keeper.items_in_flight AS
-SELECT b.chain_id, b.kind, b.entity AS item, i.id AS intent_id, i.key AS intent_key,
+SELECT i.chain_id, i.kind, b.entity AS item, i.id AS intent_id, i.key AS intent_key,
        i.state AS intent_state, b.seq, b.units, b.endpoint
-FROM batch_items b
-JOIN intents i ON i.id = b.intent_id
-LEFT JOIN ingest_cursor c ON c.chain_id = b.chain_id
-WHERE b.outcome IS DISTINCT FROM 'reverted'
-  AND (i.state IN ('planned', 'assigned', 'mined')
-       OR (i.state IN ('confirmed', 'final')
-           AND i.block_number > COALESCE(c.indexed_block, -1)));
+FROM intents i
+JOIN batch_items b ON b.intent_id = i.id
+WHERE i.state IN ('planned', 'assigned', 'mined', 'confirmed')
+  AND b.outcome IS DISTINCT FROM 'reverted'
+  AND (i.state <> 'confirmed'
+       OR i.block_number > COALESCE((SELECT c.indexed_block FROM ingest_cursor c
+                                     WHERE c.chain_id = i.chain_id), -1))
+UNION ALL
+SELECT i.chain_id, i.kind, b.entity, i.id, i.key, i.state, b.seq, b.units, b.endpoint
+FROM ingest_cursor c
+JOIN intents i ON i.chain_id = c.chain_id AND i.state = 'final'
+              AND i.block_number > c.indexed_block
+JOIN batch_items b ON b.intent_id = i.id
+WHERE b.outcome IS DISTINCT FROM 'reverted';
 
 CREATE VIEW keeper.items_backed_off AS
 SELECT b.chain_id, b.kind, b.entity AS item, b.outcome, b.detail, b.checked_at,
@@ -97,6 +110,12 @@ WHERE b.outcome IN ('no_effect', 'reverted')
   AND b.checked_at + make_interval(secs => ps.backoff_seconds) > now();
 
 CREATE VIEW keeper.streams_due AS
+-- As in keeper.escrows_refundable: the streams on their way or backed off, computed once.
+WITH held AS MATERIALIZED (
+    SELECT f.chain_id, f.item FROM keeper.items_in_flight f WHERE f.kind = 'settle'
+    UNION
+    SELECT o.chain_id, o.item FROM keeper.items_backed_off o WHERE o.kind = 'settle'
+)
 SELECT b.chain_id,
        b.stream_id,
        b.payer,
@@ -119,12 +138,7 @@ WHERE b.status IN ('open', 'depleted')
   AND (b.runway_seconds <= ps.settle_horizon
        OR b.accrued_now >= ps.settle_min_amount
        OR b.as_of - b.settled_at >= ps.settle_max_interval)
-  AND NOT EXISTS (SELECT 1 FROM keeper.items_in_flight f
-                  WHERE f.chain_id = b.chain_id AND f.kind = 'settle'
-                    AND f.item = b.stream_id)
-  AND NOT EXISTS (SELECT 1 FROM keeper.items_backed_off o
-                  WHERE o.chain_id = b.chain_id AND o.kind = 'settle'
-                    AND o.item = b.stream_id);
+  AND NOT EXISTS (SELECT 1 FROM held h WHERE h.chain_id = b.chain_id AND h.item = b.stream_id);
 
 CREATE OR REPLACE VIEW keeper.escrows_expired AS
 SELECT e.chain_id,
@@ -158,15 +172,18 @@ LEFT JOIN LATERAL (
 ) r ON true
 WHERE e.status = 'open' AND e.expires_at <= c.indexed_timestamp;
 
+-- The escrows on their way or backed off are one set, computed once (MATERIALIZED) from the
+-- live intents and the backed-off index, then anti-joined: few rows, whatever the statistics
+-- say, where a lookup per escrow could search an entity's whole history.
 CREATE VIEW keeper.escrows_refundable AS
+WITH held AS MATERIALIZED (
+    SELECT f.chain_id, f.item FROM keeper.items_in_flight f WHERE f.kind = 'refund'
+    UNION
+    SELECT o.chain_id, o.item FROM keeper.items_backed_off o WHERE o.kind = 'refund'
+)
 SELECT x.*
 FROM keeper.escrows_expired x
-WHERE NOT EXISTS (SELECT 1 FROM keeper.items_in_flight f
-                  WHERE f.chain_id = x.chain_id AND f.kind = 'refund'
-                    AND f.item = x.escrow_id)
-  AND NOT EXISTS (SELECT 1 FROM keeper.items_backed_off o
-                  WHERE o.chain_id = x.chain_id AND o.kind = 'refund'
-                    AND o.item = x.escrow_id);
+WHERE NOT EXISTS (SELECT 1 FROM held h WHERE h.chain_id = x.chain_id AND h.item = x.escrow_id);
 
 CREATE OR REPLACE VIEW keeper.usage_in_flight AS
 SELECT f.chain_id,
