@@ -23,14 +23,14 @@ from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from eth_keys import keys as eth_keys
 
-from keeper.errors import PermanentError
+from keeper.errors import KeeperError
 
 # secp256k1's group order: a private key must lie in [1, n - 1].
 _SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
 _HEX_DIGITS = frozenset(string.hexdigits)
 
 
-class KeyLoadError(PermanentError):
+class KeyLoadError(KeeperError):
     """The private key could not be loaded."""
 
     def __init__(
