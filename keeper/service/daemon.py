@@ -11,7 +11,8 @@ exits 0; whatever still runs after `daemon.shutdown_grace` seconds is cancelled 
 transactions roll back too: every write is crash-safe). A loop that dies takes the process down
 with a non-zero status so systemd restarts it; a reorg below the finalized block exits with
 `EXIT_FATAL_REORG` (3), which the unit file does not restart; a leader that loses its lock
-exits 1 and comes back as a standby.
+exits 1 and comes back as a standby. A configuration error found at start (a key, the wrong
+chain, a taken health port) is raised as a `PermanentError`: exit 78, not restarted either.
 """
 
 from __future__ import annotations
