@@ -20,7 +20,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from keeper.errors import KeeperError
+from keeper.errors import PermanentError
 from keeper.urls import (
     DATABASE_SCHEMES,
     RPC_SCHEMES,
@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from keeper.chain.signers import KeySource
 
 
-class ConfigError(KeeperError):
+class ConfigError(PermanentError):
     """The configuration is not valid."""
 
 

@@ -2,6 +2,11 @@
 
 Every error the keeper raises on purpose derives from `KeeperError`; its docstring is the
 default message, so `raise SomeError()` already tells the operator what went wrong.
+
+Its `exit_code` is the command's exit status: 1 by default, for what may pass on its own (a
+database or an RPC out of reach: systemd restarts the keeper), `EX_CONFIG` (78) for what only an
+operator can mend (a bad configuration field, a key that does not decrypt, the wrong chain, a
+taken health port), which the unit's `RestartPreventExitStatus=` lists.
 """
 
 from __future__ import annotations
@@ -9,9 +14,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+EX_CONFIG = 78  # sysexits.h: a configuration error; systemd does not restart the keeper after it
+
 
 class KeeperError(Exception):
     """The keeper failed."""
+
+    exit_code: int = 1
 
     def __init__(self, message: str | None = None, *, help: str | None = None) -> None:  # noqa: A002
         self.message = message or (type(self).__doc__ or "").strip() or type(self).__name__
@@ -22,6 +31,12 @@ class KeeperError(Exception):
         if self.help:
             return f"{self.message}\n  help: {self.help}"
         return self.message
+
+
+class PermanentError(KeeperError):
+    """A configuration the keeper cannot run with: restarting it would fail the same way."""
+
+    exit_code = EX_CONFIG
 
 
 @contextmanager

@@ -319,13 +319,13 @@ def _to_stderr(text: str) -> None:
         pass
 
 
-def _excepthook(
-    exc_type: type[BaseException], exc: BaseException, tb: TracebackType | None
-) -> None:
+def excepthook(exc_type: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
+    """sys.excepthook: Python's traceback of an uncaught exception, scrubbed, on stderr."""
     _to_stderr("".join(traceback.format_exception(exc_type, exc, tb)))
 
 
-def _thread_excepthook(args: threading.ExceptHookArgs) -> None:
+def thread_excepthook(args: threading.ExceptHookArgs) -> None:
+    """threading.excepthook: a dying thread's traceback, scrubbed, on stderr."""
     if args.exc_type is SystemExit:
         return
     name = args.thread.name if args.thread is not None else threading.get_ident()
@@ -333,7 +333,8 @@ def _thread_excepthook(args: threading.ExceptHookArgs) -> None:
     _to_stderr(f"Exception in thread {name}:\n{text}")
 
 
-def _unraisablehook(unraisable: Any) -> None:
+def unraisablehook(unraisable: Any) -> None:
+    """sys.unraisablehook: an "Exception ignored in" message, scrubbed, on stderr."""
     head = unraisable.err_msg or "Exception ignored in"
     try:
         head += f": {unraisable.object!r}" if unraisable.object is not None else ""
@@ -372,9 +373,9 @@ def install_hooks() -> None:
     if _installed:
         return
     _installed = True
-    sys.excepthook = _excepthook
-    threading.excepthook = _thread_excepthook
-    sys.unraisablehook = _unraisablehook
+    sys.excepthook = excepthook
+    threading.excepthook = thread_excepthook
+    sys.unraisablehook = unraisablehook
     root = logging.getLogger()
     if not root.handlers:
         root.addHandler(ScrubbingHandler())

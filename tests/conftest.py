@@ -23,8 +23,11 @@ Fixtures:
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 import re
+import sys
+import threading
 import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -38,6 +41,7 @@ import pytest
 import structlog
 
 from keeper import db as keeper_db
+from keeper import logs
 from keeper.db.migrations import migrate
 from keeper.dev.anvil import Anvil, start_anvil
 from tests.support.dev_nodes import NODE_KINDS, AnvilNode, DevNode, start_hardhat
@@ -111,10 +115,19 @@ def _drop_database(server_url: str, name: str) -> None:
 def _restore_structlog() -> Iterator[None]:
     """Put structlog's configuration back after each test. A test that runs `keeper.cli.main`
     in-process configures it to print to the sys.stderr of that moment, which is pytest's
-    capture file for the test: closed afterwards, a later test's log line would fail there."""
+    capture file for the test: closed afterwards, a later test's log line would fail there.
+    `keeper.logs.configure` with JSON lines also sets the root logger's handlers and the hooks
+    of uncaught exceptions: put back too."""
     saved = structlog.get_config()
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    hooks = sys.excepthook, threading.excepthook, sys.unraisablehook
     yield
     structlog.configure(**saved)
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    sys.excepthook, threading.excepthook, sys.unraisablehook = hooks
+    logs._state["json"] = False
 
 
 @pytest.fixture(scope="session")

@@ -10,14 +10,14 @@ from typing import Any
 
 from eth_utils import is_checksum_address, is_hex_address, to_checksum_address
 
-from keeper.errors import KeeperError
+from keeper.errors import PermanentError
 
 MAX_FEE_BPS = 1000  # StreamManager.MAX_FEE_BPS
 MAX_NOTICE_PERIOD = 2**32 - 1  # the constructor's uint32
 DEPLOYMENT_FORMAT = 1
 
 
-class DeploymentFileError(KeeperError):
+class DeploymentFileError(PermanentError):
     """The deployment file cannot be read."""
 
 

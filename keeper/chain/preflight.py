@@ -1,4 +1,5 @@
-"""Checks of a configuration against the world: the key files, the database and the chain.
+"""Checks of a configuration against the world: the key files, the health port, the database
+and the chain.
 
 `check_chain` is what `keeper run` asks before it starts and `keeper check-config` after its
 static checks: that the RPC serves the chain the deployment file is for, and that the
@@ -15,10 +16,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import aiohttp
 import asyncpg
 from eth_utils import keccak
 
-from keeper import db, secrets
+from keeper import db, ports, secrets
 from keeper.chain.deployment import Deployment
 from keeper.chain.oracle_role import signers_without_oracle_role
 from keeper.chain.rpc import ChainClient, RpcError, RpcResponseError
@@ -30,6 +32,7 @@ from keeper.errors import KeeperError
 from keeper.metrics import redact_url
 from keeper.resources import migration_files
 
+HEALTHZ_TIMEOUT = 2.0  # seconds for a keeper on the health port to answer /healthz
 # The contracts of a deployment the keeper needs code at, as the deployment file names them.
 CONTRACTS = ("token", "stream_manager", "escrow_vault")
 # token(): the immutable token of StreamManager and of EscrowVault.
@@ -252,6 +255,9 @@ async def check_all(path: Path, report: Callable[[Check], None]) -> list[Check]:
     if not problems:
         record("signers", True, _signers_text([s.address for s in signers]))
 
+    ok, detail = await health_port(config)
+    record("health", ok, detail)
+
     dsn = config.database.url.get_secret_value()
     try:
         conn = await db.connect(dsn, timeout=config.chain.rpc_timeout)
@@ -304,6 +310,34 @@ async def _usage_billing(
         f"{deployment.stream_manager}, so `keeper run` would switch usage billing off; grant "
         "it to every signer, or set plan.usage = false",
     )
+
+
+async def health_port(config: KeeperConfig) -> tuple[bool, str]:
+    """Whether `keeper run` could listen on `[health]` host and port, and what was found. A port
+    taken by a keeper (its /healthz answers `ok`) passes: this configuration's own daemon,
+    running; a second one on this machine would need another port."""
+    health = config.health
+    if not health.enabled:
+        return True, "disabled ([health] enabled = false)"
+    try:
+        return True, f"{ports.check(health.host, health.port)} is free"
+    except ports.PortUnavailable as exc:
+        if exc.in_use and await _answers_healthz(health.host, health.port):
+            return True, (
+                f"{health.host}:{health.port} is served by a running keeper (its /healthz "
+                "answers ok); a second keeper on this machine needs another health.port"
+            )
+        return False, str(exc)
+
+
+async def _answers_healthz(host: str, port: int) -> bool:
+    url = f"http://{host if ':' not in host else f'[{host}]'}:{port}/healthz"
+    try:
+        timeout = aiohttp.ClientTimeout(total=HEALTHZ_TIMEOUT)
+        async with aiohttp.ClientSession(timeout=timeout) as session, session.get(url) as answer:
+            return answer.status == 200 and (await answer.text()) == "ok\n"
+    except (aiohttp.ClientError, TimeoutError, UnicodeDecodeError):
+        return False
 
 
 def _signers_text(addresses: Sequence[str]) -> str:

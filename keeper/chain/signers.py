@@ -16,12 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from keeper.chain.keys import KeyLoadError, PrivateKey, load_key_file, load_keystore
-from keeper.errors import KeeperError
+from keeper.errors import PermanentError
 
 CREDENTIALS_ENV = "CREDENTIALS_DIRECTORY"
 
 
-class SignerConfigError(KeeperError):
+class SignerConfigError(PermanentError):
     """A signer key could not be loaded."""
 
 

@@ -2,8 +2,8 @@
 
 One module per command group holds each command's parser, its `cmd_<name>(args) -> exit status`
 handler and its output; `common` what they share. This module assembles the parser and runs a
-command: a `KeeperError` becomes a one-paragraph message on stderr (with its help line) and exit
-status 1; a usage error is argparse's exit status 2.
+command: a `KeeperError` becomes a one-paragraph message on stderr (with its help line) and its
+`exit_code` (1, or 78 for a configuration error); a usage error is argparse's exit status 2.
 
 Building the parser imports nothing heavy: each handler imports its work (web3, anyio, asyncpg,
 pydantic) when it runs, so `--help` and usage errors answer at once, and `keeper run` can refuse
@@ -16,7 +16,9 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from keeper import __version__, secrets
+import structlog
+
+from keeper import __version__, logs, secrets
 from keeper.cli import (
     chain,
     config,
@@ -46,7 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
             "config/keeper.example.toml); any field can be overridden from the environment as\n"
             "KEEPER_<SECTION>__<FIELD>, e.g. KEEPER_INGEST__POLL_INTERVAL=2.\n"
             "Exit status: 0 success, 1 error (a one-paragraph message on stderr), 2 usage\n"
-            "error.\n\n"
+            "error, 78 configuration error (a bad field, a key that does not load, the wrong\n"
+            "chain, a taken health port: systemd does not restart `keeper run` after it).\n\n"
             "Run `keeper <command> --help` for a command's options."
         ),
     )
@@ -92,7 +95,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             return handler(args)
         except KeeperError as exc:
-            print(f"keeper {args.command}: error: {secrets.scrub(str(exc))}", file=sys.stderr)
-            return 1
+            _report(args.command, exc)
+            return exc.exit_code
         except KeyboardInterrupt:
             return 130
+
+
+def _report(command: str, exc: KeeperError) -> None:
+    """The one-paragraph error on stderr; from a daemon writing JSON lines, also its last line
+    (`keeper_failed`), which replaces the paragraph when stderr goes to the journal too: there
+    every line is JSON."""
+    if logs.json_lines():
+        log = structlog.get_logger("keeper")
+        log.error("keeper_failed", error=exc.message, help=exc.help, exit_status=exc.exit_code)
+        if logs.is_journal(sys.stderr):
+            return
+    print(f"keeper {command}: error: {secrets.scrub(str(exc))}", file=sys.stderr)

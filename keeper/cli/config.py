@@ -63,7 +63,7 @@ def add_parsers(sub: Any) -> None:
     check = sub.add_parser(
         "check-config",
         formatter_class=Formatter,
-        help="check a configuration: file, deployment, keys, database and chain",
+        help="check a configuration: file, deployment, keys, health port, database, chain",
         description=(
             "Check the configuration FILE the way `keeper run` would use it, and print one\n"
             "line per check: `ok` and what was found (stdout), or `FAIL` and the problem\n"
@@ -75,12 +75,18 @@ def add_parsers(sub: Any) -> None:
             "                 valid (EIP-55 checksums), and for chain.chain_id if that is set\n"
             "  signers        every [[signers]] key loads (keystore + password file, or a\n"
             "                 systemd credential), each a distinct account\n"
+            "  health         [health] host and port can be listened on (free, or served by\n"
+            "                 a running keeper)\n"
             "  database       database.url is reachable; how many migrations are pending\n"
             "  chain          the RPC serves the deployment's chain, and the token,\n"
             "                 StreamManager and EscrowVault have code at the file's addresses\n"
             "It goes on after a failed check where the next one does not depend on it, so\n"
             "every problem shows at once. Nothing is written anywhere. Exit status 0 when all\n"
-            "checks pass, 1 otherwise."
+            "checks pass, 1 otherwise.\n\n"
+            "Keys given as systemd credentials (`credential = NAME`) are read from\n"
+            "$CREDENTIALS_DIRECTORY: set it to a directory holding them, or run the check as\n"
+            "the service would, e.g. systemd-run --pipe --wait -p User=keeper\n"
+            "-p LoadCredential=keys:/etc/keeper/keys/mainnet keeper check-config --config ..."
         ),
     )
     add_config(check)

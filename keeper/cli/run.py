@@ -38,10 +38,14 @@ def add_parser(sub: Any) -> None:
         formatter_class=Formatter,
         help="run the daemon",
         description=(
-            "Run the keeper daemon with the given configuration: apply migrations, then follow\n"
-            "the chain's logs into the database (backfill from the deployment block, then the\n"
-            "head, handling reorgs) until SIGTERM or SIGINT (exit 0). Exit 3: the chain\n"
-            "reorganised below the finalized block; 1: configuration or start-up error."
+            "Run the keeper daemon with the given configuration: listen on the health port,\n"
+            "apply migrations, then follow the chain's logs into the database (backfill from\n"
+            "the deployment block, then the head, handling reorgs) until SIGTERM or SIGINT\n"
+            "(exit 0). Exit 3: the chain reorganised below the finalized block; 78: a\n"
+            "configuration error (a bad field or key, the wrong chain, a taken health port);\n"
+            "1: another error (e.g. the database out of reach).\n\n"
+            "Its log is JSON lines on stdout when stdout is not a terminal, each line behind\n"
+            "its syslog priority (<3>, <6>, ...) when stdout is the journal ($JOURNAL_STREAM)."
         ),
     )
     add_config(run, CONFIG_HELP)

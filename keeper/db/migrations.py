@@ -21,7 +21,7 @@ import structlog
 
 from keeper import db, resources
 from keeper.db.queries import load_queries
-from keeper.errors import KeeperError
+from keeper.errors import PermanentError
 
 log = structlog.get_logger(__name__)
 
@@ -30,7 +30,7 @@ log = structlog.get_logger(__name__)
 MIGRATION_LOCK_KEY = 0x6B65_6570_6572_0001
 
 
-class MigrationChanged(KeeperError):
+class MigrationChanged(PermanentError):
     """A migration file was changed after it was applied to this database."""
 
     def __init__(self, name: str, applied_sha256: str, file_sha256: str) -> None:
@@ -45,7 +45,7 @@ class MigrationChanged(KeeperError):
         self.file_sha256 = file_sha256
 
 
-class UnknownMigration(KeeperError):
+class UnknownMigration(PermanentError):
     """The database records a migration this keeper does not ship."""
 
     def __init__(self, name: str) -> None:

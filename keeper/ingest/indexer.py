@@ -33,7 +33,7 @@ from keeper.chain.rpc import (
     effective_finalized,
 )
 from keeper.config import IngestConfig
-from keeper.errors import KeeperError, unwrap_group
+from keeper.errors import PermanentError, unwrap_group
 from keeper.ingest.events import DecodedBatch, Decoder
 from keeper.ingest.ranges import GC_COLLECT_EVERY, Range, RangeReader, gc_paused, shrunk
 from keeper.ingest.reorgs import EXIT_FATAL_REORG, FatalReorg, handle_reorg
@@ -60,7 +60,7 @@ BACKFILL_RUNS = Counter(
 DECODE_PART_LOGS = 20_000  # logs decoded at a time: the server copies one part while the next
 
 
-class ChainMismatch(KeeperError):
+class ChainMismatch(PermanentError):
     """The RPC serves another chain than the one configured."""
 
 

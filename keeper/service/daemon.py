@@ -1,6 +1,6 @@
 """The daemon: one root task group running the keeper's loops until a signal stops it.
 
-Start-up: migrations, the database pool and the RPC client, the health port, the first head
+Start-up: the health port, migrations, the database pool and the RPC client, the first head
 (then systemd hears READY=1), and the leader election. Of the keepers sharing a database and
 chain, the one holding the leader lock (keeper.service.leader) runs the indexer, the transaction
 manager and the planners; the others wait as standbys, serving the health port.
@@ -11,7 +11,8 @@ exits 0; whatever still runs after `daemon.shutdown_grace` seconds is cancelled 
 transactions roll back too: every write is crash-safe). A loop that dies takes the process down
 with a non-zero status so systemd restarts it; a reorg below the finalized block exits with
 `EXIT_FATAL_REORG` (3), which the unit file does not restart; a leader that loses its lock
-exits 1 and comes back as a standby.
+exits 1 and comes back as a standby. A configuration error found at start (a key, the wrong
+chain, a taken health port) is raised as a `PermanentError`: exit 78, not restarted either.
 """
 
 from __future__ import annotations
@@ -351,6 +352,11 @@ async def _main(run: _Run, tg: TaskGroup) -> None:
     """Start up, wait to lead, then lead until a stop is requested."""
     config, state = run.config, run.state
     dsn = config.database.url.get_secret_value()
+    if config.health.enabled:
+        # Bound first: a port taken by another keeper stops this one before it does any work
+        # (keeper.ports); until the pool and the client exist, the port says so.
+        port = await tg.start(health.serve, config.health.host, config.health.port, state)
+        log.info("health_listening", url=f"http://{config.health.host}:{port}")
     # Migrations finish even if a stop is requested meanwhile: each runs in its own transaction
     # under an advisory lock, and an interrupted one would only be rolled back and redone.
     with anyio.CancelScope(shield=True):
@@ -364,9 +370,6 @@ async def _main(run: _Run, tg: TaskGroup) -> None:
     client = config.chain.client()
     run.resources.append(client.close)
     state.pool, state.client = pool, client
-    if config.health.enabled:
-        port = await tg.start(health.serve, config.health.host, config.health.port, state)
-        log.info("health_listening", url=f"http://{config.health.host}:{port}")
 
     async def chain_checked() -> BlockHeader:
         head = await client.head()

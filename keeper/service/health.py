@@ -40,7 +40,7 @@ import structlog
 from aiohttp import hdrs, web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from keeper import metrics, secrets
+from keeper import metrics, ports, secrets
 from keeper.chain.rpc import ChainClient
 from keeper.db.queries import load_queries
 from keeper.service.request_gate import (
@@ -329,7 +329,9 @@ async def serve(
     task_status: anyio.abc.TaskStatus[int] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve until cancelled; task_status.started(bound_port) once listening (port 0 = any free
-    port). Runs on the asyncio backend of anyio (aiohttp's)."""
+    port). Runs on the asyncio backend of anyio (aiohttp's). A port that cannot be bound
+    raises `keeper.ports.PortUnavailable` before anything is set up."""
+    sockets = ports.listen(host, port)
     server = HealthServer(state)
     # lingering_time: after answering a request whose body was not read, aiohttp drains it for
     # LINGER seconds before closing, as the gate does after a refusal. shutdown_timeout 0: on
@@ -345,17 +347,21 @@ async def serve(
     assert runner.server is not None  # set by setup()
     gates = Gates(runner.server, read_timeout, ANSWER_TIMEOUT, max_connections)
     metrics.REGISTRY.register(server.collector)
-    listener: asyncio.Server | None = None
+    listeners: list[asyncio.Server] = []
     try:
-        listener = await asyncio.get_running_loop().create_server(gates, host, port)
-        bound: int = listener.sockets[0].getsockname()[1]
+        loop = asyncio.get_running_loop()
+        for sock in sockets:
+            listeners.append(await loop.create_server(gates, sock=sock))
+        bound: int = sockets[0].getsockname()[1]
         log.debug("http_listening", host=host, port=bound)
         task_status.started(bound)
         await anyio.sleep_forever()
     finally:
         with anyio.CancelScope(shield=True):
-            if listener is not None:
+            for listener in listeners:
                 listener.close()
+            for sock in sockets[len(listeners) :]:
+                sock.close()
             gates.abort_all()
             await runner.cleanup()
             metrics.REGISTRY.unregister(server.collector)

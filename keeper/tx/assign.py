@@ -23,7 +23,7 @@ from keeper.tx.counters import (
     SPENT_LAST_HOUR,
 )
 from keeper.tx.fees import Fees, initial_fees
-from keeper.tx.send import Sender, went_out
+from keeper.tx.send import Sender
 from keeper.tx.simulate import Simulator
 
 
@@ -136,10 +136,12 @@ class Assigner:
                 spent += cost
                 ctx.report.assigned += 1
                 ctx.log.info(
-                    "intent_assigned", intent=intent.key, signer=hex_of(signer), nonce=signed.nonce
+                    "intent_assigned",
+                    intent=intent.key,
+                    signer=ctx.name(signer),
+                    nonce=signed.nonce,
                 )
-                if not went_out(await self.sender.broadcast(attempt_id, signed.raw)):
-                    ctx.report.refused += 1
+                await self.sender.broadcast(attempt_id, signed.raw, intent.key)
         return False
 
     async def _store(

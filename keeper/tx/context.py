@@ -29,6 +29,8 @@ DEFAULT_TIP = 10**9  # when the node cannot quote one (eth_maxPriorityFeePerGas 
 class TickReport:
     """What one pass did (for logs, metrics and tests)."""
 
+    # Every eth_sendRawTransaction the node took or may have (first sends, sends again,
+    # bumps, purges), and every one it refused: `tx_pass` reports what went out.
     sent: int = 0
     assigned: int = 0
     failed: int = 0
@@ -39,7 +41,7 @@ class TickReport:
     bumped: int = 0
     rebroadcast: int = 0
     replanned: int = 0
-    refused: int = 0
+    refused: int = 0  # see `sent`
     purged: int = 0
     held_by_budget: int = 0
     split: int = 0

@@ -155,11 +155,12 @@ class Repair:
         INTENTS.labels(kind="purge", state="assigned").inc()
         self.sender.paced.pop(a.id, None)
         self._foreign_nonce_seen.pop(a.intent_id, None)
-        outcome = await self.sender.broadcast(attempt_id, signed.raw)
+        outcome = await self.sender.broadcast(attempt_id, signed.raw, key)
         ctx.log.warning(
             "nonce_purged",
             intent=a.key,
-            signer=hex_of(signer),
+            purge_intent=key,
+            signer=ctx.name(signer),
             nonce=nonce,
             max_fee=fees.max_fee,
             outcome=outcome.value,
@@ -189,7 +190,7 @@ class Repair:
                     continue  # a fee bump would not answer it: sent again, paced (Sender)
                 fees = bump(fees_of(a), base, tip, ctx.caps)
                 if fees is None:
-                    await self.sender.broadcast(a.id, a.signed.raw)
+                    await self.sender.broadcast(a.id, a.signed.raw, a.key)
                     REBROADCASTS.inc()
                     ctx.report.rebroadcast += 1
                     continue
@@ -199,11 +200,11 @@ class Repair:
                 self.sender.paced.pop(a.id, None)
                 self.sender.gas_limits[attempt_id] = gas_limit
                 ATTEMPTS.labels(reason="bump").inc()
-                outcome = await self.sender.broadcast(attempt_id, signed.raw)
+                outcome = await self.sender.broadcast(attempt_id, signed.raw, a.key)
                 ctx.report.bumped += 1
                 ctx.log.info(
                     "attempt_bumped",
-                    intent_id=a.intent_id,
+                    intent=a.key,
                     nonce=a.signed.nonce,
                     max_fee=fees.max_fee,
                     outcome=outcome.value,
@@ -227,5 +228,5 @@ class Repair:
         self._foreign_nonce_seen.pop(iid, None)
         ctx.report.replanned += 1
         INTENTS.labels(kind=a.kind, state="replan").inc()
-        ctx.log.warning("nonce_used_elsewhere", intent_id=iid, nonce=a.signed.nonce)
+        ctx.log.warning("nonce_used_elsewhere", intent=a.key, nonce=a.signed.nonce)
         return True

@@ -7,6 +7,8 @@ ambiguous answers are never failures by themselves: the receipts and the account
 
 from __future__ import annotations
 
+from eth_utils import keccak
+
 from keeper import secrets
 from keeper.chain.rpc import RpcError, RpcResponseError
 from keeper.tx.context import TxContext, hex_of
@@ -80,14 +82,12 @@ class Sender:
             if ctx.faults.backed_off(row.intent_id):
                 continue
             async with ctx.faults.contain(row.intent_id, row.key, "send"):
-                outcome = await self.broadcast(row.id, row.raw)
-                if went_out(outcome):
-                    ctx.report.sent += 1
-                else:
-                    ctx.report.refused += 1
+                await self.broadcast(row.id, row.raw, row.key)
 
-    async def broadcast(self, attempt_id: int, raw: bytes) -> SendOutcome:
-        """Send stored bytes; record the outcome.
+    async def broadcast(self, attempt_id: int, raw: bytes, intent: str) -> SendOutcome:
+        """Send stored bytes (attempt `attempt_id` of the intent keyed `intent`); record the
+        outcome, and count it in the pass's report: `sent` when the node took it or may have,
+        else `refused`.
 
         - accepted, or ambiguous (already known, nonce too low, timeout, unknown): counted as
           sent; receipts and the account's nonce decide later. A timeout or unknown answer
@@ -102,7 +102,8 @@ class Sender:
         - refused for now (insufficient funds, nonce too high, ...): the attempt keeps its
           state with the error recorded and is sent again next pass (a full pool: after 1, 2,
           4, ... blocks).
-        Each attempt's answer is logged when it changes, then only counted.
+        Each attempt's answer is logged when it changes (`tx_broadcast` with the transaction
+        hash when taken, `send_answer` or `send_refused` otherwise), then only counted.
         """
         ctx = self.ctx
         head = ctx.head.number
@@ -117,6 +118,10 @@ class Sender:
             outcome = SendOutcome.TIMEOUT
             error = secrets.scrub(exc.message)
         BROADCASTS.labels(outcome=outcome.value).inc()
+        if went_out(outcome):
+            ctx.report.sent += 1
+        else:
+            ctx.report.refused += 1
         sent = went_out(outcome) or outcome in REPRICE
         if outcome in PACED:
             # Sent again from the same bytes: after an unknown answer or a full pool after 1,
@@ -136,13 +141,16 @@ class Sender:
             await ctx.outbox.mark_broadcast(attempt_id, head, error, stored)
         else:
             await ctx.outbox.record_send_error(attempt_id, error, stored)
-        if error is not None:
-            # A state change is logged once; the same answer again only counted (and at debug).
-            repeat = self.answers.get(attempt_id) == outcome
-            self.answers[attempt_id] = outcome
+        # A state change is logged once; the same answer again only counted (and at debug).
+        repeat = self.answers.get(attempt_id) == outcome
+        self.answers[attempt_id] = outcome
+        fields = {"intent": intent, "attempt": attempt_id, "tx_hash": hex_of(keccak(raw))}
+        if error is None:
+            (ctx.log.debug if repeat else ctx.log.info)("tx_broadcast", **fields)
+        else:
             event = "send_refused" if not (sent or outcome.ambiguous) else "send_answer"
             (ctx.log.debug if repeat else ctx.log.warning)(
-                event, attempt=attempt_id, outcome=outcome.value, error=error
+                event, **fields, outcome=outcome.value, error=error
             )
         return outcome
 

@@ -4,7 +4,8 @@
 
 Each mistake is checked through both commands: `check-config` exits 1 with a FAIL line that
 names the field's path, the value found (never a secret) and what was expected, and `keeper
-run` with the same configuration exits 1 with that same message; neither prints a traceback.
+run` with the same configuration exits 78 (EX_CONFIG: systemd does not restart it) with that
+same message; neither prints a traceback.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from keeper.chain.deployment import Deployment
 from keeper.chain.oracle_role import ORACLE_ROLE
 from keeper.config_load import load_config
 from keeper.dev.anvil import Anvil, dev_key, rpc
+from keeper.errors import EX_CONFIG
 from keeper.ops.deploy import deploy_all
 from tests.support.chain import send_and_mine, tx
 from tests.support.daemon import Db, Keeper, keeper, wait_until
@@ -148,7 +150,7 @@ def check_both(config: Path, check: str, *expected: str, env: dict[str, str] | N
     for piece in expected:
         assert piece in message, f"{piece!r} not in {message!r}"
     ran = keeper("run", "--config", str(config), env=env, timeout=90)
-    assert ran.returncode == 1, ran.stdout[-2000:] + ran.stderr
+    assert ran.returncode == EX_CONFIG, ran.stdout[-2000:] + ran.stderr
     assert_clean(ran.stdout + ran.stderr)
     assert "keeper run: error:" in ran.stderr, ran.stderr
     same_message(message, ran.stderr)
@@ -177,8 +179,16 @@ def test_a_good_configuration_passes_every_check(setup: Setup) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     assert_clean(result.stdout + result.stderr)
     names = [line.split()[1] for line in result.stdout.splitlines() if line.startswith("ok")]
-    assert names == ["configuration", "deployment", "signers", "database", "chain", "usage"]
-    assert "all 6 checks passed" in result.stdout
+    assert names == [
+        "configuration",
+        "deployment",
+        "signers",
+        "health",
+        "database",
+        "chain",
+        "usage",
+    ]
+    assert "all 7 checks passed" in result.stdout
     assert "schema up to date" in result.stdout
     assert "1 key: 0x" in result.stdout
     assert "every signer holds ORACLE_ROLE" in result.stdout
@@ -324,7 +334,7 @@ def test_chain_id_differs_from_the_deployment_and_the_node(setup: Setup) -> None
     assert "chain.chain_id: the RPC at http://127.0.0.1:" in chain
     assert "reports chain 31337, expected 1 (from chain.chain_id)" in chain
     ran = keeper("run", "--config", str(config), timeout=90)
-    assert ran.returncode == 1
+    assert ran.returncode == EX_CONFIG
     same_message(deployment, ran.stderr)
     assert_clean(checked.stdout + checked.stderr + ran.stdout + ran.stderr)
 

@@ -498,7 +498,7 @@ def test_a_working_keeper_prints_no_secret(
             [*CONFIG_COMMANDS, *CHAIN_COMMANDS, "config show --json", "status --json"],
             run_until=leading,
             expect={
-                "check-config (stdout)": "all 5 checks passed",
+                "check-config (stdout)": "all 6 checks passed",
                 "run (stdout)": "keeper_started",
                 "run health /metrics": "keeper_leader 1.0",
                 "usage import (stdout)": "rows queued for validation        1",

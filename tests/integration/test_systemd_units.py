@@ -27,6 +27,7 @@ import pytest
 
 from keeper.config import DaemonConfig
 from keeper.dev.anvil import Anvil
+from keeper.errors import EX_CONFIG
 from keeper.ingest.indexer import EXIT_FATAL_REORG
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -162,6 +163,9 @@ def test_keeper_unit_matches_the_daemon() -> None:
     no_restart = service["RestartPreventExitStatus"][0].split()
     assert str(EXIT_FATAL_REORG) in no_restart
     assert "1" not in no_restart  # a leader that lost its lock exits 1 to come back as standby
+    assert str(EX_CONFIG) in no_restart  # a configuration error: restarting fails the same way
+    # Lines start with their priority under journald (keeper.logs), which takes it off.
+    assert service["SyslogLevelPrefix"] == ["yes"]
     assert service["WatchdogSec"] == ["30"]
     assert service["MemoryMax"] == ["512M"]
     grace = DaemonConfig.model_fields["shutdown_grace"].default

@@ -315,10 +315,10 @@ async def test_a_bug_at_any_stage_stays_with_its_intent(stage: str) -> None:
         await m.tick()  # both refused for now: signed, to be sent again
         original = m.sender.broadcast
 
-        async def broadcast(attempt_id: int, raw: bytes) -> Any:
+        async def broadcast(attempt_id: int, raw: bytes, intent: str) -> Any:
             if w.outbox.attempts[attempt_id].intent_id == broken:
                 raise RuntimeError("injected bug in broadcast")
-            return await original(attempt_id, raw)
+            return await original(attempt_id, raw, intent)
 
         m.sender.broadcast = broadcast  # type: ignore[method-assign]
         await m.tick()

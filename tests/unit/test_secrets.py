@@ -269,7 +269,7 @@ def test_a_crash_traceback_is_scrubbed(capsys: pytest.CaptureFixture[str]) -> No
     try:
         int(f"0x{CANARY}", 16)
     except ValueError as exc:
-        secrets._excepthook(type(exc), exc, exc.__traceback__)
+        secrets.excepthook(type(exc), exc, exc.__traceback__)
     err = capsys.readouterr().err
     assert "Traceback" in err and "invalid literal for int() with base 16: '0x***'" in err
     assert CANARY not in err
@@ -278,7 +278,7 @@ def test_a_crash_traceback_is_scrubbed(capsys: pytest.CaptureFixture[str]) -> No
 def test_a_dying_thread_traceback_is_scrubbed(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(threading, "excepthook", secrets._thread_excepthook)
+    monkeypatch.setattr(threading, "excepthook", secrets.thread_excepthook)
     secrets.register(CANARY)
 
     def dies() -> None:
