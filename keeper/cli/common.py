@@ -209,15 +209,23 @@ def database_url(args: argparse.Namespace) -> str:
 
 
 def configure_logging(level: str) -> None:
-    """Log lines to stderr at `level` and above, scrubbed of secrets."""
+    """Log lines to stderr at `level` and above, scrubbed of secrets: readable text, or JSON
+    lines with journald's priority when stderr is the journal (`keeper migrate` in its unit)."""
     # stderr, so that a command's stdout carries only its result; the daemon sets up its own
     # logging (JSON under systemd) when it starts.
+    journal = logs.is_journal(sys.stderr)
+    renderer: structlog.types.Processor = (
+        structlog.processors.JSONRenderer()
+        if journal
+        else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+    )
+    render = logs.prioritised(logs.scrubbed(renderer)) if journal else logs.scrubbed(renderer)
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso"),
-            logs.scrubbed(structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())),
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            render,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),

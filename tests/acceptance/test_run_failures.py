@@ -28,6 +28,7 @@ import asyncpg
 import pytest
 from eth_account import Account
 
+from keeper import resources
 from keeper.chain.deployment import Deployment
 from keeper.dev.anvil import Anvil, dev_key, free_port
 from keeper.errors import EX_CONFIG
@@ -280,6 +281,31 @@ def test_no_priority_prefix_when_stdout_is_not_the_journal(
 
 
 # --------------------------------------------------------------------------- failure modes
+
+
+def test_migrate_logs_json_lines_with_priorities_in_the_journal(
+    empty_database_url: str,
+) -> None:
+    # keeper-migrate@.service: `keeper migrate` with stderr (its log) on the journal.
+    read_end, write_end = os.pipe()
+    info = os.fstat(write_end)
+    with open(read_end, "rb") as reader:
+        proc = subprocess.Popen(
+            [*KEEPER, "migrate", "--database-url", empty_database_url],
+            stdout=subprocess.PIPE,
+            stderr=write_end,
+            env=quiet_env(JOURNAL_STREAM=f"{info.st_dev}:{info.st_ino}"),
+        )
+        os.close(write_end)
+        got = reader.read().decode()
+        out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, got
+    lines = got.splitlines()
+    assert lines and all(line.startswith("<6>") for line in lines), got
+    applied = events(json_lines("\n".join(line[3:] for line in lines)), "migration_applied")
+    assert [e["migration"] for e in applied] == [n for n, _ in resources.migration_files()]
+    # stdout carries the result, as on a terminal.
+    assert out.decode().splitlines()[0].startswith("applied 0001_")
 
 
 @pytest.fixture
