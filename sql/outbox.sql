@@ -8,12 +8,13 @@ ON CONFLICT (chain_id, key) DO NOTHING
 RETURNING id;
 
 -- name: insert_items
--- A new batch intent's items, in its calldata's order: $2 the intent, $3 its kind, then one array
--- per column (keeper.kinds.item_columns).
+-- New batch intents' items, one array per column: the intent, the item's position in its
+-- calldata, the kind, then keeper.kinds.item_columns as text.
 INSERT INTO batch_items (intent_id, position, chain_id, kind, entity, seq, units, endpoint)
-SELECT $2, (r.n - 1)::integer, $1, $3, r.entity, r.seq, r.units, r.endpoint
-FROM unnest($4::numeric[], $5::numeric[], $6::numeric[], $7::numeric[])
-     WITH ORDINALITY AS r (entity, seq, units, endpoint, n);
+SELECT r.intent_id, r.position, $1, r.kind, r.entity::numeric, r.seq::numeric, r.units::numeric,
+       r.endpoint::numeric
+FROM unnest($2::bigint[], $3::integer[], $4::text[], $5::text[], $6::text[], $7::text[],
+            $8::text[]) AS r (intent_id, position, kind, entity, seq, units, endpoint);
 
 -- name: items_of_intents
 -- The items still in their batches (not taken out for reverting), per intent, in order.

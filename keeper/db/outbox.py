@@ -44,7 +44,7 @@ from keeper.db.outbox_rows import (
     stored_send,
 )
 from keeper.db.queries import Queries, load_queries
-from keeper.kinds import item_columns, item_of_columns, item_ref
+from keeper.kinds import ItemColumns, item_columns, item_of_columns, item_ref
 
 __all__ = [  # the planners' side is re-exported; the manager imports the rows from outbox_rows
     "AlreadyPlanned",
@@ -143,30 +143,49 @@ class Outbox:
 
     async def plan(self, conn: Conn, req: IntentRequest) -> Planned | AlreadyPlanned:
         """Create the intent, or report that its key is already planned."""
-        intent_id = await conn.fetchval(
-            self.q["insert_intent"],
-            self.chain_id,
-            req.kind,
-            req.key,
-            bytes.fromhex(req.target.removeprefix("0x")),
-            req.calldata,
-            req.value,
-            req.urgent,
-        )
-        if intent_id is not None:
-            if req.items:
-                columns = zip(*(item_columns(req.kind, i) for i in req.items), strict=True)
-                await conn.execute(
-                    self.q["insert_items"],
-                    self.chain_id,
-                    intent_id,
-                    req.kind,
-                    *([_numeric(v) for v in column] for column in columns),
-                )
-            return Planned(int(intent_id), req.key)
-        row = await conn.fetchrow(self.q["intent_by_key"], self.chain_id, req.key)
-        assert row is not None, "the conflicting intent cannot vanish: intents are never deleted"
-        return AlreadyPlanned(int(row["id"]), req.key, row["state"])
+        (outcome,) = await self.plan_all(conn, [req])
+        return outcome
+
+    async def plan_all(
+        self, conn: Conn, reqs: Sequence[IntentRequest]
+    ) -> list[Planned | AlreadyPlanned]:
+        """`plan` each request in order; the items of the new intents are written together, in
+        one statement (a planning pass writes thousands)."""
+        outcomes: list[Planned | AlreadyPlanned] = []
+        rows: list[tuple[int, int, str, ItemColumns]] = []  # intent id, position, kind, columns
+        for req in reqs:
+            intent_id = await conn.fetchval(
+                self.q["insert_intent"],
+                self.chain_id,
+                req.kind,
+                req.key,
+                bytes.fromhex(req.target.removeprefix("0x")),
+                req.calldata,
+                req.value,
+                req.urgent,
+            )
+            if intent_id is None:
+                row = await conn.fetchrow(self.q["intent_by_key"], self.chain_id, req.key)
+                assert row is not None, "a conflicting intent cannot vanish: none is deleted"
+                outcomes.append(AlreadyPlanned(int(row["id"]), req.key, row["state"]))
+                continue
+            outcomes.append(Planned(int(intent_id), req.key))
+            rows += [
+                (int(intent_id), n, req.kind, item_columns(req.kind, item))
+                for n, item in enumerate(req.items)
+            ]
+        if rows:
+            # numeric(78,0) values go as text: asyncpg encodes Decimals far more slowly.
+            columns = [[_text(c[3][k]) for c in rows] for k in range(4)]
+            await conn.execute(
+                self.q["insert_items"],
+                self.chain_id,
+                [r[0] for r in rows],
+                [r[1] for r in rows],
+                [r[2] for r in rows],
+                *columns,
+            )
+        return outcomes
 
     # ------------------------------------------------------------------ reads
 
@@ -459,6 +478,11 @@ class Outbox:
         """The intent went through `stage`: its fault record goes."""
         async with self.pool.acquire() as conn:
             await conn.execute(self.q["clear_fault"], intent_id, stage)
+
+
+def _text(value: int | None) -> str | None:
+    """An integer column value as text (cast to numeric by the query)."""
+    return None if value is None else str(value)
 
 
 def _numeric(value: int | None) -> Decimal | None:

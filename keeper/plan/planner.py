@@ -319,11 +319,11 @@ class Planner:
                     raise
                 except Exception as exc:
                     report.usage_error = exc
-            for batch in batches:
-                if dry_run:
-                    report.planned.append(batch)
-                    continue
-                outcome = await self.outbox.plan(conn, self.request(batch))
+            if dry_run:
+                report.planned += batches
+                return report
+            outcomes = await self.outbox.plan_all(conn, [self.request(b) for b in batches])
+            for batch, outcome in zip(batches, outcomes, strict=True):
                 if isinstance(outcome, AlreadyPlanned):
                     report.already_planned += 1
                 else:
