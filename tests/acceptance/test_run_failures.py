@@ -482,7 +482,9 @@ def test_check_config_reads_keys_from_systemd_credentials(
     signers = (
         '[[signers]]\ncredential = "keys_signer1"\n\n[[signers]]\ncredential = "keys_signer2"\n'
     )
-    config = write_config(tmp_path, deployed, anvil.url, database_url, extra=signers)
+    # Fresh signers hold no ORACLE_ROLE: usage billing off, so that every check passes.
+    usage_off = "\n[plan]\nusage = false\n"
+    config = write_config(tmp_path, deployed, anvil.url, database_url, extra=usage_off + signers)
 
     checked = keeper("check-config", "--config", str(config), CREDENTIALS_DIRECTORY=str(creds))
     assert checked.returncode == 0, checked.stdout + checked.stderr
