@@ -268,7 +268,7 @@ async def test_usage_in_a_notice_window_is_urgent_and_goes_out_above_the_ceiling
     assert line["reports"] == 4 and line["deadlines"] == deadlines
     assert line["above_base_fee_ceiling"] is True
     assert {r: urgent_count(r) - before[r] for r in URGENT_REASONS} == deadlines
-    intent = await db.fetchrow("SELECT urgent, items, calldata FROM intents WHERE kind = 'usage'")
+    intent = await db.fetchrow("SELECT urgent, calldata FROM intents WHERE kind = 'usage'")
     assert intent is not None and intent["urgent"] is True
     assert bytes(intent["calldata"]) == encode_batch("usage", batch.items)
     # Under the ceiling the rest goes out, in an ordinary batch.
