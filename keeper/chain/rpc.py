@@ -223,6 +223,7 @@ class BlockHeader:
     parent_hash: str
     timestamp: int
     base_fee: int | None = None  # EIP-1559 chains only
+    logs_bloom: str | None = None  # the header's 2048-bit logsBloom, as 0x-hex
 
     @classmethod
     def from_rpc(cls, block: dict[str, Any]) -> BlockHeader:
@@ -233,6 +234,7 @@ class BlockHeader:
             parent_hash=block["parentHash"],
             timestamp=int(block["timestamp"], 16),
             base_fee=int(block["baseFeePerGas"], 16) if block.get("baseFeePerGas") else None,
+            logs_bloom=block.get("logsBloom"),
         )
 
 
