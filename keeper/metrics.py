@@ -49,6 +49,46 @@ RPC_LATENCY = Histogram(
     registry=REGISTRY,
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
+# Per provider (label: scheme://host:port, made unique; never a path or key). With one provider
+# these repeat the totals above under its label.
+RPC_PROVIDER_REQUESTS = Counter(
+    "keeper_rpc_provider_requests_total",
+    "HTTP requests sent to each RPC provider (a batch counts once).",
+    ["provider"],
+    registry=REGISTRY,
+)
+RPC_PROVIDER_ERRORS = Counter(
+    "keeper_rpc_provider_errors_total",
+    "Failed requests per RPC provider, by kind (transport, timeout, http_<status>, bad_body, "
+    "bad_reply, an error class, incomplete_logs).",
+    ["provider", "kind"],
+    registry=REGISTRY,
+)
+RPC_PROVIDER_LATENCY = Histogram(
+    "keeper_rpc_provider_latency_seconds",
+    "Round-trip time of the requests each RPC provider answered.",
+    ["provider"],
+    registry=REGISTRY,
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+RPC_PROVIDER_HEAD_LAG = Gauge(
+    "keeper_rpc_provider_head_lag_blocks",
+    "How far each provider's head is behind the best provider's.",
+    ["provider"],
+    registry=REGISTRY,
+)
+RPC_PROVIDER_SELECTED = Gauge(
+    "keeper_rpc_provider_selected",
+    "1 for the provider reads go to, 0 for the others.",
+    ["provider"],
+    registry=REGISTRY,
+)
+RPC_PROVIDER_HEALTHY = Gauge(
+    "keeper_rpc_provider_healthy",
+    "1 while a provider may be chosen (right chain, not demoted after a failure, not lagging).",
+    ["provider"],
+    registry=REGISTRY,
+)
 DB_LATENCY = Histogram(
     "keeper_db_latency_seconds",
     "Time of the indexer's database transactions, by kind.",

@@ -1,202 +1,57 @@
 """Chain access: one JSON-RPC client with exactly one retry layer and typed errors.
 
-The client sends raw requests through web3's `AsyncHTTPProvider` (its own retries switched
-off) and gets plain dicts back: ingest decodes logs from the raw JSON itself, which is much
-faster than web3's formatted objects. Transient failures (connection errors, timeouts, HTTP
-429/5xx, "header not found" from a lagging node) are retried here with backoff; anything else is
-raised as a typed error. Range-limit answers to `eth_getLogs` become `RangeTooLarge`, carrying
-the range the provider suggests when its message names one.
-
-A JSON-RPC error answer to a plain read (a block, logs, a receipt, a balance: `READS`) is the
-node failing, not an answer about the chain: a provider's "bad request", a backend behind a load
-balancer that is not ready. It is retried like a transport fault and, once the attempts are
-used up, raised as `RpcUnavailable`, which every loop of the daemon reports and waits out. Error
-answers that carry meaning stay typed errors: a revert of `eth_call` / `eth_estimateGas`, a send
-refusal, a range limit, and a node that does not know the `finalized` or `safe` tag.
+The client posts raw JSON-RPC to its providers (`keeper.chain.transport`) and gets plain dicts
+back: ingest decodes logs from the raw JSON itself, which is much faster than web3's formatted
+objects. Transient failures (connection errors, timeouts, HTTP 429/5xx, bodies that are no
+JSON-RPC answer, "header not found" from a lagging node) are retried here, on the next provider
+when there are several (`keeper.chain.providers`), else after a backoff; anything else is raised
+as a typed error (`keeper.chain.errors`). Range-limit answers to `eth_getLogs` become
+`RangeTooLarge`, carrying the range the provider suggests when its message names one.
 """
 
 from __future__ import annotations
 
-import re
+import itertools
+import random
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
-import structlog
-from tenacity import (
-    AsyncRetrying,
-    retry_if_exception_type,
-    stop_after_attempt,
-    wait_exponential_jitter,
-)
-from web3 import AsyncHTTPProvider
+import anyio
 
 from keeper import metrics
-from keeper.chain.reverts import revert_data
-from keeper.errors import KeeperError
-
-log = structlog.get_logger(__name__)
-
-
-class RpcError(KeeperError):
-    """The chain's RPC endpoint failed."""
-
-    def __init__(self, message: str | None = None, *, method: str = "", help: str | None = None):  # noqa: A002
-        super().__init__(message, help=help)
-        self.method = method
-
-
-class RpcUnavailable(RpcError):
-    """The RPC endpoint could not be reached or kept failing."""
-
-
-class RpcTransient(RpcError):
-    """A failure worth retrying (connection, timeout, rate limit, node lagging)."""
-
-
-class RpcResponseError(RpcError):
-    """The RPC endpoint answered with a JSON-RPC error."""
-
-    def __init__(
-        self, message: str, *, method: str, code: int | None = None, data: bytes | None = None
-    ) -> None:
-        super().__init__(message, method=method)
-        self.code = code
-        self.data = data  # revert data of a reverted eth_call / eth_estimateGas, if any
-
-    @property
-    def reverted(self) -> bool:
-        """Whether this answer to eth_call / eth_estimateGas is the call reverting (as opposed
-        to the node failing to run it)."""
-        return self.data is not None or self.code == 3 or "revert" in self.message.lower()
-
-
-class RangeTooLarge(RpcResponseError):
-    """The provider refused an eth_getLogs range (too many blocks or too many results)."""
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        method: str,
-        code: int | None = None,
-        suggested_to: int | None = None,
-        max_blocks: int | None = None,
-    ) -> None:
-        super().__init__(message, method=method, code=code)
-        self.suggested_to = suggested_to
-        self.max_blocks = max_blocks
-
-
-# Messages providers use for eth_getLogs limits (geth/erigon/reth, Alchemy, Infura, QuickNode,
-# Ankr, BlastAPI, Chainstack, public RPCs). Matched case-insensitively.
-_RANGE_PATTERNS = re.compile(
-    r"query returned more than|too many (results|logs|blocks)|response size exceeded|"
-    r"block range|range (is )?too (large|wide|big)|exceed(s|ed)? (the )?(maximum|max|limit)|"
-    r"limited to|max(imum)? (block )?range|log response size|range limit|"
-    r"results? (limit|exceeded)|more than \d+ (results|logs)",
-    re.IGNORECASE,
+from keeper.chain.errors import (
+    CALLS,
+    READS,
+    RangeTooLarge,
+    RpcError,
+    RpcResponseError,
+    RpcTransient,
+    RpcUnavailable,
+    answer_error,
+    classify_error,
+    count_error_answer,
 )
-_SUGGESTED_RANGE = re.compile(r"\[\s*(0x[0-9a-fA-F]+|\d+)\s*,\s*(0x[0-9a-fA-F]+|\d+)\s*\]")
-_MAX_BLOCKS = re.compile(
-    r"(?:max(?:imum)?(?: block)? range(?: of| is|:)?|limited to(?: a)?|up to(?: a)?|"
-    r"exceeds? (?:the )?(?:max(?:imum)?|limit)(?: of| block range)?:?)\s*(\d[\d,]*)(k?)\b",
-    re.IGNORECASE,
-)
-_TRANSIENT_PATTERNS = re.compile(
-    r"header not found|unknown block|rate limit|too many requests|timeout|timed out|"
-    r"temporarily|try again|busy|capacity|internal error",
-    re.IGNORECASE,
-)
+from keeper.chain.providers import Provider, ProviderPool
+from keeper.chain.transport import HttpTransport, ProviderFault
 
-
-# Methods that only read the chain (see the module docstring).
-READS = frozenset(
-    {
-        "eth_blockNumber",
-        "eth_chainId",
-        "eth_feeHistory",
-        "eth_gasPrice",
-        "eth_getBalance",
-        "eth_getBlockByHash",
-        "eth_getBlockByNumber",
-        "eth_getCode",
-        "eth_getLogs",
-        "eth_getTransactionCount",
-        "eth_getTransactionReceipt",
-        "net_version",
-    }
-)
-# Block tags some nodes do not serve: an error answer means "no such tag", and the callers fall
-# back (head - finality_depth).
-_OPTIONAL_TAGS = frozenset({"finalized", "safe"})
-
-
-def _optional_tag(method: str, params: Sequence[Any]) -> bool:
-    return method == "eth_getBlockByNumber" and bool(params) and params[0] in _OPTIONAL_TAGS
-
-
-def answer_error(method: str, params: Sequence[Any], error: Any) -> RpcError:
-    """The typed error of a JSON-RPC error answer to `method(params)`: `RpcTransient` when it
-    is worth asking again (a transient fault, or any error answer to a read: the node failing),
-    else the error the caller acts on. A node's refusal of an optional block tag is never
-    retried: the caller falls back at once."""
-    err = classify_error(method, _error_object(error))
-    if _optional_tag(method, params):
-        if isinstance(err, RpcTransient):
-            return RpcResponseError(err.message, method=method)
-        return err
-    if method in READS and type(err) is RpcResponseError:
-        return RpcTransient(err.message, method=method)
-    return err
-
-
-# The calls whose error answer may be the call reverting (RpcResponseError.reverted).
-CALLS = frozenset({"eth_call", "eth_estimateGas"})
-
-
-def count_error_answer(err: RpcError) -> None:
-    """Count an error answer: a call that reverted in keeper_rpc_reverts_total (the contract
-    said no: paused, a missing role), anything else in keeper_rpc_errors_total by its type (the
-    node or the request failed)."""
-    if isinstance(err, RpcResponseError) and err.method in CALLS and err.reverted:
-        metrics.RPC_REVERTS.labels(method=err.method).inc()
-    else:
-        metrics.RPC_ERRORS.labels(method=err.method, kind=type(err).__name__).inc()
-
-
-def _int(text: str) -> int:
-    return int(text, 16) if text.lower().startswith("0x") else int(text.replace(",", ""))
-
-
-def _blocks(match: re.Match[str]) -> int:
-    """A stated block limit, with Alchemy's "2K" style suffix."""
-    return _int(match.group(1)) * (1000 if match.group(2) else 1)
-
-
-def classify_error(method: str, error: dict[str, Any]) -> RpcError:
-    """Turn a JSON-RPC `error` object into a typed exception."""
-    message = str(error.get("message", ""))
-    data = error.get("data")
-    text = f"{message} {data}" if isinstance(data, str) else message
-    code = error.get("code")
-    if method == "eth_getLogs" and _RANGE_PATTERNS.search(text):
-        suggested = _SUGGESTED_RANGE.search(text)
-        max_blocks = _MAX_BLOCKS.search(text)
-        return RangeTooLarge(
-            f"{method}: {message}",
-            method=method,
-            code=code,
-            suggested_to=_int(suggested.group(2)) if suggested else None,
-            max_blocks=_blocks(max_blocks) if max_blocks else None,
-        )
-    if code in (-32005, 429) or _TRANSIENT_PATTERNS.search(text):
-        return RpcTransient(f"{method}: {message}", method=method)
-    return RpcResponseError(
-        f"{method}: {message}", method=method, code=code, data=revert_data(error)
-    )
+__all__ = [
+    "CALLS",
+    "READS",
+    "BlockHeader",
+    "ChainClient",
+    "ProviderFault",
+    "RangeTooLarge",
+    "RpcError",
+    "RpcResponseError",
+    "RpcTransient",
+    "RpcUnavailable",
+    "answer_error",
+    "classify_error",
+    "count_error_answer",
+    "effective_finalized",
+]
 
 
 def effective_finalized(tag: int | None, head: int, depth: int) -> int:
@@ -207,11 +62,6 @@ def effective_finalized(tag: int | None, head: int, depth: int) -> int:
     drives the backfill, the fatal-reorg rule and intent finality. -1 before block `depth`."""
     floor = head - depth
     return max(floor if tag is None else min(tag, floor), -1)
-
-
-def _error_object(error: Any) -> dict[str, Any]:
-    """A reply's `error` member as a dict (a provider may send a bare string)."""
-    return dict(error) if isinstance(error, dict) else {"message": str(error)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,91 +89,212 @@ class BlockHeader:
 
 
 class ChainClient:
-    """The keeper's JSON-RPC client for one chain."""
+    """The keeper's JSON-RPC client for one chain: one or several providers
+    (`keeper.chain.providers`), one retry layer across them."""
 
     def __init__(
         self,
-        url: str,
+        urls: str | Sequence[str],
         *,
         timeout: float = 30.0,
         attempts: int = 5,
         max_backoff: float = 10.0,
+        max_lag_blocks: int = 5,
+        probe_interval: float = 10.0,
+        _pool: ProviderPool | None = None,
+        _pinned: Provider | None = None,
     ) -> None:
-        self.url = url
-        self.provider = AsyncHTTPProvider(
-            url,
-            request_kwargs={"timeout": aiohttp.ClientTimeout(total=timeout)},
-            exception_retry_configuration=None,  # the retry layer is ours, below
-        )
+        if _pool is None:
+            listed = [urls] if isinstance(urls, str) else list(urls)
+            _pool = ProviderPool(
+                [HttpTransport(u, timeout=timeout) for u in listed],
+                max_lag_blocks=max_lag_blocks,
+                probe_interval=probe_interval,
+            )
+            self._urls = listed
+        self.pool = _pool
+        self._pinned = _pinned
         self.attempts = attempts
         self.max_backoff = max_backoff
+        self._ids = itertools.count(1)
 
     def __repr__(self) -> str:
-        return f"ChainClient({metrics.redact_url(self.url)})"
+        return f"ChainClient({', '.join(self.labels)})"
+
+    @property
+    def url(self) -> str:
+        """The URL of the provider this client is bound to, or of the first one (a secret:
+        show it through `redact_url`)."""
+        return self._pinned.transport.url if self._pinned else self.pool.providers[0].transport.url
+
+    @property
+    def labels(self) -> list[str]:
+        """Each provider's name (scheme://host:port, made unique), in configuration order."""
+        if self._pinned is not None:
+            return [self._pinned.label]
+        return [p.label for p in self.pool.providers]
+
+    @property
+    def several(self) -> bool:
+        """Whether requests can go to more than one provider."""
+        return self._pinned is None and self.pool.several
+
+    def each(self) -> list[tuple[str, ChainClient]]:
+        """Each provider's label and a client bound to it alone (sharing its connection)."""
+        return [(p.label, self._bound(p)) for p in self.pool.providers]
+
+    def others(self) -> list[tuple[str, ChainClient]]:
+        """Like `each`, without the selected provider: the ones that can confirm what it said."""
+        current = self.pool.current
+        return [(p.label, self._bound(p)) for p in self.pool.providers if p is not current]
+
+    def _bound(self, p: Provider) -> ChainClient:
+        return ChainClient(
+            (), attempts=self.attempts, max_backoff=self.max_backoff, _pool=self.pool, _pinned=p
+        )
+
+    def exclude(self, label: str, reason: str) -> None:
+        """Stop using the provider named `label` (it serves another chain)."""
+        for p in self.pool.providers:
+            if p.label == label:
+                self.pool.exclude(p, reason)
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        """One line per provider (see `ProviderPool.snapshot`)."""
+        return self.pool.snapshot()
+
+    async def probe_forever(self) -> None:
+        """Probe every provider in the background (returns at once with one provider)."""
+        await self.pool.probe_forever(self._probe)
+
+    async def _probe(self, p: Provider) -> dict[str, Any]:
+        calls: list[tuple[str, Sequence[Any]]] = [
+            ("eth_chainId", []),
+            ("eth_getBlockByNumber", ["latest", False]),
+            ("eth_getBlockByNumber", ["finalized", False]),
+        ]
+        replies = await self._post_batch(p, calls)
+        if any("error" in r for r in replies[:2]) or not replies[1].get("result"):
+            raise RpcTransient(f"probe: no chain id or head from {p.label}", method="probe")
+        tag = replies[2].get("result") if "error" not in replies[2] else None
+        return {
+            "chain_id": int(replies[0]["result"], 16),
+            "head": int(replies[1]["result"]["number"], 16),
+            "finalized": int(tag["number"], 16) if isinstance(tag, dict) else None,
+        }
 
     async def close(self) -> None:
-        """Close the HTTP session."""
-        await self.provider.disconnect()
+        """Close the HTTP sessions (a bound client leaves them to its parent)."""
+        if self._pinned is None:
+            for p in self.pool.providers:
+                await p.transport.close()
 
-    async def _once(self, method: str, params: Sequence[Any]) -> Any:
+    # ------------------------------------------------------------------ one request
+
+    def _choose(self, avoid: list[Provider]) -> Provider:
+        return self._pinned if self._pinned is not None else self.pool.choose(avoid)
+
+    async def _post(self, p: Provider, payload: Any, method: str) -> Any:
+        """One HTTP request to `p`, timed and counted; a fault demotes `p`."""
         started = time.perf_counter()
+        self.pool.requested(p)
         try:
-            reply = await self.provider.make_request(method, list(params))
-        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            answer = await p.transport.post(payload, method)
+        except ProviderFault as fault:
             metrics.RPC_ERRORS.labels(method=method, kind="transport").inc()
-            # Not str(exc): aiohttp's messages carry the full URL, and hosted RPC URLs carry
-            # API keys. Only the status (if any) and the redacted endpoint are kept.
-            status = getattr(exc, "status", None)
-            detail = f"HTTP {status}" if status else type(exc).__name__
-            raise RpcTransient(
-                f"{method}: {detail} from {metrics.redact_url(self.url)}", method=method
-            ) from None
+            self.pool.failed(p, fault)
+            raise
         finally:
             metrics.RPC_LATENCY.labels(method=method).observe(time.perf_counter() - started)
             metrics.RPC_REQUESTS.labels(method=method).inc()
+        self.pool.succeeded(p, time.perf_counter() - started)
+        return answer
+
+    async def _once(self, p: Provider, method: str, params: Sequence[Any]) -> Any:
+        call_id = next(self._ids)
+        payload = {"jsonrpc": "2.0", "id": call_id, "method": method, "params": list(params)}
+        reply = await self._post(p, payload, method)
+        if not isinstance(reply, dict):
+            fault = p.transport.fault(method, "bad_reply", "a batch answer to one call")
+            self.pool.failed(p, fault)
+            raise fault
         if "error" in reply:
             err = answer_error(method, params, reply["error"])
             count_error_answer(err)
+            if isinstance(err, RpcTransient):
+                self.pool.failed(p, err)
             raise err
-        return reply.get("result")
+        result = reply.get("result")
+        if self.several and isinstance(result, dict) and params and params[0] == "latest":
+            self.pool.saw_head(p, int(result.get("number", "0x0"), 16))
+        return result
+
+    async def _post_batch(
+        self, p: Provider, calls: Sequence[tuple[str, Sequence[Any]]]
+    ) -> list[Any]:
+        """One batch to `p`: the replies in call order; a dict answer (the batch refused)
+        is returned as the one element of the list."""
+        first = next(self._ids)
+        for _ in calls[1:]:
+            next(self._ids)
+        payload = [
+            {"jsonrpc": "2.0", "id": first + i, "method": m, "params": list(params)}
+            for i, (m, params) in enumerate(calls)
+        ]
+        replies = await self._post(p, payload, "batch")
+        if isinstance(replies, dict):
+            return [replies]
+        by_id = {r.get("id"): r for r in replies}
+        ordered = [by_id.get(first + i) for i in range(len(calls))]
+        if any(r is None for r in ordered):
+            fault = p.transport.fault("batch", "bad_reply", "a batch answer without every reply")
+            self.pool.failed(p, fault)
+            raise fault
+        return ordered
+
+    def _pause(self, attempt: int, exc: RpcTransient, avoid: list[Provider]) -> float:
+        """Seconds before the next attempt: none when another healthy provider is left to
+        try, else backoff (at least what the provider asked for with Retry-After)."""
+        if self._pinned is None and self.pool.has_alternative(avoid):
+            return 0.0
+        backoff = min(self.max_backoff, 0.1 * 2.0**attempt) + random.uniform(0, 0.1)  # noqa: S311 - jitter
+        asked = exc.retry_after if isinstance(exc, ProviderFault) else None
+        return max(backoff, asked or 0.0)
+
+    async def _retrying(self, method: str, once: Callable[[Provider], Awaitable[Any]]) -> Any:
+        avoid: list[Provider] = []
+        for attempt in range(self.attempts):
+            p = self._choose(avoid)
+            try:
+                return await once(p)
+            except RpcTransient as exc:
+                last = exc
+                avoid.append(p)
+                if attempt + 1 < self.attempts:
+                    await anyio.sleep(self._pause(attempt, exc, avoid))
+        tried = ", ".join(dict.fromkeys(p.label for p in avoid))
+        raise RpcUnavailable(
+            f"{last.message} (after {self.attempts} attempts)",
+            method=method,
+            help=f"check that the RPC at {tried} is up and reachable",
+        ) from last
 
     async def request(self, method: str, params: Sequence[Any] = ()) -> Any:
-        """Call `method`, retrying transient failures; raise a typed `RpcError` otherwise."""
-        try:
-            async for attempt in AsyncRetrying(
-                retry=retry_if_exception_type(RpcTransient),
-                stop=stop_after_attempt(self.attempts),
-                wait=wait_exponential_jitter(multiplier=0.1, max=self.max_backoff, jitter=0.1),
-                reraise=True,
-            ):
-                with attempt:
-                    return await self._once(method, params)
-        except RpcTransient as exc:
-            raise RpcUnavailable(
-                f"{exc.message} (after {self.attempts} attempts)",
-                method=method,
-                help=f"check that the RPC at {metrics.redact_url(self.url)} is up and reachable",
-            ) from exc
-        raise AssertionError("unreachable")  # pragma: no cover - AsyncRetrying always yields
+        """Call `method`, retrying transient failures (on the next provider when there is
+        one); raise a typed `RpcError` otherwise."""
+        return await self._retrying(method, lambda p: self._once(p, method, params))
 
     async def batch(self, calls: Sequence[tuple[str, Sequence[Any]]]) -> list[Any]:
-        """Several calls in one JSON-RPC batch (falls back to one by one if refused)."""
+        """Several calls in one JSON-RPC batch to one provider (one by one if refused)."""
         if not calls:
             return []
         if len(calls) == 1:
             return [await self.request(*calls[0])]
-        try:
-            replies = await self.provider.make_batch_request(
-                [(m, list(p)) for m, p in calls]  # type: ignore[misc]
-            )
-        except (TimeoutError, aiohttp.ClientError, OSError):
-            return [await self.request(m, p) for m, p in calls]
-        if not isinstance(replies, list):
-            return [await self.request(m, p) for m, p in calls]
-        metrics.RPC_REQUESTS.labels(method="batch").inc()
-        by_id = sorted(replies, key=lambda r: int(str(r.get("id", 0))))
+        replies = await self._retrying("batch", lambda p: self._post_batch(p, calls))
+        if len(replies) != len(calls):
+            return [await self.request(m, p) for m, p in calls]  # the batch was refused
         out: list[Any] = []
-        for (method, params), reply in zip(calls, by_id, strict=True):
+        for (method, params), reply in zip(calls, replies, strict=True):
             if "error" in reply:
                 err = answer_error(method, params, reply["error"])
                 if isinstance(err, RpcTransient):
@@ -334,6 +305,29 @@ class ChainClient:
                 raise err
             out.append(reply.get("result"))
         return out
+
+    async def broadcast(self, method: str, params: Sequence[Any]) -> list[tuple[str, Any]]:
+        """Send one call to every healthy provider at once: (label, result or the `RpcError`
+        raised) per provider. With one provider, the call goes through the retry layer as
+        any other; with several, each provider is asked once (their answers are merged)."""
+        if not self.several:
+            try:
+                return [(self.labels[0], await self.request(method, params))]
+            except RpcError as exc:
+                return [(self.labels[0], exc)]
+        targets = self.pool.healthy_providers()
+        answers: list[tuple[str, Any]] = [(p.label, None) for p in targets]
+
+        async def one(i: int, p: Provider) -> None:
+            try:
+                answers[i] = (p.label, await self._once(p, method, params))
+            except RpcError as exc:
+                answers[i] = (p.label, exc)
+
+        async with anyio.create_task_group() as tg:
+            for i, p in enumerate(targets):
+                tg.start_soon(one, i, p)
+        return answers
 
     # ------------------------------------------------------------------ typed helpers
 
@@ -365,7 +359,15 @@ class ChainClient:
             header = await self.header("finalized")
         except RpcResponseError:
             header = None
-        return effective_finalized(header.number if header else None, head.number, depth)
+        return self.cap_finalized(
+            effective_finalized(header.number if header else None, head.number, depth), depth
+        )
+
+    def cap_finalized(self, finalized: int, depth: int) -> int:
+        """`finalized`, lowered to a block every healthy provider has finalized (with
+        several providers): no provider alone decides what is final."""
+        floor = self.pool.finalized_floor(depth) if self.several else None
+        return finalized if floor is None else min(finalized, floor)
 
     async def get_logs(
         self, addresses: Sequence[str], from_block: int, to_block: int

@@ -7,13 +7,12 @@ held to what the keeper will meet in production: Alchemy, Infura, QuickNode, get
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from typing import Any
 
-import aiohttp
+import anyio
 import pytest
-from multidict import CIMultiDict, CIMultiDictProxy
-from yarl import URL
 
 from keeper.chain.rpc import (
     BlockHeader,
@@ -25,6 +24,7 @@ from keeper.chain.rpc import (
     RpcUnavailable,
     classify_error,
 )
+from keeper.chain.transport import HttpTransport, ProviderFault
 
 ALCHEMY_PAID = (
     "Log response size exceeded. You can make eth_getLogs requests with up to a 2K block range "
@@ -203,36 +203,45 @@ SECRET = "s3cr3tApiKey0123456789"
 URL_WITH_KEY = f"https://eth-mainnet.example.com/v2/{SECRET}"
 
 
-class FakeProvider:
-    """Stands in for AsyncHTTPProvider: answers from a script, one entry per request."""
+class FakeTransport(HttpTransport):
+    """Stands in for a provider's HTTP transport: answers from a script, one entry per
+    request (the answers' ids are fitted to the request's; an exception entry is raised)."""
 
-    def __init__(self, script: Sequence[Any]) -> None:
+    def __init__(self, script: Sequence[Any], url: str = URL_WITH_KEY) -> None:
+        super().__init__(url, timeout=1.0)
         self.script = list(script)
         self.requests: list[str] = []
         self.batches = 0
 
-    def _next(self) -> Any:
+    async def post(self, payload: Any, method: str) -> Any:
+        if isinstance(payload, list):
+            self.batches += 1
+        else:
+            self.requests.append(payload["method"])
         item = self.script.pop(0)
         if isinstance(item, BaseException):
             raise item
-        return item
+        return fit_ids(copy.deepcopy(item), payload)
 
-    async def make_request(self, method: str, params: Any) -> Any:
-        self.requests.append(method)
-        return self._next()
 
-    async def make_batch_request(self, calls: Any) -> Any:
-        self.batches += 1
-        return self._next()
+def fit_ids(answer: Any, payload: Any) -> Any:
+    """`answer` with the ids of `payload`'s calls: a scripted batch's replies, ranked by their
+    scripted ids, answer the calls in order (so a script can give them out of order)."""
+    if isinstance(payload, dict) and isinstance(answer, dict):
+        answer["id"] = payload["id"]
+    elif isinstance(payload, list) and isinstance(answer, list):
+        ranked = sorted(answer, key=lambda r: r["id"])
+        for call, reply in zip(payload, ranked, strict=False):
+            reply["id"] = call["id"]
+    return answer
 
 
 def client_with(
     monkeypatch: pytest.MonkeyPatch, script: Sequence[Any], attempts: int = 4
-) -> tuple[ChainClient, FakeProvider]:
+) -> tuple[ChainClient, FakeTransport]:
     client = ChainClient(URL_WITH_KEY, attempts=attempts, max_backoff=0.001)
-    fake = FakeProvider(script)
-    monkeypatch.setattr(client.provider, "make_request", fake.make_request)
-    monkeypatch.setattr(client.provider, "make_batch_request", fake.make_batch_request)
+    fake = FakeTransport(script)
+    client.pool.providers[0].transport = fake
     return client, fake
 
 
@@ -244,33 +253,31 @@ def error(code: int, message: str) -> dict[str, Any]:
     return {"jsonrpc": "2.0", "id": 1, "error": {"code": code, "message": message}}
 
 
-def http_error(status: int) -> aiohttp.ClientResponseError:
-    """What aiohttp raises for an HTTP error status: it names the full URL."""
-    info = aiohttp.RequestInfo(
-        URL(URL_WITH_KEY), "POST", CIMultiDictProxy(CIMultiDict()), URL(URL_WITH_KEY)
+def fault(kind: str, retry_after: float | None = None) -> ProviderFault:
+    """What the transport raises when the provider fails (see test_transport for the HTTP
+    side: which statuses and bodies make which kind)."""
+    return ProviderFault(
+        f"eth_chainId: {kind} from https://eth-mainnet.example.com",
+        method="eth_chainId",
+        kind=kind,
+        retry_after=retry_after,
     )
-    return aiohttp.ClientResponseError(info, (), status=status, message="Bad Gateway")
-
-
-def test_the_provider_does_not_retry_on_its_own() -> None:
-    client = ChainClient("http://127.0.0.1:8545")
-    assert client.provider.exception_retry_configuration is None
 
 
 @pytest.mark.anyio
 @pytest.mark.parametrize(
     "failure",
     [
-        aiohttp.ServerDisconnectedError(),
-        aiohttp.ClientOSError(104, "Connection reset by peer"),
-        ConnectionRefusedError(111, "Connection refused"),
-        TimeoutError(),
-        http_error(502),
-        http_error(429),
+        fault("transport"),
+        fault("timeout"),
+        fault("http_502"),
+        fault("http_429"),
+        fault("bad_body"),
+        fault("bad_reply"),
         error(-32000, "header not found"),
         error(429, "Too Many Requests"),
     ],
-    ids=["disconnected", "reset", "refused", "timeout", "502", "429", "lagging", "rate-limited"],
+    ids=["reset", "timeout", "502", "429", "html", "not-jsonrpc", "lagging", "rate-limited"],
 )
 async def test_transient_failures_are_retried(
     monkeypatch: pytest.MonkeyPatch, failure: Any
@@ -282,27 +289,13 @@ async def test_transient_failures_are_retried(
 
 @pytest.mark.anyio
 async def test_retries_stop_with_rpc_unavailable(monkeypatch: pytest.MonkeyPatch) -> None:
-    client, fake = client_with(monkeypatch, [aiohttp.ServerDisconnectedError()] * 4, attempts=4)
+    client, fake = client_with(monkeypatch, [fault("transport")] * 4, attempts=4)
     with pytest.raises(RpcUnavailable) as raised:
         await client.chain_id()
     assert len(fake.requests) == 4
     assert "after 4 attempts" in str(raised.value)
     assert raised.value.method == "eth_chainId"
     assert isinstance(raised.value.__cause__, RpcTransient)
-
-
-@pytest.mark.anyio
-@pytest.mark.parametrize("status", [429, 502])
-async def test_rpc_errors_never_show_the_api_key(
-    monkeypatch: pytest.MonkeyPatch, status: int
-) -> None:
-    """The URL's path carries the provider's API key: errors (which are logged) omit it."""
-    client, _ = client_with(monkeypatch, [http_error(status)] * 2, attempts=2)
-    with pytest.raises(RpcUnavailable) as raised:
-        await client.chain_id()
-    assert "eth-mainnet.example.com" in str(raised.value)
-    assert SECRET not in str(raised.value)
-    assert SECRET not in repr(client)
 
 
 @pytest.mark.anyio
@@ -450,24 +443,100 @@ async def test_a_final_error_inside_a_batch_is_raised(monkeypatch: pytest.Monkey
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize(
-    "answer",
-    [
-        aiohttp.ServerDisconnectedError(),
-        http_error(502),
-        # A provider without batch support answers the whole array with one error object.
-        {"jsonrpc": "2.0", "id": None, "error": {"code": -32600, "message": "batch not allowed"}},
-    ],
-    ids=["disconnected", "502", "batches-refused"],
-)
-async def test_a_failed_batch_falls_back_to_single_calls(
-    monkeypatch: pytest.MonkeyPatch, answer: Any
-) -> None:
-    client, fake = client_with(monkeypatch, [answer, ok("a"), ok("b")])
+async def test_a_refused_batch_falls_back_to_single_calls(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A provider without batch support answers the whole array with one error object.
+    refused = {"jsonrpc": "2.0", "id": None, "error": {"code": -32600, "message": "no batch"}}
+    client, fake = client_with(monkeypatch, [refused, ok("a"), ok("b")])
     assert await client.batch([("m1", []), ("m2", [])]) == ["a", "b"]
     assert fake.requests == ["m1", "m2"]
+
+
+@pytest.mark.anyio
+async def test_a_failed_batch_is_sent_again_whole(monkeypatch: pytest.MonkeyPatch) -> None:
+    replies = [
+        {"jsonrpc": "2.0", "id": 1, "result": "a"},
+        {"jsonrpc": "2.0", "id": 2, "result": "b"},
+    ]
+    client, fake = client_with(monkeypatch, [fault("http_502"), replies])
+    assert await client.batch([("m1", []), ("m2", [])]) == ["a", "b"]
+    assert fake.batches == 2 and fake.requests == []
 
 
 def test_errors_share_one_root() -> None:
     for cls in (RpcTransient, RpcUnavailable, RpcResponseError, RangeTooLarge):
         assert issubclass(cls, RpcError)
+
+
+# --------------------------------------------------------------------------- several providers
+
+OTHER_URL = "https://other.example.net:8443/key/0therS3cret"
+
+
+def two_providers(
+    first: Sequence[Any], second: Sequence[Any], attempts: int = 4
+) -> tuple[ChainClient, FakeTransport, FakeTransport]:
+    client = ChainClient([URL_WITH_KEY, OTHER_URL], attempts=attempts, max_backoff=5.0)
+    a, b = FakeTransport(first), FakeTransport(second, OTHER_URL)
+    client.pool.providers[0].transport, client.pool.providers[1].transport = a, b
+    return client, a, b
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    "failure", [fault("http_502"), fault("bad_body"), error(-32000, "header not found")]
+)
+async def test_a_failed_request_goes_to_the_next_provider_at_once(failure: Any) -> None:
+    client, a, b = two_providers([failure], [ok("0x7a69")])
+    with anyio.fail_after(2):  # no backoff: another provider was there to ask (max_backoff 5 s)
+        assert await client.chain_id() == 31337
+    assert a.requests == ["eth_chainId"] and b.requests == ["eth_chainId"]
+    snapshot = {line["provider"]: line for line in client.snapshot()}
+    assert snapshot["https://eth-mainnet.example.com"]["healthy"] is False
+    assert snapshot["https://other.example.net:8443"]["selected"] is True
+    # Reads stay with the provider that answered while it stays healthy.
+    b.script.append(ok("0x1"))
+    assert await client.request("eth_blockNumber") == "0x1"
+    assert a.requests == ["eth_chainId"]
+
+
+@pytest.mark.anyio
+async def test_a_rate_limited_provider_is_kept_out_for_its_retry_after() -> None:
+    client, a, _ = two_providers([fault("http_429", retry_after=30.0)], [ok("0x1"), ok("0x2")])
+    assert await client.request("eth_blockNumber") == "0x1"
+    first = client.pool.providers[0]
+    assert first.demoted_until - client.pool.clock() > 25
+    assert await client.request("eth_blockNumber") == "0x2"
+    assert a.requests == ["eth_blockNumber"]
+
+
+@pytest.mark.anyio
+async def test_every_provider_failing_is_an_outage_naming_them_without_keys() -> None:
+    client, _, _ = two_providers([fault("transport")] * 2, [fault("http_503")] * 2, attempts=4)
+    client.max_backoff = 0.001
+    with pytest.raises(RpcUnavailable) as raised:
+        await client.chain_id()
+    text = f"{raised.value} {raised.value.help} {client!r}"
+    assert "eth-mainnet.example.com" in text and "other.example.net" in text
+    assert SECRET not in text and "0therS3cret" not in text
+
+
+@pytest.mark.anyio
+async def test_a_send_is_broadcast_to_every_healthy_provider() -> None:
+    client, a, b = two_providers(
+        [error(-32000, "already known")], [{"jsonrpc": "2.0", "id": 1, "result": "0xabc"}]
+    )
+    answers = dict(await client.broadcast("eth_sendRawTransaction", ["0x02"]))
+    assert a.requests == b.requests == ["eth_sendRawTransaction"]
+    assert answers["https://other.example.net:8443"] == "0xabc"
+    assert isinstance(answers["https://eth-mainnet.example.com"], RpcResponseError)
+
+
+def test_finality_is_what_every_healthy_provider_has_reached() -> None:
+    client = ChainClient([URL_WITH_KEY, OTHER_URL])
+    pool = client.pool
+    pool.saw_head(pool.providers[0], 1000, finalized_tag=990)
+    pool.saw_head(pool.providers[1], 998, finalized_tag=900)
+    assert client.cap_finalized(936, 64) == 900  # the second has finalized only 900
+    pool.saw_head(pool.providers[1], 980, finalized_tag=900)  # lags 20 blocks: not healthy
+    assert client.cap_finalized(936, 64) == 936
+    assert ChainClient(URL_WITH_KEY).cap_finalized(936, 64) == 936
