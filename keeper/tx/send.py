@@ -7,6 +7,8 @@ ambiguous answers are never failures by themselves: the receipts and the account
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from eth_utils import keccak
 
 from keeper import secrets
@@ -36,6 +38,47 @@ MEMO_LIMIT = 100_000
 def went_out(outcome: SendOutcome) -> bool:
     """Whether the node took the attempt, or may have (ambiguous answers)."""
     return outcome is SendOutcome.ACCEPTED or outcome.ambiguous
+
+
+# Of the answers of several providers, the one that counts: the surest that the transaction
+# went out first; then refusals that only ask to wait or reprice, before refusals of the
+# transaction itself (another provider may take the same bytes later).
+_WENT_OUT_ORDER = (
+    SendOutcome.ACCEPTED,
+    SendOutcome.ALREADY_KNOWN,
+    SendOutcome.NONCE_TOO_LOW,
+    SendOutcome.UNKNOWN,
+    SendOutcome.TIMEOUT,
+)
+
+
+def answer_outcome(answer: object) -> tuple[SendOutcome, str | None]:
+    """One provider's answer to a send: its outcome and the error text (None if accepted)."""
+    if isinstance(answer, RpcResponseError):
+        return classify_send_error(answer.message), answer.message
+    if isinstance(answer, RpcError):
+        return SendOutcome.TIMEOUT, answer.message
+    return SendOutcome.ACCEPTED, None
+
+
+def merged_answer(answers: Sequence[tuple[str, object]]) -> tuple[SendOutcome, str | None]:
+    """The outcome of a send broadcast to every provider (`ChainClient.broadcast`): any
+    accepted or already known means sent; otherwise the error table decides, the surest answer
+    first (see `_WENT_OUT_ORDER`), and a refusal of the transaction itself (REPLACE) only when
+    no provider gave a softer one. With several providers the error names the provider."""
+    outcomes = [(label, *answer_outcome(a)) for label, a in answers]
+    named = len(outcomes) > 1
+
+    def rank(item: tuple[str, SendOutcome, str | None]) -> int:
+        outcome = item[1]
+        if outcome in _WENT_OUT_ORDER:
+            return _WENT_OUT_ORDER.index(outcome)
+        return len(_WENT_OUT_ORDER) + (1 if outcome in REPLACE else 0)
+
+    label, outcome, error = min(outcomes, key=rank)  # min is stable: provider order breaks ties
+    if error is not None and named:
+        error = f"{label}: {error}"
+    return outcome, error
 
 
 class Sender:
@@ -107,16 +150,11 @@ class Sender:
         """
         ctx = self.ctx
         head = ctx.head.number
-        try:
-            await ctx.client.request("eth_sendRawTransaction", [hex_of(raw)])
-            outcome = SendOutcome.ACCEPTED
-            error = None
-        except RpcResponseError as exc:
-            outcome = classify_send_error(exc.message)
-            error = secrets.scrub(exc.message)  # stored: `keeper status` shows it
-        except RpcError as exc:
-            outcome = SendOutcome.TIMEOUT
-            error = secrets.scrub(exc.message)
+        # To every healthy provider: one provider's mempool or rate limit cannot hold it back.
+        answers = await ctx.client.broadcast("eth_sendRawTransaction", [hex_of(raw)])
+        outcome, error = merged_answer(answers)
+        if error is not None:
+            error = secrets.scrub(error)  # stored: `keeper status` shows it
         BROADCASTS.labels(outcome=outcome.value).inc()
         if went_out(outcome):
             ctx.report.sent += 1

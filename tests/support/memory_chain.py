@@ -15,7 +15,7 @@ import rlp
 from eth_account import Account
 from eth_utils import keccak
 
-from keeper.chain.rpc import BlockHeader, RpcResponseError
+from keeper.chain.rpc import BlockHeader, RpcError, RpcResponseError
 
 GWEI = 10**9
 GAS_USED = 50_000
@@ -121,6 +121,13 @@ class MemoryChain:
 
     async def batch(self, calls: Sequence[tuple[str, Sequence[Any]]]) -> list[Any]:
         return [await self.request(method, params) for method, params in calls]
+
+    async def broadcast(self, method: str, params: Sequence[Any]) -> list[tuple[str, Any]]:
+        """One provider's answer, as `ChainClient.broadcast` gives it."""
+        try:
+            return [("memory", await self.request(method, params))]
+        except RpcError as exc:
+            return [("memory", exc)]
 
     async def request(self, method: str, params: Sequence[Any] = ()) -> Any:
         if method == "eth_sendRawTransaction":

@@ -70,7 +70,7 @@ def reset() -> Answer:
 
 
 TRUNCATED = b'{"jsonrpc":"2.0","id":1,"result":{"number":"0x10","hash":"0xab'
-BODIES = {
+BODIES: dict[str, tuple[int, str | bytes, str]] = {
     "html-502": (502, HTML_502, "text/html"),
     "html-200": (200, HTML_502, "text/html"),
     "truncated": (200, TRUNCATED, "application/json"),
