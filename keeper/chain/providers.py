@@ -252,7 +252,10 @@ class ProviderPool:
         if not self.several:
             return
         while True:
-            await self.probe_all(probe)
+            try:
+                await self.probe_all(probe)
+            except Exception as exc:  # a probe round never stops the daemon
+                log.error("rpc_probe_failed", error=secrets.scrub(repr(exc)))
             await anyio.sleep(self.probe_interval)
 
     async def probe_all(self, probe: Callable[[Provider], Awaitable[dict[str, Any]]]) -> None:

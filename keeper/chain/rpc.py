@@ -167,6 +167,11 @@ class ChainClient:
         """Probe every provider in the background (returns at once with one provider)."""
         await self.pool.probe_forever(self._probe)
 
+    async def probe_once(self) -> list[dict[str, Any]]:
+        """Probe every provider once (whatever their number) and return `snapshot()`."""
+        await self.pool.probe_all(self._probe)
+        return self.snapshot()
+
     async def _probe(self, p: Provider) -> dict[str, Any]:
         calls: list[tuple[str, Sequence[Any]]] = [
             ("eth_chainId", []),
@@ -174,14 +179,15 @@ class ChainClient:
             ("eth_getBlockByNumber", ["finalized", False]),
         ]
         replies = await self._post_batch(p, calls)
-        if any("error" in r for r in replies[:2]) or not replies[1].get("result"):
-            raise RpcTransient(f"probe: no chain id or head from {p.label}", method="probe")
-        tag = replies[2].get("result") if "error" not in replies[2] else None
-        return {
-            "chain_id": int(replies[0]["result"], 16),
-            "head": int(replies[1]["result"]["number"], 16),
-            "finalized": int(tag["number"], 16) if isinstance(tag, dict) else None,
-        }
+        try:
+            tag = replies[2].get("result") if "error" not in replies[2] else None
+            return {
+                "chain_id": int(replies[0]["result"], 16),
+                "head": int(replies[1]["result"]["number"], 16),
+                "finalized": int(tag["number"], 16) if isinstance(tag, dict) else None,
+            }
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError):
+            raise p.transport.fault("probe", "bad_reply", "no chain id or head") from None
 
     async def close(self) -> None:
         """Close the HTTP sessions (a bound client leaves them to its parent)."""

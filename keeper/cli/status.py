@@ -38,9 +38,18 @@ def cmd_status(args: argparse.Namespace) -> int:
 
         conn = await db.connect(dsn)
         try:
-            return await collect_status(conn, chain_id)
+            status = await collect_status(conn, chain_id)
         finally:
             await conn.close()
+        if args.config is not None:
+            # The providers as this command finds them now (the daemon's own view, with its
+            # selection and error counts, is on its health port's /status).
+            client = config.chain.client()
+            try:
+                status["providers"] = await client.probe_once()
+            finally:
+                await client.close()
+        return status
 
     status = anyio.run(run)
     if args.json:

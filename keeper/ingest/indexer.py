@@ -333,7 +333,8 @@ class Indexer:
             return head, finalized, at_cursor
         head = BlockHeader.from_rpc(results[0])
         tag = int(results[1]["number"], 16) if results[1] else None
-        finalized = effective_finalized(tag, head.number, self.settings.finality_depth)
+        depth = self.settings.finality_depth
+        finalized = self.client.cap_finalized(effective_finalized(tag, head.number, depth), depth)
         at_cursor = None
         if len(results) > 2 and results[2]:
             at_cursor = BlockHeader.from_rpc(results[2])

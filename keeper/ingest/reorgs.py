@@ -13,7 +13,7 @@ import anyio
 import asyncpg
 
 from keeper import metrics
-from keeper.chain.rpc import BlockHeader, ChainClient
+from keeper.chain.rpc import BlockHeader, ChainClient, RpcError
 from keeper.errors import KeeperError
 from keeper.ingest.store import Cursor, Store
 
@@ -53,6 +53,8 @@ async def handle_reorg(
         # The node only answered from behind for a moment: our head is still canonical.
         log.info("node_lagged", block=cursor.indexed_block)
         return False
+    if client.several and not await confirmed_elsewhere(client, pool, store, cursor, ancestor, log):
+        return False
     finalized = cursor.finalized_block
     if finalized is not None and ancestor.number < min(finalized, cursor.indexed_block):
         raise FatalReorg(
@@ -80,6 +82,39 @@ async def handle_reorg(
         events_removed=removed,
     )
     return True
+
+
+async def confirmed_elsewhere(
+    client: ChainClient,
+    pool: asyncpg.Pool,
+    store: Store,
+    cursor: Cursor,
+    ancestor: BlockHeader,
+    log: Any,
+) -> bool:
+    """Whether another provider than the one that showed the reorg finds the same common
+    ancestor: no provider alone can make the index roll back. Until one does (a provider that
+    lags has not seen the new chain yet; one that failed cannot say), the reorg waits for the
+    next poll, and the index keeps its blocks."""
+    seen = []
+    for label, other in client.others():
+        try:
+            theirs = await common_ancestor(other, pool, store, cursor)
+        except RpcError as exc:
+            seen.append(f"{label}: {type(exc).__name__}")
+            continue
+        if theirs is not None and (theirs.number, theirs.hash) == (ancestor.number, ancestor.hash):
+            log.info("reorg_confirmed", ancestor=ancestor.number, by=label)
+            return True
+        seen.append(f"{label}: ancestor {theirs.number if theirs else None}")
+    log.warning(
+        "reorg_unconfirmed",
+        first=ancestor.number,
+        selected=client.pool.current.label,
+        others="; ".join(seen) or "no other provider",
+        help="one provider shows a chain the others do not: the index waits for a second one",
+    )
+    return False
 
 
 async def common_ancestor(

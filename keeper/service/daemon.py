@@ -370,6 +370,10 @@ async def _main(run: _Run, tg: TaskGroup) -> None:
     client = config.chain.client()
     run.resources.append(client.close)
     state.pool, state.client = pool, client
+    # With several providers, each is probed in the background (chain id, head, finality):
+    # a lagging or failing one is demoted, one on another chain excluded.
+    client.pool.expected_chain_id = run.chain_id
+    tg.start_soon(client.probe_forever)
 
     async def chain_checked() -> BlockHeader:
         head = await client.head()

@@ -294,6 +294,8 @@ class HealthServer:
             "usage_billing": self.state.usage_billing,
             "degraded": self.degraded(),
         }
+        if self.state.client is not None:
+            process["providers"] = self.state.client.snapshot()
         pool = self.state.pool
         if pool is None:
             return json_response(503, {"error": "database not connected yet", "process": process})

@@ -16,7 +16,7 @@ With no chain id, the database must have exactly one indexed chain; with several
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -251,6 +251,28 @@ def _time(value: datetime | None) -> str | None:
 # ---------------------------------------------------------------------- the one screen
 
 
+def _provider_lines(providers: Sequence[Mapping[str, Any]]) -> list[str]:
+    """One line per RPC provider: selected, healthy or why not, head lag, latency, errors."""
+    lines = []
+    for i, p in enumerate(providers):
+        if p.get("excluded"):
+            state = f"EXCLUDED: {p['excluded']}"
+        elif p.get("healthy"):
+            state = "selected" if p.get("selected") else "healthy"
+        else:
+            more = p.get("demoted_for_s")
+            state = "DEMOTED" + (f" ({more} s more)" if more else "")
+        errors = sum((p.get("errors") or {}).values())
+        latency = "" if p.get("latency_ms") is None else f", {p['latency_ms']} ms"
+        head = "head ?" if p.get("head") is None else f"head {p['head']} (-{p['lag_blocks']})"
+        last = f", last error: {p['last_error']}" if p.get("last_error") and errors else ""
+        lines.append(
+            f"{'rpc' if i == 0 else '':<12}{p['provider']}  {state}, {head}{latency}, "
+            f"{p.get('requests', 0)} requests, {errors} errors{last}"
+        )
+    return lines
+
+
 def render_status(status: Mapping[str, Any]) -> str:
     """The text of `keeper status`: one line per subject, ending with a newline."""
     chain = status["chain"]
@@ -263,6 +285,7 @@ def render_status(status: Mapping[str, Any]) -> str:
             f"process     pid {process['pid']}, {process['role']}, "
             f"up {_duration(process['uptime_seconds'])}"
         )
+    lines += _provider_lines(status.get("providers") or (process or {}).get("providers") or [])
     leader = status.get("leader")
     lines.append(
         f"leader      {leader['application_name'] or 'backend ' + str(leader['backend_pid'])}"
