@@ -130,6 +130,11 @@ class IngestConfig(_Section):
     progress_interval: float = Field(5.0, gt=0, description="Seconds between progress lines.")
     recheck_delay: float = Field(0.25, ge=0, description="Pause before re-checking a reorg.")
     keep_blocks: int = Field(256, ge=0, description="Block rows kept below the finalized one.")
+    check_log_blooms: bool = Field(
+        True,
+        description="Check the follow zone's logs against each header's logsBloom (an "
+        "incomplete eth_getLogs answer is asked again); the block hash check stays on.",
+    )
 
     @field_validator("max_range")
     @classmethod

@@ -159,6 +159,12 @@ class ChainClient:
             if p.label == label:
                 self.pool.exclude(p, reason)
 
+    def blame(self, kind: str, detail: str) -> None:
+        """The selected provider's last answer could not be believed (e.g. incomplete logs):
+        count it as a failure of that provider, which demotes it."""
+        p = self._pinned or self.pool.current
+        self.pool.failed(p, p.transport.fault("eth_getLogs", kind, detail))
+
     def snapshot(self) -> list[dict[str, Any]]:
         """One line per provider (see `ProviderPool.snapshot`)."""
         return self.pool.snapshot()

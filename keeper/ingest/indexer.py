@@ -34,6 +34,7 @@ from keeper.chain.rpc import (
 )
 from keeper.config import IngestConfig
 from keeper.errors import PermanentError, unwrap_group
+from keeper.ingest.checked_logs import LogChecker
 from keeper.ingest.events import DecodedBatch, Decoder
 from keeper.ingest.ranges import GC_COLLECT_EVERY, Range, RangeReader, gc_paused, shrunk
 from keeper.ingest.reorgs import EXIT_FATAL_REORG, FatalReorg, handle_reorg
@@ -112,6 +113,14 @@ class Indexer:
         self.decoder = Decoder(chain_id, addresses)
         self.store = Store(chain_id, self.decoder)
         self.follow_step = self.settings.max_follow_step
+        self.checker = LogChecker(
+            client,
+            self.addresses,
+            [*self.decoder.typed, *self.decoder.raw],
+            check_blooms=self.settings.check_log_blooms,
+            recheck_delay=self.settings.recheck_delay,
+            log=log.bind(chain_id=chain_id),
+        )
         self.log = log.bind(chain_id=chain_id)
         self._backfilled_to = -2  # the last block of the latest backfill run
         self.ranges = RangeReader(
@@ -370,13 +379,10 @@ class Indexer:
                 )
                 self.log.info("follow_step_shrunk", refused=len(chain), step=self.follow_step)
                 chain = chain[: self.follow_step]
-        by_number = {h.number: h for h in chain}
-        for lg in logs:
-            expected = by_number.get(int(lg["blockNumber"], 16))
-            if expected is None or lg["blockHash"] != expected.hash:
-                # The chain moved between the headers and the logs: read again next poll.
-                self.log.info("follow_raced_reorg", block=int(lg["blockNumber"], 16))
-                return 0
+        checked = await self.checker.checked(chain, logs)
+        if checked is None:
+            return 0  # the chain moved, or no answer could be believed: read again next poll
+        logs = checked
         timestamps = {h.number: h.timestamp for h in chain}
         batch: DecodedBatch = self.decoder.decode(logs, timestamps)
         async with self.pool.acquire() as conn:

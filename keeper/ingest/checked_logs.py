@@ -1,0 +1,123 @@
+"""The follow zone's `eth_getLogs` answers, believed only once they agree with their blocks.
+
+A provider behind a load balancer may answer `eth_getLogs` for a block its node has only just
+seen with an empty or partial result. Before the follow zone stores a block's logs they are
+checked against the headers already read (`keeper.ingest.logcheck`):
+
+- a log of another block hash, or of a block outside the range, means the chain moved between
+  the header and the log reads: nothing is stored, the next poll reads again (as a reorg race);
+- a log the header's `logsBloom` cannot hold, or a bloom that says a watched contract emitted a
+  watched event with no log returned, is an incomplete or wrong answer: the provider is
+  demoted and the logs are asked again, of another provider when there is one, else of the
+  same one after `recheck_delay`. A bloom can say yes for an item that is not there (a false
+  positive), so a "missing" answer that a second ask repeats exactly is taken.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from typing import Any
+
+import anyio
+from prometheus_client import Counter
+
+from keeper import metrics
+from keeper.chain.rpc import BlockHeader, ChainClient
+from keeper.ingest.logcheck import LogProblem, check_block_logs
+
+LOGS_REJECTED = Counter(
+    "keeper_logs_rejected_total",
+    "eth_getLogs answers of the follow zone not stored, by what was wrong (block_hash, "
+    "outside_range, not_in_bloom, missing_logs).",
+    ["reason"],
+    registry=metrics.REGISTRY,
+)
+for _reason in ("block_hash", "outside_range", "not_in_bloom", "missing_logs"):
+    LOGS_REJECTED.labels(reason=_reason)
+BLOOM_FALSE_POSITIVES = Counter(
+    "keeper_logs_bloom_false_positives_total",
+    "Blocks whose bloom named a watched event that two answers agreed was not there (taken).",
+    registry=metrics.REGISTRY,
+)
+
+ASKS = 3  # answers asked for one range in one poll before waiting for the next
+RACES = frozenset({"block_hash", "outside_range"})
+
+
+def _key(log: dict[str, Any]) -> tuple[str, str, str]:
+    return (str(log.get("blockHash")), str(log.get("transactionHash")), str(log.get("logIndex")))
+
+
+class LogChecker:
+    """Asks for the logs of a run of followed blocks until an answer can be believed."""
+
+    def __init__(
+        self,
+        client: ChainClient,
+        addresses: Sequence[str],
+        topics0: Collection[str],
+        *,
+        check_blooms: bool,
+        recheck_delay: float,
+        log: Any,
+    ) -> None:
+        self.client = client
+        self.addresses = list(addresses)
+        self.topics0 = frozenset(t.lower() for t in topics0)
+        self.check_blooms = check_blooms
+        self.recheck_delay = recheck_delay
+        self.log = log
+
+    def problems(
+        self, chain: Sequence[BlockHeader], logs: Sequence[dict[str, Any]]
+    ) -> list[LogProblem]:
+        """What is wrong with `logs` as the answer for `chain`'s blocks."""
+        headers = chain if self.check_blooms else [_without_bloom(h) for h in chain]
+        return check_block_logs(headers, logs, self.addresses, self.topics0)
+
+    async def checked(
+        self, chain: Sequence[BlockHeader], logs: list[dict[str, Any]]
+    ) -> list[dict[str, Any]] | None:
+        """`logs` (the first answer for `chain`), or a later answer once one can be believed;
+        None when the chain moved meanwhile or no answer could be believed this poll."""
+        first, last = chain[0].number, chain[-1].number
+        for asked in range(1, ASKS + 1):
+            problems = self.problems(chain, logs)
+            if not problems:
+                return logs
+            reasons = sorted({p.reason for p in problems})
+            for p in problems:
+                LOGS_REJECTED.labels(reason=p.reason).inc()
+            blocks = sorted({p.block for p in problems})
+            provider = self.client.pool.current.label
+            if RACES & set(reasons):
+                self.log.info("follow_raced_reorg", block=blocks[0], reasons=reasons)
+                return None
+            self.log.warning(
+                "logs_rejected",
+                reasons=reasons,
+                blocks=blocks[:10],
+                provider=provider,
+                detail=problems[0].detail,
+                asked=asked,
+            )
+            if asked == ASKS:
+                return None
+            self.client.blame("incomplete_logs", f"eth_getLogs {first}-{last}: {reasons}")
+            if not self.client.several:
+                await anyio.sleep(self.recheck_delay)
+            again = await self.client.get_logs(self.addresses, first, last)
+            if reasons == ["missing_logs"] and sorted(map(_key, again)) == sorted(map(_key, logs)):
+                # Two answers agree that the logs the bloom suggests are not there: a false
+                # positive of the bloom (or every provider missing them alike).
+                BLOOM_FALSE_POSITIVES.inc(len(blocks))
+                self.log.info("bloom_false_positive", blocks=blocks[:10])
+                return again
+            logs = again
+        return None
+
+
+def _without_bloom(header: BlockHeader) -> BlockHeader:
+    return BlockHeader(
+        header.number, header.hash, header.parent_hash, header.timestamp, header.base_fee, None
+    )
