@@ -9,8 +9,13 @@ checked against the headers already read (`keeper.ingest.logcheck`):
 - a log the header's `logsBloom` cannot hold, or a bloom that says a watched contract emitted a
   watched event with no log returned, is an incomplete or wrong answer: the provider is
   demoted and the logs are asked again, of another provider when there is one, else of the
-  same one after `recheck_delay`. A bloom can say yes for an item that is not there (a false
-  positive), so a "missing" answer that a second ask repeats exactly is taken.
+  same one after `recheck_delay`.
+
+A bloom can say yes for an item that is not there (a false positive), so a "missing" verdict
+is settled by the blocks' receipts (`eth_getBlockReceipts`, another code path of the node): if
+no receipt holds a watched event the answer is taken (`bloom_false_positive`); if one does, the
+answer was incomplete. A node without `eth_getBlockReceipts` settles it by a second
+`eth_getLogs` answer: the same logs again are taken.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import anyio
 from prometheus_client import Counter
 
 from keeper import metrics
-from keeper.chain.rpc import BlockHeader, ChainClient
+from keeper.chain.rpc import BlockHeader, ChainClient, RpcError
 from keeper.ingest.logcheck import LogProblem, check_block_logs
 
 LOGS_REJECTED = Counter(
@@ -46,6 +51,10 @@ RACES = frozenset({"block_hash", "outside_range"})
 
 def _key(log: dict[str, Any]) -> tuple[str, str, str]:
     return (str(log.get("blockHash")), str(log.get("transactionHash")), str(log.get("logIndex")))
+
+
+def _same(a: Sequence[dict[str, Any]], b: Sequence[dict[str, Any]]) -> bool:
+    return sorted(map(_key, a)) == sorted(map(_key, b))
 
 
 class LogChecker:
@@ -103,18 +112,52 @@ class LogChecker:
             )
             if asked == ASKS:
                 return None
+            only_missing = reasons == ["missing_logs"]
+            verdict: bool | None = None
+            if only_missing:
+                verdict = await self._receipts_hold_watched(chain, blocks)
+                if verdict is False:
+                    BLOOM_FALSE_POSITIVES.inc(len(blocks))
+                    self.log.info("bloom_false_positive", blocks=blocks[:10])
+                    return logs
             self.client.blame("incomplete_logs", f"eth_getLogs {first}-{last}: {reasons}")
             if not self.client.several:
                 await anyio.sleep(self.recheck_delay)
             again = await self.client.get_logs(self.addresses, first, last)
-            if reasons == ["missing_logs"] and sorted(map(_key, again)) == sorted(map(_key, logs)):
-                # Two answers agree that the logs the bloom suggests are not there: a false
-                # positive of the bloom (or every provider missing them alike).
+            if only_missing and verdict is None and _same(again, logs):
+                # No receipts to ask: two answers agree that the logs the bloom suggests are
+                # not there.
                 BLOOM_FALSE_POSITIVES.inc(len(blocks))
-                self.log.info("bloom_false_positive", blocks=blocks[:10])
+                self.log.info("bloom_false_positive", blocks=blocks[:10], by="agreement")
                 return again
             logs = again
         return None
+
+    async def _receipts_hold_watched(
+        self, chain: Sequence[BlockHeader], blocks: Sequence[int]
+    ) -> bool | None:
+        """Whether the receipts of `blocks` hold a watched event (True: the logs answer was
+        incomplete; False: the bloom gave a false positive); None when the node cannot say
+        (no `eth_getBlockReceipts`, or it does not know the block)."""
+        hashes = {h.number: h.hash.lower() for h in chain}
+        watched = {a.lower() for a in self.addresses}
+        for number in blocks:
+            try:
+                receipts = await self.client.request("eth_getBlockReceipts", [hex(number)])
+            except RpcError:
+                return None
+            if not isinstance(receipts, list):
+                return None
+            for receipt in receipts:
+                if str(receipt.get("blockHash", "")).lower() != hashes.get(number):
+                    return None  # another block by that number now: the next poll sees it
+                for lg in receipt.get("logs") or ():
+                    topics = lg.get("topics") or [""]
+                    if str(lg.get("address", "")).lower() in watched and (
+                        not self.topics0 or str(topics[0]).lower() in self.topics0
+                    ):
+                        return True
+        return False
 
 
 def _without_bloom(header: BlockHeader) -> BlockHeader:

@@ -7,8 +7,15 @@ except that it can:
   exceed `max_results` logs, answering with the error a real provider sends (`style`, below);
 - inject faults into the next `n` HTTP requests (or every request until `clear_faults()`;
   all requests, or those carrying given methods, optionally only with given params):
-  an HTTP status (502, 429, ...), a dropped connection, a delay before forwarding, or a
+  an HTTP status (502, 429, ...) with any body (an HTML page, invalid JSON, JSON that is no
+  JSON-RPC answer, the node's real answer cut in half with `truncate`) and a `Retry-After`,
+  a dropped connection before forwarding or, with `after_forwarding`, after the node answered
+  (the request reached the node: a send went out), a delay before forwarding, or a
   well-formed JSON-RPC error answer (HTTP 200) to each call of the given methods;
+- misbehave until `clear_faults()`: serve a head `lag_head(blocks)` behind the node's (blocks,
+  receipts and logs above it unknown), drop the logs of the node's newest blocks from
+  `eth_getLogs` answers (`drop_logs(newest)`, as a load-balanced node that has only just seen
+  a block does), report another chain id (`report_chain_id(id)`);
 - answer JSON-RPC batch arrays, applying the limits call by call;
 - with `finalized_is_head`, answer the `finalized` and `safe` block tags with the latest block,
   as Hardhat's node and Ganache do (anvil answers head - 64);
@@ -84,6 +91,11 @@ class Fault:
     methods: frozenset[str] | None = None  # only requests carrying one of these methods
     params: Callable[[list[Any]], bool] | None = None  # ... in a call whose params pass this
     error: tuple[int, str] = (-32600, "bad request")  # the JSON-RPC error of an "error" fault
+    body: bytes | None = None  # a "status" fault's body (None: a provider's error page)
+    content_type: str = "text/html"
+    retry_after: str | None = None  # a "status" fault's Retry-After header
+    truncate: bool = False  # a "status" fault answers the node's real reply, cut in half
+    after_forwarding: bool = False  # a "drop" fault forwards first, then drops the answer
 
     def matches(self, calls: Iterable[dict[str, Any]]) -> bool:
         """Whether this fault applies to a request carrying `calls`."""
@@ -208,6 +220,11 @@ class RpcProxy:
         self.errors_served: Counter[str] = Counter()  # JSON-RPC error answers, by method
         self.getlogs: list[GetLogsCall] = []
         self._faults: list[Fault] = []
+        self._lag: int | None = None
+        self._drop_newest: int | None = None
+        self._chain_id: int | None = None
+        self.dropped_logs = 0  # logs left out by drop_logs
+        self.lagged_answers = 0  # answers changed by lag_head
         self._holds: list[Hold] = []  # not reached yet
         self._all_holds: list[Hold] = []
         self._lock = threading.Lock()
@@ -295,24 +312,60 @@ class RpcProxy:
         n: int | None,
         status: int = 502,
         *,
+        body: str | bytes | None = None,
+        content_type: str = "text/html",
+        retry_after: str | None = None,
+        truncate: bool = False,
         methods: Iterable[str] | None = None,
         params: Callable[[list[Any]], bool] | None = None,
     ) -> None:
-        """Answer the next `n` requests (None: all, until `clear_faults`) with HTTP `status`.
+        """Answer the next `n` requests (None: all, until `clear_faults`) with HTTP `status`,
+        with `body` (default: a provider's error page) of `content_type`, and a `Retry-After`
+        header when given. With `truncate`, the request is forwarded and the node's real
+        answer is sent cut in half (as JSON).
 
         `methods` limits the fault to requests carrying one of them, `params` further to those
         where such a call's params pass the test (e.g. one raw transaction and not another)."""
-        self._add(Fault("status", n, status=status, **_only(methods, params)))
+        data = body.encode() if isinstance(body, str) else body
+        fault = Fault(
+            "status",
+            n,
+            status=status,
+            body=data,
+            content_type="application/json" if truncate else content_type,
+            retry_after=retry_after,
+            truncate=truncate,
+            **_only(methods, params),
+        )
+        self._add(fault)
 
     def drop_next(
         self,
         n: int | None,
         *,
+        after_forwarding: bool = False,
         methods: Iterable[str] | None = None,
         params: Callable[[list[Any]], bool] | None = None,
     ) -> None:
-        """Close the connection of the next `n` requests without answering."""
-        self._add(Fault("drop", n, **_only(methods, params)))
+        """Close the connection of the next `n` requests without answering: before they are
+        forwarded, or with `after_forwarding` once the node has answered them."""
+        self._add(Fault("drop", n, after_forwarding=after_forwarding, **_only(methods, params)))
+
+    def lag_head(self, blocks: int | None) -> None:
+        """Serve a head `blocks` behind the node's until `clear_faults` (None: stop)."""
+        with self._lock:
+            self._lag = blocks
+
+    def drop_logs(self, newest: int | None) -> None:
+        """Leave the logs of the node's `newest` blocks out of `eth_getLogs` answers until
+        `clear_faults` (None: stop)."""
+        with self._lock:
+            self._drop_newest = newest
+
+    def report_chain_id(self, chain_id: int | None) -> None:
+        """Answer `eth_chainId` and `net_version` with `chain_id` until `clear_faults`."""
+        with self._lock:
+            self._chain_id = chain_id
 
     def delay_next(
         self,
@@ -340,9 +393,10 @@ class RpcProxy:
         self._add(Fault("error", n, error=(code, message), **_only(methods, params)))
 
     def clear_faults(self) -> None:
-        """Drop every pending fault: the proxy forwards normally again."""
+        """Drop every pending fault and mode: the proxy forwards normally again."""
         with self._lock:
             self._faults.clear()
+            self._lag = self._drop_newest = self._chain_id = None
 
     def hold(
         self,
@@ -454,11 +508,20 @@ class RpcProxy:
         fault = self._take_fault(calls)
         if fault is not None:
             if fault.kind == "drop":
+                if fault.after_forwarding:
+                    for c in calls:
+                        await self._call(c)  # the node has it; the client never learns so
                 if request.transport is not None:
                     request.transport.abort()
                 raise asyncio.CancelledError  # nothing is sent: the client sees a reset
             if fault.kind == "status":
-                return _status_response(fault.status)
+                if fault.truncate:
+                    replies = [await self._call(c) for c in calls]
+                    whole = json.dumps(replies if isinstance(body, list) else replies[0]).encode()
+                    return _body_response(fault, whole[: len(whole) // 2])
+                if fault.body is not None:
+                    return _body_response(fault, fault.body)
+                return _status_response(fault.status, fault.retry_after)
             if fault.kind == "error":
                 code, message = fault.error
                 with self._lock:
@@ -483,6 +546,61 @@ class RpcProxy:
         return web.json_response(replies if isinstance(body, list) else replies[0])
 
     async def _call(self, call: dict[str, Any]) -> dict[str, Any]:
+        with self._lock:
+            lag, drop_newest, chain_id = self._lag, self._drop_newest, self._chain_id
+        method = call.get("method")
+        if chain_id is not None and method in ("eth_chainId", "net_version"):
+            value = hex(chain_id) if method == "eth_chainId" else str(chain_id)
+            return {"jsonrpc": "2.0", "id": call.get("id"), "result": value}
+        if lag is not None:
+            lagged = await self._lagged(call, lag)
+            if lagged is not None:
+                with self._lock:
+                    self.lagged_answers += 1
+                return lagged
+        reply = await self._call_node(call)
+        logs = reply.get("result")
+        if method == "eth_getLogs" and isinstance(logs, list) and (lag or drop_newest):
+            # Logs of blocks a lagging node has not seen, or of the newest blocks, left out.
+            head = await self._block_number("latest")
+            last = head - max(lag or 0, drop_newest or 0)
+            kept = [lg for lg in logs if int(lg["blockNumber"], 16) <= last]
+            with self._lock:
+                self.dropped_logs += len(logs) - len(kept)
+            reply = {**reply, "result": kept}
+        return reply
+
+    async def _lagged(self, call: dict[str, Any], lag: int) -> dict[str, Any] | None:
+        """The answer of a node `lag` blocks behind, when it differs from the node's."""
+        method, params = call.get("method"), list(call.get("params") or [])
+        head = await self._block_number("latest")
+        behind = max(head - lag, 0)
+
+        def answer(result: Any) -> dict[str, Any]:
+            return {"jsonrpc": "2.0", "id": call.get("id"), "result": result}
+
+        if method == "eth_blockNumber":
+            return answer(hex(behind))
+        if method == "eth_getBlockByNumber" and params:
+            tag = params[0]
+            if tag in ("latest", "pending"):
+                return await self._forward({**call, "params": [hex(behind), *params[1:]]})
+            if tag in ("finalized", "safe"):
+                number = await self._block_number(tag)
+                if number > behind:
+                    return await self._forward({**call, "params": [hex(behind), *params[1:]]})
+                return None
+            if isinstance(tag, str) and tag.startswith("0x") and int(tag, 16) > behind:
+                return answer(None)
+        if method == "eth_getTransactionReceipt":
+            reply = await self._forward(call)
+            result = reply.get("result")
+            if isinstance(result, dict) and int(result["blockNumber"], 16) > behind:
+                return answer(None)
+            return reply
+        return None
+
+    async def _call_node(self, call: dict[str, Any]) -> dict[str, Any]:
         if call.get("method") == "eth_getLogs":
             return await self._get_logs(call)
         params = list(call.get("params") or [])
@@ -633,7 +751,14 @@ def _error(call_id: Any, code: int, message: str) -> dict[str, Any]:
     return {"jsonrpc": "2.0", "id": call_id, "error": {"code": code, "message": message}}
 
 
-def _status_response(status: int) -> web.Response:
+def _body_response(fault: Fault, body: bytes) -> web.Response:
+    headers = {"Content-Type": fault.content_type}
+    if fault.retry_after is not None:
+        headers["Retry-After"] = fault.retry_after
+    return web.Response(status=fault.status, body=body, headers=headers)
+
+
+def _status_response(status: int, retry_after: str | None = None) -> web.Response:
     if status == 429:
         # What Alchemy sends when throttling: a JSON-RPC error in a 429 response.
         body = _error(
@@ -642,8 +767,14 @@ def _status_response(status: int) -> web.Response:
             "Your app has exceeded its compute units per second capacity. If you have retries "
             "enabled, you can safely ignore this message.",
         )
-        return web.json_response(body, status=429, headers={"Retry-After": "0"})
+        return web.json_response(body, status=429, headers={"Retry-After": retry_after or "0"})
+    headers = {"Retry-After": retry_after} if retry_after is not None else None
     text = {502: "Bad Gateway", 503: "Service Unavailable", 504: "Gateway Timeout"}.get(
         status, "Error"
     )
-    return web.Response(status=status, text=f"<html><body><h1>{status} {text}</h1></body></html>")
+    return web.Response(
+        status=status,
+        text=f"<html><body><h1>{status} {text}</h1></body></html>",
+        content_type="text/html",
+        headers=headers,
+    )
