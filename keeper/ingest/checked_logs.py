@@ -86,52 +86,64 @@ class LogChecker:
 
     async def checked(
         self, chain: Sequence[BlockHeader], logs: list[dict[str, Any]]
-    ) -> list[dict[str, Any]] | None:
-        """`logs` (the first answer for `chain`), or a later answer once one can be believed;
-        None when the chain moved meanwhile or no answer could be believed this poll."""
+    ) -> tuple[list[BlockHeader], list[dict[str, Any]]] | None:
+        """The blocks of `chain` whose logs can be believed, from its first block on, with
+        their logs: all of `chain` with `logs` (its first answer) or a later answer, or the
+        blocks before the first one that could not be believed; None when the chain moved
+        meanwhile or not even the first block could be believed this poll."""
         first, last = chain[0].number, chain[-1].number
         for asked in range(1, ASKS + 1):
             problems = self.problems(chain, logs)
             if not problems:
-                return logs
+                return list(chain), logs
             reasons = sorted({p.reason for p in problems})
-            for p in problems:
-                LOGS_REJECTED.labels(reason=p.reason).inc()
             blocks = sorted({p.block for p in problems})
-            provider = self.client.pool.current.label
             if RACES & set(reasons):
+                self._count(problems)
                 self.log.info("follow_raced_reorg", block=blocks[0], reasons=reasons)
                 return None
-            self.log.warning(
-                "logs_rejected",
-                reasons=reasons,
-                blocks=blocks[:10],
-                provider=provider,
-                detail=problems[0].detail,
-                asked=asked,
-            )
-            if asked == ASKS:
-                return None
-            only_missing = reasons == ["missing_logs"]
-            verdict: bool | None = None
-            if only_missing:
+            verdict = None
+            if reasons == ["missing_logs"]:
                 verdict = await self._receipts_hold_watched(chain, blocks)
                 if verdict is False:
                     BLOOM_FALSE_POSITIVES.inc(len(blocks))
                     self.log.info("bloom_false_positive", blocks=blocks[:10])
-                    return logs
+                    return list(chain), logs
+            self._count(problems)
+            self.log.warning(
+                "logs_rejected",
+                reasons=reasons,
+                blocks=blocks[:10],
+                provider=self.client.pool.current.label,
+                detail=problems[0].detail,
+                asked=asked,
+            )
             self.client.blame("incomplete_logs", f"eth_getLogs {first}-{last}: {reasons}")
+            if blocks[0] > first:
+                # The blocks before the first doubtful one are taken; the rest is read again
+                # at the next poll (of another provider, when there is one).
+                return (
+                    [h for h in chain if h.number < blocks[0]],
+                    [lg for lg in logs if int(lg["blockNumber"], 16) < blocks[0]],
+                )
+            if asked == ASKS:
+                return None
             if not self.client.several:
                 await anyio.sleep(self.recheck_delay)
             again = await self.client.get_logs(self.addresses, first, last)
-            if only_missing and verdict is None and _same(again, logs):
+            if verdict is None and reasons == ["missing_logs"] and _same(again, logs):
                 # No receipts to ask: two answers agree that the logs the bloom suggests are
                 # not there.
                 BLOOM_FALSE_POSITIVES.inc(len(blocks))
                 self.log.info("bloom_false_positive", blocks=blocks[:10], by="agreement")
-                return again
+                return list(chain), again
             logs = again
         return None
+
+    @staticmethod
+    def _count(problems: Sequence[LogProblem]) -> None:
+        for p in problems:
+            LOGS_REJECTED.labels(reason=p.reason).inc()
 
     async def _receipts_hold_watched(
         self, chain: Sequence[BlockHeader], blocks: Sequence[int]

@@ -382,7 +382,7 @@ class Indexer:
         checked = await self.checker.checked(chain, logs)
         if checked is None:
             return 0  # the chain moved, or no answer could be believed: read again next poll
-        logs = checked
+        chain, logs = checked
         timestamps = {h.number: h.timestamp for h in chain}
         batch: DecodedBatch = self.decoder.decode(logs, timestamps)
         async with self.pool.acquire() as conn:
