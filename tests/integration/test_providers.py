@@ -236,3 +236,47 @@ async def test_one_provider_leaving_out_logs_never_gets_them_stored(
             async with indexer.pool.acquire() as conn:
                 stored = await event_keys(conn, driver.chain_id)
     assert stored == chain_log_keys(driver, driver.target.start_block, driver.head())
+
+
+async def test_no_provider_alone_makes_the_index_roll_back(
+    anvil_factory: Callable[..., Anvil], database_url: str
+) -> None:
+    """The preferred provider switches to another chain (an anvil forked two blocks below the
+    indexed head, with blocks of its own): a reorg by its account. While the other provider
+    still serves the indexed chain, nothing is rolled back; once it shows the new chain too,
+    the reorg is confirmed and handled, and the index follows the new chain."""
+    driver = Driver(anvil_factory(), random.Random(18))
+    for _ in range(4):
+        driver.act(3, seconds=1)
+    async with (
+        two_providers(driver.url) as (a, b, client),
+        open_indexer(client, database_url, driver.target, FAST) as indexer,
+    ):
+        await index_until_caught_up(indexer)
+        async with indexer.pool.acquire() as conn:
+            before = await indexer.store.cursor(conn, indexer.start_block)
+        head = driver.head()
+        fork = anvil_factory(
+            extra_args=["--fork-url", driver.url, "--fork-block-number", str(head - 2)]
+        )
+        rpc(fork.url, "anvil_mine", [hex(4)])
+        a.upstream = fork.url  # only the preferred provider shows the new chain
+        reorgs = metrics.REGISTRY.get_sample_value("keeper_reorgs_total") or 0.0
+        for _ in range(3):
+            await indexer.sync_once()
+        async with indexer.pool.acquire() as conn:
+            after = await indexer.store.cursor(conn, indexer.start_block)
+        assert (after.indexed_block, after.indexed_hash) == (
+            before.indexed_block,
+            before.indexed_hash,
+        )
+        assert (metrics.REGISTRY.get_sample_value("keeper_reorgs_total") or 0.0) == reorgs
+        b.upstream = fork.url  # the other provider confirms it
+        await index_until_caught_up(indexer)
+        assert (metrics.REGISTRY.get_sample_value("keeper_reorgs_total") or 0.0) == reorgs + 1
+        async with indexer.pool.acquire() as conn:
+            final = await indexer.store.cursor(conn, indexer.start_block)
+        tip = rpc(fork.url, "eth_getBlockByNumber", ["latest", False])
+        assert isinstance(tip, dict)
+        assert final.indexed_block == int(tip["number"], 16)
+        assert final.indexed_hash == tip["hash"]
