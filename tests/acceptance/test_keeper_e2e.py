@@ -1,7 +1,12 @@
 """The keeper's whole job, end to end: `keeper run` as a subprocess against a development node
 with 1 s blocks and a real PostgreSQL, with two signers, while the chain reorganises and the
 daemon is killed with SIGKILL twice. It runs once on anvil and once on Hardhat's node (EDR),
-through `tests.support.dev_nodes.DevNode`.
+through `tests.support.dev_nodes.DevNode`. The keeper reaches the node through two providers
+(`tests.support.rpc_proxy.RpcProxy`), and all the while one of them misbehaves, in every way
+of `tests.support.chaos.MODES` in turn (429 and 503 with Retry-After, HTML, truncated and
+invalid bodies with 200 and 502, resets before and after forwarding, latency, a lagging head,
+the newest blocks' logs dropped, another chain id): the one the daemon reads from when each
+mode starts, so every fault meets its reads, sends and probes.
 
 The world (set up with automine, before the daemon starts):
 - The contracts are deployed without a notice period: the payer's closes below are immediate.
@@ -36,12 +41,17 @@ At the end, with the daemon stopped and the index caught up:
   list) or of the stream's own price, as the chain's `UsageRecorded` events say;
 - every expired escrow that was not released was refunded, and no unexpired one;
 - each signer's nonces are 0..n-1 on chain, the outbox assigned exactly those, and nothing is
-  left in the mempool.
+  left in the mempool;
+- every mode of the chaos met the keeper, which never exited (three starts: the two kills);
+- `keeper verify` finds the index equal to the contracts.
 """
 
 from __future__ import annotations
 
+import json
 import random
+import subprocess
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -54,7 +64,9 @@ from keeper.chain.deployment import Deployment
 from keeper.chain.oracle_role import ORACLE_ROLE
 from keeper.dev.anvil import dev_key, rpc
 from keeper.ops.deploy import deploy_all
+from keeper.urls import redact_url
 from tests.support.chain import DEV_KEY0, batch, send_in_order, tx
+from tests.support.chaos import MODES, Chaos, selected_from_status
 from tests.support.daemon import Keeper, Outboxes
 from tests.support.dev_nodes import DevNode
 from tests.support.ingest import (
@@ -65,6 +77,8 @@ from tests.support.ingest import (
     open_indexer,
     projection_state,
 )
+from tests.support.rpc_proxy import RpcProxy
+from tests.support.world import events
 
 SIGNER_KEYS = (5, 6)
 PAYEES = [(0x5000 + k).to_bytes(20, "big") for k in range(40)]
@@ -302,7 +316,7 @@ class Db(Outboxes):
         return self._runner.run(run())
 
 
-def write_config(path: Path, node: DevNode, d: Deployment, database_url: str) -> Path:
+def write_config(path: Path, rpc_urls: Sequence[str], d: Deployment, database_url: str) -> Path:
     deployment_file = path / "deployment.json"
     d.write(deployment_file)
     creds = path / "creds"
@@ -315,8 +329,10 @@ def write_config(path: Path, node: DevNode, d: Deployment, database_url: str) ->
     config.write_text(
         f"""
 [chain]
-rpc_url = "{node.url}"
+rpc_urls = {json.dumps(list(rpc_urls))}
 deployment_file = "{deployment_file}"
+rpc_timeout = 5.0
+rpc_probe_interval = 1.0
 
 [database]
 url = "{database_url}"
@@ -408,6 +424,12 @@ def assert_charged_at_endpoint_prices(db: Db) -> None:
         assert int(t["charged"]) == int(t["units"]) * price, sid
 
 
+def _health(keeper: Keeper) -> str | None:
+    """The running daemon's health port URL (None before it listens)."""
+    listening = events(keeper, "health_listening")
+    return str(listening[0]["url"]) if listening else None
+
+
 def due_streams(state: Any) -> set[int]:
     """The streams due at `state`'s block by the configured rule."""
     now = state.timestamp
@@ -438,12 +460,19 @@ def test_the_keeper_does_its_whole_job_through_reorgs_and_kills(
     chain = ChainView(node, d)
     signers = [dev_key(i).address for i in SIGNER_KEYS]
     monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path / "creds"))
-    keeper = Keeper(write_config(tmp_path, node, d, database_url), tmp_path / "keeper.log")
+    # Two providers in front of the node; one of them misbehaves at any moment, in every way
+    # in turn (tests.support.chaos), while the daemon works.
+    proxies = [RpcProxy(node.url).start(), RpcProxy(node.url).start()]
+    labels = [redact_url(p.url) for p in proxies]
+    config = write_config(tmp_path, [p.url for p in proxies], d, database_url)
+    keeper = Keeper(config, tmp_path / "keeper.log")
+    chaos = Chaos(proxies, lambda: selected_from_status(lambda: _health(keeper), labels))
     db = Db(database_url)
     waves, bad = usage_waves()
     node.set_interval_mining(1)
     try:
         keeper.start()
+        chaos.start()
 
         def run_for(seconds: float) -> None:
             deadline = time.monotonic() + seconds
@@ -523,8 +552,13 @@ def test_the_keeper_does_its_whole_job_through_reorgs_and_kills(
             time.sleep(2)
             ok, what = done()
 
+        chaos.stop()
         status, _ = keeper.terminate(within=30)
         assert status == 0, keeper.tail()
+        # Every bad way of a provider met the keeper at least once, and it never exited.
+        assert set(chaos.applied) == set(MODES), chaos.applied
+        assert {m for m, n in chaos.effects.items() if n} == set(MODES), chaos.effects
+        assert keeper.starts == 3
         node.set_interval_mining(0)
         node.mine()
         indexed = db.catch_up(node, d)
@@ -596,6 +630,20 @@ def test_the_keeper_does_its_whole_job_through_reorgs_and_kills(
         failed = db.fetch("SELECT kind, reason FROM intents WHERE state = 'failed'")
         assert not failed, failed
         assert keeper.starts == 3
+
+        # `keeper verify` (through both providers) finds the index equal to the contracts.
+        verified = subprocess.run(
+            [sys.executable, "-m", "keeper", "verify", "--config", str(config)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert verified.returncode == 0, verified.stdout + verified.stderr
+        assert "the database matches the contracts" in verified.stdout
     finally:
+        chaos.stop()
         keeper.stop()
         db.close()
+        for proxy in proxies:
+            proxy.stop()
