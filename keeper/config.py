@@ -2,15 +2,17 @@
 
 Models refuse unknown keys, so a typo is an error that names the field, not a silently ignored
 setting. Environment overrides use `__` between levels: `KEEPER_DATABASE__URL`,
-`KEEPER_CHAIN__RPC_URL`, `KEEPER_INGEST__POLL_INTERVAL`.
+`KEEPER_CHAIN__RPC_URL`, `KEEPER_INGEST__POLL_INTERVAL`; a list is given as JSON:
+`KEEPER_CHAIN__RPC_URLS='["https://a.example/KEY", "https://b.example/KEY"]'`.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -64,6 +66,15 @@ def _checked_url(value: SecretStr, schemes: tuple[str, ...]) -> SecretStr:
     return value
 
 
+def _rpc_url(value: SecretStr) -> SecretStr:
+    return _checked_url(value, RPC_SCHEMES)
+
+
+# One entry of `chain.rpc_urls`, checked like `chain.rpc_url` (an error names its index).
+RpcUrl = Annotated[SecretStr, AfterValidator(_rpc_url)]
+MAX_RPC_URLS = 8
+
+
 class ChainConfig(_Section):
     """`[chain]`: which chain, how to reach it, where the contracts are."""
 
@@ -71,28 +82,92 @@ class ChainConfig(_Section):
         None, gt=0, description="Expected chain id (default: the deployment file's)."
     )
     name: str = Field("local", min_length=1, description="Human name shown in views and logs.")
-    rpc_url: SecretStr = Field(description="HTTP JSON-RPC endpoint (may embed an API key).")
+    rpc_url: SecretStr | None = Field(
+        None, description="HTTP JSON-RPC endpoint (may embed an API key); or rpc_urls."
+    )
+    rpc_urls: list[RpcUrl] | None = Field(
+        None,
+        min_length=1,
+        max_length=MAX_RPC_URLS,
+        description="Several HTTP JSON-RPC endpoints of the same chain, in order of preference "
+        "(instead of rpc_url).",
+    )
     ws_url: SecretStr | None = Field(None, description="Websocket endpoint for newHeads.")
     deployment_file: Path = Field(description="Deployment file written by `keeper deploy`.")
     rpc_timeout: float = Field(30.0, gt=0, description="Seconds before one RPC request fails.")
     rpc_attempts: int = Field(5, ge=1, le=20, description="Tries per request on transient errors.")
+    rpc_max_lag_blocks: int = Field(
+        5, ge=0, description="A provider whose head lags the best one's by more is demoted."
+    )
+    rpc_probe_interval: float = Field(
+        10.0, gt=0, description="Seconds between background probes of every provider."
+    )
 
     @field_validator("rpc_url")
     @classmethod
-    def _rpc_url_form(cls, v: SecretStr) -> SecretStr:
-        return _checked_url(v, RPC_SCHEMES)
+    def _rpc_url_form(cls, v: SecretStr | None) -> SecretStr | None:
+        return None if v is None else _rpc_url(v)
+
+    @field_validator("rpc_urls")
+    @classmethod
+    def _distinct(cls, v: list[SecretStr] | None) -> list[SecretStr] | None:
+        seen: dict[str, int] = {}
+        for i, url in enumerate(v or []):
+            text = url.get_secret_value()
+            if text.endswith(MASKED):
+                # `keeper config show` masks two keys of one host alike: placeholders.
+                continue
+            if text in seen:
+                raise ValueError(
+                    f"entries {seen[text]} and {i} are the same URL; expected each provider once"
+                )
+            seen[text] = i
+        return v
+
+    @model_validator(mode="after")
+    def _one_rpc_field(self) -> ChainConfig:
+        if (self.rpc_url is None) == (self.rpc_urls is None):
+            which = "neither is set" if self.rpc_url is None else "both are set"
+            raise ValueError(
+                f"set exactly one of chain.rpc_url (one provider) and chain.rpc_urls "
+                f"(several); {which}"
+            )
+        return self
 
     @field_validator("ws_url")
     @classmethod
     def _ws_url_form(cls, v: SecretStr | None) -> SecretStr | None:
         return None if v is None else _checked_url(v, WS_SCHEMES)
 
+    @property
+    def urls(self) -> list[str]:
+        """The RPC providers' URLs (secret: never show one unredacted), in order."""
+        if self.rpc_urls is not None:
+            return [url.get_secret_value() for url in self.rpc_urls]
+        assert self.rpc_url is not None  # _one_rpc_field
+        return [self.rpc_url.get_secret_value()]
+
+    @property
+    def primary_url(self) -> str:
+        """The first RPC provider's URL (for one-shot commands that need one node)."""
+        return self.urls[0]
+
+    @property
+    def rpc_field(self) -> str:
+        """The field the RPC providers are set in, for messages: chain.rpc_url(s)."""
+        return "chain.rpc_url" if self.rpc_urls is None else "chain.rpc_urls"
+
     def client(self) -> ChainClient:
-        """A JSON-RPC client for `rpc_url` with this section's timeout and retries."""
+        """A JSON-RPC client over every provider with this section's timeout, retries and
+        provider settings."""
         from keeper.chain.rpc import ChainClient
 
         return ChainClient(
-            self.rpc_url.get_secret_value(), timeout=self.rpc_timeout, attempts=self.rpc_attempts
+            self.urls,
+            timeout=self.rpc_timeout,
+            attempts=self.rpc_attempts,
+            max_lag_blocks=self.rpc_max_lag_blocks,
+            probe_interval=self.rpc_probe_interval,
         )
 
 

@@ -6,6 +6,7 @@ with `keeper.secrets` before anything could print it."""
 from __future__ import annotations
 
 import difflib
+import json
 import os
 import tomllib
 from collections.abc import Mapping
@@ -22,7 +23,8 @@ from keeper.config import MASKED, ConfigError, KeeperConfig, SignerConfig
 
 
 def _secret_paths() -> frozenset[str]:
-    """Dotted paths of the fields typed `SecretStr` (their values are never shown)."""
+    """Dotted paths of the fields typed `SecretStr` or a list of them (their values are never
+    shown)."""
     found = set()
     for name, section in KeeperConfig.model_fields.items():
         model = section.annotation
@@ -45,9 +47,21 @@ _SECRET_WORDS = ("url", "key", "password", "secret", "token")
 
 
 def _is_secret(where: str) -> bool:
-    return any(where == p or where.startswith(p + ".") for p in SECRET_PATHS) or any(
+    return any(where == p or where.startswith((p + ".", p + "[")) for p in SECRET_PATHS) or any(
         w in where.rsplit(".", 1)[-1] for w in _SECRET_WORDS
     )
+
+
+def _where(loc: tuple[str | int, ...]) -> str:
+    """A field's path as messages show it: `ingest.poll_interval`, `signers.0.keystore`, and a
+    list entry inside a section by its index, `chain.rpc_urls[1]`."""
+    text = ""
+    for i, part in enumerate(loc):
+        if isinstance(part, int) and i >= 2:
+            text += f"[{part}]"
+        else:
+            text += f".{part}" if text else str(part)
+    return text
 
 
 def env_name(loc: tuple[str, ...]) -> str:
@@ -83,8 +97,10 @@ def _field_names(loc: tuple[str, ...]) -> list[str]:
 def _problem(err: Any, overridden: set[str]) -> str:
     """One line for one validation error: the field's path, what is wrong, the value given."""
     loc = tuple(str(p) for p in err["loc"])
-    where = ".".join(loc)
-    origin = f" from {env_name(loc)}" if where in overridden else ""
+    where = _where(tuple(err["loc"]))
+    # An entry of a list set from the environment came from the list's variable.
+    field = ".".join(loc[:2])
+    origin = f" from {env_name(loc[:2])}" if where in overridden or field in overridden else ""
     if err["type"] == "missing":
         section = f"[{loc[0]}] of the file" if len(loc) > 1 else "the file"
         return f"{where}: required but not set (set it in {section}, or as {env_name(loc)})"
@@ -94,8 +110,12 @@ def _problem(err: Any, overridden: set[str]) -> str:
         close = difflib.get_close_matches(loc[-1], known, n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
         return f"{where}: unknown key{origin}, not a configuration field{hint}"
-    value = "<secret>" if _is_secret(where) else repr(err.get("input"))
     message = str(err["msg"]).removeprefix("Value error, ")
+    given = err.get("input")
+    if isinstance(given, Mapping):
+        # A check of a whole table (one of two fields): its values may hold secrets.
+        return f"{where}: {message}"
+    value = "<secret>" if _is_secret(where) else repr(given)
     return f"{where}: {message} (got {value}{origin})"
 
 
@@ -141,10 +161,26 @@ def _register_raw_secrets(data: Mapping[str, Any]) -> None:
     for where in SECRET_PATHS:
         section, name = where.split(".")
         register = secrets.register_dsn if section == "database" else secrets.register_url
-        register(environ.get(env_name((section, name)), "").removesuffix(MASKED))
         table = data.get(section)
-        if isinstance(table, Mapping) and isinstance(table.get(name), str):
-            register(table[name].removesuffix(MASKED))
+        given: list[Any] = [environ.get(env_name((section, name)), "")]
+        given += [table.get(name)] if isinstance(table, Mapping) else []
+        for value in given:
+            for text in _secret_texts(value):
+                register(text.removesuffix(MASKED))
+
+
+def _secret_texts(value: Any) -> list[str]:
+    """The strings of a secret field's raw value: a string, a list of them, or a list as the
+    JSON text an environment variable gives (`KEEPER_CHAIN__RPC_URLS='["…", "…"]'`)."""
+    if isinstance(value, str):
+        try:
+            parsed = json.loads(value) if value.lstrip().startswith("[") else None
+        except ValueError:
+            parsed = None
+        return [value, *_secret_texts(parsed)] if isinstance(parsed, list) else [value]
+    if isinstance(value, list):
+        return [v for v in value if isinstance(v, str)]
+    return []
 
 
 def register_secrets(config: KeeperConfig) -> None:
@@ -154,9 +190,10 @@ def register_secrets(config: KeeperConfig) -> None:
     credential passwords (read here; files that cannot be read are reported when the keys
     load)."""
     secrets.register_dsn(config.database.url.get_secret_value().removesuffix(MASKED))
-    for url in (config.chain.rpc_url, config.chain.ws_url):
-        if url is not None:
-            secrets.register_url(url.get_secret_value().removesuffix(MASKED))
+    for text in config.chain.urls:
+        secrets.register_url(text.removesuffix(MASKED))
+    if config.chain.ws_url is not None:
+        secrets.register_url(config.chain.ws_url.get_secret_value().removesuffix(MASKED))
     for signer in config.signers:
         if signer.password_file is not None:
             secrets.register_file(signer.password_file)

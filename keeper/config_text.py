@@ -8,6 +8,8 @@ import math
 from collections.abc import Set as AbstractSet
 from typing import Any
 
+from pydantic import SecretStr
+
 from keeper.config import MASKED, KeeperConfig
 from keeper.config_load import MASK, SECRET_PATHS, env_name
 from keeper.urls import (
@@ -23,17 +25,20 @@ def effective(config: KeeperConfig) -> dict[str, Any]:
     for where in SECRET_PATHS:
         section, name = where.split(".")
         secret = getattr(getattr(config, section), name)
-        if secret is None:
-            continue
-        text = secret.get_secret_value().removesuffix(MASKED)  # shown again: mask it once
-        if section == "database":
-            shown = f"{redact_dsn(text)}{MASKED}"
-        elif "://" in text:
-            shown = f"{redact_url(text)}{MASKED}"
-        else:
-            shown = MASK
-        data[section][name] = shown
+        if isinstance(secret, list):  # chain.rpc_urls: each entry masked alike
+            data[section][name] = [_masked(section, s) for s in secret]
+        elif secret is not None:
+            data[section][name] = _masked(section, secret)
     return data
+
+
+def _masked(section: str, secret: SecretStr) -> str:
+    text = secret.get_secret_value().removesuffix(MASKED)  # shown again: mask it once
+    if section == "database":
+        return f"{redact_dsn(text)}{MASKED}"
+    if "://" in text:
+        return f"{redact_url(text)}{MASKED}"
+    return MASK
 
 
 def _toml_value(value: Any) -> str:
@@ -47,6 +52,8 @@ def _toml_value(value: Any) -> str:
         return repr(value)
     if isinstance(value, str):
         return json.dumps(value, ensure_ascii=False)  # a JSON string is a TOML basic string
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     raise TypeError(f"no TOML form for {value!r}")
 
 

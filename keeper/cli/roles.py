@@ -49,7 +49,7 @@ def _connect(args: argparse.Namespace) -> tuple[KeeperConfig, RoleBook]:
     from keeper.ops.roles import RoleBook
 
     config = load_config(args.config)
-    return config, RoleBook.connect(config.chain.rpc_url.get_secret_value(), config.deployment())
+    return config, RoleBook.connect(config.chain.primary_url, config.deployment())
 
 
 def _known_accounts(config: KeeperConfig) -> dict[str, list[str]]:

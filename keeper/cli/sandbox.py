@@ -33,7 +33,7 @@ def _deployment(args: argparse.Namespace) -> tuple[str, Any]:
     from keeper.config_load import load_config
 
     config = load_config(args.config)
-    return config.chain.rpc_url.get_secret_value(), config.deployment()
+    return config.chain.primary_url, config.deployment()
 
 
 def cmd_open_stream(args: argparse.Namespace) -> int:

@@ -152,9 +152,12 @@ def test_the_example_holds_the_defaults_of_every_section(monkeypatch: pytest.Mon
     config = load_config(ROOT / "config" / "keeper.example.toml")
     for name, model in SECTIONS.items():
         assert getattr(config, name) == model(), name
-    # [chain] and [database]: the required fields have examples, the rest their defaults.
+    # [chain] and [database]: the required fields have examples, the rest their defaults
+    # (rpc_url or rpc_urls must be set: the example sets rpc_url).
     chain_defaults = {
-        k: f.default for k, f in ChainConfig.model_fields.items() if not f.is_required()
+        k: f.default
+        for k, f in ChainConfig.model_fields.items()
+        if not f.is_required() and k != "rpc_url"
     }
     assert {k: getattr(config.chain, k) for k in chain_defaults} == chain_defaults
     database_defaults = {
@@ -481,3 +484,153 @@ def test_effective_configuration_masks_secrets_and_round_trips(
         assert getattr(reloaded, name) == getattr(config, name), name
     assert reloaded.chain.deployment_file == config.chain.deployment_file
     assert tomllib.loads(shown)["chain"]["rpc_url"].endswith("(masked)")
+
+
+# --------------------------------------------------------------------------- several providers
+
+TWO_URLS = '["https://a.example/v2/KEYA1", "https://b.example:8443/KEYB2?k=QBQB2"]'
+
+
+def providers(urls: str = TWO_URLS) -> str:
+    """MINIMAL with `rpc_urls` instead of `rpc_url`."""
+    return MINIMAL.replace('rpc_url = "https://rpc.example/v2/SECRETKEY"', f"rpc_urls = {urls}")
+
+
+def test_rpc_urls_give_the_urls_in_order_and_register_each(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, providers()))
+    assert config.chain.rpc_url is None
+    assert config.chain.urls == [
+        "https://a.example/v2/KEYA1",
+        "https://b.example:8443/KEYB2?k=QBQB2",
+    ]
+    assert config.chain.primary_url == "https://a.example/v2/KEYA1"
+    assert config.chain.rpc_field == "chain.rpc_urls"
+    assert (config.chain.rpc_max_lag_blocks, config.chain.rpc_probe_interval) == (5, 10.0)
+    registered = secrets.registered()
+    for value in ("/v2/KEYA1", "/KEYB2", "QBQB2"):
+        assert value in registered, value
+    assert "KEYA1" not in repr(config) and "KEYB2" not in repr(config)
+
+
+def test_a_single_rpc_url_is_one_provider(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, MINIMAL))
+    assert config.chain.urls == ["https://rpc.example/v2/SECRETKEY"]
+    assert config.chain.primary_url == "https://rpc.example/v2/SECRETKEY"
+    assert config.chain.rpc_field == "chain.rpc_url"
+
+
+@pytest.mark.parametrize(
+    ("text", "which"),
+    [
+        (MINIMAL.replace('rpc_url = "https://rpc.example/v2/SECRETKEY"\n', ""), "neither is set"),
+        (providers().replace("[chain]", '[chain]\nrpc_url = "https://c.example/KEYC3"'), "both"),
+    ],
+)
+def test_exactly_one_of_rpc_url_and_rpc_urls(tmp_path: Path, text: str, which: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, text))
+    message = str(err.value)
+    assert "chain: set exactly one of chain.rpc_url" in message and "chain.rpc_urls" in message
+    assert which in message
+    for secret in ("KEYA1", "KEYB2", "KEYC3", "hunter2"):
+        assert secret not in message
+
+
+@pytest.mark.parametrize(
+    ("urls", "problem"),
+    [
+        ('["https://a.example/KEYA1", "https://a.example/KEYA1"]', "entries 0 and 1 are the same"),
+        ("[]", "at least 1 item"),
+        ("[" + ", ".join(f'"https://n{i}.example/KEYA1"' for i in range(9)) + "]", "at most 8"),
+    ],
+)
+def test_rpc_urls_are_distinct_and_one_to_eight(tmp_path: Path, urls: str, problem: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, providers(urls)))
+    message = str(err.value)
+    assert "chain.rpc_urls: " in message and problem in message, message
+    assert "KEYA1" not in message and "(got <secret>)" in message
+
+
+def test_eight_rpc_urls_load(tmp_path: Path) -> None:
+    urls = "[" + ", ".join(f'"http://127.0.0.1:{8545 + i}"' for i in range(8)) + "]"
+    assert len(load_config(write(tmp_path, providers(urls))).chain.urls) == 8
+
+
+@pytest.mark.parametrize(
+    ("entry", "problem"),
+    [
+        ('"ws://b.example/v2/BADKEY9"', "scheme is not http"),
+        ('"b.example/v2/BADKEY9"', "does not start with http://"),
+        ("7", "Input should be a valid string"),
+    ],
+)
+def test_a_bad_entry_of_rpc_urls_is_named_by_its_index(
+    tmp_path: Path, entry: str, problem: str
+) -> None:
+    urls = f'["https://a.example/v2/KEYA1", {entry}]'
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, providers(urls)))
+    message = str(err.value)
+    assert "chain.rpc_urls[1]: " in message and problem in message, message
+    assert "(got <secret>)" in message
+    assert "BADKEY9" not in message and "KEYA1" not in message
+    if "BADKEY9" in entry:
+        assert "BADKEY9" in "".join(secrets.registered())  # registered although refused
+
+
+def test_rpc_urls_from_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(
+        "KEEPER_CHAIN__RPC_URLS", '["http://127.0.0.1:8545/ENVKEY1", "http://127.0.0.1:9545"]'
+    )
+    monkeypatch.setenv("KEEPER_CHAIN__RPC_MAX_LAG_BLOCKS", "9")
+    monkeypatch.setenv("KEEPER_CHAIN__RPC_PROBE_INTERVAL", "2.5")
+    # The environment's list replaces the file's.
+    config = load_config(write(tmp_path, providers('["https://a.example/v2/KEYA1"]')))
+    assert config.chain.urls == ["http://127.0.0.1:8545/ENVKEY1", "http://127.0.0.1:9545"]
+    assert (config.chain.rpc_max_lag_blocks, config.chain.rpc_probe_interval) == (9, 2.5)
+    assert "/ENVKEY1" in secrets.registered()
+    # An entry refused from the environment is named with the variable, and registered.
+    monkeypatch.setenv("KEEPER_CHAIN__RPC_URLS", '["http://127.0.0.1:8545", "ftp://x/ENVKEY2"]')
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, providers('["https://a.example/v2/KEYA1"]')))
+    message = str(err.value)
+    assert "chain.rpc_urls[1]: " in message and "from KEEPER_CHAIN__RPC_URLS" in message
+    assert "ENVKEY2" not in message and "/ENVKEY2" in secrets.registered()
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "problem"),
+    [
+        ("rpc_max_lag_blocks", "-1", "greater than or equal to 0"),
+        ("rpc_probe_interval", "0", "greater than 0"),
+    ],
+)
+def test_provider_settings_are_checked(
+    tmp_path: Path, field: str, value: str, problem: str
+) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, providers().replace("[chain]", f"[chain]\n{field} = {value}")))
+    assert f"chain.{field}: " in str(err.value) and problem in str(err.value)
+
+
+def test_config_show_masks_each_provider_and_loads_again(tmp_path: Path) -> None:
+    # Two keys of one host mask alike: the shown file still loads (placeholders to fill in).
+    urls = '["https://a.example/v2/KEYA1", "https://a.example/v2/KEYA2", "http://b.example:81/K3"]'
+    config = load_config(write(tmp_path, providers(urls)))
+    data = effective(config)
+    assert data["chain"]["rpc_urls"] == [
+        "https://a.example (masked)",
+        "https://a.example (masked)",
+        "http://b.example:81 (masked)",
+    ]
+    shown = to_toml(data)
+    assert 'rpc_urls = ["https://a.example (masked)", ' in shown and "# rpc_url: unset" in shown
+    for secret in ("KEYA1", "KEYA2", "/K3"):
+        assert secret not in shown and secret not in json.dumps(data)
+    again = tmp_path / "again.toml"
+    again.write_text(shown)
+    secrets.clear()
+    reloaded = load_config(again)
+    assert effective(reloaded)["chain"] == data["chain"]
+    assert secrets.registered() == frozenset()  # a masked value holds no secret
