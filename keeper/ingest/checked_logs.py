@@ -53,6 +53,11 @@ def _key(log: dict[str, Any]) -> tuple[str, str, str]:
     return (str(log.get("blockHash")), str(log.get("transactionHash")), str(log.get("logIndex")))
 
 
+def _index(log: dict[str, Any]) -> int:
+    value = log.get("logIndex")
+    return int(value, 16) if isinstance(value, str) else int(value or 0)
+
+
 def _same(a: Sequence[dict[str, Any]], b: Sequence[dict[str, Any]]) -> bool:
     return sorted(map(_key, a)) == sorted(map(_key, b))
 
@@ -104,7 +109,7 @@ class LogChecker:
                 return None
             verdict = None
             if reasons == ["missing_logs"]:
-                verdict = await self._receipts_hold_watched(chain, blocks)
+                verdict = await self._receipts_hold_more(chain, blocks, logs)
                 if verdict is False:
                     BLOOM_FALSE_POSITIVES.inc(len(blocks))
                     self.log.info("bloom_false_positive", blocks=blocks[:10])
@@ -145,14 +150,15 @@ class LogChecker:
         for p in problems:
             LOGS_REJECTED.labels(reason=p.reason).inc()
 
-    async def _receipts_hold_watched(
-        self, chain: Sequence[BlockHeader], blocks: Sequence[int]
+    async def _receipts_hold_more(
+        self, chain: Sequence[BlockHeader], blocks: Sequence[int], logs: Sequence[dict[str, Any]]
     ) -> bool | None:
-        """Whether the receipts of `blocks` hold a watched event (True: the logs answer was
-        incomplete; False: the bloom gave a false positive); None when the node cannot say
-        (no `eth_getBlockReceipts`, or it does not know the block)."""
+        """Whether the receipts of `blocks` hold a watched event that `logs` lacks (True: the
+        answer was incomplete; False: the bloom gave a false positive); None when the node
+        cannot say (no `eth_getBlockReceipts`, or it does not know the block)."""
         hashes = {h.number: h.hash.lower() for h in chain}
         watched = {a.lower() for a in self.addresses}
+        answered = {(str(lg.get("transactionHash")).lower(), _index(lg)) for lg in logs}
         for number in blocks:
             try:
                 receipts = await self.client.request("eth_getBlockReceipts", [hex(number)])
@@ -165,8 +171,10 @@ class LogChecker:
                     return None  # another block by that number now: the next poll sees it
                 for lg in receipt.get("logs") or ():
                     topics = lg.get("topics") or [""]
-                    if str(lg.get("address", "")).lower() in watched and (
-                        not self.topics0 or str(topics[0]).lower() in self.topics0
+                    if (
+                        str(lg.get("address", "")).lower() in watched
+                        and (not self.topics0 or str(topics[0]).lower() in self.topics0)
+                        and (str(lg.get("transactionHash")).lower(), _index(lg)) not in answered
                     ):
                         return True
         return False

@@ -557,7 +557,13 @@ def test_the_keeper_does_its_whole_job_through_reorgs_and_kills(
         assert status == 0, keeper.tail()
         # Every bad way of a provider met the keeper at least once, and it never exited.
         assert set(chaos.applied) == set(MODES), chaos.applied
-        assert {m for m, n in chaos.effects.items() if n} == set(MODES), chaos.effects
+        logs_rejected = len(events(keeper, "logs_rejected"))
+        assert {m for m, n in chaos.effects.items() if n} == set(MODES), (
+            chaos.effects,
+            chaos.targets,
+            [p.dropped_logs for p in proxies],
+            logs_rejected,
+        )
         assert keeper.starts == 3
         node.set_interval_mining(0)
         node.mine()

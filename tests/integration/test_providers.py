@@ -11,13 +11,19 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 import pytest
+import structlog
 from eth_account import Account
 
 from keeper import metrics
 from keeper.chain.rpc import ChainClient
 from keeper.config import IngestConfig
 from keeper.dev.anvil import DEV_CHAIN_ID, Anvil, dev_key, rpc
-from keeper.ingest.checked_logs import LOGS_REJECTED
+from keeper.ingest.checked_logs import BLOOM_FALSE_POSITIVES, LOGS_REJECTED, LogChecker
+from keeper.ingest.events import Decoder
+from keeper.ops.deploy import deploy_all
+from tests.acceptance.test_keeper_e2e import build_world
+from tests.support.chain import DEV_KEY0
+from tests.support.dev_nodes import AnvilNode
 from tests.support.ingest import (
     Driver,
     chain_log_keys,
@@ -280,3 +286,39 @@ async def test_no_provider_alone_makes_the_index_roll_back(
         assert isinstance(tip, dict)
         assert final.indexed_block == int(tip["number"], 16)
         assert final.indexed_hash == tip["hash"]
+
+
+async def test_a_bloom_false_positive_is_settled_by_the_receipts(
+    anvil_factory: Callable[..., Anvil],
+) -> None:
+    """A block of 1,500 logs has a dense bloom: it holds the escrow vault's address and a
+    watched event signature although the vault logged nothing in it. The block's receipts
+    show no vault log is missing, so the answer is taken, not asked for again and again."""
+    node = anvil_factory()
+    d = deploy_all(node.url, DEV_KEY0, notice_period=0)
+    build_world(AnvilNode(node), d)
+    addresses = [d.stream_manager, d.escrow_vault]
+    decoder = Decoder(
+        d.chain_id, {"StreamManager": d.stream_manager, "EscrowVault": d.escrow_vault}
+    )
+    client = ChainClient(node.url)
+    try:
+        head = (await client.head()).number
+        headers = [h for h in await client.headers(list(range(1, head + 1))) if h]
+        logs = await client.get_logs(addresses, 1, head)
+        checker = LogChecker(
+            client,
+            addresses,
+            [*decoder.typed, *decoder.raw],
+            check_blooms=True,
+            recheck_delay=0.0,
+            log=structlog.get_logger(),
+        )
+        doubtful = checker.problems(headers, logs)
+        assert [p.reason for p in doubtful] == ["missing_logs"]  # the bloom's false positive
+        positives = BLOOM_FALSE_POSITIVES._value.get()
+        taken = await checker.checked(headers, logs)
+        assert taken is not None and taken[0] == headers and taken[1] == logs
+        assert BLOOM_FALSE_POSITIVES._value.get() == positives + 1
+    finally:
+        await client.close()

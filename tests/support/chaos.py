@@ -108,7 +108,8 @@ class Chaos:
                 apply(proxy)
                 self.applied[name] += 1
                 self.targets[target] += 1
-                self._stop.wait(self.period)
+                # Dropped logs need a block with the keeper's events: a longer window.
+                self._stop.wait(self.period * (3 if name == "newest logs dropped" else 1))
                 proxy.clear_faults()
                 after = _touched(proxy)
                 moved = [a - b for a, b in zip(after, before, strict=True)]
