@@ -92,8 +92,7 @@ async def test_check_config_names_the_provider_serving_another_chain(
     check = await chain_check(write_config(tmp_path, deployed, database_url, urls))
     assert not check.ok
     assert check.detail.startswith(
-        f"chain.rpc_urls: the RPC at {label(other.url)} reports chain {OTHER_CHAIN}, "
-        "expected 31337"
+        f"chain.rpc_urls: the RPC at {label(other.url)} reports chain {OTHER_CHAIN}, expected 31337"
     ), check.detail
     assert label(anvil.url) not in check.detail  # the good provider is not blamed
     assert API_KEY not in check.detail
