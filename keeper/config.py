@@ -126,11 +126,16 @@ class ChainConfig(_Section):
 
     @model_validator(mode="after")
     def _one_rpc_field(self) -> ChainConfig:
-        if (self.rpc_url is None) == (self.rpc_urls is None):
-            which = "neither is set" if self.rpc_url is None else "both are set"
+        # The message names the fields itself (keeper.config_load shows it as it is).
+        if self.rpc_url is None and self.rpc_urls is None:
             raise ValueError(
-                f"set exactly one of chain.rpc_url (one provider) and chain.rpc_urls "
-                f"(several); {which}"
+                "chain.rpc_url: required but not set, nor chain.rpc_urls; set one of them (in "
+                "[chain] of the file, or as KEEPER_CHAIN__RPC_URL or KEEPER_CHAIN__RPC_URLS)"
+            )
+        if self.rpc_url is not None and self.rpc_urls is not None:
+            raise ValueError(
+                "chain.rpc_url and chain.rpc_urls: both are set; set exactly one of them "
+                "(rpc_url for one provider, rpc_urls for several)"
             )
         return self
 

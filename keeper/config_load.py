@@ -113,8 +113,9 @@ def _problem(err: Any, overridden: set[str]) -> str:
     message = str(err["msg"]).removeprefix("Value error, ")
     given = err.get("input")
     if isinstance(given, Mapping):
-        # A check of a whole table (one of two fields): its values may hold secrets.
-        return f"{where}: {message}"
+        # A check of a whole table (one of two fields): its values may hold secrets, and its
+        # message may name the fields itself.
+        return message if message.startswith(where + ".") else f"{where}: {message}"
     value = "<secret>" if _is_secret(where) else repr(given)
     return f"{where}: {message} (got {value}{origin})"
 

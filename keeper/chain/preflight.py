@@ -3,11 +3,16 @@ and the chain.
 
 `check_chain` is what `keeper run` asks before it starts and `keeper check-config` after its
 static checks: that the RPC serves the chain the deployment file is for, and that the
-contracts the file names are there. `check_all` is `keeper check-config`: every check in turn,
-going on after a failure where the next check does not depend on it, so that the operator sees
-every problem at once. Each problem is a `ConfigError` whose message starts with the field's
-path and says the value found and what was expected; RPC URLs are shown redacted
-(`keeper.metrics.redact_url`), database URLs without their password.
+contracts the file names are there. With several RPC providers (`chain.rpc_urls`) each one's
+chain id is checked: check-config fails on any provider that serves another chain or cannot
+be reached; at start such a provider is excluded (or reported, when unreachable) and the
+keeper goes on with the others, as long as one serves the chain.
+
+`check_all` is `keeper check-config`: every check in turn, going on after a failure where the
+next check does not depend on it, so that the operator sees every problem at once. Each problem
+is a `ConfigError` whose message starts with the field's path and says the value found and what
+was expected; RPC providers are shown by their redacted labels (scheme://host:port), database
+URLs without their password.
 """
 
 from __future__ import annotations
@@ -17,7 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
+import anyio
 import asyncpg
+import structlog
 from eth_utils import keccak
 
 from keeper import db, ports, secrets
@@ -29,8 +36,9 @@ from keeper.config import ConfigError, KeeperConfig
 from keeper.config_load import env_overrides, load_config
 from keeper.db.queries import load_queries
 from keeper.errors import KeeperError
-from keeper.metrics import redact_url
 from keeper.resources import migration_files
+
+log = structlog.get_logger(__name__)
 
 HEALTHZ_TIMEOUT = 2.0  # seconds for a keeper on the health port to answer /healthz
 # The contracts of a deployment the keeper needs code at, as the deployment file names them.
@@ -41,10 +49,12 @@ _TOKEN_SELECTOR = "0x" + keccak(text="token()")[:4].hex()
 
 @dataclass(frozen=True)
 class ChainFacts:
-    """What `check_chain` found: the chain id and the head block the checks ran at."""
+    """What `check_chain` found: the chain id, the head block the checks ran at, and the
+    providers (redacted labels) that serve the chain."""
 
     chain_id: int
     head: int
+    providers: tuple[str, ...] = ()
 
 
 def _expected_chain(config: KeeperConfig, deployment: Deployment | None) -> tuple[int, str]:
@@ -59,32 +69,127 @@ async def check_rpc_chain_id(
     config: KeeperConfig, deployment: Deployment | None, client: ChainClient
 ) -> int:
     """The RPC's chain id; `ConfigError` if it is not the configured one (`chain.chain_id`, else
-    the deployment file's). Raises `RpcError` when the RPC cannot be reached."""
+    the deployment file's). Raises `RpcError` when the RPC cannot be reached. With several
+    providers, as `check_providers` at start."""
+    chain_id, _ = await check_providers(config, deployment, client)
+    return chain_id
+
+
+async def check_providers(
+    config: KeeperConfig,
+    deployment: Deployment | None,
+    client: ChainClient,
+    *,
+    strict: bool = False,
+) -> tuple[int, tuple[str, ...]]:
+    """The configured chain id and the providers (labels) that serve it.
+
+    One provider: `ConfigError` if it serves another chain, `RpcError` if it cannot be reached.
+    Several: each is asked. `strict` (check-config): any provider serving another chain or out
+    of reach is a `ConfigError` naming it. Else (a start): such a provider is excluded from
+    `client` (logged `rpc_provider_excluded`) or, out of reach, reported
+    (`rpc_provider_unreachable`), and the start goes on; only when none serves the chain is it
+    an error: `ConfigError` if one serves another chain, else the `RpcError`.
+    """
     expected, origin = _expected_chain(config, deployment)
-    actual = await client.chain_id()
-    if actual != expected:
-        raise ConfigError(
-            f"chain.chain_id: the RPC at {redact_url(client.url)} reports chain {actual}, "
-            f"expected {expected} (from {origin})",
-            help="point chain.rpc_url at the network the contracts are deployed on, or "
-            "chain.deployment_file at this network's deployment",
+    labels = client.labels
+    if len(labels) == 1:
+        actual = await client.chain_id()
+        if actual != expected:
+            raise _wrong_chain(config, [(labels[0], actual)], expected, origin)
+        return actual, (labels[0],)
+    answers = await _chain_ids(client)
+    serving = tuple(label for label, a in answers if a == expected)
+    wrong = [(label, a) for label, a in answers if isinstance(a, int) and a != expected]
+    unreachable = [(label, a) for label, a in answers if isinstance(a, RpcError)]
+    if strict and (wrong or unreachable):
+        raise _provider_problems(config, wrong, unreachable, expected, origin)
+    if not serving:
+        if wrong:
+            raise _wrong_chain(config, wrong, expected, origin)
+        raise unreachable[0][1]
+    for label, actual in wrong:
+        reason = f"serves chain {actual}, expected {expected}"
+        client.exclude(label, reason)
+        log.error("rpc_provider_excluded", provider=label, chain_id=actual, expected=expected)
+    for label, exc in unreachable:
+        log.warning(
+            "rpc_provider_unreachable",
+            provider=label,
+            error=secrets.scrub(str(exc)),
+            help=(
+                f"the keeper goes on with the {len(serving)} provider(s) serving chain {expected}"
+            ),
         )
-    return actual
+    return expected, serving
+
+
+async def _chain_ids(client: ChainClient) -> list[tuple[str, int | RpcError]]:
+    """Each provider's chain id, or why it could not be had, asked all at once (a provider out
+    of reach takes its retries; the others need not wait for it)."""
+    providers = client.each()
+    answers: list[int | RpcError] = [RpcError("not asked")] * len(providers)
+
+    async def ask(i: int, one: ChainClient) -> None:
+        try:
+            answers[i] = await one.chain_id()
+        except RpcError as exc:
+            answers[i] = exc
+
+    async with anyio.create_task_group() as tg:
+        for i, (_, one) in enumerate(providers):
+            tg.start_soon(ask, i, one)
+    return [(label, a) for (label, _), a in zip(providers, answers, strict=True)]
+
+
+def _wrong_chain(
+    config: KeeperConfig, wrong: list[tuple[str, int]], expected: int, origin: str
+) -> ConfigError:
+    """The error for providers serving another chain (one: the message of a single RPC)."""
+    if config.chain.rpc_urls is None:
+        where = f"the RPC at {wrong[0][0]} reports chain {wrong[0][1]}"
+        field = "chain.chain_id"
+    else:
+        where = "; ".join(f"the RPC at {label} reports chain {a}" for label, a in wrong)
+        field = config.chain.rpc_field
+    return ConfigError(
+        f"{field}: {where}, expected {expected} (from {origin})",
+        help=f"point {config.chain.rpc_field} at the network the contracts are deployed on, or "
+        "chain.deployment_file at this network's deployment",
+    )
+
+
+def _provider_problems(
+    config: KeeperConfig,
+    wrong: list[tuple[str, int]],
+    unreachable: list[tuple[str, RpcError]],
+    expected: int,
+    origin: str,
+) -> ConfigError:
+    """check-config's error for providers that serve another chain or cannot be reached."""
+    found = [f"the RPC at {label} reports chain {a}, expected {expected}" for label, a in wrong]
+    found += [f"the RPC at {label} cannot be reached: {exc}" for label, exc in unreachable]
+    return ConfigError(
+        f"{config.chain.rpc_field}: {'; '.join(found)} (chain {expected} from {origin})",
+        help=f"fix or remove those entries of {config.chain.rpc_field}; `keeper run` would "
+        "go on without them",
+    )
 
 
 async def check_chain(
-    config: KeeperConfig, deployment: Deployment, client: ChainClient
+    config: KeeperConfig, deployment: Deployment, client: ChainClient, *, strict: bool = False
 ) -> ChainFacts:
     """Check that the RPC serves the deployment's chain and that its contracts are there.
 
-    In order, stopping at the first problem (each needs the one before): the chain id; the
+    In order, stopping at the first problem (each needs the one before): the chain id (of every
+    provider, `check_providers`: `strict` for check-config); the
     deployment block not above the head (a reset dev chain); code at the token, StreamManager
     and EscrowVault addresses at the head block (`eth_getCode`, one batch); and StreamManager
     and EscrowVault reporting the deployment's token (`token()`, one batch), so a file pointing
     at other contracts is caught. Raises `ConfigError` (a `KeeperError`) naming the field, the
     value found and what was expected, or an `RpcError` when the RPC cannot be reached.
     """
-    chain_id = await check_rpc_chain_id(config, deployment, client)
+    chain_id, providers = await check_providers(config, deployment, client, strict=strict)
     where = f"on chain {chain_id}"
     source = f"(from the deployment file {config.chain.deployment_file})"
     head = (await client.head()).number
@@ -112,7 +217,7 @@ async def check_chain(
         )
     await _check_token(deployment, client, tag, where, source)
     await _check_gas_cap(config, client, tag, where)
-    return ChainFacts(chain_id=chain_id, head=head)
+    return ChainFacts(chain_id=chain_id, head=head, providers=providers)
 
 
 # EIP-7825 (Osaka) caps a transaction's gas limit at 2^24; Hardhat's node enforces it too, and a
@@ -273,26 +378,33 @@ async def check_all(path: Path, report: Callable[[Check], None]) -> list[Check]:
     client = config.chain.client()
     try:
         if deployment is not None:
-            facts = await check_chain(config, deployment, client)
+            facts = await check_chain(config, deployment, client, strict=True)
             record(
                 "chain",
                 True,
-                f"the RPC at {redact_url(client.url)} serves chain {facts.chain_id} (head "
-                f"{facts.head}); the token, StreamManager and EscrowVault are deployed there",
+                f"{_serving(facts.providers, facts.chain_id)} (head {facts.head}); the token, "
+                "StreamManager and EscrowVault are deployed there",
             )
             if signers and config.plan.usage:
                 record(*await _usage_billing(client, deployment, [s.address for s in signers]))
         elif config.chain.chain_id is not None:
             # Without a deployment file, the chain id is all that can be checked.
-            chain_id = await check_rpc_chain_id(config, None, client)
-            record("chain", True, f"the RPC at {redact_url(client.url)} serves chain {chain_id}")
+            chain_id, providers = await check_providers(config, None, client, strict=True)
+            record("chain", True, _serving(providers, chain_id))
     except RpcError as exc:
-        record("chain", False, f"chain.rpc_url: {exc}")
+        record("chain", False, f"{config.chain.rpc_field}: {exc}")
     except KeeperError as exc:
         record("chain", False, str(exc))
     finally:
         await client.close()
     return results
+
+
+def _serving(providers: Sequence[str], chain_id: int) -> str:
+    """check-config's words for the providers serving the chain (redacted labels)."""
+    if len(providers) == 1:
+        return f"the RPC at {providers[0]} serves chain {chain_id}"
+    return f"{len(providers)} RPC providers serve chain {chain_id} ({', '.join(providers)})"
 
 
 async def _usage_billing(

@@ -522,16 +522,22 @@ def test_a_single_rpc_url_is_one_provider(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("text", "which"),
     [
-        (MINIMAL.replace('rpc_url = "https://rpc.example/v2/SECRETKEY"\n', ""), "neither is set"),
-        (providers().replace("[chain]", '[chain]\nrpc_url = "https://c.example/KEYC3"'), "both"),
+        (
+            MINIMAL.replace('rpc_url = "https://rpc.example/v2/SECRETKEY"\n', ""),
+            "chain.rpc_url: required but not set, nor chain.rpc_urls; set one of them (in "
+            "[chain] of the file, or as KEEPER_CHAIN__RPC_URL or KEEPER_CHAIN__RPC_URLS)",
+        ),
+        (
+            providers().replace("[chain]", '[chain]\nrpc_url = "https://c.example/KEYC3"'),
+            "chain.rpc_url and chain.rpc_urls: both are set; set exactly one of them",
+        ),
     ],
 )
 def test_exactly_one_of_rpc_url_and_rpc_urls(tmp_path: Path, text: str, which: str) -> None:
     with pytest.raises(ConfigError) as err:
         load_config(write(tmp_path, text))
     message = str(err.value)
-    assert "chain: set exactly one of chain.rpc_url" in message and "chain.rpc_urls" in message
-    assert which in message
+    assert f"\n  {which}" in message, message
     for secret in ("KEYA1", "KEYB2", "KEYC3", "hunter2"):
         assert secret not in message
 
