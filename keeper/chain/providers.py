@@ -162,9 +162,10 @@ class ProviderPool:
             for q in self.providers:
                 self._publish(q)
 
-    def exclude(self, p: Provider, reason: str) -> None:
-        """Stop choosing `p`: it serves another chain (until a probe finds the right one)."""
-        if p.wrong_chain is None:
+    def exclude(self, p: Provider, reason: str, *, logged: bool = False) -> None:
+        """Stop choosing `p`: it serves another chain (until a probe finds the right one).
+        `logged`: the caller has logged it already."""
+        if p.wrong_chain is None and not logged:
             log.error("rpc_provider_excluded", provider=p.label, reason=reason)
         p.wrong_chain = reason
         if self.current is p:

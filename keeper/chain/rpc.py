@@ -154,10 +154,11 @@ class ChainClient:
         )
 
     def exclude(self, label: str, reason: str) -> None:
-        """Stop using the provider named `label` (it serves another chain)."""
+        """Stop using the provider named `label` (it serves another chain; the caller logs
+        it)."""
         for p in self.pool.providers:
             if p.label == label:
-                self.pool.exclude(p, reason)
+                self.pool.exclude(p, reason, logged=True)
 
     def blame(self, kind: str, detail: str) -> None:
         """The selected provider's last answer could not be believed (e.g. incomplete logs):
