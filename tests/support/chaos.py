@@ -22,6 +22,8 @@ JSON = "application/json"
 
 Mode = Callable[[RpcProxy], None]
 MODES: dict[str, Mode] = {
+    # First: it needs blocks with the keeper's events, which the start of a run has most of.
+    "newest logs dropped": lambda p: p.drop_logs(3),
     "429 Retry-After": lambda p: p.fail_next(None, 429, retry_after="1"),
     "503 Retry-After": lambda p: p.fail_next(
         None, 503, body="Service Unavailable", content_type="text/plain", retry_after="2"
@@ -40,7 +42,6 @@ MODES: dict[str, Mode] = {
     "reset after forwarding": lambda p: p.drop_next(None, after_forwarding=True),
     "latency": lambda p: p.delay_next(None, 0.8),
     "lagging head": lambda p: p.lag_head(8),
-    "newest logs dropped": lambda p: p.drop_logs(3),
     "other chain id": lambda p: p.report_chain_id(999),
 }
 
