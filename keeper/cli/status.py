@@ -1,4 +1,5 @@
-"""`keeper status`: one chain's state on one screen, from the database alone."""
+"""`keeper status`: one chain's state on one screen, from the database (and, with --config, a
+probe of each RPC provider)."""
 
 from __future__ import annotations
 
@@ -14,9 +15,12 @@ from keeper.cli.common import (
     database_url,
 )
 
+PROBE_WAIT = 5.0  # seconds `keeper status --config` waits for the RPC providers
+
 
 def cmd_status(args: argparse.Namespace) -> int:
-    """Print one chain's status from the database (read-only: safe next to a running keeper)."""
+    """Print one chain's status from the database (read-only: safe next to a running keeper),
+    and with --config each RPC provider as probed now."""
     import json
 
     import anyio
@@ -46,7 +50,10 @@ def cmd_status(args: argparse.Namespace) -> int:
             # selection and error counts, is on its health port's /status).
             client = config.chain.client()
             try:
-                status["providers"] = await client.probe_once()
+                # A provider that does not answer is shown as such, after at most PROBE_WAIT.
+                with anyio.move_on_after(PROBE_WAIT):
+                    await client.probe_once()
+                status["providers"] = client.snapshot()
             finally:
                 await client.close()
         return status

@@ -6,9 +6,13 @@ rolled back."""
 
 from __future__ import annotations
 
+import json
 import random
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import pytest
 import structlog
@@ -322,3 +326,37 @@ async def test_a_bloom_false_positive_is_settled_by_the_receipts(
         assert BLOOM_FALSE_POSITIVES._value.get() == positives + 1
     finally:
         await client.close()
+
+
+def test_keeper_status_shows_each_provider(anvil: Anvil, tmp_path: Path, database_url: str) -> None:
+    """`keeper status --config` probes each provider and prints a line for each: the one
+    answering a 502 page is demoted with its error, the other healthy; no API key shows."""
+    zero = "0x" + "11" * 20
+    names = ("token", "stream_manager", "escrow_vault", "deployer", "oracle", "fee_recipient")
+    deployment = {"chain_id": DEV_CHAIN_ID, "deployment_block": 1, "fee_bps": 250}
+    deployment.update(dict.fromkeys(names, zero))  # type: ignore[arg-type]
+    (tmp_path / "deployment.json").write_text(json.dumps(deployment))
+    with RpcProxy(anvil.url) as a, RpcProxy(anvil.url) as b:
+        a.fail_next(None, 502, body=HTML_502)
+        urls = [f"{a.url}/v2/S3CRETKEY1", f"{b.url}/v2/S3CRETKEY2"]
+        config = tmp_path / "keeper.toml"
+        config.write_text(
+            f"[chain]\nrpc_urls = {json.dumps(urls)}\ndeployment_file = "
+            f'"deployment.json"\nrpc_attempts = 1\n[database]\nurl = "{database_url}"\n'
+        )
+        shown = subprocess.run(
+            [sys.executable, "-m", "keeper", "status", "--config", str(config)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    assert shown.returncode == 0, shown.stderr
+    lines = {
+        line.split()[1] if line.startswith("rpc ") else line.split()[0]: line
+        for line in shown.stdout.splitlines()
+        if "127.0.0.1" in line and line.split()
+    }
+    assert "DEMOTED" in lines[a.url] and "HTTP 502" in lines[a.url], shown.stdout
+    assert "healthy" in lines[b.url] or "selected" in lines[b.url], shown.stdout
+    assert "S3CRETKEY" not in shown.stdout + shown.stderr
