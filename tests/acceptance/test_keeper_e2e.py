@@ -78,7 +78,7 @@ from tests.support.ingest import (
     projection_state,
 )
 from tests.support.rpc_proxy import RpcProxy
-from tests.support.world import events
+from tests.support.world import events, get
 
 SIGNER_KEYS = (5, 6)
 PAYEES = [(0x5000 + k).to_bytes(20, "big") for k in range(40)]
@@ -552,6 +552,12 @@ def test_the_keeper_does_its_whole_job_through_reorgs_and_kills(
             time.sleep(2)
             ok, what = done()
 
+        # /status has the daemon's line for each provider.
+        base = _health(keeper)
+        assert base is not None
+        shown = json.loads(get(f"{base}/status")[1])["process"]["providers"]
+        assert [p["provider"] for p in shown] == labels
+        assert sum(p["selected"] for p in shown) == 1
         chaos.stop()
         status, _ = keeper.terminate(within=30)
         assert status == 0, keeper.tail()
