@@ -94,6 +94,7 @@ class ProviderPool:
         self.clock = clock
         self.current = self.providers[0]
         for p in self.providers:
+            metrics.RPC_PROVIDER_REQUESTS.labels(provider=p.label)  # at 0 from the start
             self._publish(p)
 
     @property

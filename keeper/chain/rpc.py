@@ -111,7 +111,6 @@ class ChainClient:
                 max_lag_blocks=max_lag_blocks,
                 probe_interval=probe_interval,
             )
-            self._urls = listed
         self.pool = _pool
         self._pinned = _pinned
         self.attempts = attempts
@@ -144,9 +143,14 @@ class ChainClient:
         return [(p.label, self._bound(p)) for p in self.pool.providers]
 
     def others(self) -> list[tuple[str, ChainClient]]:
-        """Like `each`, without the selected provider: the ones that can confirm what it said."""
+        """Like `each`, for the healthy providers other than the selected one: those that can
+        confirm what it said (a failing one would only make the caller wait)."""
         current = self.pool.current
-        return [(p.label, self._bound(p)) for p in self.pool.providers if p is not current]
+        return [
+            (p.label, self._bound(p))
+            for p in self.pool.providers
+            if p is not current and self.pool.healthy(p)
+        ]
 
     def _bound(self, p: Provider) -> ChainClient:
         return ChainClient(
@@ -238,7 +242,12 @@ class ChainClient:
                 self.pool.failed(p, err)
             raise err
         result = reply.get("result")
-        if self.several and isinstance(result, dict) and params and params[0] == "latest":
+        if (
+            self.several
+            and method == "eth_getBlockByNumber"
+            and isinstance(result, dict)
+            and params[:1] == ["latest"]
+        ):
             self.pool.saw_head(p, int(result.get("number", "0x0"), 16))
         return result
 
