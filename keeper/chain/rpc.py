@@ -88,6 +88,15 @@ class BlockHeader:
         )
 
 
+class Logs(list[dict[str, Any]]):
+    """An `eth_getLogs` answer and the provider that gave it (`keeper.ingest.checked_logs`
+    believes two providers that agree, never one provider twice)."""
+
+    def __init__(self, logs: Sequence[dict[str, Any]], *, provider: str | None) -> None:
+        super().__init__(logs)
+        self.provider = provider
+
+
 class ChainClient:
     """The keeper's JSON-RPC client for one chain: one or several providers
     (`keeper.chain.providers`), one retry layer across them."""
@@ -164,10 +173,11 @@ class ChainClient:
             if p.label == label:
                 self.pool.exclude(p, reason, logged=True)
 
-    def blame(self, kind: str, detail: str) -> None:
-        """The selected provider's last answer could not be believed (e.g. incomplete logs):
-        count it as a failure of that provider, which demotes it."""
-        p = self._pinned or self.pool.current
+    def blame(self, label: str | None, kind: str, detail: str) -> None:
+        """The provider named `label` (None: the selected one) gave an answer that could not be
+        believed (e.g. incomplete logs): count it as its failure, which demotes it."""
+        p = next((q for q in self.pool.providers if q.label == label), None)
+        p = p or self._pinned or self.pool.current
         self.pool.failed(p, p.transport.fault("eth_getLogs", kind, detail))
 
     def snapshot(self) -> list[dict[str, Any]]:
@@ -394,11 +404,16 @@ class ChainClient:
     async def get_logs(
         self, addresses: Sequence[str], from_block: int, to_block: int
     ) -> list[dict[str, Any]]:
-        """Raw logs of `addresses` in [from_block, to_block]."""
+        """Raw logs of `addresses` in [from_block, to_block], as a `Logs` list that names the
+        provider that answered."""
         params = {
             "address": list(addresses),
             "fromBlock": hex(from_block),
             "toBlock": hex(to_block),
         }
-        result = await self.request("eth_getLogs", [params])
-        return list(result or [])
+
+        async def once(p: Provider) -> tuple[Any, str]:
+            return await self._once(p, "eth_getLogs", [params]), p.label
+
+        result, label = await self._retrying("eth_getLogs", once)
+        return Logs(result or [], provider=label)

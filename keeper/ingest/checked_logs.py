@@ -14,8 +14,10 @@ checked against the headers already read (`keeper.ingest.logcheck`):
 A bloom can say yes for an item that is not there (a false positive), so a "missing" verdict
 is settled by the blocks' receipts (`eth_getBlockReceipts`, another code path of the node): if
 no receipt holds a watched event the answer is taken (`bloom_false_positive`); if one does, the
-answer was incomplete. A node without `eth_getBlockReceipts` settles it by a second
-`eth_getLogs` answer: the same logs again are taken.
+answer was incomplete. Without `eth_getBlockReceipts` (Hardhat's node), the same logs from a
+second provider settle it; one provider saying the same twice does not (its node may still miss
+them), so with one such provider a doubtful block waits until it is final and the backfill
+reads it, as it reads every final block.
 """
 
 from __future__ import annotations
@@ -115,15 +117,16 @@ class LogChecker:
                     self.log.info("bloom_false_positive", blocks=blocks[:10])
                     return list(chain), logs
             self._count(problems)
+            source = getattr(logs, "provider", None)
             self.log.warning(
                 "logs_rejected",
                 reasons=reasons,
                 blocks=blocks[:10],
-                provider=self.client.pool.current.label,
+                provider=source,
                 detail=problems[0].detail,
                 asked=asked,
             )
-            self.client.blame("incomplete_logs", f"eth_getLogs {first}-{last}: {reasons}")
+            self.client.blame(source, "incomplete_logs", f"eth_getLogs {first}-{last}: {reasons}")
             if blocks[0] > first:
                 # The blocks before the first doubtful one are taken; the rest is read again
                 # at the next poll (of another provider, when there is one).
@@ -136,11 +139,18 @@ class LogChecker:
             if not self.client.several:
                 await anyio.sleep(self.recheck_delay)
             again = await self.client.get_logs(self.addresses, first, last)
-            if verdict is None and reasons == ["missing_logs"] and _same(again, logs):
-                # No receipts to ask: two answers agree that the logs the bloom suggests are
+            other = getattr(again, "provider", None)
+            if (
+                verdict is None
+                and reasons == ["missing_logs"]
+                and other is not None
+                and other != source
+                and _same(again, logs)
+            ):
+                # No receipts to ask: two providers agree that the logs the bloom suggests are
                 # not there.
                 BLOOM_FALSE_POSITIVES.inc(len(blocks))
-                self.log.info("bloom_false_positive", blocks=blocks[:10], by="agreement")
+                self.log.info("bloom_false_positive", blocks=blocks[:10], by=f"{source}+{other}")
                 return list(chain), again
             logs = again
         return None
