@@ -207,7 +207,7 @@ def unreachable_database() -> str:
 class Scenario:
     """One configuration and the commands to run on it."""
 
-    rpc_url: str
+    rpc_url: str | list[str]  # a list: several providers (`rpc_urls`)
     database_url: str
     commands: list[str]
     run_until: Callable[[dict[str, str]], bool] | None = None  # stop `run` once true
@@ -263,7 +263,7 @@ class Setup:
     def write(self, scenario: Scenario) -> Path:
         text = f"""
 [chain]
-rpc_url = {json.dumps(scenario.rpc_url)}
+{"rpc_urls" if isinstance(scenario.rpc_url, list) else "rpc_url"} = {json.dumps(scenario.rpc_url)}
 ws_url = {json.dumps(ws_url(self.anvil.port))}
 deployment_file = "deployment.json"
 rpc_timeout = 3.0
@@ -506,3 +506,35 @@ def test_a_working_keeper_prints_no_secret(
             },
         )
         check(setup, scenario)
+
+
+def test_two_providers_one_failing_print_no_secret(
+    setup: Setup, role_database_url: str, anvil: Anvil
+) -> None:
+    """Two providers with canaries in their URLs, the first answering every call with an error
+    that repeats its path and query: the keeper runs on the other, and neither the provider
+    lines (`/status`, `keeper status`), the per-provider metrics nor the errors show a secret."""
+    stub = RpcStub("error")
+
+    def leading(served: dict[str, str]) -> bool:
+        return '"role": "leader"' in served.get("/status", "") and "rpc_provider" in served["log"]
+
+    try:
+        with RpcProxy(anvil.url) as proxy:
+            scenario = Scenario(
+                [rpc_url(stub.port), rpc_url(proxy.port)],
+                role_database_url,
+                ["check-config", "run", "status", "verify", "config show"],
+                run_until=leading,
+                expect={
+                    "run (stdout)": "keeper_started",
+                    "run health /status": '"providers"',
+                    "run health /metrics": "keeper_rpc_provider_selected",
+                    "status (stdout)": f"http://127.0.0.1:{stub.port}",
+                    "check-config": "bad request to ***",
+                    "config show (stdout)": f"http://127.0.0.1:{proxy.port} (masked)",
+                },
+            )
+            check(setup, scenario)
+    finally:
+        stub.close()
