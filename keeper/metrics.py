@@ -22,6 +22,8 @@ BUILD_INFO = Gauge(
 )
 BUILD_INFO.labels(version=__version__).set(1)
 
+# Seconds of a JSON-RPC round trip (all requests, and per provider).
+RPC_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 RPC_REQUESTS = Counter(
     "keeper_rpc_requests_total", "JSON-RPC requests sent, by method.", ["method"], registry=REGISTRY
 )
@@ -47,7 +49,7 @@ RPC_LATENCY = Histogram(
     "JSON-RPC round-trip time, by method.",
     ["method"],
     registry=REGISTRY,
-    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+    buckets=RPC_BUCKETS,
 )
 # Per provider (label: scheme://host:port, made unique; never a path or key). With one provider
 # these repeat the totals above under its label.
@@ -69,7 +71,7 @@ RPC_PROVIDER_LATENCY = Histogram(
     "Round-trip time of the requests each RPC provider answered.",
     ["provider"],
     registry=REGISTRY,
-    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+    buckets=RPC_BUCKETS,
 )
 RPC_PROVIDER_HEAD_LAG = Gauge(
     "keeper_rpc_provider_head_lag_blocks",

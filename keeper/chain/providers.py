@@ -51,7 +51,6 @@ class Provider:
     demoted_until: float = 0.0
     head: int | None = None
     finalized_tag: int | None = None
-    seen_at: float | None = None  # when head was last learned
     wrong_chain: str | None = None  # why it is excluded (another chain), if it is
     last_error: str | None = None
     requests: int = 0
@@ -156,7 +155,7 @@ class ProviderPool:
 
     def saw_head(self, p: Provider, number: int, finalized_tag: int | None = None) -> None:
         """`p` reported `number` as its head (and its finalized tag, when asked)."""
-        p.head, p.seen_at = number, self.clock()
+        p.head = number
         if finalized_tag is not None:
             p.finalized_tag = finalized_tag
         if self.several:

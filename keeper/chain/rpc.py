@@ -130,12 +130,6 @@ class ChainClient:
         return f"ChainClient({', '.join(self.labels)})"
 
     @property
-    def url(self) -> str:
-        """The URL of the provider this client is bound to, or of the first one (a secret:
-        show it through `redact_url`)."""
-        return self._pinned.transport.url if self._pinned else self.pool.providers[0].transport.url
-
-    @property
     def labels(self) -> list[str]:
         """Each provider's name (scheme://host:port, made unique), in configuration order."""
         if self._pinned is not None:

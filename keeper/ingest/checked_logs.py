@@ -22,6 +22,7 @@ reads it, as it reads every final block.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Collection, Sequence
 from typing import Any
 
@@ -191,6 +192,4 @@ class LogChecker:
 
 
 def _without_bloom(header: BlockHeader) -> BlockHeader:
-    return BlockHeader(
-        header.number, header.hash, header.parent_hash, header.timestamp, header.base_fee, None
-    )
+    return dataclasses.replace(header, logs_bloom=None)
