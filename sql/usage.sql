@@ -145,8 +145,8 @@ WHERE r.chain_id = $1 AND r.state = 'pending'
 -- before their close_at in chain time: the indexed head's timestamp) with no usage on its way
 -- and not backed off (their last usage intent failed within the backoff window), in stream
 -- and sequence order (the pending index's order: no sort). The streams held back are one set
--- (`held`), computed once (MATERIALIZED) from the live or recently failed usage intents to
--- their items, then anti-joined: a lookup per pending report lets a planner with stale
+-- (`held`), computed once (MATERIALIZED) from the live or recently failed usage intents (the
+-- failed ones by intents_failed_idx, a range of updated_at) to their items, then anti-joined: a lookup per pending report lets a planner with stale
 -- statistics search each stream's whole report history for every report.
 -- price: what the report costs per unit at the head, as the contract's priceInForce: an
 -- own-price stream's own price whatever the endpoint, a price-list stream's endpoint price (a
@@ -165,7 +165,7 @@ held AS MATERIALIZED (
     JOIN planner_settings ps ON ps.chain_id = i.chain_id
     JOIN batch_items b ON b.intent_id = i.id
     WHERE i.chain_id = $1 AND i.kind = 'usage' AND i.state = 'failed'
-      AND i.updated_at + make_interval(secs => ps.backoff_seconds) > now()
+      AND i.updated_at > now() - make_interval(secs => ps.backoff_seconds)
 )
 SELECT r.stream_id, r.seq, r.units, s.usage_seq, s.payee, r.endpoint,
        COALESCE(CASE WHEN NOT s.price_list
