@@ -4,38 +4,46 @@ Three measurements, each on its own fresh database (created and dropped on the s
 KEEPER_BENCH_DATABASE_URL, else KEEPER_TEST_DATABASE_URL, else the local test server; when none
 is set and the local server does not answer, an embedded pgserver is started):
 
-1. **one planning pass at scale** (`plan_pass_s`, goal <= 1 s). The state of a keeper that has
+1. **planning passes at scale**, at 1,000,000 streams (`--streams`) and first at 100,000
+   (`--small-streams`), each on its own database, to show how the cost grows: it should be flat
+   in the streams that exist and linear in the work that is due. The state of a keeper that has
    run for a while is written straight into a migrated database by `INSERT ... SELECT` over
-   `generate_series` (server-side: far faster than COPY from Python, and deterministic):
-   - 100,000 `streams` (plus `ingest_cursor` with the backfill done, `contract_params`, the
-     `[plan]` defaults in `planner_settings` as the daemon writes them). By stream id modulo
-     1,000: 3 % closed, 0.4 % depleting within the horizon (urgent), 6 % due by the accrued
-     minimum, 4 % due by the maximum interval, 5 % emptied, the rest accruing below every
-     threshold: about 10,400 due by the settle rule, 9,900 of them neither in flight nor
-     backed off (see below). 1,009 payees, 25,013 payers;
-   - 1,000,000 usage rows: 20 per even stream, each a `usage_inbox` row (accepted) and its
-     `usage_reports` row. 990,000 are `recorded` in 7,500 usage batches (each with its
-     `UsageRecorded` events and its final intent; the last 20 batches are above the finalized
-     block, so the reorg check has rows to look at); 10,000 (seqs 19 and 20 of every 20th
-     stream) are pending;
-   - 20,000 unvalidated inbox rows (97 % good, the rest unknown streams, malformed units,
-     duplicate producer keys and closed streams), so intake is part of the pass;
-   - 10,000 final settle intents of 150 items (history), 3 settle intents and 1 usage intent in
-     flight, 50 backed-off items, 20,000 escrows of which 200 expired and open.
-   After `VACUUM ANALYZE`, `Planner.plan_pass` (as built by the daemon, default `[plan]`) runs
-   once to warm up and then `--passes` times (fewer once they have taken `--pass-budget`
-   seconds, so that a pathological plan does not hold the bench for an hour), each in a
-   transaction that is rolled back (and a VACUUM between passes), so every pass sees the same
-   state and does the full work: about 9,900 settle items, 200 refunds, 20,000 rows validated
-   and 20,000 usage reports, in about 190 batches. `plan_pass_s` is the median,
-   `plan_pass_max_s` the slowest. Where the time went: per phase (due views, intake,
-   reconcile, usage due, outbox inserts, the rest: batch cutting and calldata) and per named
-   query, means per pass. `--explain` prints EXPLAIN (ANALYZE, BUFFERS) of the pass's big
-   queries to stderr (in a transaction that is rolled back).
+   `generate_series` (server-side, deterministic; the foreign-key triggers off while it is
+   written, see `synthesize`):
+   - N `streams` (plus `ingest_cursor` with the backfill done, `contract_params`, the `[plan]`
+     defaults in `planner_settings` as the daemon writes them, which computes every stream's
+     due time). Every (N / 10,000)-th stream is one of 10,000 that will be due (4 % depleting
+     within the horizon, 60 % by the accrued minimum, 36 % by the maximum interval; 450 of them
+     in 3 settle intents in flight and 50 backed off, so a pass settles 9,500); of the rest, 3 %
+     closed, 5 % emptied, the others accruing below every threshold. 1,009 payees, 25,013
+     payers;
+   - 10 x N usage rows: 20 per even stream, each a `usage_inbox` row (accepted), its
+     `usage_reports` row (recorded), its `UsageRecorded` event and its item in one of N x 10 / 132
+     final usage intents (the last 20 batches above the finalized block, so the reorg check
+     has rows to look at);
+   - 2 x N more past intents (settle batches of 2 items): with the usage batches, about
+     2,075,000 intents and 14,000,000 batch items at N = 1,000,000;
+   - N / 5 escrows, 200 of which expire within the last 8 hours.
+   **Steady state** (`steady_pass_s`, goal <= 50 ms): the indexed head is a day earlier, when
+   nothing is due: no stream, no escrow, no usage, no inbox row. Then the **worst case**'s work
+   is committed on top (`WORK_STEPS`): chain time moves on a day (the 10,000 streams and 200
+   escrows are due), 15,000 accepted usage reports are pending (15 for each of 1,000 streams,
+   150 of them in a usage intent on its way) and 5,000 new inbox rows wait (97 % good, the
+   rest unknown streams, malformed units, duplicate producer keys and closed streams).
+   `plan_pass_s` (goal <= 1 s): about 9,500 settle items, 200 refunds, 5,000 rows validated and
+   19,700 usage reports, in about 425 batches. For each, after `VACUUM ANALYZE`,
+   `Planner.plan_pass` (as built by the daemon, default `[plan]`) runs once to warm up and then
+   `--passes` times (fewer once they have taken `--pass-budget` seconds), each in a transaction
+   that is rolled back (and a VACUUM between passes), so every pass sees the same state and
+   does the full work; the figures are medians. Where the time went: per phase (due views,
+   intake, reconcile, usage due, outbox inserts, the rest: batch cutting and calldata) and per
+   named query, means per pass. `--explain` prints EXPLAIN (ANALYZE, BUFFERS) of the pass's big
+   queries at the larger scale to stderr (in a transaction that is rolled back).
 2. **RSS**: `rss_planner_mb` is the peak RSS (ru_maxrss) of a child process that imports the
    whole daemon (`keeper.service.daemon`), builds its pool and Planner as the daemon does and
-   runs two passes over the same 100k/1M database. The real daemon is not pointed at that
-   database: its rows are synthetic, and the indexer would find that no chain matches them.
+   runs two worst-case passes over the 1,000,000-stream database. The real daemon is not
+   pointed at that database: its rows are synthetic, and the indexer would find that no chain
+   matches them.
    `rss_daemon_mb` is VmHWM of the real `keeper run` of part 3 (start, migrations, backfill of
    the 10,000 streams, planning, sending, confirming). `rss_mb` is the larger (goal <= 250 MB).
 3. **settling 10,000 due streams with 4 signers** on anvil. A fresh anvil (block gas limit
@@ -101,9 +109,10 @@ from tests.support.gas import synthetic_address
 
 ROOT = Path(__file__).resolve().parents[2]
 GOAL_PASS_S = 1.0
+GOAL_STEADY_S = 0.05
 GOAL_RSS_MB = 250.0
 NOW_TS = 1_750_000_000  # chain time of the synthetic indexed head
-HEAD = 2_000_000  # the synthetic indexed (and head) block; finalized is 64 below
+HEAD = 20_000_000  # the synthetic indexed (and head) block; finalized is 64 below
 FIRST_SIGNER = 5  # dev accounts 5.. sign for the daemon; 0 deploys, 1 pays the streams
 SETTLE_RATE = 1_000
 SETTLE_DEPOSIT = 10**10
@@ -157,7 +166,9 @@ async def database_server() -> AsyncIterator[str]:
 SYNTH_PARAMS = """
 CREATE TEMP TABLE bench_params AS
 SELECT $1::bigint AS chain_id, $2::bigint AS now_ts, $3::bigint AS head, $4::bigint AS streams,
-       $5::bytea AS manager, $6::bytea AS vault
+       $5::bytea AS manager, $6::bytea AS vault,
+       $4::bigint / 10000 AS due_stride, $4::bigint / 1000 AS work_stride,
+       ($4::bigint * 10 + 131) / 132 AS usage_batches, $4::bigint * 2 AS settle_history
 """
 
 SYNTH_STEPS: list[tuple[str, str]] = [
@@ -166,7 +177,8 @@ SYNTH_STEPS: list[tuple[str, str]] = [
         """
 INSERT INTO ingest_cursor (chain_id, start_block, indexed_block, indexed_hash, indexed_timestamp,
                            head_block, head_timestamp, finalized_block, backfill_done)
-SELECT chain_id, 1, head, sha256('head'::bytea), now_ts, head, now_ts, head - 64, true
+SELECT chain_id, 1, head, sha256('head'::bytea), now_ts - 86400, head, now_ts - 86400,
+       head - 64, true
 FROM bench_params;
 INSERT INTO contract_params (chain_id, fee_bps, fee_recipient, updated_block)
 SELECT chain_id, 250, decode('dd' || repeat('00', 19), 'hex'), 1 FROM bench_params;
@@ -181,18 +193,19 @@ SELECT p.chain_id, g.i,
        decode('aa' || lpad(to_hex(g.i % 25013), 38, '0'), 'hex'),
        decode('bb' || lpad(to_hex((g.i * 7919) % 1009), 38, '0'), 'hex'),
        r.rate, b.balance, p.now_ts - r.elapsed,
-       CASE WHEN g.i % 20 = 0 THEN 18 WHEN g.i % 2 = 0 THEN 20 ELSE 0 END,
+       CASE WHEN g.i % 2 = 0 THEN 20 ELSE 0 END,
        CASE WHEN g.i % 2 = 0 THEN 5 + g.i % 20 ELSE 0 END,
        CASE WHEN c.cat = 'closed' THEN 'closed' ELSE 'open' END,
-       1 + g.i * 9,
-       GREATEST(1 + g.i * 9, p.head - r.elapsed / 2)
+       1 + g.i % (p.head / 2),
+       GREATEST(1 + g.i % (p.head / 2), p.head - r.elapsed / 2)
 FROM bench_params p
 CROSS JOIN generate_series(1, p.streams) AS g (i)
 CROSS JOIN LATERAL (
-    SELECT CASE WHEN g.i % 1000 < 60 AND g.i % 2 = 1 THEN 'closed'
-                WHEN g.i % 1000 BETWEEN 60 AND 63 THEN 'depleting'
-                WHEN g.i % 1000 BETWEEN 64 AND 123 THEN 'min_amount'
-                WHEN g.i % 1000 BETWEEN 124 AND 163 THEN 'max_interval'
+    SELECT CASE WHEN g.i % p.due_stride = 1 THEN
+                     CASE WHEN (g.i / p.due_stride) % 100 < 4 THEN 'depleting'
+                          WHEN (g.i / p.due_stride) % 100 < 64 THEN 'min_amount'
+                          ELSE 'max_interval' END
+                WHEN g.i % 1000 < 60 AND g.i % 2 = 1 THEN 'closed'
                 WHEN g.i % 1000 BETWEEN 164 AND 213 THEN 'empty'
                 ELSE 'idle' END AS cat
 ) c
@@ -216,30 +229,17 @@ CROSS JOIN LATERAL (
 """,
     ),
     (
-        "usage rows (scratch)",
+        "usage batches (scratch)",
         """
-CREATE TEMP TABLE bench_usage AS
-SELECT (u.seq - 1) * (p.streams / 2) + s.i / 2 AS id, s.i AS stream_id, u.seq,
-       1 + (s.i * 31 + u.seq * 17) % 1000 AS units, 5 + s.i % 20 AS price,
-       (s.i % 20 = 0 AND u.seq > 18) AS pending
-FROM bench_params p
-CROSS JOIN generate_series(2, p.streams, 2) AS s (i)
-CROSS JOIN generate_series(1, 20) AS u (seq);
-CREATE TEMP TABLE bench_recorded AS
-SELECT id, stream_id, seq, units, price,
-       (row_number() OVER (ORDER BY id) - 1) / 132 AS batch,
-       (row_number() OVER (ORDER BY id) - 1) % 132 AS log_index
-FROM bench_usage WHERE NOT pending;
 CREATE TEMP TABLE bench_batches AS
 SELECT b.batch,
-       CASE WHEN b.batch >= n.nb - 20 THEN p.head - 40 + (b.batch - (n.nb - 20))
-            ELSE p.head - 100 - (n.nb - 20 - b.batch) * 130 END AS block,
+       CASE WHEN b.batch >= p.usage_batches - 20
+            THEN p.head - 40 + (b.batch - (p.usage_batches - 20))
+            ELSE p.head / 2 + b.batch * ((p.head / 2 - 200) / p.usage_batches) END AS block,
        sha256(('usage-tx-' || b.batch)::bytea) AS tx_hash
 FROM bench_params p
-CROSS JOIN (SELECT max(batch) + 1 AS nb FROM bench_recorded) n
-CROSS JOIN generate_series(0, n.nb - 1) AS b (batch);
-ANALYZE bench_usage;
-ANALYZE bench_recorded;
+CROSS JOIN generate_series(0, p.usage_batches - 1) AS b (batch);
+CREATE UNIQUE INDEX ON bench_batches (batch);
 ANALYZE bench_batches;
 """,
     ),
@@ -248,39 +248,40 @@ ANALYZE bench_batches;
         """
 INSERT INTO usage_inbox (id, chain_id, stream_id, units, producer_key, label, observed_at,
                          source, received_at, verdict, validated_at)
-SELECT u.id, p.chain_id, u.stream_id::text, u.units::text, 'req-' || md5(u.id::text),
+SELECT u.id, p.chain_id, (2 * ((u.id - 1) % (p.streams / 2) + 1))::text,
+       (1 + u.id % 1000)::text, 'req-' || md5(u.id::text),
        (ARRAY['api_calls', 'compute_ms', 'bytes_out'])[1 + u.id % 3],
        (t.received - interval '3 seconds')::text, NULL, t.received, 'accepted',
        t.received + interval '1 second'
 FROM bench_params p
-CROSS JOIN bench_usage u
+CROSS JOIN generate_series(1, p.streams * 10) AS u (id)
 CROSS JOIN LATERAL (
-    SELECT now() - make_interval(secs => (p.streams * 10 - u.id) * 0.5) AS received
+    SELECT now() - make_interval(secs => (p.streams * 10 - u.id) * 0.05) AS received
 ) t;
 """,
     ),
     (
-        "usage_reports",
+        "usage_reports (recorded)",
         """
 INSERT INTO usage_reports (inbox_id, chain_id, stream_id, seq, units, producer_key, label,
                            observed_at, accepted_at, state, block_number, tx_hash, charged, fee,
-                           shortfall, reconciled_at)
-SELECT u.id, p.chain_id, u.stream_id, u.seq, u.units, 'req-' || md5(u.id::text),
-       (ARRAY['api_calls', 'compute_ms', 'bytes_out'])[1 + u.id % 3],
-       t.received - interval '3 seconds', t.received + interval '1 second',
-       CASE WHEN u.pending THEN 'pending' ELSE 'recorded' END,
-       b.block, b.tx_hash,
-       CASE WHEN NOT u.pending THEN u.units * u.price END,
-       CASE WHEN NOT u.pending THEN div(u.units * u.price * 250, 10000) END,
-       CASE WHEN NOT u.pending THEN 0 END,
-       CASE WHEN NOT u.pending THEN t.received + interval '30 seconds' END
+                           shortfall, reconciled_at, price)
+SELECT u.id, p.chain_id, s.stream_id, (u.id - 1) / (p.streams / 2) + 1, 1 + u.id % 1000,
+       'req-' || md5(u.id::text), (ARRAY['api_calls', 'compute_ms', 'bytes_out'])[1 + u.id % 3],
+       t.received - interval '3 seconds', t.received + interval '1 second', 'recorded',
+       b.block, b.tx_hash, (1 + u.id % 1000) * s.price,
+       div((1 + u.id % 1000) * s.price * 250, 10000), 0, t.received + interval '30 seconds',
+       s.price
 FROM bench_params p
-CROSS JOIN bench_usage u
+CROSS JOIN generate_series(1, p.streams * 10) AS u (id)
 CROSS JOIN LATERAL (
-    SELECT now() - make_interval(secs => (p.streams * 10 - u.id) * 0.5) AS received
+    SELECT 2 * ((u.id - 1) % (p.streams / 2) + 1) AS stream_id,
+           5 + (2 * ((u.id - 1) % (p.streams / 2) + 1)) % 20 AS price
+) s
+CROSS JOIN LATERAL (
+    SELECT now() - make_interval(secs => (p.streams * 10 - u.id) * 0.05) AS received
 ) t
-LEFT JOIN bench_recorded r ON r.id = u.id
-LEFT JOIN bench_batches b ON b.batch = r.batch;
+JOIN bench_batches b ON b.batch = (u.id - 1) / 132;
 """,
     ),
     (
@@ -288,86 +289,56 @@ LEFT JOIN bench_batches b ON b.batch = r.batch;
         """
 INSERT INTO usage_recorded (chain_id, block_number, log_index, tx_hash, block_time, stream_id,
                             seq, endpoint, units, charged, fee, shortfall, balance_after, price)
-SELECT p.chain_id, b.block, r.log_index, b.tx_hash, p.now_ts - (p.head - b.block) * 2,
-       r.stream_id, r.seq, 0, r.units, r.units * r.price, div(r.units * r.price * 250, 10000), 0,
-       1000000000, r.price
+SELECT r.chain_id, r.block_number, ((r.inbox_id - 1) % 132)::integer, r.tx_hash,
+       p.now_ts - 86400 - (p.head - r.block_number) * 2, r.stream_id, r.seq, 0, r.units,
+       r.charged, r.fee, 0, 1000000000, r.price
 FROM bench_params p
-CROSS JOIN bench_recorded r
-JOIN bench_batches b ON b.batch = r.batch;
+JOIN usage_reports r ON r.chain_id = p.chain_id;
 """,
     ),
     (
         "intents (history)",
         """
-CREATE TEMP TABLE bench_hist AS
-SELECT 'usage'::text AS kind, b.block, b.tx_hash, g.items, g.n
-FROM (SELECT batch, count(*) AS n,
-             jsonb_agg(jsonb_build_array(stream_id, units, seq) ORDER BY log_index) AS items
-      FROM bench_recorded GROUP BY batch) g
-JOIN bench_batches b ON b.batch = g.batch
-UNION ALL
-SELECT 'settle', 200 + j * 190, sha256(('settle-tx-' || j)::bytea),
-       (SELECT jsonb_agg(((j * 150 + x) * 7919) % p.streams + 1 ORDER BY x)
-        FROM generate_series(0, 149) AS x), 150
-FROM bench_params p
-CROSS JOIN generate_series(0, p.streams / 10 - 1) AS j;
-INSERT INTO intents (chain_id, kind, key, target, calldata, state, signer, nonce,
+INSERT INTO intents (id, chain_id, kind, key, target, calldata, state, signer, nonce,
                      gas_limit, tx_hash, block_number, block_hash, receipt_status, gas_used,
                      effective_gas_price, created_at, updated_at, assigned_at, mined_at,
                      confirmed_at, effects_checked_at)
-SELECT p.chain_id, h.kind,
-       h.kind || ':' || h.block || ':' || h.n || ':' || left(encode(h.tx_hash, 'hex'), 16),
-       p.manager,
-       decode(repeat('00', CASE h.kind WHEN 'usage' THEN 4 + 32 * (6 + 3 * h.n)
-                                       ELSE 4 + 32 * (2 + h.n) END::integer), 'hex'),
+SELECT h.id, p.chain_id, h.kind, h.kind || ':history:' || h.id, p.manager,
+       decode(repeat('00', CASE h.kind WHEN 'usage' THEN 4 + 32 * (6 + 3 * 132)
+                                       ELSE 4 + 32 * (2 + 2) END), 'hex'),
        CASE WHEN h.block <= p.head - 64 THEN 'final' ELSE 'confirmed' END,
-       decode('cc' || lpad(to_hex(l.lane), 38, '0'), 'hex'),
-       row_number() OVER (PARTITION BY l.lane ORDER BY h.block, h.kind) - 1,
+       decode('cc' || lpad(to_hex(1 + h.id % 4), 38, '0'), 'hex'), h.id / 4,
        3500000, h.tx_hash, h.block, sha256(('block-' || h.block)::bytea), 1, 2600000,
        1000000000, t.at, t.at + interval '1 minute', t.at, t.at + interval '10 seconds',
        t.at + interval '20 seconds', t.at + interval '30 seconds'
 FROM bench_params p
-CROSS JOIN bench_hist h
-CROSS JOIN LATERAL (SELECT 1 + get_byte(h.tx_hash, 0) % 4 AS lane) l
+CROSS JOIN LATERAL (
+    SELECT b.batch + 1 AS id, 'usage' AS kind, b.block, b.tx_hash FROM bench_batches b
+    UNION ALL
+    SELECT p.usage_batches + 1 + j, 'settle',
+           200 + j * ((p.head / 2 - 400) / p.settle_history),
+           sha256(('settle-tx-' || j)::bytea)
+    FROM generate_series(0, p.settle_history - 1) AS j
+) h
 CROSS JOIN LATERAL (SELECT now() - make_interval(secs => (p.head - h.block) * 2) AS at) t;
+SELECT setval('intents_id_seq', (SELECT max(id) FROM intents));
 INSERT INTO batch_items (intent_id, position, chain_id, kind, entity, seq, units, endpoint,
                          outcome, checked_at)
-SELECT i.id, (x.n - 1)::integer, i.chain_id, i.kind, (x.v ->> 0)::numeric,
-       (x.v ->> 2)::numeric, (x.v ->> 1)::numeric, 0, 'effect', i.effects_checked_at
-FROM bench_hist h
-JOIN intents i ON i.tx_hash = h.tx_hash
-CROSS JOIN LATERAL jsonb_array_elements(h.items) WITH ORDINALITY AS x (v, n)
-WHERE h.kind = 'usage'
-UNION ALL
-SELECT i.id, (x.n - 1)::integer, i.chain_id, i.kind, (x.v #>> '{}')::numeric, NULL, NULL,
-       NULL, 'effect', i.effects_checked_at
-FROM bench_hist h
-JOIN intents i ON i.tx_hash = h.tx_hash
-CROSS JOIN LATERAL jsonb_array_elements(h.items) WITH ORDINALITY AS x (v, n)
-WHERE h.kind = 'settle';
+SELECT (r.inbox_id - 1) / 132 + 1, ((r.inbox_id - 1) % 132)::integer, r.chain_id, 'usage',
+       r.stream_id, r.seq, r.units, 0, 'effect', r.reconciled_at
+FROM usage_reports r;
+INSERT INTO batch_items (intent_id, position, chain_id, kind, entity, outcome, checked_at)
+SELECT p.usage_batches + 1 + j, x, p.chain_id, 'settle', ((j * 2 + x) * 7919) % p.streams + 1,
+       'effect', now() - make_interval(secs => (p.head - 200 - j * ((p.head / 2 - 400)
+                                                                  / p.settle_history)) * 2)
+FROM bench_params p
+CROSS JOIN generate_series(0, p.settle_history - 1) AS j
+CROSS JOIN generate_series(0, 1) AS x;
 """,
     ),
     (
         "intents in flight, items backed off",
         """
-CREATE TEMP TABLE bench_inflight AS
-SELECT 'settle:' || p.head || ':150:inflight' || k.k AS key,
-       (SELECT jsonb_agg(s.stream_id ORDER BY s.stream_id) FROM (
-            SELECT stream_id FROM streams
-            WHERE chain_id = p.chain_id AND stream_id % 1000 BETWEEN 64 AND 123
-            ORDER BY stream_id OFFSET k.k * 150 LIMIT 150) s) AS items
-FROM bench_params p
-CROSS JOIN generate_series(0, 2) AS k (k)
-UNION ALL
-SELECT 'usage:' || p.head || ':20:inflight',
-       (SELECT jsonb_agg(jsonb_build_array(r.stream_id, r.units, r.seq)
-                         ORDER BY r.stream_id, r.seq)
-        FROM usage_reports r
-        WHERE r.chain_id = p.chain_id AND r.state = 'pending'
-          AND r.stream_id IN (SELECT stream_id FROM streams
-                              WHERE chain_id = p.chain_id AND stream_id % 20 = 0
-                              ORDER BY stream_id LIMIT 10))
-FROM bench_params p;
 INSERT INTO intents (chain_id, kind, key, target, calldata, state, signer, nonce,
                      gas_limit, created_at, assigned_at)
 SELECT p.chain_id, 'settle', 'settle:' || p.head || ':150:inflight' || k.k, p.manager,
@@ -378,25 +349,22 @@ SELECT p.chain_id, 'settle', 'settle:' || p.head || ':150:inflight' || k.k, p.ma
        3500000, now() - interval '5 seconds', now() - interval '4 seconds'
 FROM bench_params p
 CROSS JOIN generate_series(0, 2) AS k (k);
-INSERT INTO intents (chain_id, kind, key, target, calldata, state, signer, nonce,
-                     gas_limit, created_at, assigned_at)
-SELECT p.chain_id, 'usage', 'usage:' || p.head || ':20:inflight', p.manager,
-       decode(repeat('00', 4 + 32 * 66), 'hex'),
-       'assigned', decode('cc' || lpad(to_hex(4), 38, '0'), 'hex'),
-       (SELECT max(nonce) + 1 FROM intents
-        WHERE signer = decode('cc' || lpad(to_hex(4), 38, '0'), 'hex')),
-       3500000, now() - interval '5 seconds', now() - interval '4 seconds'
-FROM bench_params p;
-INSERT INTO batch_items (intent_id, position, chain_id, kind, entity, seq, units, endpoint)
-SELECT i.id, (x.n - 1)::integer, i.chain_id, i.kind,
-       CASE WHEN i.kind = 'usage' THEN (x.v ->> 0)::numeric ELSE (x.v #>> '{}')::numeric END,
-       CASE WHEN i.kind = 'usage' THEN (x.v ->> 2)::numeric END,
-       CASE WHEN i.kind = 'usage' THEN (x.v ->> 1)::numeric END,
-       CASE WHEN i.kind = 'usage' THEN 0 END
-FROM bench_inflight f
-JOIN intents i ON i.key = f.key
-CROSS JOIN LATERAL jsonb_array_elements(f.items) WITH ORDINALITY AS x (v, n);
--- Backed off: items of a newer settle intent that failed, reverted in simulation.
+-- Each holds 150 of the streams due by the minimum.
+INSERT INTO batch_items (intent_id, position, chain_id, kind, entity)
+SELECT i.id, (row_number() OVER (PARTITION BY i.id ORDER BY s.stream_id) - 1)::integer,
+       p.chain_id, 'settle', s.stream_id
+FROM bench_params p
+CROSS JOIN generate_series(0, 2) AS k (k)
+JOIN intents i ON i.chain_id = p.chain_id
+              AND i.key = 'settle:' || p.head || ':150:inflight' || k.k
+CROSS JOIN LATERAL (
+    SELECT g.n * p.due_stride + 1 AS stream_id
+    FROM generate_series(0, 9999) AS g (n)
+    WHERE g.n % 100 BETWEEN 4 AND 63
+    ORDER BY g.n OFFSET k.k * 150 LIMIT 150
+) s;
+-- Backed off: 50 streams due by the maximum interval, in a settle intent that failed, each
+-- reverted in simulation.
 INSERT INTO intents (chain_id, kind, key, target, calldata, state, reason)
 SELECT p.chain_id, 'settle', 'settle:' || p.head || ':50:backedoff', p.manager, decode('00', 'hex'),
        'failed', 'synthetic: every item reverted in simulation'
@@ -408,9 +376,11 @@ SELECT i.id, (row_number() OVER (ORDER BY s.stream_id) - 1)::integer, p.chain_id
 FROM bench_params p
 JOIN intents i ON i.key = 'settle:' || p.head || ':50:backedoff'
 CROSS JOIN LATERAL (
-    SELECT stream_id FROM streams
-    WHERE chain_id = p.chain_id AND stream_id % 1000 BETWEEN 124 AND 163
-    ORDER BY stream_id LIMIT 50) s;
+    SELECT g.n * p.due_stride + 1 AS stream_id
+    FROM generate_series(0, 9999) AS g (n)
+    WHERE g.n % 100 >= 64
+    ORDER BY g.n LIMIT 50
+) s;
 """,
     ),
     (
@@ -422,13 +392,68 @@ SELECT p.chain_id, e,
        decode('aa' || lpad(to_hex(e % 25013), 38, '0'), 'hex'),
        decode('bb' || lpad(to_hex((e * 31) % 1009), 38, '0'), 'hex'),
        1000000 + (e % 1000) * 1000,
-       CASE WHEN e % 100 = 7 THEN p.now_ts - 60 * (1 + e % 500)
+       CASE WHEN e % p.work_stride = 7 THEN p.now_ts - 60 * (1 + e % 500)
             WHEN e % 10 >= 7 THEN p.now_ts + 86400 * (1 + e % 7)
-            ELSE p.now_ts - 86400 * (e % 30) END,
-       CASE WHEN e % 10 < 5 THEN 'released' WHEN e % 10 < 7 THEN 'refunded' ELSE 'open' END,
-       1 + e * 50, 1 + e * 50 + 1000
+            ELSE p.now_ts - 86400 * (2 + e % 30) END,
+       CASE WHEN e % p.work_stride = 7 OR e % 10 >= 7 THEN 'open'
+            WHEN e % 10 < 5 THEN 'released' ELSE 'refunded' END,
+       1 + e % (p.head / 2), 1 + e % (p.head / 2) + 1000
 FROM bench_params p
 CROSS JOIN generate_series(1, p.streams / 5) AS e;
+""",
+    ),
+]
+
+# The work a worst-case pass finds, added (and committed) after the steady-state passes: chain
+# time moves on a day, so the 10,000 streams due (500 of them in flight or backed off) and the
+# 200 escrows expired are; 15,000 usage reports accepted and pending (15 for each of 1,000
+# streams; 150 of them in a usage intent on its way) and 5,000 new inbox rows (97 % good, the
+# rest unknown streams, malformed units, duplicate producer keys and closed streams).
+WORK_STEPS: list[tuple[str, str]] = [
+    (
+        "chain time: a day later",
+        """
+UPDATE ingest_cursor c
+SET indexed_timestamp = p.now_ts, head_timestamp = p.now_ts
+FROM bench_params p WHERE c.chain_id = p.chain_id;
+""",
+    ),
+    (
+        "pending usage",
+        """
+CREATE TEMP TABLE bench_pending AS
+SELECT p.streams * 10 + row_number() OVER (ORDER BY g.n, q.seq) AS id,
+       g.n * p.work_stride + 2 AS stream_id, q.seq, 1 + (g.n * 31 + q.seq) % 500 AS units
+FROM bench_params p
+CROSS JOIN generate_series(0, 999) AS g (n)
+CROSS JOIN generate_series(21, 35) AS q (seq);
+INSERT INTO usage_inbox (id, chain_id, stream_id, units, producer_key, label, observed_at,
+                         source, received_at, verdict, validated_at)
+SELECT b.id, p.chain_id, b.stream_id::text, b.units::text, 'req-p-' || md5(b.id::text),
+       'api_calls', (now() - interval '2 minutes')::text, NULL, now() - interval '2 minutes',
+       'accepted', now() - interval '1 minute'
+FROM bench_params p CROSS JOIN bench_pending b;
+INSERT INTO usage_reports (inbox_id, chain_id, stream_id, seq, units, producer_key, label,
+                           observed_at, accepted_at, state)
+SELECT b.id, p.chain_id, b.stream_id, b.seq, b.units, 'req-p-' || md5(b.id::text),
+       'api_calls', now() - interval '2 minutes', now() - interval '1 minute', 'pending'
+FROM bench_params p CROSS JOIN bench_pending b;
+-- The first 10 streams' reports are on their way, in a usage intent.
+INSERT INTO intents (chain_id, kind, key, target, calldata, state, signer, nonce,
+                     gas_limit, created_at, assigned_at)
+SELECT p.chain_id, 'usage', 'usage:' || p.head || ':150:inflight', p.manager,
+       decode(repeat('00', 4 + 32 * (6 + 3 * 150)), 'hex'),
+       'assigned', decode('cc' || lpad(to_hex(4), 38, '0'), 'hex'),
+       (SELECT max(nonce) + 1 FROM intents
+        WHERE signer = decode('cc' || lpad(to_hex(4), 38, '0'), 'hex')),
+       3500000, now() - interval '5 seconds', now() - interval '4 seconds'
+FROM bench_params p;
+INSERT INTO batch_items (intent_id, position, chain_id, kind, entity, seq, units, endpoint)
+SELECT i.id, (row_number() OVER (ORDER BY b.id) - 1)::integer, p.chain_id, 'usage',
+       b.stream_id, b.seq, b.units, 0
+FROM bench_params p
+JOIN intents i ON i.key = 'usage:' || p.head || ':150:inflight'
+JOIN bench_pending b ON b.stream_id < 10 * p.work_stride;
 """,
     ),
     (
@@ -436,7 +461,7 @@ CROSS JOIN generate_series(1, p.streams / 5) AS e;
         """
 INSERT INTO usage_inbox (id, chain_id, stream_id, units, producer_key, label, observed_at,
                          source, received_at)
-SELECT p.streams * 10 + n, NULL,
+SELECT p.streams * 10 + 15000 + n, NULL,
        CASE WHEN n % 100 = 1 THEN (p.streams * 2 + n)::text
             WHEN n % 200 = 3 THEN (1000 * (n % (p.streams / 1000)) + 1 + 2 * (n % 30))::text
             ELSE (2 * (1 + (n * 7919) % (p.streams / 2)))::text END,
@@ -446,7 +471,7 @@ SELECT p.streams * 10 + n, NULL,
        'api_calls', (now() - interval '11 minutes')::text, 'usage.csv:' || n,
        now() - interval '10 minutes'
 FROM bench_params p
-CROSS JOIN generate_series(1, 20000) AS n;
+CROSS JOIN generate_series(1, 5000) AS n;
 SELECT setval('usage_inbox_id_seq', (SELECT max(id) FROM usage_inbox));
 """,
     ),
@@ -460,6 +485,7 @@ SELECT (SELECT count(*) FROM streams) AS streams,
        (SELECT count(*) FROM usage_inbox WHERE verdict IS NULL) AS inbox_unvalidated,
        (SELECT count(*) FROM usage_recorded) AS usage_events,
        (SELECT count(*) FROM intents) AS intents,
+       (SELECT count(*) FROM batch_items) AS batch_items,
        (SELECT count(*) FROM escrows) AS escrows,
        (SELECT count(*) FROM keeper.streams_due WHERE chain_id = $1) AS streams_due,
        (SELECT count(*) FROM keeper.streams_due WHERE chain_id = $1 AND urgent) AS urgent,
@@ -483,26 +509,56 @@ def build_planner(chain_id: int, cls: type[Planner] = Planner) -> Planner:
     )
 
 
+async def _run_steps(conn: Conn, steps: Sequence[tuple[str, str]], streams: int) -> None:
+    """`bench_params` for this session, then each step, timed."""
+    await conn.execute(
+        SYNTH_PARAMS,
+        DEV_CHAIN_ID,
+        NOW_TS,
+        HEAD,
+        streams,
+        bytes.fromhex(SYNTH_MANAGER[2:]),
+        bytes.fromhex(SYNTH_VAULT[2:]),
+    )
+    for label, sql in steps:
+        t0 = time.perf_counter()
+        await conn.execute(sql)
+        say(f"  {label}: {time.perf_counter() - t0:.1f} s")
+
+
 async def synthesize(dsn: str, streams: int) -> dict[str, int]:
-    """Write the synthetic state into the migrated database at `dsn`; row counts."""
+    """Write the steady state (nothing due) into the migrated database at `dsn`; row counts.
+    The rows are written with the foreign-key triggers off (session_replication_role): they
+    are consistent by construction, and the checks would double the time at 10M usage rows.
+    The planner's thresholds go in last, with the triggers on: that computes every stream's
+    due time, as a change of thresholds does on a live database."""
     conn = await db.connect(dsn)
     try:
-        await conn.execute(
-            SYNTH_PARAMS,
-            DEV_CHAIN_ID,
-            NOW_TS,
-            HEAD,
-            streams,
-            bytes.fromhex(SYNTH_MANAGER[2:]),
-            bytes.fromhex(SYNTH_VAULT[2:]),
-        )
-        for label, sql in SYNTH_STEPS:
-            t0 = time.perf_counter()
-            await conn.execute(sql)
-            say(f"  {label}: {time.perf_counter() - t0:.1f} s")
+        await conn.execute("SET session_replication_role = replica")
+        await _run_steps(conn, SYNTH_STEPS, streams)
+        await conn.execute("RESET session_replication_role")
+        t0 = time.perf_counter()
         await build_planner(DEV_CHAIN_ID).store_settings(conn)
+        say(f"  thresholds (due times of every stream): {time.perf_counter() - t0:.1f} s")
         t0 = time.perf_counter()
         await conn.execute("VACUUM ANALYZE")
+        say(f"  VACUUM ANALYZE: {time.perf_counter() - t0:.1f} s")
+        row = await conn.fetchrow(SYNTH_COUNTS, DEV_CHAIN_ID)
+        assert row is not None
+        return {k: int(v) for k, v in row.items()}
+    finally:
+        await conn.close()
+
+
+async def add_work(dsn: str, streams: int) -> dict[str, int]:
+    """Commit the worst case's work (WORK_STEPS) onto the steady state; row counts."""
+    conn = await db.connect(dsn)
+    try:
+        await _run_steps(conn, WORK_STEPS, streams)
+        t0 = time.perf_counter()
+        await conn.execute(
+            "VACUUM ANALYZE ingest_cursor, usage_inbox, usage_reports, intents, batch_items"
+        )
         say(f"  VACUUM ANALYZE: {time.perf_counter() - t0:.1f} s")
         row = await conn.fetchrow(SYNTH_COUNTS, DEV_CHAIN_ID)
         assert row is not None
@@ -524,14 +580,14 @@ async def synthetic_counts(dsn: str) -> dict[str, int]:
 
 @contextlib.asynccontextmanager
 async def scale_database(
-    admin_dsn: str, args: argparse.Namespace
+    admin_dsn: str, args: argparse.Namespace, streams: int
 ) -> AsyncIterator[tuple[str, bool]]:
-    """(DSN, whether it is new and empty) of the scale part's database: `--reuse-db`, or a
-    fresh one, dropped afterwards unless `--keep-db`."""
-    if args.reuse_db:
+    """(DSN, whether it is new and empty) of the database of one scale: `--reuse-db` (the
+    largest scale only), or a fresh one, dropped afterwards unless `--keep-db`."""
+    if args.reuse_db and streams == args.streams:
         yield args.reuse_db, False
         return
-    name = f"keeper_bench_plan_{os.getpid()}"
+    name = f"keeper_bench_plan_{os.getpid()}_{streams}"
     if not args.keep_db:
         async with fresh_database(admin_dsn, name) as dsn:
             yield dsn, True
@@ -1205,51 +1261,72 @@ async def settle_run(admin_dsn: str, n: int, signers: int) -> dict[str, Any]:
 # ---------------------------------------------------------------------------- main
 
 
+async def measure_scale(
+    admin_dsn: str, args: argparse.Namespace, streams: int, last: bool
+) -> dict[str, Any]:
+    """Steady-state and worst-case passes at one scale (and, for the `last` one, EXPLAIN and
+    the planner's RSS)."""
+    out: dict[str, Any] = {}
+    async with scale_database(admin_dsn, args, streams) as (dsn, fresh):
+        if fresh:
+            t0 = time.perf_counter()
+            say(f"synthesizing {streams:,} streams, {streams * 10:,} usage rows")
+            counts = await synthesize(dsn, streams)
+            out["synthesis_s"] = round(time.perf_counter() - t0, 1)
+            say(f"synthesized in {out['synthesis_s']} s: {counts}")
+            say("steady-state passes (nothing due) ...")
+            steady = await time_passes(dsn, args.passes, args.pass_budget)
+            out["steady_pass_s"] = round(steady.median, 4)
+            out["steady_pass_max_s"] = round(max(steady.seconds), 4)
+            out["steady_pass_work"] = describe_report(steady.report)
+            out["steady_pass_queries_s"] = per_pass(steady.queries, len(steady.seconds))
+            say("adding the worst case's work ...")
+            counts = await add_work(dsn, streams)
+        else:
+            counts = await synthetic_counts(dsn)
+        out["synthetic"] = counts
+        say(f"worst-case passes ({args.passes} timed) ...")
+        result = await time_passes(dsn, args.passes, args.pass_budget)
+        out.update(
+            {
+                "plan_pass_s": round(result.median, 3),
+                "plan_pass_max_s": round(max(result.seconds), 3),
+                "plan_pass_first_s": round(result.first_s, 3),
+                "plan_passes_s": [round(s, 3) for s in result.seconds],
+                "plan_pass_phases_s": per_pass(
+                    result.phases, len(result.seconds), sum(result.seconds)
+                ),
+                "plan_pass_queries_s": per_pass(result.queries, len(result.seconds)),
+                "plan_pass_work": describe_report(result.report),
+            }
+        )
+        say(f"{streams:,} streams: steady {out.get('steady_pass_s')} s, worst {result.median} s")
+        if last:
+            if args.explain:
+                out["explain_ms"] = await explain(dsn)
+            say("planner RSS (child process) ...")
+            child = planner_rss(dsn, min(args.passes, RSS_PASSES))
+            out["rss_planner_mb"] = child["rss_mb"]
+            out["rss_planner_passes_s"] = child["passes_s"]
+    return out
+
+
 async def bench(args: argparse.Namespace) -> dict[str, Any]:
     """All parts; the JSON object."""
     load_at_start = os.getloadavg()[0]
     out: dict[str, Any] = {}
     async with database_server() as admin_dsn:
         if not args.skip_scale:
-            async with scale_database(admin_dsn, args) as (dsn, fresh):
-                t0 = time.perf_counter()
-                if fresh:
-                    say(f"synthesizing {args.streams:,} streams, {args.streams * 10:,} usage rows")
-                    counts = await synthesize(dsn, args.streams)
-                else:
-                    counts = await synthetic_counts(dsn)
-                synth_s = time.perf_counter() - t0
-                say(f"synthesized in {synth_s:.1f} s: {counts}")
-                say(f"planning passes ({args.passes} timed) ...")
-                result = await time_passes(dsn, args.passes, args.pass_budget)
-                explained = await explain(dsn) if args.explain else None
-                say("planner RSS (child process) ...")
-                child = planner_rss(dsn, min(args.passes, RSS_PASSES))
-            say(
-                f"plan pass: median {result.median:.3f} s, max {max(result.seconds):.3f} s; "
-                f"planner child peak RSS {child['rss_mb']} MB"
-            )
-            out.update(
-                {
-                    "streams": counts["streams"],
-                    "usage_rows": counts["usage_rows"],
-                    "plan_pass_s": round(result.median, 3),
-                    "plan_pass_max_s": round(max(result.seconds), 3),
-                    "plan_pass_first_s": round(result.first_s, 3),
-                    "plan_passes_s": [round(s, 3) for s in result.seconds],
-                    "plan_pass_phases_s": per_pass(
-                        result.phases, len(result.seconds), sum(result.seconds)
-                    ),
-                    "plan_pass_queries_s": per_pass(result.queries, len(result.seconds)),
-                    "plan_pass_work": describe_report(result.report),
-                    "rss_planner_mb": child["rss_mb"],
-                    "rss_planner_passes_s": child["passes_s"],
-                    "synthetic": counts,
-                    "synthesis_s": round(synth_s, 1),
-                }
-            )
-            if explained is not None:
-                out["explain_ms"] = explained
+            if args.small_streams:
+                small = await measure_scale(admin_dsn, args, args.small_streams, last=False)
+                out["plan_pass_100k_s"] = small["plan_pass_s"]
+                out["steady_pass_100k_s"] = small.get("steady_pass_s")
+                out["scale_100k"] = small
+            big = await measure_scale(admin_dsn, args, args.streams, last=True)
+            out["streams"] = big["synthetic"]["streams"]
+            out["usage_rows"] = big["synthetic"]["usage_rows"]
+            out["intents"] = big["synthetic"]["intents"]
+            out.update(big)
         if not args.skip_settle:
             say(
                 f"settling {args.settle_streams:,} streams with {args.signers} signers on anvil ..."
@@ -1274,6 +1351,9 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         out["rss_mb"] = max(rss)
     out["goals"] = {
         "plan_pass_s": out["plan_pass_s"] <= GOAL_PASS_S if "plan_pass_s" in out else None,
+        "steady_pass_s": (
+            out["steady_pass_s"] <= GOAL_STEADY_S if out.get("steady_pass_s") is not None else None
+        ),
         "rss_mb": out["rss_mb"] <= GOAL_RSS_MB if "rss_mb" in out else None,
     }
     out["loadavg_1m"] = [round(load_at_start, 2), round(os.getloadavg()[0], 2)]
@@ -1283,7 +1363,13 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; the JSON object is the last line of stdout."""
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--streams", type=int, default=100_000, help="synthetic streams")
+    parser.add_argument("--streams", type=int, default=1_000_000, help="synthetic streams")
+    parser.add_argument(
+        "--small-streams",
+        type=int,
+        default=100_000,
+        help="the same passes at this many streams first (0: skip)",
+    )
     parser.add_argument("--passes", type=int, default=5, help="timed planning passes")
     parser.add_argument(
         "--pass-budget",
@@ -1301,8 +1387,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rss-child", metavar="DSN", help=argparse.SUPPRESS)
     parser.add_argument("--log-level", default="warning", help="keeper log level (stderr)")
     args = parser.parse_args(argv)
-    if args.streams < 10_000 or args.streams % 1000:
-        parser.error("--streams must be a multiple of 1,000, at least 10,000")
+    for n in (args.streams, args.small_streams or 100_000):
+        if n < 100_000 or n % 100_000:
+            parser.error("--streams and --small-streams: multiples of 100,000")
     configure_logs(args.log_level)
     if args.rss_child:
         return rss_child(args.rss_child, args.passes)
