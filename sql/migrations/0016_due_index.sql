@@ -156,5 +156,32 @@ JOIN batch_items b ON b.chain_id = ps.chain_id
 WHERE b.outcome IN ('no_effect', 'reverted')
   AND b.checked_at > now() - make_interval(secs => ps.backoff_seconds);
 
--- Failed usage intents within their backoff (sql/usage.sql usage_due), by index.
-CREATE INDEX intents_failed_idx ON intents (chain_id, kind, updated_at) WHERE state = 'failed';
+-- Failed intents by time: the usage ones within their backoff (sql/usage.sql usage_due), the
+-- newest for `keeper status` (sql/status.sql last_failed_intent).
+CREATE INDEX intents_failed_idx ON intents (chain_id, updated_at) WHERE state = 'failed';
+
+-- The transaction manager's per-pass reads of past intents, by index: the hourly budget
+-- (sql/outbox.sql spent_since, and the metrics' spent_last_hour) reads the intents mined
+-- since an hour ago, and the effects check the confirmed or final batches not checked yet.
+CREATE INDEX intents_mined_at_idx ON intents (chain_id, mined_at) WHERE gas_used IS NOT NULL;
+CREATE INDEX intents_effects_due_idx ON intents (chain_id, id)
+    WHERE effects_checked_at IS NULL AND state IN ('confirmed', 'final');
+
+-- `keeper status` and /status: the newest send error among the attempts that had one, the
+-- closing streams and the prices announced for later (keeper.pending_terms), by index.
+CREATE INDEX attempts_send_error_idx ON attempts (chain_id, intent_id)
+    WHERE last_error IS NOT NULL;
+CREATE INDEX streams_closing_idx ON streams (chain_id) WHERE status = 'closing';
+CREATE INDEX streams_price_pending_idx ON streams (chain_id, price_effective_at)
+    WHERE price_effective_at IS NOT NULL;
+
+-- Usage not charged yet (0007's meaning and columns): the rows not validated and the reports
+-- pending, found by their partial indexes (keeper.usage derives every row's status: filtered
+-- on it, it read the whole inbox).
+CREATE OR REPLACE VIEW keeper.usage_pending AS
+SELECT u.*
+FROM keeper.usage u
+WHERE u.inbox_id IN (SELECT x.id FROM usage_inbox x WHERE x.verdict IS NULL
+                     UNION ALL
+                     SELECT r.inbox_id FROM usage_reports r WHERE r.state = 'pending')
+  AND u.status IN ('received', 'pending', 'sending');
