@@ -37,6 +37,8 @@ from keeper.config import PlanConfig
 from keeper.db.migrations import migrate
 from keeper.dev.anvil import free_port, start_anvil
 from keeper.plan.planner import Planner
+from keeper.service.leader import leader_lock_key
+from keeper.service.status import collect_status
 from tests.support.activity import DevChain, deploy_chain, make_activity
 from tests.support.ingest import Target, index_until_caught_up, open_indexer
 
@@ -48,12 +50,12 @@ SERVER_ROOT = Path("/usr/lib/postgresql")
 TOOLS = ("initdb", "pg_ctl", "pg_basebackup", "postgres")
 # Written into the primary's postgresql.conf before the base backup, so the standby has them
 # too. TCP on loopback only; no Unix socket (its default directory belongs to the system's
-# cluster); no fsync: the data dies with the test.
+# cluster); no fsync: the data dies with the test. synchronous_commit stays on: the wait for
+# replay compares with pg_current_wal_lsn(), which an asynchronous commit may not have reached.
 SETTINGS = """
 listen_addresses = '127.0.0.1'
 unix_socket_directories = ''
 fsync = off
-synchronous_commit = off
 full_page_writes = off
 """
 DATABASE = "keeper"
@@ -380,3 +382,28 @@ async def test_the_reader_reads_no_table_on_the_standby(pair: Pair) -> None:
             await reader.execute("SELECT delete_events_after(1, 0)")
     finally:
         await reader.close()
+
+
+async def test_keeper_status_reads_the_standby_as_the_reader(pair: Pair) -> None:
+    """What `keeper status --database-url <replica>` shows: the same pending work, but never
+    the leader (its advisory lock lives in the primary's memory, not in the WAL)."""
+    leader = await connected(pair.primary.url())
+    reader = await connected(pair.standby.url(READER))
+    try:
+        assert await leader.fetchval(
+            "SELECT pg_try_advisory_lock($1)", leader_lock_key(pair.chain_id)
+        )
+        on_primary = await collect_status(leader)
+        on_standby = await collect_status(reader)
+    finally:
+        await reader.close()
+        await leader.close()
+    assert on_primary["leader"] is not None and on_standby["leader"] is None
+    assert on_standby["chain"]["id"] == pair.chain_id
+    assert on_standby["index"]["backfill_done"]
+    pending = on_standby["pending"]
+    assert (pending["streams_due"], pending["escrows_refundable"]) == (1, 1)
+    assert pending["intents"] == {"settle": {"planned": 1}, "usage": {"planned": 1}}
+    assert on_standby["pending"] == on_primary["pending"]
+    assert on_standby["last_24h"] == on_primary["last_24h"]
+    assert on_standby["last_24h"]["settlements"] > 0
