@@ -16,6 +16,7 @@ as the `postgres` system user that package creates, in a temporary directory it 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import random
@@ -130,7 +131,9 @@ class Server:
 
     def stop(self) -> None:
         """Stop at once (nothing here needs a clean shutdown); never raises."""
-        if (self.datadir / "postmaster.pid").exists():
+        if not (self.datadir / "postmaster.pid").exists():
+            return
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
             subprocess.run(
                 [str(self.bindir / "pg_ctl"), "stop", "-D", str(self.datadir), "-m", "immediate"],
                 capture_output=True,
@@ -196,7 +199,7 @@ def _run(func: Callable[..., Awaitable[T]], *args: Any) -> T:
 
 
 @pytest.fixture(scope="module")
-def pair(servers: tuple[Server, Server]) -> Iterator[Pair]:
+def pair(servers: tuple[Server, Server]) -> Pair:
     """The pair with the primary migrated and filled, and the standby caught up with it."""
     primary, standby = servers
     node = start_anvil()
@@ -207,7 +210,7 @@ def pair(servers: tuple[Server, Server]) -> Iterator[Pair]:
     finally:
         node.stop()
     _run(wait_for_replay, primary, standby)
-    yield Pair(primary, standby, chain.deployment.chain_id)
+    return Pair(primary, standby, chain.deployment.chain_id)
 
 
 async def admin(server: Server, *statements: str, database: str = DATABASE) -> None:
