@@ -1912,10 +1912,8 @@ CREATE INDEX intents_mined_at_idx ON intents (chain_id, mined_at) WHERE gas_used
 CREATE INDEX intents_effects_due_idx ON intents (chain_id, id)
     WHERE effects_checked_at IS NULL AND state IN ('confirmed', 'final');
 
--- `keeper status` and /status: the newest send error among the attempts that had one, the
--- closing streams and the prices announced for later (keeper.pending_terms), by index.
-CREATE INDEX attempts_send_error_idx ON attempts (chain_id, intent_id)
-    WHERE last_error IS NOT NULL;
+-- keeper.pending_terms (`keeper status`, /status): the closing streams and the prices
+-- announced for later, by index.
 CREATE INDEX streams_closing_idx ON streams (chain_id) WHERE status = 'closing';
 CREATE INDEX streams_price_pending_idx ON streams (chain_id, price_effective_at)
     WHERE price_effective_at IS NOT NULL;

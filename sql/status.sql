@@ -95,9 +95,6 @@ LIMIT 1;
 SELECT intent_id, kind, key, latest_send_error AS message, updated_at AS at
 FROM keeper.tx_pipeline
 WHERE chain_id = $1 AND latest_send_error IS NOT NULL
-  -- The intents with an attempt that had an error, by attempts_send_error_idx: not every intent.
-  AND intent_id IN (SELECT a.intent_id FROM attempts a
-                    WHERE a.chain_id = $1 AND a.last_error IS NOT NULL)
 ORDER BY updated_at DESC, intent_id DESC
 LIMIT 1;
 
