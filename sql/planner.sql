@@ -20,13 +20,10 @@ SELECT indexed_block FROM ingest_cursor WHERE chain_id = $1 AND indexed_timestam
 -- name: streams_due
 -- Most urgent first (least runway), then the largest amounts. A closing stream is never
 -- settled by the planner (its rate is 0 from the close request, which settled it; the final
--- close settles and refunds it): left out here too, whatever the view makes of it.
+-- close settles and refunds it): the view lists open streams only.
 SELECT d.stream_id, d.payee, d.reason, d.urgent, d.accrued_now
 FROM keeper.streams_due d
 WHERE d.chain_id = $1
-  AND NOT EXISTS (SELECT 1 FROM streams s
-                  WHERE s.chain_id = d.chain_id AND s.stream_id = d.stream_id
-                    AND s.status = 'closing')
 ORDER BY d.urgent DESC, d.runway_seconds NULLS LAST, d.accrued_now DESC, d.stream_id;
 
 -- name: escrows_refundable
