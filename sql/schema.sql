@@ -878,7 +878,7 @@ CREATE TABLE planner_settings (
 -- the other kinds. Read from the live intents (intents_open_idx, intents_final_block_idx) to
 -- their items, never from an entity's whole history: the planners anti-join the few items on
 -- their way against every due stream (chain_id and kind are the intent's, so that a filter on
--- them keeps the search on intents).
+-- them keeps the search on intents). 0016: the final ones' items per intent (OFFSET 0).
 CREATE VIEW keeper.items_in_flight AS
 SELECT i.chain_id, i.kind, b.entity AS item, i.id AS intent_id, i.key AS intent_key,
        i.state AS intent_state, b.seq, b.units, b.endpoint
@@ -894,8 +894,13 @@ SELECT i.chain_id, i.kind, b.entity, i.id, i.key, i.state, b.seq, b.units, b.end
 FROM ingest_cursor c
 JOIN intents i ON i.chain_id = c.chain_id AND i.state = 'final'
               AND i.block_number > c.indexed_block
-JOIN batch_items b ON b.intent_id = i.id
-WHERE b.outcome IS DISTINCT FROM 'reverted';
+-- OFFSET 0: each intent's items by batch_items' primary key; joined freely, a guess of a third
+-- of the final intents above the indexed block (its usual number is none) reads every item.
+CROSS JOIN LATERAL (
+    SELECT x.entity, x.seq, x.units, x.endpoint FROM batch_items x
+    WHERE x.intent_id = i.id AND x.outcome IS DISTINCT FROM 'reverted'
+    OFFSET 0
+) b;
 
 -- Batch items backed off: reverted in simulation or without effect after confirmation, within
 -- the backoff window (0016: a range of checked_at, by batch_items_backed_off_at_idx).

@@ -183,3 +183,29 @@ WHERE u.inbox_id IN (SELECT x.id FROM usage_inbox x WHERE x.verdict IS NULL
                      UNION ALL
                      SELECT r.inbox_id FROM usage_reports r WHERE r.state = 'pending')
   AND u.status IN ('received', 'pending', 'sending');
+
+-- Items on their way (0006's meaning and columns): a final intent's items by its id, one
+-- intent at a time (after a reorg or a resync, the final intents above the indexed block).
+CREATE OR REPLACE VIEW keeper.items_in_flight AS
+SELECT i.chain_id, i.kind, b.entity AS item, i.id AS intent_id, i.key AS intent_key,
+       i.state AS intent_state, b.seq, b.units, b.endpoint
+FROM intents i
+JOIN batch_items b ON b.intent_id = i.id
+WHERE i.state IN ('planned', 'assigned', 'mined', 'confirmed')
+  AND b.outcome IS DISTINCT FROM 'reverted'
+  AND (i.state <> 'confirmed'
+       OR i.block_number > COALESCE((SELECT c.indexed_block FROM ingest_cursor c
+                                     WHERE c.chain_id = i.chain_id), -1))
+UNION ALL
+SELECT i.chain_id, i.kind, b.entity, i.id, i.key, i.state, b.seq, b.units, b.endpoint
+FROM ingest_cursor c
+JOIN intents i ON i.chain_id = c.chain_id AND i.state = 'final'
+              AND i.block_number > c.indexed_block
+-- OFFSET 0: each intent's items by batch_items' primary key; joined freely, a guess of a third
+-- of the final intents above the indexed block (its usual number is none) reads every item.
+CROSS JOIN LATERAL (
+    SELECT x.entity, x.seq, x.units, x.endpoint FROM batch_items x
+    WHERE x.intent_id = i.id AND x.outcome IS DISTINCT FROM 'reverted'
+    OFFSET 0
+) b;
+
