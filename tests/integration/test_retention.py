@@ -1,0 +1,488 @@
+"""Retention against a real PostgreSQL (keeper.db.retention): old finished intents with their
+attempts, items and faults, and old reconciled usage rows, leave the live tables in bounded
+batches, moved into schema `archive` or deleted; everything the keeper may still read stays;
+a replayed producer key is refused as before, and sequence numbers go on where they were."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from decimal import Decimal
+from typing import Any
+
+import anyio
+import asyncpg
+import pytest
+
+from keeper import db as keeper_db
+from keeper.config import RetentionConfig
+from keeper.db.retention import RETIRED_ROWS, Retention
+from keeper.plan.usage import UsageOracle
+
+pytestmark = pytest.mark.anyio
+
+CHAIN = 31337
+SIGNER = bytes.fromhex("51" * 20)
+OTHER_SIGNER = bytes.fromhex("52" * 20)
+TARGET = bytes.fromhex("07" * 20)
+PAYER = bytes.fromhex("11" * 20)
+PAYEE = bytes.fromhex("ab" * 20)
+FINALIZED = 1_000
+INDEXED = 1_100
+T0 = 1_800_000_000
+OLD = timedelta(days=120)
+YOUNG = timedelta(days=10)
+
+_unique = itertools.count(1)
+
+
+def settings(mode: str = "archive", batch_rows: int = 1_000) -> RetentionConfig:
+    return RetentionConfig(keep_days=90, mode=mode, batch_rows=batch_rows)
+
+
+@pytest.fixture
+async def conn(db: asyncpg.Connection) -> AsyncIterator[asyncpg.Connection]:
+    """The test's database with a chain indexed to INDEXED, finalized at FINALIZED."""
+    await db.execute(
+        "INSERT INTO ingest_cursor (chain_id, start_block, indexed_block, indexed_hash, "
+        "indexed_timestamp, head_block, head_timestamp, finalized_block) "
+        "VALUES ($1, 0, $2, $3, $4, $2, $4, $5)",
+        CHAIN,
+        INDEXED,
+        b"\x01" * 32,
+        T0,
+        FINALIZED,
+    )
+    await db.execute(
+        "INSERT INTO planner_settings (chain_id, settle_min_amount, settle_max_interval, "
+        "settle_horizon, backoff_seconds) VALUES ($1, 1, 3600, 600, 600)",
+        CHAIN,
+    )
+    yield db
+
+
+async def intent(
+    db: asyncpg.Connection,
+    state: str,
+    age: timedelta,
+    *,
+    signer: bytes = SIGNER,
+    block: int | None = 900,
+    items: int = 2,
+    attempts: int = 2,
+    fault: bool = False,
+    effects_checked: bool = True,
+    kind: str = "settle",
+) -> int:
+    """An intent in `state`, last changed `age` ago, with its items, attempts and a fault."""
+    n = next(_unique)
+    sent = state in ("assigned", "final", "replan") or (state == "failed" and block is not None)
+    mined = state == "final" or (state == "failed" and block is not None)
+    iid = await db.fetchval(
+        """
+        INSERT INTO intents (chain_id, kind, key, target, calldata, state, reason, signer, nonce,
+                             gas_limit, tx_hash, block_number, block_hash, receipt_status,
+                             created_at, updated_at, effects_checked_at)
+        VALUES ($1, $2, $3, $4, '\\x00', $5, $6, $7, $8, $9, $10, $11, $12, $13,
+                now() - $14::interval, now() - $14::interval,
+                CASE WHEN $15 THEN now() - $14::interval END)
+        RETURNING id
+        """,
+        CHAIN,
+        kind,
+        f"{kind}:{n}",
+        TARGET,
+        state,
+        None if state == "final" else "test",
+        signer if sent else None,
+        n if sent else None,
+        100_000 if sent else None,
+        n.to_bytes(32, "big") if mined else None,
+        block if mined else None,
+        n.to_bytes(32, "big") if mined else None,
+        (1 if state == "final" else 0) if mined else None,
+        age,
+        state == "final" and effects_checked,
+    )
+    for a in range(attempts if sent else 0):
+        await db.execute(
+            "INSERT INTO attempts (intent_id, chain_id, signer, nonce, max_fee, priority_fee, "
+            "gas_limit, raw, tx_hash, state, broadcast_at, broadcasts) "
+            "VALUES ($1, $2, $3, $4, 2, 1, 100000, '\\x02', $5, 'broadcast', now(), 1)",
+            iid,
+            CHAIN,
+            signer,
+            n,
+            (n * 100 + a + 1).to_bytes(32, "big"),
+        )
+    for position in range(items if kind != "purge" else 0):
+        await db.execute(
+            "INSERT INTO batch_items (intent_id, position, chain_id, kind, entity, outcome, "
+            "checked_at) VALUES ($1, $2, $3, $4, $5, 'effect', now() - $6::interval)",
+            iid,
+            position,
+            CHAIN,
+            kind,
+            Decimal(n * 100 + position),
+            age,
+        )
+    if fault:
+        await db.execute(
+            "INSERT INTO tx_faults (intent_id, chain_id, stage, error, failures, retry_at) "
+            "VALUES ($1, $2, 'effects', 'boom', 1, now())",
+            iid,
+            CHAIN,
+        )
+    return int(iid)
+
+
+async def live_ids(db: asyncpg.Connection) -> set[int]:
+    return {int(r["id"]) for r in await db.fetch("SELECT id FROM intents")}
+
+
+async def archived_ids(db: asyncpg.Connection) -> set[int]:
+    return {int(r["id"]) for r in await db.fetch("SELECT id FROM archive.intents")}
+
+
+async def children(db: asyncpg.Connection, schema: str, ids: set[int]) -> dict[str, int]:
+    counts = {}
+    for table, column in (("attempts", "intent_id"), ("batch_items", "intent_id"),
+                          ("tx_faults", "intent_id")):
+        counts[table] = int(
+            await db.fetchval(
+                f"SELECT count(*) FROM {schema}.{table} WHERE {column} = ANY($1::bigint[])",
+                sorted(ids),
+            )
+        )
+    return counts
+
+
+async def run(db: asyncpg.Connection, config: RetentionConfig) -> Any:
+    return await Retention(CHAIN, config).run(db)
+
+
+# --------------------------------------------------------------------------- intents
+
+
+@pytest.mark.parametrize("mode", ["archive", "delete"])
+async def test_old_finished_intents_leave_with_their_children_and_the_rest_stays(
+    conn: asyncpg.Connection, mode: str
+) -> None:
+    retired = {
+        await intent(conn, "final", OLD, fault=True),
+        await intent(conn, "failed", OLD, block=None, attempts=0),  # failed in simulation
+        await intent(conn, "failed", OLD),  # reverted on chain
+        await intent(conn, "replan", OLD, block=None),
+        await intent(conn, "final", OLD, kind="purge", items=0),
+    }
+    kept = {
+        # Too young, by its last change or by an item checked since.
+        await intent(conn, "final", YOUNG),
+        await intent(conn, "failed", YOUNG, block=None),
+        # Live: on its way, whatever its age.
+        await intent(conn, "planned", OLD, block=None, attempts=0),
+        await intent(conn, "assigned", OLD, block=None),
+        # Final but above the finalized block (keeper.items_in_flight may still need it).
+        await intent(conn, "final", OLD, block=FINALIZED + 1),
+        # Final with its effects not checked yet (effects_due).
+        await intent(conn, "final", OLD, effects_checked=False),
+        # The newest live nonce of its signer's lane (lane_next_nonce, keeper.signers).
+        await intent(conn, "final", OLD, signer=OTHER_SIGNER),
+    }
+    await conn.execute(
+        "UPDATE batch_items SET checked_at = now() - interval '1 day' WHERE intent_id = $1",
+        kept_checked := await intent(conn, "final", OLD),
+    )
+    kept.add(kept_checked)
+    lane_head = await intent(conn, "final", YOUNG)  # SIGNER's newest nonce: young, stays
+    kept.add(lane_head)
+    signers_before = await conn.fetch("SELECT * FROM keeper.signers ORDER BY address")
+    retired_children = await children(conn, "public", retired)
+    assert retired_children == {"attempts": 8, "batch_items": 8, "tx_faults": 1}
+    kept_children = await children(conn, "public", kept)
+    action = "archived" if mode == "archive" else "deleted"
+    counted = RETIRED_ROWS.labels(table="attempts", action=action)._value.get()
+
+    report = await run(conn, settings(mode))
+
+    assert await live_ids(conn) == kept
+    assert await children(conn, "public", retired) == {
+        "attempts": 0,
+        "batch_items": 0,
+        "tx_faults": 0,
+    }
+    assert await children(conn, "public", kept) == kept_children
+    assert report.rows["intents"] == 5
+    assert report.rows["attempts"] == 8 and report.rows["batch_items"] == 8
+    assert report.rows["tx_faults"] == 1
+    if mode == "archive":
+        assert await archived_ids(conn) == retired
+        assert await children(conn, "archive", retired) == retired_children
+        # Moved as they were, column for column.
+        row = await conn.fetchrow(
+            "SELECT * FROM archive.intents WHERE id = $1", min(retired)
+        )
+        assert row["key"] and row["state"] == "final" and row["block_number"] == 900
+    else:
+        assert await archived_ids(conn) == set()
+        assert await conn.fetchval("SELECT count(*) FROM archive.attempts") == 0
+    assert RETIRED_ROWS.labels(table="attempts", action=action)._value.get() == counted + 8
+    # The operator views still read, and the lanes' next nonces did not move.
+    for view in await conn.fetch(
+        "SELECT format('%I.%I', schemaname, viewname) AS v FROM pg_views "
+        "WHERE schemaname = 'keeper'"
+    ):
+        await conn.fetch(f"SELECT * FROM {view['v']}")
+    assert await conn.fetch("SELECT * FROM keeper.signers ORDER BY address") == signers_before
+    pipeline = {int(r["intent_id"]) for r in await conn.fetch("SELECT * FROM keeper.tx_pipeline")}
+    assert pipeline == kept
+    # A second run finds nothing more.
+    again = await run(conn, settings(mode))
+    assert sum(again.rows.values()) == 0 and again.batches == 3
+
+
+async def test_batches_take_at_most_batch_rows_intents_each(conn: asyncpg.Connection) -> None:
+    # Made newest first: the last one made is the oldest.
+    made = [await intent(conn, "final", OLD + timedelta(hours=i)) for i in range(8)]
+    await intent(conn, "final", YOUNG)  # the lane's newest nonce
+    retention = Retention(CHAIN, settings(batch_rows=3))
+    steps = retention.start()
+    taken: list[set[int]] = []
+    while True:
+        before = await archived_ids(conn)
+        more = await steps.step(conn)
+        taken.append(await archived_ids(conn) - before)
+        if not more:
+            break
+    # Intents 3 + 3 + 2, oldest first, then one empty batch of reports and one of rejected rows.
+    assert taken == [set(made[5:]), set(made[2:5]), set(made[:2]), set(), set()]
+    assert steps.batches == 5 and steps.rows["intents"] == 8
+    assert steps.rows["batch_items"] == 16 and steps.rows["attempts"] == 16
+
+
+async def test_a_locked_row_is_skipped_not_waited_for(
+    conn: asyncpg.Connection, database_url: str
+) -> None:
+    locked = await intent(conn, "final", OLD)
+    free = await intent(conn, "final", OLD)
+    await intent(conn, "final", YOUNG)
+    other = await keeper_db.connect(database_url)
+    try:
+        async with other.transaction():
+            await other.execute("SELECT 1 FROM intents WHERE id = $1 FOR UPDATE", locked)
+            with anyio.fail_after(10):
+                await run(conn, settings())
+        assert await archived_ids(conn) == {free}
+        assert locked in await live_ids(conn)
+        await run(conn, settings())
+        assert await archived_ids(conn) == {free, locked}
+    finally:
+        await other.close()
+
+
+async def test_nothing_is_retired_before_a_block_is_known_to_be_final(
+    conn: asyncpg.Connection,
+) -> None:
+    await intent(conn, "failed", OLD, block=None, attempts=0)
+    await conn.execute("UPDATE ingest_cursor SET finalized_block = NULL")
+    report = await run(conn, settings())
+    assert report.batches == 0 and report.finalized_block is None
+    assert await archived_ids(conn) == set()
+
+
+# --------------------------------------------------------------------------- usage
+
+
+async def stream(db: asyncpg.Connection, stream_id: int, usage_seq: int) -> None:
+    await db.execute(
+        "INSERT INTO streams (chain_id, stream_id, payer, payee, rate, balance, settled_at, "
+        "usage_seq, price, status, opened_block, updated_block) "
+        "VALUES ($1, $2, $3, $4, 0, 1000000, $5, $6, 1, 'open', 10, 10)",
+        CHAIN,
+        Decimal(stream_id),
+        PAYER,
+        PAYEE,
+        T0,
+        Decimal(usage_seq),
+    )
+
+
+async def report(
+    db: asyncpg.Connection,
+    stream_id: int,
+    seq: int,
+    key: str,
+    age: timedelta,
+    *,
+    state: str = "recorded",
+    block: int = 900,
+) -> int:
+    """An accepted inbox row and its report, reconciled `age` ago (pending: not reconciled)."""
+    inbox_id = await db.fetchval(
+        "INSERT INTO usage_inbox (chain_id, stream_id, units, producer_key, label, received_at, "
+        "verdict, validated_at) VALUES ($1, $2, '5', $3, 'tenant-7', now() - $4::interval, "
+        "'accepted', now() - $4::interval) RETURNING id",
+        CHAIN,
+        str(stream_id),
+        key,
+        age,
+    )
+    reconciled = state != "pending"
+    await db.execute(
+        "INSERT INTO usage_reports (inbox_id, chain_id, stream_id, seq, units, producer_key, "
+        "label, observed_at, accepted_at, state, block_number, tx_hash, charged, fee, shortfall, "
+        "reason, detail, reconciled_at) VALUES ($1, $2, $3, $4, 5, $5, 'tenant-7', "
+        "now() - $6::interval, now() - $6::interval, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+        inbox_id,
+        CHAIN,
+        Decimal(stream_id),
+        Decimal(seq),
+        key,
+        age,
+        state,
+        block if reconciled else None,
+        b"\x09" * 32 if reconciled else None,
+        Decimal(5) if state == "recorded" else None,
+        Decimal(0) if state == "recorded" else None,
+        Decimal(0) if state == "recorded" else None,
+        "sequence_taken" if state == "rejected" else None,
+        "taken" if state == "rejected" else None,
+        None if not reconciled else await db.fetchval("SELECT now() - $1::interval", age),
+    )
+    return int(inbox_id)
+
+
+async def rejected_at_intake(db: asyncpg.Connection, key: str, age: timedelta) -> int:
+    return int(
+        await db.fetchval(
+            "INSERT INTO usage_inbox (chain_id, stream_id, units, producer_key, received_at, "
+            "verdict, reason, detail, validated_at) VALUES ($1, '1', 'abc', $2, "
+            "now() - $3::interval, 'rejected', 'malformed_units', 'abc', now() - $3::interval) "
+            "RETURNING id",
+            CHAIN,
+            key,
+            age,
+        )
+    )
+
+
+async def inbox(db: asyncpg.Connection, stream_id: int, key: str) -> int:
+    return int(
+        await db.fetchval(
+            "INSERT INTO usage_inbox (stream_id, units, producer_key) VALUES ($1, '3', $2) "
+            "RETURNING id",
+            str(stream_id),
+            key,
+        )
+    )
+
+
+async def intake(db: asyncpg.Connection) -> dict[int, tuple[Any, ...]]:
+    """The real intake's verdicts: inbox id -> (verdict, reason, detail, seq)."""
+    async with db.transaction():
+        await UsageOracle(CHAIN, unknown_stream_grace=0).intake(db)
+    return {
+        int(r["id"]): (r["verdict"], r["reason"], r["detail"], r["seq"])
+        for r in await db.fetch(
+            "SELECT u.id, u.verdict, u.reason, u.detail, r.seq FROM usage_inbox u "
+            "LEFT JOIN usage_reports r ON r.inbox_id = u.id"
+        )
+    }
+
+
+@pytest.mark.parametrize("mode", ["archive", "delete"])
+async def test_reconciled_usage_leaves_and_its_keys_still_refuse_replays(
+    conn: asyncpg.Connection, mode: str
+) -> None:
+    await stream(conn, 1, usage_seq=4)
+    await stream(conn, 2, usage_seq=2)
+    old = {
+        await report(conn, 1, 1, "k1", OLD),
+        await report(conn, 1, 2, "k2", OLD),
+        await report(conn, 1, 3, "k3", OLD, state="rejected"),  # sequence_taken
+        await report(conn, 2, 1, "k4", OLD),
+    }
+    bad_old = await rejected_at_intake(conn, "bad-old", OLD)
+    kept = {
+        await report(conn, 1, 4, "k5", YOUNG),
+        await report(conn, 1, 5, "k6", OLD, state="pending"),
+        # Reconciled by an event above the finalized block (a reorg may undo it).
+        await report(conn, 2, 2, "k7", OLD, block=FINALIZED + 1),
+        await rejected_at_intake(conn, "bad-young", YOUNG),
+        await inbox(conn, 2, "unvalidated"),
+    }
+    # A replay of an old key before retention: its verdict is the reference.
+    replay_before = await inbox(conn, 1, "k2")
+    verdicts = await intake(conn)
+    unvalidated = max(kept)
+    kept.discard(unvalidated)
+    kept |= {unvalidated, replay_before}
+    reference = verdicts[replay_before]
+    assert reference[:2] == ("rejected", "duplicate_producer_key")
+    assert verdicts[unvalidated][:2] == ("accepted", None)
+    assert verdicts[unvalidated][3] == 3
+
+    result = await run(conn, settings(mode))
+
+    live = {int(r["id"]) for r in await conn.fetch("SELECT id FROM usage_inbox")}
+    assert live == kept
+    assert result.rows["usage_reports"] == 4 and result.rows["usage_inbox"] == 5
+    reports_left = {r["producer_key"] for r in await conn.fetch("SELECT * FROM usage_reports")}
+    assert reports_left == {"k5", "k6", "k7", "unvalidated"}
+    retired_keys = {
+        r["producer_key"]: int(r["inbox_id"])
+        for r in await conn.fetch("SELECT * FROM usage_retired_keys WHERE chain_id = $1", CHAIN)
+    }
+    assert set(retired_keys) == {"k1", "k2", "k3", "k4"}
+    archived = {int(r["id"]) for r in await conn.fetch("SELECT id FROM archive.usage_inbox")}
+    archived_reports = await conn.fetchval("SELECT count(*) FROM archive.usage_reports")
+    if mode == "archive":
+        assert archived == old | {bad_old}
+        assert archived_reports == 4
+    else:
+        assert archived == set() and archived_reports == 0
+    # The usage views read what is left.
+    shown = {r["producer_key"] for r in await conn.fetch("SELECT * FROM keeper.usage")}
+    assert shown == {"k5", "k6", "k7", "bad-young", "unvalidated", "k2"}
+
+    # A replay of each retired key through the real intake: refused as before retention.
+    replays = {await inbox(conn, 1, key): key for key in ("k1", "k2", "k3", "k4")}
+    verdicts = await intake(conn)
+    for inbox_id, key in replays.items():
+        verdict, reason, detail, seq = verdicts[inbox_id]
+        assert (verdict, reason, seq) == ("rejected", "duplicate_producer_key", None), key
+        assert f"(inbox row {retired_keys[key]})" in detail
+    assert verdicts[next(i for i, k in replays.items() if k == "k2")] == reference
+    # A key rejected at intake was never accepted: a corrected row may use it.
+    corrected = await inbox(conn, 1, "bad-old")
+    assert (await intake(conn))[corrected][:2] == ("accepted", None)
+
+
+async def test_sequence_numbers_go_on_after_every_report_of_a_stream_left(
+    conn: asyncpg.Connection,
+) -> None:
+    await stream(conn, 1, usage_seq=3)
+    await stream(conn, 2, usage_seq=2)
+    for seq in (1, 2, 3):
+        await report(conn, 1, seq, f"a{seq}", OLD)
+    await report(conn, 2, 1, "b1", OLD)
+    await report(conn, 2, 2, "b2", OLD)
+    await report(conn, 2, 3, "b3", OLD, state="pending")  # not recorded yet: stays
+    await run(conn, settings("delete"))
+    assert await conn.fetchval("SELECT count(*) FROM usage_reports") == 1
+    first, second = await inbox(conn, 1, "a4"), await inbox(conn, 2, "b4")
+    verdicts = await intake(conn)
+    assert verdicts[first][3] == 4  # after the contract's 3, though no report of 1 is left
+    assert verdicts[second][3] == 4  # after the pending 3
+
+
+async def test_a_report_above_its_streams_sequence_is_kept(conn: asyncpg.Connection) -> None:
+    # Inconsistent on purpose (a recorded report past the contract's sequence): retiring it
+    # would let the intake hand out its sequence number again.
+    await stream(conn, 1, usage_seq=1)
+    await report(conn, 1, 1, "a1", OLD)
+    await report(conn, 1, 2, "a2", OLD)
+    await run(conn, settings())
+    left = [r["producer_key"] for r in await conn.fetch("SELECT * FROM usage_reports")]
+    assert left == ["a2"]
