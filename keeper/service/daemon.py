@@ -39,6 +39,7 @@ from keeper.chain.rpc import BlockHeader, ChainClient, RpcResponseError
 from keeper.chain.signers import Signer, load_signers
 from keeper.config import KeeperConfig
 from keeper.db.migrations import migrate
+from keeper.db.retention import TABLES, Retention
 from keeper.errors import unwrap_group
 from keeper.ingest.indexer import FatalReorg, Indexer
 from keeper.loops import OUTAGES, LoopGuard
@@ -275,6 +276,41 @@ async def _plan_loop(planner: Planner, client: ChainClient, pool: asyncpg.Pool, 
         await _pause(shutdown, interval)
 
 
+async def _retention_loop(retention: Retention, pool: asyncpg.Pool, run: _Run) -> None:
+    """Retire old rows every `retention.interval` (keeper.db.retention), batch after batch, each
+    batch its own short transaction with `batch_pause` between two, until nothing is due or a
+    stop is requested; one `retention_run` line per run."""
+    settings, shutdown = run.config.retention, run.shutdown
+    guard = _guard("retention", settings.interval, run)
+    while not shutdown.is_set():
+        started = time.perf_counter()
+        current = retention.start()
+        try:
+            while not shutdown.is_set():
+                # Busy per batch, not per run: a first run over a long history takes a while.
+                with run.heartbeat.busy("retention"):
+                    async with pool.acquire() as conn:
+                        more = await current.step(conn)
+                if not more:
+                    break
+                await _pause(shutdown, settings.batch_pause)
+        except Exception as exc:  # contained: see keeper.loops
+            await _pause(shutdown, guard.failed(exc))
+            continue
+        guard.succeeded()
+        log.info(
+            "retention_run",
+            mode=settings.mode,
+            keep_days=settings.keep_days,
+            finalized_block=current.finalized_block,
+            batches=current.batches,
+            lock_timeouts=current.lock_timeouts,
+            seconds=round(time.perf_counter() - started, 3),
+            **{table: current.rows[table] for table in TABLES},
+        )
+        await _pause(shutdown, settings.interval)
+
+
 def _status_line(state: HealthState) -> str:
     """The one-line STATUS= systemd shows in `systemctl status`."""
     indexed = metrics.REGISTRY.get_sample_value("keeper_indexed_block")
@@ -415,6 +451,9 @@ async def _lead(run: _Run, pool: asyncpg.Pool, client: ChainClient, leadership: 
     async with anyio.create_task_group() as work:
         await work.start(_until, run.shutdown, leadership.hold)
         await work.start(_until, run.shutdown, indexer.run)
+        if config.retention.enabled:
+            retention = Retention(chain_id, config.retention)
+            work.start_soon(_retention_loop, retention, pool, run)
         if signers:
             # The same finality depth as the indexer's, so "final" means one thing, and one
             # batch gas cap for the planner and the manager.

@@ -9,16 +9,20 @@ import itertools
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from decimal import Decimal
+from types import SimpleNamespace
 from typing import Any
 
 import anyio
 import asyncpg
 import pytest
+from structlog.testing import capture_logs
 
 from keeper import db as keeper_db
 from keeper.config import RetentionConfig
 from keeper.db.retention import RETIRED_ROWS, Retention
 from keeper.plan.usage import UsageOracle
+from keeper.service.daemon import Heartbeat, _retention_loop
+from keeper.service.health import HealthState
 
 pytestmark = pytest.mark.anyio
 
@@ -147,14 +151,9 @@ async def archived_ids(db: asyncpg.Connection) -> set[int]:
 
 async def children(db: asyncpg.Connection, schema: str, ids: set[int]) -> dict[str, int]:
     counts = {}
-    for table, column in (("attempts", "intent_id"), ("batch_items", "intent_id"),
-                          ("tx_faults", "intent_id")):
-        counts[table] = int(
-            await db.fetchval(
-                f"SELECT count(*) FROM {schema}.{table} WHERE {column} = ANY($1::bigint[])",
-                sorted(ids),
-            )
-        )
+    for table in ("attempts", "batch_items", "tx_faults"):
+        sql = f"SELECT count(*) FROM {schema}.{table} WHERE intent_id = ANY($1::bigint[])"  # noqa: S608 - fixed names
+        counts[table] = int(await db.fetchval(sql, sorted(ids)))
     return counts
 
 
@@ -220,10 +219,13 @@ async def test_old_finished_intents_leave_with_their_children_and_the_rest_stays
         assert await archived_ids(conn) == retired
         assert await children(conn, "archive", retired) == retired_children
         # Moved as they were, column for column.
-        row = await conn.fetchrow(
-            "SELECT * FROM archive.intents WHERE id = $1", min(retired)
+        row = await conn.fetchrow("SELECT * FROM archive.intents WHERE id = $1", min(retired))
+        assert (
+            row is not None
+            and row["key"]
+            and row["state"] == "final"
+            and row["block_number"] == 900
         )
-        assert row["key"] and row["state"] == "final" and row["block_number"] == 900
     else:
         assert await archived_ids(conn) == set()
         assert await conn.fetchval("SELECT count(*) FROM archive.attempts") == 0
@@ -233,7 +235,7 @@ async def test_old_finished_intents_leave_with_their_children_and_the_rest_stays
         "SELECT format('%I.%I', schemaname, viewname) AS v FROM pg_views "
         "WHERE schemaname = 'keeper'"
     ):
-        await conn.fetch(f"SELECT * FROM {view['v']}")
+        await conn.fetch(f"SELECT * FROM {view['v']}")  # noqa: S608 - catalog names
     assert await conn.fetch("SELECT * FROM keeper.signers ORDER BY address") == signers_before
     pipeline = {int(r["intent_id"]) for r in await conn.fetch("SELECT * FROM keeper.tx_pipeline")}
     assert pipeline == kept
@@ -486,3 +488,36 @@ async def test_a_report_above_its_streams_sequence_is_kept(conn: asyncpg.Connect
     await run(conn, settings())
     left = [r["producer_key"] for r in await conn.fetch("SELECT * FROM usage_reports")]
     assert left == ["a2"]
+
+
+# --------------------------------------------------------------------------- the daemon
+
+
+async def test_the_daemons_loop_retires_in_batches_and_stops_on_request(
+    conn: asyncpg.Connection, database_url: str
+) -> None:
+    made = {await intent(conn, "final", OLD) for _ in range(3)}
+    await intent(conn, "final", YOUNG)
+    config = RetentionConfig(batch_rows=2, batch_pause=0.01, interval=3_600)
+    run: Any = SimpleNamespace(
+        config=SimpleNamespace(retention=config),
+        shutdown=anyio.Event(),
+        heartbeat=Heartbeat(60),
+        state=HealthState(chain_id=CHAIN, max_lag_seconds=60),
+    )
+    pool = await keeper_db.create_pool(database_url, min_size=1, max_size=2)
+    try:
+        with capture_logs() as logs, anyio.fail_after(30):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(_retention_loop, Retention(CHAIN, config), pool, run)
+                while not any(e["event"] == "retention_run" for e in logs):  # noqa: ASYNC110
+                    await anyio.sleep(0.05)
+                # The loop now waits out its hour; a stop request ends it at once.
+                run.shutdown.set()
+    finally:
+        await pool.close()
+    assert await archived_ids(conn) == made
+    (line,) = [e for e in logs if e["event"] == "retention_run"]
+    assert line["intents"] == 3 and line["batches"] == 4  # 2 + 1 intents, reports, rejected
+    assert line["mode"] == "archive" and line["finalized_block"] == FINALIZED
+    assert not run.heartbeat.stuck() and run.state.last_error is None
