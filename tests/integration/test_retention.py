@@ -6,18 +6,24 @@ a replayed producer key is refused as before, and sequence numbers go on where t
 from __future__ import annotations
 
 import itertools
+import json
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from decimal import Decimal
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import anyio
 import asyncpg
 import pytest
+from eth_utils import to_checksum_address
 from structlog.testing import capture_logs
 
 from keeper import db as keeper_db
+from keeper.chain.deployment import Deployment
 from keeper.config import RetentionConfig
 from keeper.db.retention import RETIRED_ROWS, Retention
 from keeper.plan.usage import UsageOracle
@@ -521,3 +527,54 @@ async def test_the_daemons_loop_retires_in_batches_and_stops_on_request(
     assert line["intents"] == 3 and line["batches"] == 4  # 2 + 1 intents, reports, rejected
     assert line["mode"] == "archive" and line["finalized_block"] == FINALIZED
     assert not run.heartbeat.stuck() and run.state.last_error is None
+
+
+# --------------------------------------------------------------------------- keeper retire
+
+
+def keeper_retire(tmp_path: Path, database_url: str, *args: str) -> dict[str, Any]:
+    address = to_checksum_address("0x" + "07" * 20)
+    Deployment(CHAIN, 1, address, address, address, address, address, address, 250).write(
+        tmp_path / "deployment.json"
+    )
+    config = tmp_path / "keeper.toml"
+    config.write_text(
+        '[chain]\nrpc_url = "http://127.0.0.1:1"\ndeployment_file = "deployment.json"\n'
+        f'[database]\nurl = "{database_url}"\n[retention]\nmode = "delete"\n'
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "keeper", "retire", "--config", str(config), "--json", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    result: dict[str, Any] = json.loads(done.stdout)
+    return result
+
+
+async def test_keeper_retire_counts_with_dry_run_then_retires(
+    conn: asyncpg.Connection, database_url: str, tmp_path: Path
+) -> None:
+    old = await intent(conn, "final", OLD)
+    await intent(conn, "final", YOUNG)
+    await stream(conn, 1, usage_seq=1)
+    await report(conn, 1, 1, "k1", OLD)
+    dry = await anyio.to_thread.run_sync(keeper_retire, tmp_path, database_url, "--dry-run")
+    assert dry["dry_run"] and dry["mode"] == "delete" and dry["finalized_block"] == FINALIZED
+    assert dry["rows"] == {
+        "tx_faults": 0,
+        "attempts": 2,
+        "batch_items": 2,
+        "intents": 1,
+        "usage_reports": 1,
+        "usage_inbox": 1,
+    }
+    # Nothing changed.
+    assert old in await live_ids(conn)
+    assert await conn.fetchval("SELECT count(*) FROM usage_retired_keys") == 0
+    done = await anyio.to_thread.run_sync(keeper_retire, tmp_path, database_url)
+    assert done["rows"] == dry["rows"] and not done["dry_run"]
+    assert old not in await live_ids(conn) and await archived_ids(conn) == set()
+    assert await conn.fetchval("SELECT producer_key FROM usage_retired_keys") == "k1"
