@@ -35,11 +35,17 @@ WHERE i.chain_id = $1 AND i.state IN ('final', 'failed', 'replan')
   AND (i.block_number IS NULL OR i.block_number <= $3)
   AND NOT (i.state = 'final' AND i.effects_checked_at IS NULL AND i.receipt_status = 1
            AND i.kind IN ('settle', 'refund', 'usage'))
+  -- max(), not EXISTS (... n.nonce > i.nonce): one backward probe of intents_live_nonce_idx,
+  -- where the planner may read an EXISTS as a scan that stops at the first higher nonce, and
+  -- the lane's newest nonce has none.
   AND (i.nonce IS NULL OR i.state = 'replan'
-       OR EXISTS (SELECT 1 FROM intents n
-                  WHERE n.chain_id = i.chain_id AND n.signer = i.signer AND n.nonce > i.nonce
-                    AND n.nonce IS NOT NULL AND n.state <> 'replan'))
-  AND NOT EXISTS (SELECT 1 FROM batch_items b WHERE b.intent_id = i.id AND b.checked_at >= $2)
+       OR i.nonce < (SELECT max(n.nonce) FROM intents n
+                     WHERE n.chain_id = i.chain_id AND n.signer = i.signer
+                       AND n.nonce IS NOT NULL AND n.state <> 'replan'))
+  -- A scalar subquery, run per intent on batch_items' primary key: as NOT EXISTS the planner
+  -- may turn it into an anti-join that reads every item.
+  AND COALESCE((SELECT max(b.checked_at) FROM batch_items b WHERE b.intent_id = i.id),
+               '-infinity') < $2
 ORDER BY i.updated_at
 LIMIT $4
 FOR UPDATE OF i SKIP LOCKED;
