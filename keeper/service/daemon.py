@@ -22,6 +22,7 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, TypeVar
 
 import anyio
@@ -39,7 +40,7 @@ from keeper.chain.rpc import BlockHeader, ChainClient, RpcResponseError
 from keeper.chain.signers import Signer, load_signers
 from keeper.config import KeeperConfig
 from keeper.db.migrations import migrate
-from keeper.db.retention import TABLES, Retention
+from keeper.db.retention import Retention
 from keeper.errors import unwrap_group
 from keeper.ingest.indexer import FatalReorg, Indexer
 from keeper.loops import OUTAGES, LoopGuard
@@ -47,6 +48,7 @@ from keeper.plan.planner import PassReport, Planner
 from keeper.service import health, sdnotify
 from keeper.service.health import HealthState
 from keeper.service.leader import Leadership, LeadershipLost
+from keeper.service.retention import retention_loop
 from keeper.tx.manager import TxManager
 
 log = structlog.get_logger(__name__)
@@ -276,41 +278,6 @@ async def _plan_loop(planner: Planner, client: ChainClient, pool: asyncpg.Pool, 
         await _pause(shutdown, interval)
 
 
-async def _retention_loop(retention: Retention, pool: asyncpg.Pool, run: _Run) -> None:
-    """Retire old rows every `retention.interval` (keeper.db.retention), batch after batch, each
-    batch its own short transaction with `batch_pause` between two, until nothing is due or a
-    stop is requested; one `retention_run` line per run."""
-    settings, shutdown = run.config.retention, run.shutdown
-    guard = _guard("retention", settings.interval, run)
-    while not shutdown.is_set():
-        started = time.perf_counter()
-        current = retention.start()
-        try:
-            while not shutdown.is_set():
-                # Busy per batch, not per run: a first run over a long history takes a while.
-                with run.heartbeat.busy("retention"):
-                    async with pool.acquire() as conn:
-                        more = await current.step(conn)
-                if not more:
-                    break
-                await _pause(shutdown, settings.batch_pause)
-        except Exception as exc:  # contained: see keeper.loops
-            await _pause(shutdown, guard.failed(exc))
-            continue
-        guard.succeeded()
-        log.info(
-            "retention_run",
-            mode=settings.mode,
-            keep_days=settings.keep_days,
-            finalized_block=current.finalized_block,
-            batches=current.batches,
-            lock_timeouts=current.lock_timeouts,
-            seconds=round(time.perf_counter() - started, 3),
-            **{table: current.rows[table] for table in TABLES},
-        )
-        await _pause(shutdown, settings.interval)
-
-
 def _status_line(state: HealthState) -> str:
     """The one-line STATUS= systemd shows in `systemctl status`."""
     indexed = metrics.REGISTRY.get_sample_value("keeper_indexed_block")
@@ -452,8 +419,16 @@ async def _lead(run: _Run, pool: asyncpg.Pool, client: ChainClient, leadership: 
         await work.start(_until, run.shutdown, leadership.hold)
         await work.start(_until, run.shutdown, indexer.run)
         if config.retention.enabled:
-            retention = Retention(chain_id, config.retention)
-            work.start_soon(_retention_loop, retention, pool, run)
+            work.start_soon(
+                partial(
+                    retention_loop,
+                    Retention(chain_id, config.retention),
+                    pool,
+                    shutdown=run.shutdown,
+                    heartbeat=run.heartbeat,
+                    guard=_guard("retention", config.retention.interval, run),
+                )
+            )
         if signers:
             # The same finality depth as the indexer's, so "final" means one thing, and one
             # batch gas cap for the planner and the manager.

@@ -12,8 +12,8 @@ import sys
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from decimal import Decimal
+from functools import partial
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import anyio
@@ -26,9 +26,10 @@ from keeper import db as keeper_db
 from keeper.chain.deployment import Deployment
 from keeper.config import RetentionConfig
 from keeper.db.retention import RETIRED_ROWS, Retention
+from keeper.loops import LoopGuard
 from keeper.plan.usage import UsageOracle
-from keeper.service.daemon import Heartbeat, _retention_loop
-from keeper.service.health import HealthState
+from keeper.service.daemon import Heartbeat
+from keeper.service.retention import retention_loop
 
 pytestmark = pytest.mark.anyio
 
@@ -505,28 +506,34 @@ async def test_the_daemons_loop_retires_in_batches_and_stops_on_request(
     made = {await intent(conn, "final", OLD) for _ in range(3)}
     await intent(conn, "final", YOUNG)
     config = RetentionConfig(batch_rows=2, batch_pause=0.01, interval=3_600)
-    run: Any = SimpleNamespace(
-        config=SimpleNamespace(retention=config),
-        shutdown=anyio.Event(),
-        heartbeat=Heartbeat(60),
-        state=HealthState(chain_id=CHAIN, max_lag_seconds=60),
-    )
+    shutdown, heartbeat = anyio.Event(), Heartbeat(60)
+    errors: list[str] = []
+    guard = LoopGuard("retention", config.interval, on_error=errors.append)
     pool = await keeper_db.create_pool(database_url, min_size=1, max_size=2)
     try:
         with capture_logs() as logs, anyio.fail_after(30):
             async with anyio.create_task_group() as tg:
-                tg.start_soon(_retention_loop, Retention(CHAIN, config), pool, run)
+                tg.start_soon(
+                    partial(
+                        retention_loop,
+                        Retention(CHAIN, config),
+                        pool,
+                        shutdown=shutdown,
+                        heartbeat=heartbeat,
+                        guard=guard,
+                    )
+                )
                 while not any(e["event"] == "retention_run" for e in logs):  # noqa: ASYNC110
                     await anyio.sleep(0.05)
                 # The loop now waits out its hour; a stop request ends it at once.
-                run.shutdown.set()
+                shutdown.set()
     finally:
         await pool.close()
     assert await archived_ids(conn) == made
     (line,) = [e for e in logs if e["event"] == "retention_run"]
     assert line["intents"] == 3 and line["batches"] == 4  # 2 + 1 intents, reports, rejected
     assert line["mode"] == "archive" and line["finalized_block"] == FINALIZED
-    assert not run.heartbeat.stuck() and run.state.last_error is None
+    assert not heartbeat.stuck() and errors == []
 
 
 # --------------------------------------------------------------------------- keeper retire
