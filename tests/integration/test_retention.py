@@ -27,9 +27,12 @@ from keeper.chain.deployment import Deployment
 from keeper.config import RetentionConfig
 from keeper.db.retention import RETIRED_ROWS, Retention
 from keeper.loops import LoopGuard
+from keeper.plan.planner import Planner
 from keeper.plan.usage import UsageOracle
 from keeper.service.daemon import Heartbeat
 from keeper.service.retention import retention_loop
+from tests.support.tx import Env
+from tests.support.usage import SETTINGS, index, statuses, world
 
 pytestmark = pytest.mark.anyio
 
@@ -376,12 +379,13 @@ async def rejected_at_intake(db: asyncpg.Connection, key: str, age: timedelta) -
     )
 
 
-async def inbox(db: asyncpg.Connection, stream_id: int, key: str) -> int:
+async def inbox(db: Any, stream_id: int, key: str, units: int = 3) -> int:
     return int(
         await db.fetchval(
-            "INSERT INTO usage_inbox (stream_id, units, producer_key) VALUES ($1, '3', $2) "
+            "INSERT INTO usage_inbox (stream_id, units, producer_key) VALUES ($1, $2, $3) "
             "RETURNING id",
             str(stream_id),
+            str(units),
             key,
         )
     )
@@ -585,3 +589,91 @@ async def test_keeper_retire_counts_with_dry_run_then_retires(
     assert done["rows"] == dry["rows"] and not done["dry_run"]
     assert old not in await live_ids(conn) and await archived_ids(conn) == set()
     assert await conn.fetchval("SELECT producer_key FROM usage_retired_keys") == "k1"
+
+
+# --------------------------------------------------------------------------- on a chain
+
+
+async def test_on_a_chain_retired_usage_stays_charged_once_and_numbering_goes_on(
+    env: Env, database_url: str
+) -> None:
+    """Usage recorded on chain, its reports and intent retired, then the same producer keys
+    replayed and new usage sent: the replays are refused and the new reports continue each
+    stream's sequence, recorded by the contract (no gap, no replay)."""
+    manager = world(env)
+    await index(env, database_url)
+    p = Planner(
+        env.deployment.chain_id,
+        stream_manager=env.deployment.stream_manager,
+        escrow_vault=env.deployment.escrow_vault,
+        settings=SETTINGS,
+    )
+
+    async def until_idle() -> None:
+        for _ in range(4):
+            async with env.pool.acquire() as c:
+                await p.plan_pass(c)
+            for _ in range(3):
+                await env.manager.tick()
+                env.mine()
+            await index(env, database_url)
+            await env.manager.tick()
+        async with env.pool.acquire() as c:
+            await p.plan_pass(c)
+
+    async def put(*rows: tuple[int, int, str]) -> None:
+        async with env.pool.acquire() as c:
+            for stream_id, units, key in rows:
+                await inbox(c, stream_id, key, units)
+
+    await put((1, 10, "a"), (2, 1, "b"), (1, 20, "c"))
+    async with env.pool.acquire() as c:
+        await p.store_settings(c)
+    await until_idle()
+    assert {k: v[:2] for k, v in (await statuses(env)).items()} == {
+        "a": ("recorded", 1),
+        "b": ("recorded", 1),
+        "c": ("recorded", 2),
+    }
+    chain = env.deployment.chain_id
+    async with env.pool.acquire() as c:
+        # Everything is final and three months old.
+        await c.execute("UPDATE ingest_cursor SET finalized_block = indexed_block")
+        await c.execute(
+            "UPDATE usage_reports SET reconciled_at = reconciled_at - interval '100 days'"
+        )
+        await c.execute("SET session_replication_role = replica")  # no trigger sets updated_at
+        await c.execute("UPDATE intents SET updated_at = updated_at - interval '100 days'")
+        await c.execute("SET session_replication_role = DEFAULT")
+        await c.execute("UPDATE batch_items SET checked_at = checked_at - interval '100 days'")
+        done = await Retention(chain, settings()).run(c)
+        assert done.rows["usage_reports"] == 3 and done.rows["usage_inbox"] == 3
+        assert await c.fetchval("SELECT count(*) FROM usage_reports") == 0
+        # The usage intent is not finished as far as the manager knows (confirmed): it stays.
+        assert await c.fetchval("SELECT state FROM intents WHERE kind = 'usage'") == "confirmed"
+        assert done.rows["intents"] == 0
+    # The same usage replayed, and new usage.
+    await put((1, 10, "a"), (2, 1, "b"), (1, 30, "d"), (2, 2, "e"))
+    await until_idle()
+    # keeper.usage shows the live rows: the refused replays and the new usage.
+    async with env.pool.acquire() as c:
+        rows = {
+            r["producer_key"]: (r["status"], r["seq"], r["reason"])
+            for r in await c.fetch("SELECT * FROM keeper.usage")
+        }
+    assert rows == {
+        "a": ("rejected", None, "duplicate_producer_key"),
+        "b": ("rejected", None, "duplicate_producer_key"),
+        "d": ("recorded", Decimal(3), None),
+        "e": ("recorded", Decimal(2), None),
+    }
+    # The contract charged each unit once: stream 1 at 3 per unit (10 + 20 + 30 units), and
+    # its sequence is 3; stream 2's is 2.
+    assert manager.functions.getStream(1).call()[5] == 3
+    assert manager.functions.getStream(2).call()[5] == 2
+    async with env.pool.acquire() as c:
+        charged = await c.fetchval(
+            "SELECT sum(charged) FROM usage_recorded WHERE stream_id = 1 AND chain_id = $1", chain
+        )
+        skipped = await c.fetchval("SELECT count(*) FROM usage_skipped")
+    assert charged == 3 * (10 + 20 + 30) and skipped == 0
