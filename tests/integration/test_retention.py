@@ -293,6 +293,31 @@ async def test_a_locked_row_is_skipped_not_waited_for(
         await other.close()
 
 
+async def test_a_table_lock_ends_the_run_after_the_lock_timeout(
+    conn: asyncpg.Connection, database_url: str
+) -> None:
+    old = await intent(conn, "final", OLD, fault=True)
+    await intent(conn, "final", YOUNG)
+    other = await keeper_db.connect(database_url)
+    try:
+        async with other.transaction():
+            # What a VACUUM FULL or a migration would hold.
+            await other.execute("LOCK TABLE tx_faults IN ACCESS EXCLUSIVE MODE")
+            with anyio.fail_after(10):
+                stopped = await run(conn, settings())
+        assert stopped.lock_timeouts == 1 and stopped.batches == 0
+        assert old in await live_ids(conn)  # the batch rolled back whole
+        assert await children(conn, "archive", {old}) == {
+            "attempts": 0,
+            "batch_items": 0,
+            "tx_faults": 0,
+        }
+        again = await run(conn, settings())
+        assert again.lock_timeouts == 0 and await archived_ids(conn) == {old}
+    finally:
+        await other.close()
+
+
 async def test_nothing_is_retired_before_a_block_is_known_to_be_final(
     conn: asyncpg.Connection,
 ) -> None:
