@@ -80,11 +80,6 @@ class RetentionRun:
     _bounds: tuple[Any, int] | None = None
     _steps: list[str] = field(default_factory=lambda: list(_STEPS))
 
-    @property
-    def done(self) -> bool:
-        """Nothing left to do in this run."""
-        return not self._steps
-
     async def step(self, conn: Conn) -> bool:
         """One batch in its own transaction; False once the run is over (nothing due, no
         finalized block known yet, or a lock not granted in time)."""

@@ -186,7 +186,7 @@ async def test_old_finished_intents_leave_with_their_children_and_the_rest_stays
         await intent(conn, "final", OLD, kind="purge", items=0),
     }
     kept = {
-        # Too young, by its last change or by an item checked since.
+        # Too young.
         await intent(conn, "final", YOUNG),
         await intent(conn, "failed", YOUNG, block=None),
         # Live: on its way, whatever its age.
@@ -199,6 +199,7 @@ async def test_old_finished_intents_leave_with_their_children_and_the_rest_stays
         # The newest live nonce of its signer's lane (lane_next_nonce, keeper.signers).
         await intent(conn, "final", OLD, signer=OTHER_SIGNER),
     }
+    # Old, but an item of it was checked since (keeper.items_backed_off reads it).
     await conn.execute(
         "UPDATE batch_items SET checked_at = now() - interval '1 day' WHERE intent_id = $1",
         kept_checked := await intent(conn, "final", OLD),
@@ -206,7 +207,14 @@ async def test_old_finished_intents_leave_with_their_children_and_the_rest_stays
     kept.add(kept_checked)
     lane_head = await intent(conn, "final", YOUNG)  # SIGNER's newest nonce: young, stays
     kept.add(lane_head)
-    signers_before = await conn.fetch("SELECT * FROM keeper.signers ORDER BY address")
+    await conn.executemany(
+        "INSERT INTO signer_state (chain_id, signer, balance, low_balance) "
+        "VALUES ($1, $2, 1, false)",
+        [(CHAIN, SIGNER), (CHAIN, OTHER_SIGNER)],
+    )
+    next_nonces = "SELECT address, next_nonce FROM keeper.signers ORDER BY address"
+    signers_before = await conn.fetch(next_nonces)
+    assert len(signers_before) == 2
     retired_children = await children(conn, "public", retired)
     assert retired_children == {"attempts": 8, "batch_items": 8, "tx_faults": 1}
     kept_children = await children(conn, "public", kept)
@@ -246,7 +254,7 @@ async def test_old_finished_intents_leave_with_their_children_and_the_rest_stays
         "WHERE schemaname = 'keeper'"
     ):
         await conn.fetch(f"SELECT * FROM {view['v']}")  # noqa: S608 - catalog names
-    assert await conn.fetch("SELECT * FROM keeper.signers ORDER BY address") == signers_before
+    assert await conn.fetch(next_nonces) == signers_before
     pipeline = {int(r["intent_id"]) for r in await conn.fetch("SELECT * FROM keeper.tx_pipeline")}
     assert pipeline == kept
     # A second run finds nothing more.
