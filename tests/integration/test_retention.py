@@ -25,7 +25,7 @@ from structlog.testing import capture_logs
 from keeper import db as keeper_db
 from keeper.chain.deployment import Deployment
 from keeper.config import RetentionConfig
-from keeper.db.retention import RETIRED_ROWS, Retention
+from keeper.db.retention import RETIRED_ROWS, TABLES, Retention
 from keeper.loops import LoopGuard
 from keeper.plan.planner import Planner
 from keeper.plan.usage import UsageOracle
@@ -169,6 +169,20 @@ async def children(db: asyncpg.Connection, schema: str, ids: set[int]) -> dict[s
 
 async def run(db: asyncpg.Connection, config: RetentionConfig) -> Any:
     return await Retention(CHAIN, config).run(db)
+
+
+async def test_each_archive_table_has_its_live_tables_columns_in_order(
+    db: asyncpg.Connection,
+) -> None:
+    """A batch moves rows with `INSERT INTO archive.x SELECT * FROM moved`: a migration that adds
+    a column to a live table must add it to its archive table too."""
+    query = (
+        "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute "
+        "WHERE attrelid = $1::regclass AND attnum > 0 AND NOT attisdropped ORDER BY attnum"
+    )
+    for table in TABLES:
+        live = await db.fetch(query, f"public.{table}")
+        assert live and await db.fetch(query, f"archive.{table}") == live, table
 
 
 # --------------------------------------------------------------------------- intents
