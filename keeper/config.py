@@ -353,6 +353,48 @@ class DaemonConfig(_Section):
     )
 
 
+# keeper.settlement_totals counts the batch items checked in its longest window, 30 days: rows
+# younger than that must stay in the live tables.
+MIN_KEEP_DAYS = 30
+
+
+class RetentionConfig(_Section):
+    """`[retention]`: finished intents (with their attempts and items) and reconciled usage rows
+    leave the live tables once old enough (README, "Retention"); only the leader retires."""
+
+    enabled: bool = Field(True, description="Retire old rows in the background.")
+    keep_days: int = Field(
+        90,
+        description=f"Days a finished intent or reconciled usage row is kept (at least "
+        f"{MIN_KEEP_DAYS}: keeper.settlement_totals reads 30 days of batch items).",
+    )
+    mode: str = Field(
+        "archive",
+        pattern="^(archive|delete)$",
+        description="archive: move the rows into schema `archive`; delete: delete them.",
+    )
+    batch_rows: int = Field(
+        1_000,
+        ge=1,
+        le=100_000,
+        description="Intents or usage rows per batch (each batch is one short transaction).",
+    )
+    interval: float = Field(3_600.0, gt=0, description="Seconds between retention runs.")
+    batch_pause: float = Field(
+        0.1, ge=0, description="Seconds between two batches of a run (room for the planner)."
+    )
+
+    @field_validator("keep_days")
+    @classmethod
+    def _long_enough(cls, v: int) -> int:
+        if v < MIN_KEEP_DAYS:
+            raise ValueError(
+                f"must be at least {MIN_KEEP_DAYS} (days): keeper.settlement_totals counts "
+                f"the batch items of the last {MIN_KEEP_DAYS} days, which must still be there"
+            )
+        return v
+
+
 class LogConfig(_Section):
     """`[log]`."""
 
@@ -380,6 +422,7 @@ class KeeperConfig(BaseSettings):
     log: LogConfig = LogConfig()
     health: HealthConfig = HealthConfig()
     daemon: DaemonConfig = DaemonConfig()
+    retention: RetentionConfig = RetentionConfig()
 
     @classmethod
     def settings_customise_sources(

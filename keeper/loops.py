@@ -30,13 +30,13 @@ from keeper.db import DatabaseUnavailable
 log = structlog.get_logger(__name__)
 
 # The loops, the usage part of the planning pass, which fails on its own (keeper.plan.planner), and
-# the start-up's chain checks, which wait for the RPC like the loops do.
-LOOPS = ("sync", "plan", "tx", "usage", "start")
+# the start-up's chain checks, which wait for the RPC like the loops do; retention is a loop too.
+LOOPS = ("sync", "plan", "tx", "usage", "start", "retention")
 LOOP_FAILURES = Counter(
     "keeper_loop_failures_total",
     "Passes of a daemon loop that failed, by loop (sync, plan, tx; usage: the usage part of a "
     "planning pass, which fails without holding up settlement and refunds; start: the start-up's "
-    "chain checks) and kind: outage "
+    "chain checks; retention: keeper.db.retention) and kind: outage "
     "(RPC or database unreachable, waited out) or fault (an unexpected error, logged with its "
     "traceback).",
     ["loop", "kind"],

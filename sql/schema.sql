@@ -1922,3 +1922,47 @@ CREATE INDEX intents_effects_due_idx ON intents (chain_id, id)
 CREATE INDEX streams_closing_idx ON streams (chain_id) WHERE status = 'closing';
 CREATE INDEX streams_price_pending_idx ON streams (chain_id, price_effective_at)
     WHERE price_effective_at IS NOT NULL;
+
+-- ================================================================ retention (0017)
+--
+-- Finished outbox rows and reconciled usage rows leave the live tables after
+-- `retention.keep_days` (keeper.db.retention): moved into schema `archive` (tables with the
+-- live tables' columns, LIKE, and a primary key) or deleted. The retired usage reports' producer
+-- keys stay in usage_retired_keys, which the intake's duplicate check reads too.
+CREATE SCHEMA archive;
+
+CREATE TABLE archive.intents (LIKE public.intents);
+ALTER TABLE archive.intents ADD PRIMARY KEY (id);
+
+CREATE TABLE archive.attempts (LIKE public.attempts);
+ALTER TABLE archive.attempts ADD PRIMARY KEY (id);
+CREATE INDEX attempts_intent_idx ON archive.attempts (intent_id);
+
+CREATE TABLE archive.batch_items (LIKE public.batch_items);
+ALTER TABLE archive.batch_items ADD PRIMARY KEY (intent_id, position);
+
+CREATE TABLE archive.tx_faults (LIKE public.tx_faults);
+ALTER TABLE archive.tx_faults ADD PRIMARY KEY (intent_id);
+
+CREATE TABLE archive.usage_inbox (LIKE public.usage_inbox);
+ALTER TABLE archive.usage_inbox ADD PRIMARY KEY (id);
+
+CREATE TABLE archive.usage_reports (LIKE public.usage_reports);
+ALTER TABLE archive.usage_reports ADD PRIMARY KEY (inbox_id);
+
+CREATE TABLE usage_retired_keys (
+    chain_id     bigint NOT NULL,
+    producer_key text NOT NULL,
+    inbox_id     bigint NOT NULL,
+    retired_at   timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (chain_id, producer_key)
+);
+
+-- Finished intents and reconciled reports, oldest first, by index.
+CREATE INDEX intents_finished_idx ON intents (chain_id, updated_at)
+    WHERE state IN ('final', 'failed', 'replan');
+CREATE INDEX usage_reports_reconciled_idx ON usage_reports (chain_id, reconciled_at)
+    WHERE state <> 'pending';
+
+GRANT USAGE ON SCHEMA archive TO keeper_reader;
+GRANT SELECT ON ALL TABLES IN SCHEMA archive TO keeper_reader;

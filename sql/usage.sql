@@ -44,7 +44,12 @@ SELECT indexed_timestamp FROM ingest_cursor WHERE chain_id = $1;
 SELECT max(stream_id) FROM streams WHERE chain_id = $1;
 
 -- name: accepted_keys
+-- The keys of accepted rows: in usage_reports, or in usage_retired_keys once retention took
+-- their report (keeper.db.retention), so a row replayed after that is refused all the same.
 SELECT producer_key, inbox_id FROM usage_reports
+WHERE chain_id = $1 AND producer_key = ANY($2::text[])
+UNION ALL
+SELECT producer_key, inbox_id FROM usage_retired_keys
 WHERE chain_id = $1 AND producer_key = ANY($2::text[]);
 
 -- name: set_verdicts

@@ -22,6 +22,7 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, TypeVar
 
 import anyio
@@ -39,6 +40,7 @@ from keeper.chain.rpc import BlockHeader, ChainClient, RpcResponseError
 from keeper.chain.signers import Signer, load_signers
 from keeper.config import KeeperConfig
 from keeper.db.migrations import migrate
+from keeper.db.retention import Retention
 from keeper.errors import unwrap_group
 from keeper.ingest.indexer import FatalReorg, Indexer
 from keeper.loops import OUTAGES, LoopGuard
@@ -46,6 +48,7 @@ from keeper.plan.planner import PassReport, Planner
 from keeper.service import health, sdnotify
 from keeper.service.health import HealthState
 from keeper.service.leader import Leadership, LeadershipLost
+from keeper.service.retention import retention_loop
 from keeper.tx.manager import TxManager
 
 log = structlog.get_logger(__name__)
@@ -415,6 +418,17 @@ async def _lead(run: _Run, pool: asyncpg.Pool, client: ChainClient, leadership: 
     async with anyio.create_task_group() as work:
         await work.start(_until, run.shutdown, leadership.hold)
         await work.start(_until, run.shutdown, indexer.run)
+        if config.retention.enabled:
+            work.start_soon(
+                partial(
+                    retention_loop,
+                    Retention(chain_id, config.retention),
+                    pool,
+                    shutdown=run.shutdown,
+                    heartbeat=run.heartbeat,
+                    guard=_guard("retention", config.retention.interval, run),
+                )
+            )
         if signers:
             # The same finality depth as the indexer's, so "final" means one thing, and one
             # batch gas cap for the planner and the manager.

@@ -45,6 +45,7 @@ COMMANDS = {
     "check-config": ["--config"],
     "config": ["show"],
     "plan": ["--config", "--json"],
+    "retire": ["--config", "--dry-run", "--json"],
     "backfill": ["--config", "--from", "--to"],
     "verify": ["--config", "--block", "--json"],
     "usage": ["import"],

@@ -26,6 +26,7 @@ from keeper.config import (
     KeeperConfig,
     LogConfig,
     PlanConfig,
+    RetentionConfig,
     SignerConfig,
     TxConfig,
 )
@@ -104,6 +105,45 @@ def test_a_bad_plan_value_names_its_field(tmp_path: Path) -> None:
     assert "plan.settle_max_interval" in str(err.value) and "greater than 0" in str(err.value)
 
 
+@pytest.mark.parametrize(
+    ("field", "value", "problem"),
+    [
+        ("keep_days", "29", "must be at least 30 (days): keeper.settlement_totals counts"),
+        ("keep_days", "-1", "must be at least 30"),
+        ("keep_days", "1.5", "valid integer"),
+        ("mode", '"purge"', "should match pattern '^(archive|delete)$'"),
+        ("batch_rows", "0", "greater than or equal to 1"),
+        ("batch_rows", "100001", "less than or equal to 100000"),
+        ("interval", "0", "greater than 0"),
+        ("batch_pause", "-0.5", "greater than or equal to 0"),
+        ("enabled", '"sometimes"', "valid boolean"),
+        ("keep_dayz", "90", "unknown key"),
+    ],
+)
+def test_a_bad_retention_value_names_its_field(
+    tmp_path: Path, field: str, value: str, problem: str
+) -> None:
+    path = write(tmp_path, MINIMAL + f"[retention]\n{field} = {value}\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    message = str(err.value)
+    assert f"retention.{field}: " in message and problem in message, message
+
+
+def test_retention_settings_load_from_the_file_and_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert RetentionConfig() == RetentionConfig(
+        enabled=True, keep_days=90, mode="archive", batch_rows=1_000, interval=3_600.0
+    )
+    text = MINIMAL + '[retention]\nkeep_days = 30\nmode = "delete"\nbatch_rows = 3\n'
+    monkeypatch.setenv("KEEPER_RETENTION__ENABLED", "false")
+    config = load_config(write(tmp_path, text))
+    assert config.retention == RetentionConfig(
+        enabled=False, keep_days=30, mode="delete", batch_rows=3
+    )
+
+
 def test_missing_rpc_url_and_secrets_never_shown(tmp_path: Path) -> None:
     path = write(tmp_path, MINIMAL.replace('rpc_url = "https://rpc.example/v2/SECRETKEY"\n', ""))
     with pytest.raises(ConfigError, match=r"chain\.rpc_url"):
@@ -142,6 +182,7 @@ SECTIONS: dict[str, type[BaseModel]] = {
     "log": LogConfig,
     "health": HealthConfig,
     "daemon": DaemonConfig,
+    "retention": RetentionConfig,
 }
 
 
