@@ -199,10 +199,17 @@ WHERE i.state IN ('planned', 'assigned', 'mined', 'confirmed')
 UNION ALL
 SELECT i.chain_id, i.kind, b.entity, i.id, i.key, i.state, b.seq, b.units, b.endpoint
 FROM ingest_cursor c
-JOIN intents i ON i.chain_id = c.chain_id AND i.state = 'final'
-              AND i.block_number > c.indexed_block
--- OFFSET 0: each intent's items by batch_items' primary key; joined freely, a guess of a third
--- of the final intents above the indexed block (its usual number is none) reads every item.
+-- Final intents above the indexed block (usually none), by intents_final_block_idx from each
+-- chain's cursor. The bound from above pairs with the one from below into a range, which the
+-- planner takes as narrow; alone, `> indexed_block` is guessed a third of every final intent,
+-- and every one is then read. OFFSET 0 keeps each subquery a scan of its own: these intents,
+-- then the items of each by its id.
+CROSS JOIN LATERAL (
+    SELECT x.chain_id, x.kind, x.id, x.key, x.state FROM intents x
+    WHERE x.chain_id = c.chain_id AND x.state = 'final'
+      AND x.block_number > c.indexed_block AND x.block_number < 9223372036854775807
+    OFFSET 0
+) i
 CROSS JOIN LATERAL (
     SELECT x.entity, x.seq, x.units, x.endpoint FROM batch_items x
     WHERE x.intent_id = i.id AND x.outcome IS DISTINCT FROM 'reverted'
