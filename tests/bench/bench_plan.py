@@ -586,6 +586,7 @@ async def scale_database(
     """(DSN, whether it is new and empty) of the database of one scale: `--reuse-db` (the
     largest scale only), or a fresh one, dropped afterwards unless `--keep-db`."""
     if args.reuse_db and streams == args.streams:
+        await migrate(args.reuse_db)  # written by an older checkout, perhaps
         yield args.reuse_db, False
         return
     name = f"keeper_bench_plan_{os.getpid()}_{streams}"
