@@ -851,9 +851,6 @@ CREATE TABLE batch_items (
         CHECK (kind = 'usage' OR (units IS NULL AND endpoint IS NULL)),
     CONSTRAINT batch_items_checked_check CHECK ((outcome IS NULL) = (checked_at IS NULL))
 );
--- An item's rows (a usage report's by its seq) in every intent that held it: the latest refund
--- of an escrow, the intent a report is on its way in.
-CREATE INDEX batch_items_entity_idx ON batch_items (chain_id, kind, entity, seq, intent_id);
 -- keeper.settlement_totals' windows over the checked items, as range scans.
 CREATE INDEX batch_items_checked_idx ON batch_items (checked_at) WHERE checked_at IS NOT NULL;
 -- The backed-off items of an entity (few: the planners look them up for every due entity).
@@ -1929,6 +1926,12 @@ CREATE INDEX intents_effects_due_idx ON intents (chain_id, id)
 CREATE INDEX streams_closing_idx ON streams (chain_id) WHERE status = 'closing';
 CREATE INDEX streams_price_pending_idx ON streams (chain_id, price_effective_at)
     WHERE price_effective_at IS NOT NULL;
+
+-- An escrow's refund items in every intent that held one (keeper.escrows_expired: its latest
+-- refund). Only refunds: an index of every item by entity took a random write into a large
+-- index for each of the thousands of items a pass plans.
+CREATE INDEX batch_items_refund_idx ON batch_items (chain_id, entity, intent_id)
+    WHERE kind = 'refund';
 
 -- ================================================================ retention (0017)
 --

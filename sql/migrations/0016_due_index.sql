@@ -184,6 +184,13 @@ WHERE u.inbox_id IN (SELECT x.id FROM usage_inbox x WHERE x.verdict IS NULL
                      SELECT r.inbox_id FROM usage_reports r WHERE r.state = 'pending')
   AND u.status IN ('received', 'pending', 'sending');
 
+-- An escrow's refund items in every intent that held one (keeper.escrows_expired: its latest
+-- refund). Only refunds: 0015's index of every item by entity took a random write into a large
+-- index for each of the thousands of items a pass plans, and nothing else read it.
+DROP INDEX batch_items_entity_idx;
+CREATE INDEX batch_items_refund_idx ON batch_items (chain_id, entity, intent_id)
+    WHERE kind = 'refund';
+
 -- Items on their way (0006's meaning and columns): a final intent's items by its id, one
 -- intent at a time (after a reorg or a resync, the final intents above the indexed block).
 CREATE OR REPLACE VIEW keeper.items_in_flight AS
