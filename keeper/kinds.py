@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from types import MappingProxyType
 from typing import Any
 
@@ -31,9 +32,10 @@ class BatchKind:
     skip_reasons: Mapping[int, str]  # the contract's reason codes for a skipped item
     effects_query: str  # the named query (sql/outbox.sql) that finds each item's effect
 
-    @property
+    @cached_property
     def selector(self) -> bytes:
-        """The function's four-byte selector."""
+        """The function's four-byte selector (computed once: every batch's calldata starts with
+        it)."""
         return keccak(text=self.signature)[:4]
 
 
@@ -87,8 +89,7 @@ ItemRef = tuple[int, int | None]
 def usage_fields(item: Sequence[Any]) -> tuple[int, int, int, int]:
     """A usage item's `(stream id, units, seq, endpoint)`; an item of three (planned before
     endpoints existed) has endpoint 0."""
-    stream_id, units, seq = (int(v) for v in item[:3])
-    return stream_id, units, seq, int(item[3]) if len(item) > 3 else 0
+    return int(item[0]), int(item[1]), int(item[2]), int(item[3]) if len(item) > 3 else 0
 
 
 def item_columns(kind: str, item: Any) -> ItemColumns:

@@ -7,6 +7,18 @@ VALUES ($1, $2, $3, $4, $5, $6, $7)
 ON CONFLICT (chain_id, key) DO NOTHING
 RETURNING id;
 
+-- name: insert_intents
+-- Intents in request order, one array per column (ids ascend with it, as one INSERT each would
+-- give them). ON CONFLICT DO NOTHING: a key that exists, or one an earlier request of the same
+-- statement took, means "already planned" (no row returned for it).
+INSERT INTO intents (chain_id, kind, key, target, calldata, value, urgent)
+SELECT $1, r.kind, r.key, r.target, r.calldata, r.value::numeric, r.urgent
+FROM unnest($2::text[], $3::text[], $4::bytea[], $5::bytea[], $6::text[], $7::boolean[])
+     WITH ORDINALITY AS r (kind, key, target, calldata, value, urgent, n)
+ORDER BY r.n
+ON CONFLICT (chain_id, key) DO NOTHING
+RETURNING id, key;
+
 -- name: insert_items
 -- New batch intents' items, one array per column: the intent, the item's position in its
 -- calldata, the kind, then keeper.kinds.item_columns as text.
@@ -23,8 +35,8 @@ FROM batch_items
 WHERE chain_id = $1 AND intent_id = ANY($2::bigint[]) AND outcome IS DISTINCT FROM 'reverted'
 ORDER BY intent_id, position;
 
--- name: intent_by_key
-SELECT id, state FROM intents WHERE chain_id = $1 AND key = $2;
+-- name: intents_by_keys
+SELECT id, key, state FROM intents WHERE chain_id = $1 AND key = ANY($2::text[]);
 
 -- name: get_intent
 SELECT * FROM intents WHERE id = $1;

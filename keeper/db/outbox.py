@@ -149,41 +149,64 @@ class Outbox:
     async def plan_all(
         self, conn: Conn, reqs: Sequence[IntentRequest]
     ) -> list[Planned | AlreadyPlanned]:
-        """`plan` each request in order; the items of the new intents are written together, in
-        one statement (a planning pass writes thousands)."""
-        outcomes: list[Planned | AlreadyPlanned] = []
-        rows: list[tuple[int, int, str, ItemColumns]] = []  # intent id, position, kind, columns
-        for req in reqs:
-            intent_id = await conn.fetchval(
-                self.q["insert_intent"],
+        """`plan` each request in order, in three statements whatever their number (a planning
+        pass plans hundreds of intents with thousands of items): the intents, those whose key
+        was planned already (when any), the items of the new ones."""
+        if not reqs:
+            return []
+        inserted = {
+            r["key"]: int(r["id"])
+            for r in await conn.fetch(
+                self.q["insert_intents"],
                 self.chain_id,
-                req.kind,
-                req.key,
-                bytes.fromhex(req.target.removeprefix("0x")),
-                req.calldata,
-                req.value,
-                req.urgent,
+                [r.kind for r in reqs],
+                [r.key for r in reqs],
+                [bytes.fromhex(r.target.removeprefix("0x")) for r in reqs],
+                [r.calldata for r in reqs],
+                [str(r.value) for r in reqs],
+                [r.urgent for r in reqs],
             )
-            if intent_id is None:
-                row = await conn.fetchrow(self.q["intent_by_key"], self.chain_id, req.key)
-                assert row is not None, "a conflicting intent cannot vanish: none is deleted"
-                outcomes.append(AlreadyPlanned(int(row["id"]), req.key, row["state"]))
+        }
+        # A key returned was created by the first request with it; every other request (its
+        # key planned before, or repeating an earlier request's) is already planned.
+        unclaimed = set(inserted)
+        created = []
+        for req in reqs:
+            created.append(req.key in unclaimed)
+            unclaimed.discard(req.key)
+        others = [r.key for r, new in zip(reqs, created, strict=True) if not new]
+        existing = {
+            r["key"]: AlreadyPlanned(int(r["id"]), r["key"], r["state"])
+            for r in (
+                await conn.fetch(self.q["intents_by_keys"], self.chain_id, others) if others else ()
+            )
+        }
+        outcomes: list[Planned | AlreadyPlanned] = []
+        ids: list[int] = []  # per item: its intent, position, kind and columns
+        positions: list[int] = []
+        kinds: list[str] = []
+        columns: list[ItemColumns] = []
+        for req, new in zip(reqs, created, strict=True):
+            if not new:
+                assert req.key in existing, "a conflicting intent cannot vanish: none is deleted"
+                outcomes.append(existing[req.key])
                 continue
-            outcomes.append(Planned(int(intent_id), req.key))
-            rows += [
-                (int(intent_id), n, req.kind, item_columns(req.kind, item))
-                for n, item in enumerate(req.items)
-            ]
-        if rows:
+            intent_id = inserted[req.key]
+            outcomes.append(Planned(intent_id, req.key))
+            for n, item in enumerate(req.items):
+                ids.append(intent_id)
+                positions.append(n)
+                kinds.append(req.kind)
+                columns.append(item_columns(req.kind, item))
+        if ids:
             # numeric(78,0) values go as text: asyncpg encodes Decimals far more slowly.
-            columns = [[_text(c[3][k]) for c in rows] for k in range(4)]
             await conn.execute(
                 self.q["insert_items"],
                 self.chain_id,
-                [r[0] for r in rows],
-                [r[1] for r in rows],
-                [r[2] for r in rows],
-                *columns,
+                ids,
+                positions,
+                kinds,
+                *([_text(c[k]) for c in columns] for k in range(4)),
             )
         return outcomes
 

@@ -648,10 +648,12 @@ class TimedOutbox(Outbox):
         super().__init__(chain_id)
         self.timings = timings
 
-    async def plan(self, conn: Conn, req: IntentRequest) -> Planned | AlreadyPlanned:
+    async def plan_all(
+        self, conn: Conn, reqs: Sequence[IntentRequest]
+    ) -> list[Planned | AlreadyPlanned]:
         t0 = time.perf_counter()
         try:
-            return await super().plan(conn, req)
+            return await super().plan_all(conn, reqs)
         finally:
             self.timings.add("outbox inserts", time.perf_counter() - t0)
 

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from keeper.chain.reverts import revert_data, revert_reason
-from keeper.kinds import item_columns, item_of_columns, item_ref, ref_key, usage_fields
+from keeper.kinds import BATCH_KINDS, item_columns, item_of_columns, item_ref, ref_key, usage_fields
 from keeper.plan.batches import (
     MAX_REPORT_ENDPOINT,
     MAX_REPORT_SEQ,
@@ -22,6 +22,7 @@ from keeper.plan.batches import (
     Revert,
     batch_size,
     encode_batch,
+    encode_uint256_array,
     gas_floor,
     item_key,
     pack_usage,
@@ -95,6 +96,64 @@ def test_a_field_too_wide_for_its_bits_is_never_encoded(item: list[int], field: 
     rows before they get a sequence number, so a batch never holds one)."""
     with pytest.raises(ValueError, match=f"usage report {field} "):
         encode_batch("usage", [item])
+
+
+UINT256 = st.integers(min_value=0, max_value=2**256 - 1)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    values=st.lists(
+        st.one_of(UINT256, st.sampled_from([0, 1, 2**64 - 1, 2**255, 2**256 - 1])), max_size=40
+    )
+)
+def test_the_array_encoder_is_eth_abis_encoding(values: list[int]) -> None:
+    """The batch calls' arguments, encoded directly, byte for byte as eth_abi encodes them
+    (the empty array and the ends of the range included), for every kind's calldata."""
+    assert encode_uint256_array(values) == encode(["uint256[]"], [values])
+    assert encode_batch("settle", values) == BATCH_KINDS["settle"].selector + encode(
+        ["uint256[]"], [values]
+    )
+    assert encode_batch("refund", values) == keccak(text="refundExpired(uint256[])")[:4] + encode(
+        ["uint256[]"], [values]
+    )
+
+
+def test_the_array_encoder_holds_the_edges() -> None:
+    assert (
+        encode_uint256_array([])
+        == encode(["uint256[]"], [[]])
+        == (32).to_bytes(32, "big") + (b"\0" * 32)
+    )
+    assert encode_uint256_array([0, 2**256 - 1]) == encode(["uint256[]"], [[0, 2**256 - 1]])
+    assert encode_batch("usage", []) == keccak(text="recordUsage(uint256[])")[:4] + encode(
+        ["uint256[]"], [[]]
+    )
+
+
+@pytest.mark.parametrize("value", [-1, 2**256, 2**300])
+def test_a_value_outside_uint256_is_never_encoded(value: int) -> None:
+    with pytest.raises(ValueError, match=f"{value} does not fit in a uint256"):
+        encode_uint256_array([1, value, 2])
+    with pytest.raises(ValueError, match="does not fit in a uint256"):
+        encode_batch("settle", [value])
+
+
+@given(
+    stream_id=st.integers(0, 2**80),
+    units=st.integers(0, 2**80),
+    seq=st.integers(0, 2**40),
+    endpoint=st.integers(0, 2**40),
+    settle=st.integers(0, 2**300),
+)
+def test_item_keys_name_the_items_refs(
+    stream_id: int, units: int, seq: int, endpoint: int, settle: int
+) -> None:
+    """item_key is ref_key of item_ref, written out (for usage items of four and of three)."""
+    for item in ([stream_id, units, seq, endpoint], [stream_id, units, seq]):
+        assert item_key("usage", item) == ref_key(item_ref("usage", item)) == f"{stream_id}:{seq}"
+    for kind in ("settle", "refund"):
+        assert item_key(kind, settle) == ref_key(item_ref(kind, settle)) == str(settle)
 
 
 def _error(item: int) -> Revert:
