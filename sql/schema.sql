@@ -833,7 +833,8 @@ CREATE TRIGGER attempts_transition BEFORE UPDATE ON attempts
 -- from the indexed events, `effect`, `skipped` (the contract's skip reason) or `no_effect`.
 -- An item without its effect is backed off, never retried forever in silence.
 CREATE TABLE batch_items (
-    intent_id   bigint NOT NULL REFERENCES intents (id),
+    -- The intent's id (0016: no foreign key, see there).
+    intent_id   bigint NOT NULL,
     position    integer NOT NULL CHECK (position >= 0),
     chain_id    bigint NOT NULL,
     kind        text NOT NULL CHECK (kind IN ('settle', 'refund', 'usage')),
