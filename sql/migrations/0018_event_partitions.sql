@@ -198,12 +198,13 @@ CREATE TABLE event_ranges (
 -- (exclusive) of the range holding p_to: blocks below it need no further call.
 -- One caller at a time (the lock on event_ranges: the indexers of several chains may share a
 -- database). Attaching locks the parent briefly and the DEFAULT partition while it is checked,
--- so a lock not had within half a second fails the call (lock_not_available) rather than
--- make the daemon's queries queue behind it; the caller tries again.
+-- so a lock on them not had within half a second fails the call (lock_not_available) rather
+-- than make the daemon's queries queue behind it; the caller tries again.
 CREATE FUNCTION ensure_event_partitions(p_chain bigint, p_from bigint, p_to bigint,
                                         p_size bigint) RETURNS bigint
-LANGUAGE plpgsql SET lock_timeout = '500ms' AS $$
+LANGUAGE plpgsql AS $$
 DECLARE
+    waited text := current_setting('lock_timeout');
     b bigint := p_from;
     chunk bigint;
     lo bigint;
@@ -218,6 +219,7 @@ BEGIN
         RAISE EXCEPTION 'no block range [%, %]', p_from, p_to;
     END IF;
     LOCK TABLE event_ranges IN SHARE ROW EXCLUSIVE MODE;
+    PERFORM set_config('lock_timeout', '500ms', true);
     LOOP
         SELECT r.to_block INTO hi FROM event_ranges r
         WHERE r.chain_id = p_chain AND r.from_block <= b AND r.to_block > b;
@@ -246,6 +248,7 @@ BEGIN
         EXIT WHEN hi > p_to;
         b := hi;
     END LOOP;
+    PERFORM set_config('lock_timeout', waited, true);
     RETURN hi;
 END
 $$;
@@ -255,12 +258,13 @@ $$;
 -- new partition keeps the rows `event_tables` says the projections are recomputed from. Only a
 -- range wholly at or below the chain's finalized and indexed blocks, which no rollback reaches.
 -- The kept rows are gathered first; then the swaps, each a short ACCESS EXCLUSIVE lock on its
--- table (a lock not had within 5 s fails the call: lock_not_available). Returns the rows moved
+-- table (one not had within 5 s fails the call: lock_not_available). Returns the rows moved
 -- to the archive and the rows kept attached; (0, 0) for a range archived before.
 CREATE FUNCTION archive_event_range(p_chain bigint, p_from bigint, OUT archived bigint,
                                     OUT kept bigint)
-LANGUAGE plpgsql SET lock_timeout = '5s' AS $$
+LANGUAGE plpgsql AS $$
 DECLARE
+    waited text := current_setting('lock_timeout');
     r event_ranges;
     safe bigint;
     t record;
@@ -307,6 +311,7 @@ BEGIN
         EXECUTE format('SELECT count(*) FROM event_partitions.%I', 'archiving_' || t.name) INTO n;
         kept := kept + n;
     END LOOP;
+    PERFORM set_config('lock_timeout', '5s', true);
     FOR t IN SELECT * FROM event_tables ORDER BY name LOOP
         part := format('%s_%s_%s', t.name, p_chain, r.from_block);
         EXECUTE format('ALTER TABLE public.%I DETACH PARTITION event_partitions.%I', t.name, part);
@@ -316,6 +321,7 @@ BEGIN
                        'FOR VALUES FROM (%s, %s) TO (%s, %s)',
                        t.name, part, p_chain, r.from_block, p_chain, r.to_block);
     END LOOP;
+    PERFORM set_config('lock_timeout', waited, true);
     UPDATE event_ranges SET archived_at = now()
     WHERE chain_id = p_chain AND from_block = p_from;
 END
