@@ -372,7 +372,7 @@ async def test_rows_without_a_range_wait_in_the_default_partition(database_url: 
         await conn.close()
 
 
-class CountingConnection(asyncpg.Connection):  # type: ignore[misc]
+class CountingConnection(asyncpg.Connection):
     """A connection that counts the calls of ensure_event_partitions sent through it."""
 
     ensured = 0
