@@ -1954,9 +1954,11 @@ $$;
 -- of it is detached and moved, whole and under its name, into schema `archive`; in its place a
 -- new partition keeps the rows `event_tables` says the projections are recomputed from. Only a
 -- range wholly at or below the chain's finalized and indexed blocks, which no rollback reaches.
--- The kept rows are gathered first; then the swaps, each a short ACCESS EXCLUSIVE lock on its
--- table (one not had within 5 s fails the call: lock_not_available). Returns the rows moved
--- to the archive and the rows kept attached; (0, 0) for a range archived before.
+-- The kept rows are gathered first, with no lock that stops the indexer; then the swaps, each
+-- a short ACCESS EXCLUSIVE lock on its table (one not had within half a second fails the call,
+-- lock_not_available, before a deadlock with the daemon's queries could fail one of them).
+-- Returns the rows moved to the archive and the rows kept attached; (0, 0) for a range
+-- archived before.
 CREATE FUNCTION archive_event_range(p_chain bigint, p_from bigint, OUT archived bigint,
                                     OUT kept bigint)
 LANGUAGE plpgsql AS $$
@@ -1970,7 +1972,6 @@ DECLARE
 BEGIN
     archived := 0;
     kept := 0;
-    LOCK TABLE event_ranges IN SHARE ROW EXCLUSIVE MODE;
     SELECT * INTO r FROM event_ranges WHERE chain_id = p_chain AND from_block = p_from;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'chain % has no event range starting at block %', p_chain, p_from;
@@ -2008,7 +2009,13 @@ BEGIN
         EXECUTE format('SELECT count(*) FROM event_partitions.%I', 'archiving_' || t.name) INTO n;
         kept := kept + n;
     END LOOP;
-    PERFORM set_config('lock_timeout', '5s', true);
+    LOCK TABLE event_ranges IN SHARE ROW EXCLUSIVE MODE;
+    IF (SELECT archived_at FROM event_ranges
+        WHERE chain_id = p_chain AND from_block = p_from) IS NOT NULL THEN
+        RAISE EXCEPTION 'blocks % to % of chain % were archived meanwhile',
+            r.from_block, r.to_block - 1, p_chain;
+    END IF;
+    PERFORM set_config('lock_timeout', '500ms', true);
     FOR t IN SELECT * FROM event_tables ORDER BY name LOOP
         part := format('%s_%s_%s', t.name, p_chain, r.from_block);
         EXECUTE format('ALTER TABLE public.%I DETACH PARTITION event_partitions.%I', t.name, part);

@@ -23,8 +23,9 @@ from keeper.db import Conn
 from keeper.db.queries import load_queries
 from keeper.errors import KeeperError
 
-# A swap waits at most 5 s for each table's lock (archive_event_range), then is tried again.
-RETRY_DELAYS = (1.0, 2.0, 5.0)
+# A swap waits at most half a second for each table's lock (archive_event_range), then is tried
+# again after these pauses.
+RETRY_DELAYS = (1.0, 2.0, 5.0, 10.0, 20.0, 30.0)
 
 
 class ArchiveRefused(KeeperError):

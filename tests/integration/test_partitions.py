@@ -21,8 +21,10 @@ import asyncpg
 import pytest
 
 from keeper import db as keeper_db
+from keeper import resources
 from keeper.chain.rpc import ChainClient
 from keeper.config import IngestConfig
+from keeper.db.migrations import migrate
 from keeper.dev.anvil import Anvil
 from keeper.ingest.catalog import EVENT_TABLES
 from keeper.ingest.events import Decoder
@@ -401,5 +403,70 @@ async def test_the_store_makes_partitions_once_per_range(database_url: str) -> N
             "SELECT from_block, to_block FROM event_ranges WHERE chain_id = $1 ORDER BY 1", CHAIN
         )
         assert [tuple(r) for r in ranges] == [(100, 200), (200, 300), (300, 400)]
+    finally:
+        await conn.close()
+
+
+async def test_0018_keeps_the_rows_and_views_of_an_existing_index(
+    empty_database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Migration 0018 on a database that already holds events: every row is kept (in the DEFAULT
+    partitions), the views that read the event tables show the same rows as before, and the
+    first range the indexer makes takes the rows of its blocks over."""
+    shipped = resources.migration_files()
+    monkeypatch.setattr(
+        resources, "migration_files", lambda: [(n, s) for n, s in shipped if n < "0018"]
+    )
+    await migrate(empty_database_url)
+    conn = await keeper_db.connect(empty_database_url)
+    try:
+        payee, tx = b"\x02" * 20, b"\x01" * 32
+        await conn.execute("INSERT INTO chains (chain_id, name) VALUES (7, 'seven')")
+        await conn.execute(
+            "INSERT INTO ingest_cursor (chain_id, start_block, indexed_block, indexed_timestamp)"
+            " VALUES (7, 0, 30, 1000)"
+        )
+        await conn.executemany(
+            "INSERT INTO claimed (chain_id, block_number, log_index, tx_hash, block_time, payee,"
+            " amount) VALUES (7, $1, 0, $2, $3, $4, $5)",
+            [(5, tx, 100, payee, 10), (25, tx, 500, payee, 20)],
+        )
+        await conn.execute(
+            "INSERT INTO stream_opened (chain_id, block_number, log_index, tx_hash, block_time,"
+            " stream_id, payer, payee, rate, deposit, price_list)"
+            " VALUES (7, 6, 1, $1, 100, 1, $2, $2, 1, 5, false)",
+            tx,
+            payee,
+        )
+        await conn.execute(
+            "INSERT INTO usage_price_set (chain_id, block_number, log_index, tx_hash, block_time,"
+            " stream_id, price, effective_at) VALUES (7, 6, 2, $1, 100, 1, 3, 100)",
+            tx,
+        )
+        await conn.execute(
+            "INSERT INTO payee_ledger (chain_id, account, credited, first_block)"
+            " VALUES (7, $1, 0, 5)",
+            payee,
+        )
+        views = {
+            view: sorted(map(repr, map(tuple, await conn.fetch(f"SELECT * FROM {view}"))))  # noqa: S608
+            for view in ("keeper.payee_ledger", "keeper.price_history")
+        }
+        monkeypatch.setattr(resources, "migration_files", lambda: shipped)
+        assert await migrate(conn) == [n for n, _ in shipped if n >= "0018"]
+        for view, rows in views.items():
+            assert rows, f"{view} shows nothing to compare"
+            after = sorted(map(repr, map(tuple, await conn.fetch(f"SELECT * FROM {view}"))))  # noqa: S608
+            assert after == rows, view
+        where = "SELECT block_number, tableoid::regclass::text FROM claimed ORDER BY 1"
+        assert [tuple(r) for r in await conn.fetch(where)] == [
+            (5, "event_partitions.claimed_default"),
+            (25, "event_partitions.claimed_default"),
+        ]
+        await conn.fetchval("SELECT ensure_event_partitions(7, 20, 31, 10)")
+        assert [tuple(r) for r in await conn.fetch(where)] == [
+            (5, "event_partitions.claimed_default"),
+            (25, "event_partitions.claimed_7_20"),
+        ]
     finally:
         await conn.close()
