@@ -148,7 +148,7 @@ class Store:
                         f"chain {self.chain_id}: the partitions of blocks {first} to {last} "
                         f"could not be created: {exc}",
                         help="a long transaction holds a lock on an event table (see "
-                        "pg_locks); the keeper tries again when it restarts",
+                        "pg_locks); the indexer tries again on its next pass",
                     ) from exc
                 await anyio.sleep(delay)
         # Contiguous with what was known: the indexer writes forward, rollbacks stay inside.
