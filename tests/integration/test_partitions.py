@@ -28,7 +28,7 @@ from keeper.db.migrations import migrate
 from keeper.dev.anvil import Anvil
 from keeper.ingest.catalog import EVENT_TABLES
 from keeper.ingest.events import Decoder
-from keeper.ingest.store import Store
+from keeper.ingest.store import PartitionsBusy, Store
 from keeper.ops.partitions import ArchiveRefused, archive_events
 from keeper.ops.verify import verify
 from tests.support.daemon import keeper
@@ -470,3 +470,52 @@ async def test_0018_keeps_the_rows_and_views_of_an_existing_index(
         ]
     finally:
         await conn.close()
+
+
+async def test_a_held_lock_delays_the_partitions_without_blocking_readers(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While another transaction holds a lock that creating a partition needs, the store gives
+    up after half a second and tries again, so a query arriving meanwhile waits at most that
+    long behind it; once the lock is free the partitions are made. When it stays taken through
+    every retry, the error names the blocks and says what to do."""
+    blocker = await keeper_db.connect(database_url)
+    reader = await keeper_db.connect(database_url)
+    conn = await keeper_db.connect(database_url)
+    store = Store(CHAIN, Decoder(CHAIN, ADDRESSES), partition_blocks=100)
+    try:
+        holding = blocker.transaction()
+        await holding.start()
+        await blocker.execute("LOCK TABLE event_partitions.claimed_default IN ACCESS SHARE MODE")
+        waits: list[float] = []
+
+        async def read_meanwhile() -> None:
+            for _ in range(4):
+                await anyio.sleep(0.3)
+                started = anyio.current_time()
+                await reader.fetchval("SELECT count(*) FROM claimed")
+                waits.append(anyio.current_time() - started)
+            await holding.commit()
+
+        # Without the lock timeout the readers would queue behind the creation for good.
+        with anyio.fail_after(30):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(read_meanwhile)
+                started = anyio.current_time()
+                await store.ensure_partitions(conn, 0, 10)
+                took = anyio.current_time() - started
+        assert took >= 1.0, "the partitions were made while the lock was held"
+        assert max(waits) < 2.0, f"a reader waited behind the partition creation: {waits}"
+        assert await conn.fetchval("SELECT count(*) FROM event_ranges") == 1
+
+        monkeypatch.setattr("keeper.ingest.store.PARTITION_RETRY_DELAYS", (0.1,))
+        holding = blocker.transaction()
+        await holding.start()
+        await blocker.execute("LOCK TABLE event_partitions.claimed_default IN ACCESS SHARE MODE")
+        with pytest.raises(PartitionsBusy, match="blocks 100 to 120") as caught:
+            await store.ensure_partitions(conn, 100, 120)
+        assert caught.value.help and "pg_locks" in caught.value.help
+        await holding.rollback()
+    finally:
+        for c in (blocker, reader, conn):
+            await c.close()
