@@ -122,7 +122,7 @@ def add_parser(sub: Any) -> None:
             "blocks, so that they are archived too. Each range is archived in a transaction\n"
             "of its own, with a short ACCESS EXCLUSIVE lock on each event table; a range\n"
             "archived before is skipped. The database is the one of --config FILE\n"
-            f"(database.url, or KEEPER_DATABASE__URL), else --database-url, else\n"
+            "(database.url, or KEEPER_DATABASE__URL), else --database-url, else\n"
             f"${DATABASE_URL_ENV}."
         ),
     )
