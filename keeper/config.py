@@ -215,6 +215,12 @@ class IngestConfig(_Section):
         description="Check the follow zone's logs against each header's logsBloom (an "
         "incomplete eth_getLogs answer is asked again); the block hash check stays on.",
     )
+    partition_blocks: int = Field(
+        10_000_000,
+        ge=1,
+        description="Blocks per partition of the event tables (the unit `keeper db "
+        "archive-events` detaches); about a month of blocks suits most chains.",
+    )
 
     @field_validator("max_range")
     @classmethod

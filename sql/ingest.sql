@@ -44,6 +44,11 @@ UPDATE ingest_cursor
 SET indexed_block = $2, indexed_hash = $3, indexed_timestamp = $4, updated_at = now()
 WHERE chain_id = $1;
 
+-- name: ensure_event_partitions
+-- The partitions of blocks [$2, $3] of every event table ($4 blocks each); returns the end
+-- (exclusive) of the range holding $3. Its own short transaction: see the function.
+SELECT ensure_event_partitions($1, $2, $3, $4);
+
 -- name: upsert_block
 INSERT INTO blocks (chain_id, number, hash, parent_hash, timestamp)
 VALUES ($1, $2, $3, $4, $5)

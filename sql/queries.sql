@@ -41,7 +41,7 @@ WITH user_schemas AS (
     WHERE nspname NOT LIKE 'pg\_%' AND nspname <> 'information_schema'
 ),
 user_relations AS (
-    SELECT c.oid, c.relname, c.relkind, c.relpersistence, c.relacl, s.nspname,
+    SELECT c.oid, c.relname, c.relkind, c.relpersistence, c.relacl, c.relpartbound, s.nspname,
            quote_ident(s.nspname) || '.' || quote_ident(c.relname) AS qualified
     FROM pg_class c
     JOIN user_schemas s ON s.oid = c.relnamespace
@@ -57,6 +57,11 @@ SELECT 'relation', r.qualified,
        r.relkind::text || ' ' || r.relpersistence::text || ' acl='
        || coalesce((SELECT string_agg(acl::text, ',' ORDER BY acl::text)
                     FROM unnest(r.relacl) AS acl), '')
+       -- A partitioned table's key; a partition's parent and bounds.
+       || coalesce(' partition by ' || pg_get_partkeydef(r.oid), '')
+       || coalesce((SELECT ' partition of ' || i.inhparent::regclass::text FROM pg_inherits i
+                    WHERE i.inhrelid = r.oid), '')
+       || coalesce(' ' || pg_get_expr(r.relpartbound, r.oid), '')
 FROM user_relations r
 UNION ALL
 SELECT 'column', r.qualified || '.' || quote_ident(a.attname),

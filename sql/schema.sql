@@ -30,7 +30,8 @@ CREATE TABLE deployments (
 -- (the views in schema `keeper` show them as 0x-hex).
 --
 -- Event tables hold one row per log, keyed by (chain_id, block_number, log_index), a total
--- order of the chain; a reorg deletes the rows of the orphaned blocks. Projections (streams,
+-- order of the chain; a reorg deletes the rows of the orphaned blocks. They are partitioned by
+-- (chain_id, block_number) ranges: see the section of 0018. Projections (streams,
 -- escrows, vault_accounts, payee_ledger, contract_params) are the current state derived from
 -- the events, written in the same transaction as the events that change them.
 
@@ -88,7 +89,7 @@ CREATE TABLE contract_events (
     topics       bytea[] NOT NULL,
     data         bytea NOT NULL,
     PRIMARY KEY (chain_id, block_number, log_index)
-);
+) PARTITION BY RANGE (chain_id, block_number);
 
 -- StreamManager.Claimed(address,uint256)
 CREATE TABLE claimed (
@@ -100,7 +101,7 @@ CREATE TABLE claimed (
     payee        bytea NOT NULL CHECK (octet_length(payee) = 20),
     amount       numeric(78,0) NOT NULL,
     PRIMARY KEY (chain_id, block_number, log_index)
-);
+) PARTITION BY RANGE (chain_id, block_number);
 CREATE INDEX claimed_payee_idx ON claimed (chain_id, payee, block_number, log_index);
 
 -- StreamManager.FeeRecipientUpdated(address)
@@ -112,7 +113,7 @@ CREATE TABLE fee_recipient_updated (
     block_time   bigint NOT NULL,
     recipient    bytea NOT NULL CHECK (octet_length(recipient) = 20),
     PRIMARY KEY (chain_id, block_number, log_index)
-);
+) PARTITION BY RANGE (chain_id, block_number);
 
 -- StreamManager.FeeUpdated(uint256)
 CREATE TABLE fee_updated (
@@ -123,7 +124,7 @@ CREATE TABLE fee_updated (
     block_time   bigint NOT NULL,
     fee_bps      integer NOT NULL,
     PRIMARY KEY (chain_id, block_number, log_index)
-);
+) PARTITION BY RANGE (chain_id, block_number);
 
 -- StreamManager.FeesCredited(address,uint256)
 CREATE TABLE fees_credited (
@@ -135,7 +136,7 @@ CREATE TABLE fees_credited (
     recipient    bytea NOT NULL CHECK (octet_length(recipient) = 20),
     amount       numeric(78,0) NOT NULL,
     PRIMARY KEY (chain_id, block_number, log_index)
-);
+) PARTITION BY RANGE (chain_id, block_number);
 CREATE INDEX fees_credited_recipient_idx ON fees_credited (chain_id, recipient, block_number, log_index);
 
 -- StreamManager.SettleSkipped(uint256,uint8)
@@ -148,7 +149,7 @@ CREATE TABLE settle_skipped (
     stream_id    numeric(78,0) NOT NULL,
     reason       smallint NOT NULL,
     PRIMARY KEY (chain_id, block_number, log_index)
-);
+) PARTITION BY RANGE (chain_id, block_number);
 CREATE INDEX settle_skipped_stream_id_idx ON settle_skipped (chain_id, stream_id, block_number, log_index);
 
 -- StreamManager.StreamClosed(uint256,uint256)
@@ -161,7 +162,7 @@ CREATE TABLE stream_closed (
     stream_id    numeric(78,0) NOT NULL,
     refunded     numeric(78,0) NOT NULL,
     PRIMARY KEY (chain_id, block_number, log_index)
-);
+) PARTITION BY RANGE (chain_id, block_number);
 CREATE INDEX stream_closed_stream_id_idx ON stream_closed (chain_id, stream_id, block_number, log_index);
 
 -- StreamManager.StreamOpened(uint256,address,address,uint256,uint256,bool)
@@ -178,7 +179,7 @@ CREATE TABLE stream_opened (
     deposit      numeric(78,0) NOT NULL,
     price_list   boolean NOT NULL DEFAULT false,
     PRIMARY KEY (chain_id, block_number, log_index)
-);
+) PARTITION BY RANGE (chain_id, block_number);
 CREATE INDEX stream_opened_stream_id_idx ON stream_opened (chain_id, stream_id, block_number, log_index);
 
 -- StreamManager.StreamRateUpdated(uint256,uint256)
@@ -191,7 +192,7 @@ CREATE TABLE stream_rate_updated (
     stream_id    numeric(78,0) NOT NULL,
     rate         numeric(78,0) NOT NULL,
     PRIMARY KEY (chain_id, block_number, log_index)
-);
+) PARTITION BY RANGE (chain_id, block_number);
 CREATE INDEX stream_rate_updated_stream_id_idx ON stream_rate_updated (chain_id, stream_id, block_number, log_index);
 
 -- StreamManager.StreamSettled(uint256,uint256,uint256,uint256)
@@ -206,7 +207,7 @@ CREATE TABLE stream_settled (
     fee          numeric(78,0) NOT NULL,
     balance_after numeric(78,0) NOT NULL,
     PRIMARY KEY (chain_id, block_number, log_index)
-);
+) PARTITION BY RANGE (chain_id, block_number);
 CREATE INDEX stream_settled_stream_id_idx ON stream_settled (chain_id, stream_id, block_number, log_index);
 
 -- StreamManager.StreamToppedUp(uint256,uint256,uint256)
@@ -220,7 +221,7 @@ CREATE TABLE stream_topped_up (
     amount       numeric(78,0) NOT NULL,
     balance_after numeric(78,0) NOT NULL,
     PRIMARY KEY (chain_id, block_number, log_index)
-);
+) PARTITION BY RANGE (chain_id, block_number);
 CREATE INDEX stream_topped_up_stream_id_idx ON stream_topped_up (chain_id, stream_id, block_number, log_index);
 
 -- StreamManager.UsagePriceSet(uint256,uint256,uint256)
@@ -234,7 +235,7 @@ CREATE TABLE usage_price_set (
     price        numeric(78,0) NOT NULL,
     effective_at bigint NOT NULL,
     PRIMARY KEY (chain_id, block_number, log_index)
-);
+) PARTITION BY RANGE (chain_id, block_number);
 CREATE INDEX usage_price_set_stream_id_idx ON usage_price_set (chain_id, stream_id, block_number, log_index);
 
 -- StreamManager.UsageRecorded(uint256,uint256,uint256): three packed words, unpacked by the
@@ -255,7 +256,7 @@ CREATE TABLE usage_recorded (
     balance_after numeric(78,0) NOT NULL,
     price        numeric(78,0) NOT NULL,
     PRIMARY KEY (chain_id, block_number, log_index)
-);
+) PARTITION BY RANGE (chain_id, block_number);
 CREATE INDEX usage_recorded_stream_id_idx ON usage_recorded (chain_id, stream_id, block_number, log_index);
 
 -- StreamManager.UsageSkipped(uint256,uint256,uint256,uint8)
@@ -270,7 +271,7 @@ CREATE TABLE usage_skipped (
     last_seq     numeric(78,0) NOT NULL,
     reason       smallint NOT NULL,
     PRIMARY KEY (chain_id, block_number, log_index)
-);
+) PARTITION BY RANGE (chain_id, block_number);
 CREATE INDEX usage_skipped_stream_id_idx ON usage_skipped (chain_id, stream_id, block_number, log_index);
 
 -- EscrowVault.EscrowCreated(uint256,address,address,uint256,uint256,uint256)
@@ -287,7 +288,7 @@ CREATE TABLE escrow_created (
     expires_at   bigint NOT NULL,
     payer_available_after numeric(78,0) NOT NULL,
     PRIMARY KEY (chain_id, block_number, log_index)
-);
+) PARTITION BY RANGE (chain_id, block_number);
 CREATE INDEX escrow_created_escrow_id_idx ON escrow_created (chain_id, escrow_id, block_number, log_index);
 CREATE INDEX escrow_created_payer_idx ON escrow_created (chain_id, payer, block_number, log_index);
 
@@ -303,7 +304,7 @@ CREATE TABLE escrow_refunded (
     amount       numeric(78,0) NOT NULL,
     payer_available_after numeric(78,0) NOT NULL,
     PRIMARY KEY (chain_id, block_number, log_index)
-);
+) PARTITION BY RANGE (chain_id, block_number);
 CREATE INDEX escrow_refunded_escrow_id_idx ON escrow_refunded (chain_id, escrow_id, block_number, log_index);
 CREATE INDEX escrow_refunded_payer_idx ON escrow_refunded (chain_id, payer, block_number, log_index);
 
@@ -319,7 +320,7 @@ CREATE TABLE escrow_released (
     amount       numeric(78,0) NOT NULL,
     payee_available_after numeric(78,0) NOT NULL,
     PRIMARY KEY (chain_id, block_number, log_index)
-);
+) PARTITION BY RANGE (chain_id, block_number);
 CREATE INDEX escrow_released_escrow_id_idx ON escrow_released (chain_id, escrow_id, block_number, log_index);
 CREATE INDEX escrow_released_payee_idx ON escrow_released (chain_id, payee, block_number, log_index);
 
@@ -333,7 +334,7 @@ CREATE TABLE refund_skipped (
     escrow_id    numeric(78,0) NOT NULL,
     reason       smallint NOT NULL,
     PRIMARY KEY (chain_id, block_number, log_index)
-);
+) PARTITION BY RANGE (chain_id, block_number);
 CREATE INDEX refund_skipped_escrow_id_idx ON refund_skipped (chain_id, escrow_id, block_number, log_index);
 
 -- EscrowVault.Deposited(address,uint256,uint256)
@@ -347,7 +348,7 @@ CREATE TABLE vault_deposited (
     amount       numeric(78,0) NOT NULL,
     available_after numeric(78,0) NOT NULL,
     PRIMARY KEY (chain_id, block_number, log_index)
-);
+) PARTITION BY RANGE (chain_id, block_number);
 CREATE INDEX vault_deposited_account_idx ON vault_deposited (chain_id, account, block_number, log_index);
 
 -- EscrowVault.Withdrawn(address,uint256,uint256)
@@ -361,7 +362,7 @@ CREATE TABLE vault_withdrawn (
     amount       numeric(78,0) NOT NULL,
     available_after numeric(78,0) NOT NULL,
     PRIMARY KEY (chain_id, block_number, log_index)
-);
+) PARTITION BY RANGE (chain_id, block_number);
 CREATE INDEX vault_withdrawn_account_idx ON vault_withdrawn (chain_id, account, block_number, log_index);
 
 -- ---------------------------------------------------------------- projections
@@ -1542,7 +1543,7 @@ CREATE TABLE stream_close_requested (
     stream_id    numeric(78,0) NOT NULL,
     close_at     bigint NOT NULL,
     PRIMARY KEY (chain_id, block_number, log_index)
-);
+) PARTITION BY RANGE (chain_id, block_number);
 CREATE INDEX stream_close_requested_stream_id_idx ON stream_close_requested (chain_id, stream_id, block_number, log_index);
 
 -- StreamManager.EndpointAdded(address,uint256,bytes32,uint256)
@@ -1557,7 +1558,7 @@ CREATE TABLE endpoint_added (
     name         bytea NOT NULL CHECK (octet_length(name) = 32),
     price        numeric(78,0) NOT NULL,
     PRIMARY KEY (chain_id, block_number, log_index)
-);
+) PARTITION BY RANGE (chain_id, block_number);
 CREATE INDEX endpoint_added_payee_idx ON endpoint_added (chain_id, payee, endpoint, block_number, log_index);
 
 -- StreamManager.EndpointPriceSet(address,uint256,uint256,uint256)
@@ -1572,7 +1573,7 @@ CREATE TABLE endpoint_price_set (
     price        numeric(78,0) NOT NULL,
     effective_at bigint NOT NULL,
     PRIMARY KEY (chain_id, block_number, log_index)
-);
+) PARTITION BY RANGE (chain_id, block_number);
 CREATE INDEX endpoint_price_set_payee_idx ON endpoint_price_set (chain_id, payee, endpoint, block_number, log_index);
 
 -- StreamManager.NoticePeriodSet(uint256)
@@ -1584,7 +1585,7 @@ CREATE TABLE notice_period_set (
     block_time    bigint NOT NULL,
     notice_period bigint NOT NULL,
     PRIMARY KEY (chain_id, block_number, log_index)
-);
+) PARTITION BY RANGE (chain_id, block_number);
 
 -- The payees' price lists: one row per endpoint a payee added. `price` is the price in force as
 -- of the endpoint's last event, `price_pending`/`price_effective_at` a change announced for
@@ -1977,3 +1978,233 @@ CREATE INDEX usage_reports_reconciled_idx ON usage_reports (chain_id, reconciled
 
 GRANT USAGE ON SCHEMA archive TO keeper_reader;
 GRANT SELECT ON ALL TABLES IN SCHEMA archive TO keeper_reader;
+
+-- ================================================================ event partitions (0018)
+
+-- The event tables are partitioned by chain and block range, so that the ranges of old,
+-- finalized blocks can be detached and archived. Partitions live in schema `event_partitions`:
+-- one per range of `event_ranges` (created by the indexer before it writes a range:
+-- ensure_event_partitions), plus a DEFAULT partition that takes any row no range covers;
+-- ensure_event_partitions moves such rows into the range it creates. archive_event_range moves
+-- a finalized range into schema `archive`.
+
+CREATE SCHEMA event_partitions;
+
+-- Every event table, and what archive_event_range keeps attached of an archived range: the
+-- rows the projections are recomputed from (keeper.ingest.store refreshes an entity from all
+-- its events, on ingest and on rollback). `all`: every row (creations, closes, price and
+-- parameter changes, claims: one row per entity or rare); `latest`: per `keep_key`, the newest
+-- row with no newer finalized row of the same key (post-state events: balances, rates); `none`:
+-- nothing (skips and credits, read only for blocks above the finalized one).
+CREATE TABLE event_tables (
+    name     text PRIMARY KEY,
+    keep     text NOT NULL CHECK (keep IN ('all', 'latest', 'none')),
+    keep_key text,
+    CHECK ((keep = 'latest') = (keep_key IS NOT NULL))
+);
+INSERT INTO event_tables (name, keep, keep_key) VALUES
+    ('claimed', 'all', NULL),
+    ('contract_events', 'all', NULL),
+    ('endpoint_added', 'all', NULL),
+    ('endpoint_price_set', 'all', NULL),
+    ('escrow_created', 'all', NULL),
+    ('escrow_refunded', 'all', NULL),
+    ('escrow_released', 'all', NULL),
+    ('fee_recipient_updated', 'all', NULL),
+    ('fee_updated', 'all', NULL),
+    ('fees_credited', 'none', NULL),
+    ('notice_period_set', 'all', NULL),
+    ('refund_skipped', 'none', NULL),
+    ('settle_skipped', 'none', NULL),
+    ('stream_close_requested', 'all', NULL),
+    ('stream_closed', 'all', NULL),
+    ('stream_opened', 'all', NULL),
+    ('stream_rate_updated', 'latest', 'stream_id'),
+    ('stream_settled', 'latest', 'stream_id'),
+    ('stream_topped_up', 'latest', 'stream_id'),
+    ('usage_price_set', 'all', NULL),
+    ('usage_recorded', 'latest', 'stream_id'),
+    ('usage_skipped', 'none', NULL),
+    ('vault_deposited', 'latest', 'account'),
+    ('vault_withdrawn', 'latest', 'account');
+
+-- Rows no range covers (written by hand, or before 0018).
+CREATE TABLE event_partitions.claimed_default PARTITION OF claimed DEFAULT;
+CREATE TABLE event_partitions.contract_events_default PARTITION OF contract_events DEFAULT;
+CREATE TABLE event_partitions.endpoint_added_default PARTITION OF endpoint_added DEFAULT;
+CREATE TABLE event_partitions.endpoint_price_set_default PARTITION OF endpoint_price_set DEFAULT;
+CREATE TABLE event_partitions.escrow_created_default PARTITION OF escrow_created DEFAULT;
+CREATE TABLE event_partitions.escrow_refunded_default PARTITION OF escrow_refunded DEFAULT;
+CREATE TABLE event_partitions.escrow_released_default PARTITION OF escrow_released DEFAULT;
+CREATE TABLE event_partitions.fee_recipient_updated_default PARTITION OF fee_recipient_updated DEFAULT;
+CREATE TABLE event_partitions.fee_updated_default PARTITION OF fee_updated DEFAULT;
+CREATE TABLE event_partitions.fees_credited_default PARTITION OF fees_credited DEFAULT;
+CREATE TABLE event_partitions.notice_period_set_default PARTITION OF notice_period_set DEFAULT;
+CREATE TABLE event_partitions.refund_skipped_default PARTITION OF refund_skipped DEFAULT;
+CREATE TABLE event_partitions.settle_skipped_default PARTITION OF settle_skipped DEFAULT;
+CREATE TABLE event_partitions.stream_close_requested_default PARTITION OF stream_close_requested DEFAULT;
+CREATE TABLE event_partitions.stream_closed_default PARTITION OF stream_closed DEFAULT;
+CREATE TABLE event_partitions.stream_opened_default PARTITION OF stream_opened DEFAULT;
+CREATE TABLE event_partitions.stream_rate_updated_default PARTITION OF stream_rate_updated DEFAULT;
+CREATE TABLE event_partitions.stream_settled_default PARTITION OF stream_settled DEFAULT;
+CREATE TABLE event_partitions.stream_topped_up_default PARTITION OF stream_topped_up DEFAULT;
+CREATE TABLE event_partitions.usage_price_set_default PARTITION OF usage_price_set DEFAULT;
+CREATE TABLE event_partitions.usage_recorded_default PARTITION OF usage_recorded DEFAULT;
+CREATE TABLE event_partitions.usage_skipped_default PARTITION OF usage_skipped DEFAULT;
+CREATE TABLE event_partitions.vault_deposited_default PARTITION OF vault_deposited DEFAULT;
+CREATE TABLE event_partitions.vault_withdrawn_default PARTITION OF vault_withdrawn DEFAULT;
+
+-- The block ranges that have partitions, per chain: [from_block, to_block). `archived_at` is set
+-- once archive_event_range has moved the range's rows into schema `archive`.
+CREATE TABLE event_ranges (
+    chain_id    bigint NOT NULL,
+    from_block  bigint NOT NULL CHECK (from_block >= 0),
+    to_block    bigint NOT NULL,
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    archived_at timestamptz,
+    PRIMARY KEY (chain_id, from_block),
+    CHECK (to_block > from_block)
+);
+
+-- Make sure every event table has a partition for each block of chain p_chain in
+-- [p_from, p_to]. A missing range is created for every event table at once, aligned to
+-- multiples of p_size blocks and clipped to the ranges already there (so that a changed size
+-- never overlaps them); the DEFAULT partitions' rows in it move into it. Returns the end
+-- (exclusive) of the range holding p_to: blocks below it need no further call.
+-- One caller at a time (the lock on event_ranges: the indexers of several chains may share a
+-- database). Attaching locks the parent briefly and the DEFAULT partition while it is checked,
+-- so a lock on them not had within half a second fails the call (lock_not_available) rather
+-- than make the daemon's queries queue behind it; the caller tries again.
+CREATE FUNCTION ensure_event_partitions(p_chain bigint, p_from bigint, p_to bigint,
+                                        p_size bigint) RETURNS bigint
+LANGUAGE plpgsql AS $$
+DECLARE
+    waited text := current_setting('lock_timeout');
+    b bigint := p_from;
+    chunk bigint;
+    lo bigint;
+    hi bigint;
+    t record;
+    part text;
+BEGIN
+    IF p_size IS NULL OR p_size < 1 THEN
+        RAISE EXCEPTION 'a partition spans at least 1 block, not %', p_size;
+    END IF;
+    IF p_from < 0 OR p_to < p_from THEN
+        RAISE EXCEPTION 'no block range [%, %]', p_from, p_to;
+    END IF;
+    LOCK TABLE event_ranges IN SHARE ROW EXCLUSIVE MODE;
+    PERFORM set_config('lock_timeout', '500ms', true);
+    LOOP
+        SELECT r.to_block INTO hi FROM event_ranges r
+        WHERE r.chain_id = p_chain AND r.from_block <= b AND r.to_block > b;
+        IF NOT FOUND THEN
+            chunk := b - b % p_size;
+            SELECT greatest(chunk, max(r.to_block)) INTO lo FROM event_ranges r
+            WHERE r.chain_id = p_chain AND r.to_block <= b;
+            SELECT least(chunk + p_size, min(r.from_block)) INTO hi FROM event_ranges r
+            WHERE r.chain_id = p_chain AND r.from_block > b;
+            FOR t IN SELECT name FROM event_tables ORDER BY name LOOP
+                part := format('%s_%s_%s', t.name, p_chain, lo);
+                EXECUTE format('CREATE TABLE event_partitions.%I '
+                               '(LIKE public.%I INCLUDING DEFAULTS INCLUDING CONSTRAINTS)',
+                               part, t.name);
+                EXECUTE format('WITH moved AS (DELETE FROM event_partitions.%I '
+                               'WHERE chain_id = $1 AND block_number >= $2 AND block_number < $3 '
+                               'RETURNING *) INSERT INTO event_partitions.%I SELECT * FROM moved',
+                               t.name || '_default', part)
+                    USING p_chain, lo, hi;
+                EXECUTE format('ALTER TABLE public.%I ATTACH PARTITION event_partitions.%I '
+                               'FOR VALUES FROM (%s, %s) TO (%s, %s)',
+                               t.name, part, p_chain, lo, p_chain, hi);
+            END LOOP;
+            INSERT INTO event_ranges (chain_id, from_block, to_block) VALUES (p_chain, lo, hi);
+        END IF;
+        EXIT WHEN hi > p_to;
+        b := hi;
+    END LOOP;
+    PERFORM set_config('lock_timeout', waited, true);
+    RETURN hi;
+END
+$$;
+
+-- Archive chain p_chain's event range that starts at block p_from: each event table's partition
+-- of it is detached and moved, whole and under its name, into schema `archive`; in its place a
+-- new partition keeps the rows `event_tables` says the projections are recomputed from. Only a
+-- range wholly at or below the chain's finalized and indexed blocks, which no rollback reaches.
+-- The kept rows are gathered first, with no lock that stops the indexer; then the swaps, each
+-- a short ACCESS EXCLUSIVE lock on its table (one not had within half a second fails the call,
+-- lock_not_available, before a deadlock with the daemon's queries could fail one of them).
+-- Returns the rows moved to the archive and the rows kept attached; (0, 0) for a range
+-- archived before.
+CREATE FUNCTION archive_event_range(p_chain bigint, p_from bigint, OUT archived bigint,
+                                    OUT kept bigint)
+LANGUAGE plpgsql AS $$
+DECLARE
+    waited text := current_setting('lock_timeout');
+    r event_ranges;
+    safe bigint;
+    t record;
+    part text;
+    n bigint;
+BEGIN
+    archived := 0;
+    kept := 0;
+    SELECT * INTO r FROM event_ranges WHERE chain_id = p_chain AND from_block = p_from;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'chain % has no event range starting at block %', p_chain, p_from;
+    END IF;
+    IF r.archived_at IS NOT NULL THEN
+        RETURN;
+    END IF;
+    SELECT least(c.finalized_block, c.indexed_block) INTO safe
+    FROM ingest_cursor c WHERE c.chain_id = p_chain;
+    IF safe IS NULL OR r.to_block - 1 > safe THEN
+        RAISE EXCEPTION 'blocks % to % of chain % are not all finalized and indexed (up to %)',
+            r.from_block, r.to_block - 1, p_chain, coalesce(safe::text, 'none')
+            USING ERRCODE = 'object_not_in_prerequisite_state';
+    END IF;
+    FOR t IN SELECT * FROM event_tables ORDER BY name LOOP
+        part := format('%s_%s_%s', t.name, p_chain, r.from_block);
+        EXECUTE format('SELECT count(*) FROM event_partitions.%I', part) INTO n;
+        archived := archived + n;
+        EXECUTE format('CREATE TABLE event_partitions.%I '
+                       '(LIKE public.%I INCLUDING DEFAULTS INCLUDING CONSTRAINTS)',
+                       'archiving_' || t.name, t.name);
+        IF t.keep = 'all' THEN
+            EXECUTE format('INSERT INTO event_partitions.%I SELECT * FROM event_partitions.%I',
+                           'archiving_' || t.name, part);
+        ELSIF t.keep = 'latest' THEN
+            -- A newer row above the finalized block may still be rolled back: it does not count.
+            EXECUTE format('INSERT INTO event_partitions.%1$I SELECT * FROM event_partitions.%2$I p '
+                           'WHERE NOT EXISTS (SELECT FROM public.%3$I x '
+                           'WHERE x.chain_id = p.chain_id AND x.%4$I = p.%4$I '
+                           'AND (x.block_number, x.log_index) > (p.block_number, p.log_index) '
+                           'AND x.block_number <= $1)',
+                           'archiving_' || t.name, part, t.name, t.keep_key)
+                USING safe;
+        END IF;
+        EXECUTE format('SELECT count(*) FROM event_partitions.%I', 'archiving_' || t.name) INTO n;
+        kept := kept + n;
+    END LOOP;
+    LOCK TABLE event_ranges IN SHARE ROW EXCLUSIVE MODE;
+    IF (SELECT archived_at FROM event_ranges
+        WHERE chain_id = p_chain AND from_block = p_from) IS NOT NULL THEN
+        RAISE EXCEPTION 'blocks % to % of chain % were archived meanwhile',
+            r.from_block, r.to_block - 1, p_chain;
+    END IF;
+    PERFORM set_config('lock_timeout', '500ms', true);
+    FOR t IN SELECT * FROM event_tables ORDER BY name LOOP
+        part := format('%s_%s_%s', t.name, p_chain, r.from_block);
+        EXECUTE format('ALTER TABLE public.%I DETACH PARTITION event_partitions.%I', t.name, part);
+        EXECUTE format('ALTER TABLE event_partitions.%I SET SCHEMA archive', part);
+        EXECUTE format('ALTER TABLE event_partitions.%I RENAME TO %I', 'archiving_' || t.name, part);
+        EXECUTE format('ALTER TABLE public.%I ATTACH PARTITION event_partitions.%I '
+                       'FOR VALUES FROM (%s, %s) TO (%s, %s)',
+                       t.name, part, p_chain, r.from_block, p_chain, r.to_block);
+    END LOOP;
+    PERFORM set_config('lock_timeout', waited, true);
+    UPDATE event_ranges SET archived_at = now()
+    WHERE chain_id = p_chain AND from_block = p_from;
+END
+$$;

@@ -4,7 +4,9 @@ Everything else is derived from this module: the decoder (`keeper.ingest.events`
 ABIs against it and names the rows it decodes after its columns, the rollback of a reorg deletes
 from exactly its tables (`rollback_query`), and `tests/integration/test_event_tables.py` holds
 the migrated tables equal to it (columns and types), so a migration and the catalog cannot
-drift apart unnoticed.
+drift apart unnoticed. The migration of a new event table also partitions it like the others
+(PARTITION BY RANGE (chain_id, block_number), a DEFAULT partition in schema event_partitions)
+and lists it in `event_tables`, which the partition functions read; the same test checks that.
 
 A column is written `"name"` or `"name sql_type"`: without a type it takes the SQL type of its
 ABI argument (`SQL_TYPES`); with one, the table stores it narrower (times as `bigint`).

@@ -111,7 +111,7 @@ class Indexer:
         self.start_block = start_block
         self.settings = settings or IngestConfig()
         self.decoder = Decoder(chain_id, addresses)
-        self.store = Store(chain_id, self.decoder)
+        self.store = Store(chain_id, self.decoder, partition_blocks=self.settings.partition_blocks)
         self.follow_step = self.settings.max_follow_step
         self.checker = LogChecker(
             client,

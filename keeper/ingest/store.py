@@ -4,6 +4,10 @@
 so a crash at any moment leaves the database at a range boundary and a restart continues from
 there without writing anything twice. `rollback_to` undoes everything after a common ancestor
 (events, blocks, projections, ledger) in one transaction and records the reorg.
+
+The event tables are partitioned by block range (sql/schema.sql, section 0018): before a write,
+the partitions of its blocks are created in a short transaction of their own, once per
+`partition_blocks` blocks (the store remembers which blocks have them).
 """
 
 from __future__ import annotations
@@ -27,10 +31,18 @@ from keeper.ingest.events import DecodedBatch, Decoder
 from keeper.ingest.projections import Projected, StreamPatch, Touched, fold
 
 COPY_QUEUE = 2  # decoded parts waiting for their COPY
+DEFAULT_PARTITION_BLOCKS = 10_000_000  # IngestConfig.partition_blocks' default
+# Creating partitions gives up on a lock it does not get within half a second (so the daemon's
+# queries never queue behind it for long) and is tried again after these pauses.
+PARTITION_RETRY_DELAYS = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 5.0, 5.0)
 
 
 class CursorMoved(KeeperError):
     """The cursor moved under a write: another indexer is writing the same chain."""
+
+
+class PartitionsBusy(KeeperError):
+    """The event tables' partitions could not be created: their locks stayed taken."""
 
 
 def _hex_bytes(value: str) -> bytes:
@@ -94,11 +106,53 @@ async def _feed(
 class Store:
     """Database side of the indexer for one chain."""
 
-    def __init__(self, chain_id: int, decoder: Decoder, queries: Queries | None = None) -> None:
+    def __init__(
+        self,
+        chain_id: int,
+        decoder: Decoder,
+        queries: Queries | None = None,
+        *,
+        partition_blocks: int = DEFAULT_PARTITION_BLOCKS,
+    ) -> None:
         self.chain_id = chain_id
         self.decoder = decoder
         self.q = queries or load_queries("ingest.sql")
         self.delete_events_after = rollback_query()
+        self.partition_blocks = partition_blocks
+        self._partitioned = (0, 0)  # blocks [from, to) known to have their partitions
+
+    async def ensure_partitions(self, conn: Conn, first: int, last: int) -> None:
+        """Make sure the event tables have partitions for blocks [first, last].
+
+        Free when an earlier call covered them. Otherwise one call of ensure_event_partitions,
+        committed on its own (not inside a write: creating a partition takes a strong lock on
+        the table, held only for that short transaction), tried again while another
+        transaction holds the locks it needs (a lock timeout, or a deadlock the server broke).
+        """
+        low, high = self._partitioned
+        if low <= first and last < high:
+            return
+        for delay in (*PARTITION_RETRY_DELAYS, None):
+            try:
+                end = await conn.fetchval(
+                    self.q["ensure_event_partitions"],
+                    self.chain_id,
+                    first,
+                    last,
+                    self.partition_blocks,
+                )
+                break
+            except (asyncpg.LockNotAvailableError, asyncpg.DeadlockDetectedError) as exc:
+                if delay is None:
+                    raise PartitionsBusy(
+                        f"chain {self.chain_id}: the partitions of blocks {first} to {last} "
+                        f"could not be created: {exc}",
+                        help="a long transaction holds a lock on an event table (see "
+                        "pg_locks); the indexer tries again on its next pass",
+                    ) from exc
+                await anyio.sleep(delay)
+        # Contiguous with what was known: the indexer writes forward, rollbacks stay inside.
+        self._partitioned = (low, end) if low <= first <= high else (first, end)
 
     async def cursor(self, conn: Conn, start_block: int) -> Cursor:
         """Read the cursor, creating it at `start_block` on first use."""
@@ -149,6 +203,7 @@ class Store:
         """
         started = time.perf_counter()
         parts = [batch] if isinstance(batch, DecodedBatch) else batch
+        await self.ensure_partitions(conn, from_block, end.number)
         async with conn.transaction():
             await self._claim_cursor(conn, from_block - 1)
             done = await self._copy_events(conn, parts)

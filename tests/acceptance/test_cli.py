@@ -40,6 +40,7 @@ COMMANDS = {
     ],
     "devchain": ["--port", "--host", "--block-time", "--out"],
     "migrate": ["--config", "--database-url", "KEEPER_DATABASE_URL"],
+    "db": ["archive-events"],
     "run": ["--config"],
     "status": ["--config", "--database-url", "--chain-id", "--json", "KEEPER_DATABASE_URL"],
     "check-config": ["--config"],
@@ -121,7 +122,7 @@ def test_help_lists_each_command_once() -> None:
     top = subcommands(build_parser())
     groups: dict[tuple[str, ...], dict[str, argparse.ArgumentParser]] = {(): top}
     groups.update({(name,): subcommands(p) for name, p in top.items() if subcommands(p)})
-    assert set(groups) == {("config",), ("usage",), ("keys",), ("roles",), ("dev",), ()}
+    assert set(groups) == {("config",), ("usage",), ("keys",), ("roles",), ("dev",), ("db",), ()}
     for argv, commands in groups.items():
         result = keeper(*argv, "--help")
         assert result.returncode == 0, result.stderr
@@ -161,6 +162,13 @@ def test_every_option_has_a_help_text() -> None:
             if isinstance(action, argparse._SubParsersAction):
                 continue  # its choices are listed with their parsers' help (checked below)
             assert action.help, f"{parser.prog} {action.option_strings or action.dest}"
+
+
+def test_archive_events_help_mentions_its_options() -> None:
+    result = keeper("db", "archive-events", "--help")
+    assert result.returncode == 0, result.stderr
+    for option in ("--chain-id", "--below", "--partition-blocks", "--dry-run", "--json"):
+        assert option in result.stdout
 
 
 def test_usage_import_help_mentions_its_options() -> None:

@@ -118,3 +118,33 @@ async def test_the_rollback_empties_every_event_table(
         await conn.close()
     assert (other, kept, removed) == (0, 0, batch.count)
     assert left == dict.fromkeys(EVENT_TABLES, 0)
+
+
+async def test_every_event_table_is_partitioned(database_url: str) -> None:
+    """Every event table of the catalog is listed in `event_tables` (which the partition
+    functions read), partitioned by (chain_id, block_number) ranges, with its DEFAULT partition
+    in schema event_partitions; and no other table is listed."""
+    conn = await keeper_db.connect(database_url)
+    try:
+        listed = [r["name"] for r in await conn.fetch("SELECT name FROM event_tables ORDER BY 1")]
+        shapes = {
+            r["name"]: (r["key"], r["default_part"])
+            for r in await conn.fetch(
+                """
+                SELECT c.relname AS name, pg_get_partkeydef(c.oid) AS key,
+                       (SELECT d.oid::regclass::text FROM pg_inherits i
+                        JOIN pg_partitioned_table p ON p.partrelid = i.inhparent
+                        JOIN pg_class d ON d.oid = i.inhrelid
+                        WHERE i.inhparent = c.oid AND d.oid = p.partdefid) AS default_part
+                FROM pg_class c
+                WHERE c.relnamespace = 'public'::regnamespace AND c.relkind = 'p'
+                """
+            )
+        }
+    finally:
+        await conn.close()
+    assert listed == list(EVENT_TABLES)
+    assert shapes == {
+        table: ("RANGE (chain_id, block_number)", f"event_partitions.{table}_default")
+        for table in EVENT_TABLES
+    }
