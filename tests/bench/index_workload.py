@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 from web3.contract import Contract
 
 from keeper.chain.deployment import Deployment
+from keeper.plan.accrual import pack_report
 from tests.support.gas import Env, setup, synthetic_address
 
 RATE = 1_000  # base units per second
@@ -197,7 +198,8 @@ def generate(
         if usage_rounds and r % usage_every == 0 and seq < usage_rounds:
             seq += 1
             n = len(priced)
-            out.fire(m, "recordUsageBatch", [priced, [5] * n, [seq] * n], env.admin, gas_limit)
+            words = [pack_report(sid, seq, 5) for sid in priced]
+            out.fire(m, "recordUsage", [words], env.admin, gas_limit)
             count("UsageRecorded", n)
         if (r + 1) % 10 == 0:
             say(f"settled {r + 1}/{settle_rounds} rounds")
