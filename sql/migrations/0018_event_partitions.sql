@@ -145,6 +145,10 @@ BEGIN
             EXECUTE replace(idx, format('ON public.%I ', tab.name || '_unpartitioned'),
                             format('ON public.%I ', tab.name));
         END LOOP;
+        -- The new tables have no statistics until autovacuum comes by (and it never analyzes
+        -- a partitioned table itself): without them, a pass's lookup of a few events was
+        -- planned as a read of every row (10M usage events: 5 s instead of 50 ms).
+        EXECUTE format('ANALYZE public.%I', tab.name);
     END LOOP;
 
     -- The views again, each once every view it reads exists, with its privileges.
