@@ -911,6 +911,19 @@ def _nonce(url: str, who: str, tag: str) -> int:
     return int(str(rpc(url, "eth_getTransactionCount", [who, tag])), 16)
 
 
+def _mine_until(url: str, sender: str, nonce: int) -> None:
+    """Mine blocks until `sender`'s transactions below `nonce` are in; fail if blocks stop
+    taking them (a transaction the pool dropped leaves a gap no block fills)."""
+    idle = 0
+    while (done := _nonce(url, sender, "latest")) < nonce:
+        rpc(url, "evm_mine", [])
+        idle = idle + 1 if _nonce(url, sender, "latest") == done else 0
+        if idle >= 3:
+            raise AssertionError(
+                f"set-up stalled at nonce {done} of {nonce}: {rpc(url, 'txpool_status')}"
+            )
+
+
 def _send_all(url: str, sender: str, calls: Sequence[tuple[str, str]], gas: int) -> None:
     """Send `(to, data)` calls from `sender` (an unlocked dev account), OPEN_CHUNK per block
     (automine off meanwhile), and fail unless every one of them succeeded."""
@@ -938,9 +951,9 @@ def _send_all(url: str, sender: str, calls: Sequence[tuple[str, str]], gas: int)
                     for k, (to, data) in enumerate(chunk)
                 ],
             )
-            rpc(url, "evm_mine", [])
-        while _nonce(url, sender, "latest") < first + len(calls):
-            rpc(url, "evm_mine", [])
+            # Each chunk mined before the next is sent: with thousands waiting, anvil's pool
+            # drops some, and the rest then wait behind the gap forever.
+            _mine_until(url, sender, first + start + len(chunk))
     finally:
         rpc(url, "evm_setAutomine", [True])
     for start in range(0, len(hashes), 1000):
