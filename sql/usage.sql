@@ -82,6 +82,18 @@ WHERE r.chain_id = $1 AND r.block_number > $2
 -- UsageRecorded event is indexed: recorded (with the price charged), or rejected when the
 -- contract recorded different units or another endpoint at that sequence number (another
 -- oracle used it).
+-- The pending reports at or below their stream's sequence are found first, each stream by its
+-- primary key (OFFSET 0: a lookup per report, never a pass over every stream).
+WITH passed AS MATERIALIZED (
+    SELECT r.inbox_id
+    FROM usage_reports r
+    CROSS JOIN LATERAL (
+        SELECT x.usage_seq FROM streams x
+        WHERE x.chain_id = r.chain_id AND x.stream_id = r.stream_id
+        OFFSET 0
+    ) s
+    WHERE r.chain_id = $1 AND r.state = 'pending' AND r.seq <= s.usage_seq
+)
 UPDATE usage_reports r
 SET state = CASE WHEN e.units = r.units AND e.endpoint = r.endpoint
                  THEN 'recorded' ELSE 'rejected' END,
@@ -99,9 +111,8 @@ SET state = CASE WHEN e.units = r.units AND e.endpoint = r.endpoint
                        || ' in block ' || e.block_number
                        || ' (another oracle reported on this stream)' END,
     reconciled_at = now()
-FROM streams s, usage_recorded e
-WHERE r.chain_id = $1 AND r.state = 'pending'
-  AND s.chain_id = r.chain_id AND s.stream_id = r.stream_id AND r.seq <= s.usage_seq
+FROM passed p, usage_recorded e
+WHERE r.inbox_id = p.inbox_id AND r.state = 'pending'
   AND e.chain_id = r.chain_id AND e.stream_id = r.stream_id AND e.seq = r.seq
 RETURNING r.state;
 
@@ -185,7 +196,16 @@ SELECT r.stream_id, r.seq, r.units, s.usage_seq, s.payee, r.endpoint,
        END AS urgent_reason
 FROM usage_reports r
 CROSS JOIN head
-JOIN streams s ON s.chain_id = r.chain_id AND s.stream_id = r.stream_id
+-- Each report's stream by its primary key (OFFSET 0 keeps it a lookup per report: joined
+-- freely, a planner that costs 20,000 lookups above one pass over the table reads every
+-- stream, a million of them).
+CROSS JOIN LATERAL (
+    SELECT x.usage_seq, x.payee, x.price_list, x.price, x.price_pending, x.price_effective_at,
+           x.status, x.close_at
+    FROM streams x
+    WHERE x.chain_id = r.chain_id AND x.stream_id = r.stream_id
+    OFFSET 0
+) s
 LEFT JOIN endpoints e
        ON e.chain_id = r.chain_id AND e.payee = s.payee AND e.endpoint = r.endpoint
 WHERE r.chain_id = $1 AND r.state = 'pending' AND r.seq > s.usage_seq
