@@ -100,7 +100,10 @@ class Chaos:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            for name, apply in MODES.items():
+            # The modes that have not met a request yet go first (a window can fall on a
+            # restart of the daemon, when it asks nothing), then the others, in their order.
+            for name in sorted(MODES, key=lambda m: self.effects[m] > 0):
+                apply = MODES[name]
                 if self._stop.is_set():
                     return
                 target = self.selected()
