@@ -38,13 +38,15 @@ from keeper.db.outbox_rows import (
     StoredSend,
     attempt,
     confirmed_batch,
+    first_claims,
     int_or_none,
+    item_arrays,
     open_intent,
     planned_intent,
     stored_send,
 )
 from keeper.db.queries import Queries, load_queries
-from keeper.kinds import ItemColumns, item_columns, item_of_columns, item_ref
+from keeper.kinds import item_of_columns, item_ref
 
 __all__ = [  # the planners' side is re-exported; the manager imports the rows from outbox_rows
     "AlreadyPlanned",
@@ -167,13 +169,7 @@ class Outbox:
                 [r.urgent for r in reqs],
             )
         }
-        # A key returned was created by the first request with it; every other request (its
-        # key planned before, or repeating an earlier request's) is already planned.
-        unclaimed = set(inserted)
-        created = []
-        for req in reqs:
-            created.append(req.key in unclaimed)
-            unclaimed.discard(req.key)
+        created = first_claims([r.key for r in reqs], inserted)
         others = [r.key for r, new in zip(reqs, created, strict=True) if not new]
         existing = {
             r["key"]: AlreadyPlanned(int(r["id"]), r["key"], r["state"])
@@ -182,32 +178,17 @@ class Outbox:
             )
         }
         outcomes: list[Planned | AlreadyPlanned] = []
-        ids: list[int] = []  # per item: its intent, position, kind and columns
-        positions: list[int] = []
-        kinds: list[str] = []
-        columns: list[ItemColumns] = []
         for req, new in zip(reqs, created, strict=True):
-            if not new:
+            if new:
+                outcomes.append(Planned(inserted[req.key], req.key))
+            else:
                 assert req.key in existing, "a conflicting intent cannot vanish: none is deleted"
                 outcomes.append(existing[req.key])
-                continue
-            intent_id = inserted[req.key]
-            outcomes.append(Planned(intent_id, req.key))
-            for n, item in enumerate(req.items):
-                ids.append(intent_id)
-                positions.append(n)
-                kinds.append(req.kind)
-                columns.append(item_columns(req.kind, item))
-        if ids:
-            # numeric(78,0) values go as text: asyncpg encodes Decimals far more slowly.
-            await conn.execute(
-                self.q["insert_items"],
-                self.chain_id,
-                ids,
-                positions,
-                kinds,
-                *([_text(c[k]) for c in columns] for k in range(4)),
-            )
+        items = item_arrays(
+            (inserted[r.key], r.kind, r.items) for r, new in zip(reqs, created, strict=True) if new
+        )
+        if items[0]:
+            await conn.execute(self.q["insert_items"], self.chain_id, *items)
         return outcomes
 
     # ------------------------------------------------------------------ reads
@@ -501,11 +482,6 @@ class Outbox:
         """The intent went through `stage`: its fault record goes."""
         async with self.pool.acquire() as conn:
             await conn.execute(self.q["clear_fault"], intent_id, stage)
-
-
-def _text(value: int | None) -> str | None:
-    """An integer column value as text (cast to numeric by the query)."""
-    return None if value is None else str(value)
 
 
 def _numeric(value: int | None) -> Decimal | None:

@@ -7,11 +7,11 @@ very same types.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from keeper.kinds import INTENT_KINDS, ItemRef
+from keeper.kinds import INTENT_KINDS, ItemRef, item_columns
 
 # An item's outcome as recorded in batch_items: (which item, detail or None).
 ItemOutcome = tuple[ItemRef, str | None]
@@ -235,3 +235,48 @@ def confirmed_batch(row: Mapping[str, Any]) -> ConfirmedBatch:
         tx_hash=bytes(row["tx_hash"]),
         block_number=int(row["block_number"]),
     )
+
+
+def first_claims(keys: Sequence[str], inserted: Mapping[str, int]) -> list[bool]:
+    """Per request key, whether that request created its intent: a key the insert returned was
+    created by the first request with it; every other request (its key planned before, or
+    repeating an earlier request's) is already planned."""
+    unclaimed = set(inserted)
+    created = []
+    for key in keys:
+        created.append(key in unclaimed)
+        unclaimed.discard(key)
+    return created
+
+
+def item_arrays(
+    intents: Iterable[tuple[int, str, Sequence[Any]]],
+) -> tuple[
+    list[int],
+    list[int],
+    list[str],
+    list[str | None],
+    list[str | None],
+    list[str | None],
+    list[str | None],
+]:
+    """The insert_items arrays of new intents' (id, kind, items): per item its intent,
+    position, kind and keeper.kinds.item_columns, numeric(78,0) values as text (asyncpg
+    encodes Decimals far more slowly)."""
+    ids: list[int] = []
+    positions: list[int] = []
+    kinds: list[str] = []
+    entity: list[str | None] = []
+    seq: list[str | None] = []
+    units: list[str | None] = []
+    endpoint: list[str | None] = []
+    for intent_id, kind, items in intents:
+        for n, item in enumerate(items):
+            ids.append(intent_id)
+            positions.append(n)
+            kinds.append(kind)
+            for column, value in zip(
+                (entity, seq, units, endpoint), item_columns(kind, item), strict=True
+            ):
+                column.append(None if value is None else str(value))
+    return ids, positions, kinds, entity, seq, units, endpoint
