@@ -527,6 +527,16 @@ async def _run_steps(conn: Conn, steps: Sequence[tuple[str, str]], streams: int)
         say(f"  {label}: {time.perf_counter() - t0:.1f} s")
 
 
+async def _vacuum_and_count(conn: Conn, tables: str) -> dict[str, int]:
+    """VACUUM ANALYZE `tables` (all when empty), timed; then the row counts."""
+    t0 = time.perf_counter()
+    await conn.execute(f"VACUUM ANALYZE {tables}")
+    say(f"  VACUUM ANALYZE: {time.perf_counter() - t0:.1f} s")
+    row = await conn.fetchrow(SYNTH_COUNTS, DEV_CHAIN_ID)
+    assert row is not None
+    return {k: int(v) for k, v in row.items()}
+
+
 async def synthesize(dsn: str, streams: int) -> dict[str, int]:
     """Write the steady state (nothing due) into the migrated database at `dsn`; row counts.
     The rows are written with the foreign-key triggers off (session_replication_role): they
@@ -541,12 +551,7 @@ async def synthesize(dsn: str, streams: int) -> dict[str, int]:
         t0 = time.perf_counter()
         await build_planner(DEV_CHAIN_ID).store_settings(conn)
         say(f"  thresholds (due times of every stream): {time.perf_counter() - t0:.1f} s")
-        t0 = time.perf_counter()
-        await conn.execute("VACUUM ANALYZE")
-        say(f"  VACUUM ANALYZE: {time.perf_counter() - t0:.1f} s")
-        row = await conn.fetchrow(SYNTH_COUNTS, DEV_CHAIN_ID)
-        assert row is not None
-        return {k: int(v) for k, v in row.items()}
+        return await _vacuum_and_count(conn, "")
     finally:
         await conn.close()
 
@@ -556,14 +561,9 @@ async def add_work(dsn: str, streams: int) -> dict[str, int]:
     conn = await db.connect(dsn)
     try:
         await _run_steps(conn, WORK_STEPS, streams)
-        t0 = time.perf_counter()
-        await conn.execute(
-            "VACUUM ANALYZE ingest_cursor, usage_inbox, usage_reports, intents, batch_items"
+        return await _vacuum_and_count(
+            conn, "ingest_cursor, usage_inbox, usage_reports, intents, batch_items"
         )
-        say(f"  VACUUM ANALYZE: {time.perf_counter() - t0:.1f} s")
-        row = await conn.fetchrow(SYNTH_COUNTS, DEV_CHAIN_ID)
-        assert row is not None
-        return {k: int(v) for k, v in row.items()}
     finally:
         await conn.close()
 
