@@ -21,12 +21,13 @@ RETURNING id, key;
 
 -- name: insert_items
 -- New batch intents' items, one array per column: the intent, the item's position in its
--- calldata, the kind, then keeper.kinds.item_columns as text.
+-- calldata, the kind, then keeper.kinds.item_columns; each array an array literal in one text
+-- parameter (keeper.db.outbox_rows.array_literal).
 INSERT INTO batch_items (intent_id, position, chain_id, kind, entity, seq, units, endpoint)
-SELECT r.intent_id, r.position, $1, r.kind, r.entity::numeric, r.seq::numeric, r.units::numeric,
-       r.endpoint::numeric
-FROM unnest($2::bigint[], $3::integer[], $4::text[], $5::text[], $6::text[], $7::text[],
-            $8::text[]) AS r (intent_id, position, kind, entity, seq, units, endpoint);
+SELECT r.intent_id, r.position, $1, r.kind, r.entity, r.seq, r.units, r.endpoint
+FROM unnest($2::text::bigint[], $3::text::integer[], $4::text::text[], $5::text::numeric[],
+            $6::text::numeric[], $7::text::numeric[], $8::text::numeric[])
+     AS r (intent_id, position, kind, entity, seq, units, endpoint);
 
 -- name: items_of_intents
 -- The items still in their batches (not taken out for reverting), per intent, in order.

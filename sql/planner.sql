@@ -20,15 +20,16 @@ SELECT indexed_block FROM ingest_cursor WHERE chain_id = $1 AND indexed_timestam
 -- name: streams_due
 -- Most urgent first (least runway), then the largest amounts. A closing stream is never
 -- settled by the planner (its rate is 0 from the close request, which settled it; the final
--- close settles and refunds it): the view lists open streams only.
-SELECT d.stream_id, d.payee, d.reason, d.urgent, d.accrued_now
+-- close settles and refunds it): the view lists open streams only. Numbers as text: an exact
+-- int() each, cheaper than a Decimal's for 10,000 rows.
+SELECT d.stream_id::text, d.payee, d.reason, d.urgent, d.accrued_now::text
 FROM keeper.streams_due d
 WHERE d.chain_id = $1
 ORDER BY d.urgent DESC, d.runway_seconds NULLS LAST, d.accrued_now DESC, d.stream_id;
 
 -- name: escrows_refundable
 -- Most overdue first.
-SELECT escrow_id, amount
+SELECT escrow_id::text, amount::text
 FROM keeper.escrows_refundable
 WHERE chain_id = $1
 ORDER BY expires_at, escrow_id;

@@ -167,6 +167,8 @@ WHERE r.chain_id = $1 AND r.state = 'pending'
 -- price: what the report costs per unit at the head, as the contract's priceInForce: an
 -- own-price stream's own price whatever the endpoint, a price-list stream's endpoint price (a
 -- pending price whose effective time has come is in force).
+-- Numbers come as text (a Python int from it is exact and far cheaper than from a Decimal; a
+-- value with a fraction would not parse): the pass reads up to 20,000 rows.
 -- urgent_reason: the deadline the report must beat, if any: its stream stops taking usage at
 -- close_at (`stream_closing`), or the price it is charged changes: the stream's own price
 -- (`price_change`) or, on a price list, its endpoint's (`endpoint_price_change`).
@@ -183,13 +185,14 @@ held AS MATERIALIZED (
     WHERE i.chain_id = $1 AND i.kind = 'usage' AND i.state = 'failed'
       AND i.updated_at > now() - make_interval(secs => ps.backoff_seconds)
 )
-SELECT r.stream_id, r.seq, r.units, s.usage_seq, s.payee, r.endpoint,
+SELECT r.stream_id::text, r.seq::text, r.units::text, s.usage_seq::text, s.payee,
+       r.endpoint::text,
        COALESCE(CASE WHEN NOT s.price_list
                      THEN CASE WHEN s.price_effective_at <= head.t THEN s.price_pending
                                ELSE s.price END
                      ELSE CASE WHEN e.price_effective_at <= head.t THEN e.price_pending
                                ELSE e.price END
-                END, 0) AS price,
+                END, 0)::text AS price,
        CASE WHEN s.status = 'closing' THEN 'stream_closing'
             WHEN NOT s.price_list AND s.price_effective_at > head.t THEN 'price_change'
             WHEN s.price_list AND e.price_effective_at > head.t THEN 'endpoint_price_change'

@@ -184,11 +184,11 @@ class Outbox:
             else:
                 assert req.key in existing, "a conflicting intent cannot vanish: none is deleted"
                 outcomes.append(existing[req.key])
-        items = item_arrays(
+        count, columns = item_arrays(
             (inserted[r.key], r.kind, r.items) for r, new in zip(reqs, created, strict=True) if new
         )
-        if items[0]:
-            await conn.execute(self.q["insert_items"], self.chain_id, *items)
+        if count:
+            await conn.execute(self.q["insert_items"], self.chain_id, *columns)
         return outcomes
 
     # ------------------------------------------------------------------ reads

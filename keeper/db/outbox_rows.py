@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from keeper.kinds import INTENT_KINDS, ItemRef, item_columns
+from keeper.kinds import INTENT_KINDS, USAGE, ItemRef, item_columns, usage_fields
 
 # An item's outcome as recorded in batch_items: (which item, detail or None).
 ItemOutcome = tuple[ItemRef, str | None]
@@ -249,34 +249,45 @@ def first_claims(keys: Sequence[str], inserted: Mapping[str, int]) -> list[bool]
     return created
 
 
+def array_literal(values: Iterable[int | str | None]) -> str:
+    """A PostgreSQL array literal of whole numbers or bare words (NULL for None), passed as one
+    text parameter and cast on the server: asyncpg checks every element of an array parameter
+    (a pass writes 200,000 of them), PostgreSQL's array input parses the text in C."""
+    return "{" + ",".join("NULL" if v is None else str(v) for v in values) + "}"
+
+
 def item_arrays(
     intents: Iterable[tuple[int, str, Sequence[Any]]],
-) -> tuple[
-    list[int],
-    list[int],
-    list[str],
-    list[str | None],
-    list[str | None],
-    list[str | None],
-    list[str | None],
-]:
-    """The insert_items arrays of new intents' (id, kind, items): per item its intent,
-    position, kind and keeper.kinds.item_columns, numeric(78,0) values as text (asyncpg
-    encodes Decimals far more slowly)."""
+) -> tuple[int, list[str]]:
+    """The insert_items arguments of new intents' (id, kind, items): the number of items, and
+    per item its intent, position, kind and keeper.kinds.item_columns, each column one
+    `array_literal`."""
     ids: list[int] = []
     positions: list[int] = []
     kinds: list[str] = []
-    entity: list[str | None] = []
-    seq: list[str | None] = []
-    units: list[str | None] = []
-    endpoint: list[str | None] = []
+    entity: list[int] = []
+    seq: list[int | None] = []
+    units: list[int | None] = []
+    endpoint: list[int | None] = []
     for intent_id, kind, items in intents:
-        for n, item in enumerate(items):
-            ids.append(intent_id)
-            positions.append(n)
-            kinds.append(kind)
-            for column, value in zip(
-                (entity, seq, units, endpoint), item_columns(kind, item), strict=True
-            ):
-                column.append(None if value is None else str(value))
-    return ids, positions, kinds, entity, seq, units, endpoint
+        if kind not in INTENT_KINDS:  # a bare word in the literal: only the registry's names
+            raise ValueError(f"unknown intent kind {kind!r}")
+        n = len(items)
+        ids += [intent_id] * n
+        positions += range(n)
+        kinds += [kind] * n
+        if kind == USAGE.name:
+            # item_columns, unrolled: a pass writes up to 20,000 usage items.
+            for item in items:
+                stream_id, item_units, item_seq, item_endpoint = usage_fields(item)
+                entity.append(stream_id)
+                seq.append(item_seq)
+                units.append(item_units)
+                endpoint.append(item_endpoint)
+        else:
+            entity += [item_columns(kind, item)[0] for item in items]
+            seq += [None] * n
+            units += [None] * n
+            endpoint += [None] * n
+    columns = (ids, positions, kinds, entity, seq, units, endpoint)
+    return len(ids), [array_literal(column) for column in columns]

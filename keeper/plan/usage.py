@@ -43,9 +43,10 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
+from typing import NamedTuple
 
 import structlog
 
@@ -63,8 +64,7 @@ def intake_lock_key(chain_id: int) -> int:
     return int.from_bytes(digest[:8], "big", signed=True)
 
 
-@dataclass(frozen=True)
-class StreamState:
+class StreamState(NamedTuple):
     """What validation needs to know about a stream."""
 
     status: str  # open, closing or closed
@@ -204,7 +204,7 @@ def judge(
             )
         if rejection is None and state is not None and isinstance(endpoint, int):
             verdicts.append(Verdict(inbox_id, parsed, seq=state.next_seq, endpoint=endpoint))
-            streams[parsed.stream_id] = replace(state, next_seq=state.next_seq + 1)
+            streams[parsed.stream_id] = state._replace(next_seq=state.next_seq + 1)
             accepted_keys[parsed.producer_key] = inbox_id
         else:
             verdicts.append(Verdict(inbox_id, parsed, rejection=rejection))
@@ -215,9 +215,8 @@ def judge(
 URGENT_REASONS = ("stream_closing", "price_change", "endpoint_price_change")
 
 
-@dataclass(frozen=True)
-class UsageItem:
-    """One pending report due to go out."""
+class UsageItem(NamedTuple):
+    """One pending report due to go out (a tuple: a pass builds up to 20,000)."""
 
     stream_id: int
     units: int
@@ -431,19 +430,11 @@ class UsageOracle:
     async def due(self, conn: Conn, per_stream: int) -> list[list[UsageItem]]:
         """Per stream, the pending reports that can go out now (at most `per_stream` each)."""
         rows = await conn.fetch(self.q["usage_due"], self.chain_id, self.due_per_pass)
+        # Numbers come as text (usage.sql): int() of one is exact.
         runs, gaps = contiguous_runs(
             (
-                (
-                    to_int(r["stream_id"]),
-                    to_int(r["seq"]),
-                    to_int(r["units"]),
-                    to_int(r["usage_seq"]),
-                    bytes(r["payee"]),
-                    to_int(r["price"]),
-                    to_int(r["endpoint"]),
-                    r["urgent_reason"],
-                )
-                for r in rows
+                (int(sid), int(seq), int(units), int(last), payee, int(price), int(ep), urgent)
+                for sid, seq, units, last, payee, ep, price, urgent in rows
             ),
             per_stream,
         )
