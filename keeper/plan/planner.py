@@ -27,6 +27,7 @@ planned as `AlreadyPlanned`.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -281,28 +282,27 @@ class Planner:
         return batch_size("usage", self.settings.max_batch_gas)
 
     async def plan_pass(
-        self, conn: Conn, *, base_fee: int | None = None, dry_run: bool = False
+        self,
+        conn: Conn,
+        *,
+        base_fee: int | None = None,
+        dry_run: bool = False,
+        spare: Sequence[Conn] = (),
     ) -> PassReport:
         """One planning pass: read what is due, cut batches and (unless `dry_run`) create their
-        intents, all in one transaction."""
+        intents. On `conn` alone: the usage intake in its own transaction, then everything
+        else in one. With two `spare` connections (the daemon's, `[plan] pass_connections`),
+        three transactions run side by side (`_plan_side_by_side`)."""
+        if len(spare) >= 2 and not dry_run and self.usage is not None:
+            return await self._plan_side_by_side(conn, spare[0], spare[1], base_fee)
         report = PassReport()
-        if self.usage is not None:
-            # Its own transaction: accepted rows and their sequence numbers are committed
-            # whatever the planning below does, and the intake lock is not held while it runs.
-            try:
-                async with conn.transaction():
-                    report.intake = await self.usage.intake(conn)
-            except OUTAGES:
-                raise
-            except Exception as exc:
-                report.usage_error = exc
+        # Its own transaction: accepted rows and their sequence numbers are committed whatever
+        # the planning below does, and the intake lock is not held while it runs.
+        await self._intake(conn, report)
         async with conn.transaction():
-            block, settle, refund = await self.due(conn)
-            report.block = block
-            report.due = {"settle": len(settle), "refund": len(refund)}
+            block, batches = await self._settle_due(conn, report, base_fee)
             if block is None:
                 return report  # nothing indexed yet
-            batches, report.held_by_base_fee = self.batches(block, settle, refund, base_fee)
             if self.usage is not None and report.usage_error is None:
                 try:
                     async with conn.transaction():  # a savepoint: a failure undoes only this
@@ -314,16 +314,92 @@ class Planner:
             if dry_run:
                 report.planned += batches
                 return report
-            outcomes = await self.outbox.plan_all(conn, [self.request(b) for b in batches])
-            for batch, outcome in zip(batches, outcomes, strict=True):
-                if isinstance(outcome, AlreadyPlanned):
-                    report.already_planned += 1
-                else:
-                    assert isinstance(outcome, Planned)
-                    report.planned.append(batch)
-        if not dry_run:
-            self._count_urgent_usage(report, base_fee)
+            await self._plan(conn, batches, report)
+        self._count_urgent_usage(report, base_fee)
         return report
+
+    async def _plan_side_by_side(
+        self, conn: Conn, settle_conn: Conn, usage_conn: Conn, base_fee: int | None
+    ) -> PassReport:
+        """A pass as three transactions at once, each on its own connection: the usage intake
+        (`conn`), the settle and refund planning (`settle_conn`) and the usage planning
+        (`usage_conn`: reconcile, due reports, their batches). They touch different rows: the
+        intake inserts new reports, the usage planning reads and updates those accepted
+        before, so the reports this intake accepts go out with the next pass (or with this
+        one, if it committed before the due reports were read: either way once, in sequence).
+        Python and the database work at once instead of in turn. An outage in any part is
+        raised once all three are over; an unexpected error of a usage part is kept in
+        `usage_error`, as on one connection."""
+        report = PassReport()
+
+        async def settle() -> None:
+            async with settle_conn.transaction():
+                block, batches = await self._settle_due(settle_conn, report, base_fee)
+                if block is not None:
+                    await self._plan(settle_conn, batches, report)
+
+        async def usage() -> None:
+            async with usage_conn.transaction():
+                block = await usage_conn.fetchval(self.q["indexed_block"], self.chain_id)
+                if block is None:
+                    return
+                try:
+                    async with usage_conn.transaction():  # a savepoint, as on one connection
+                        batches = await self._usage_part(usage_conn, int(block), base_fee, report)
+                except OUTAGES:
+                    raise
+                except Exception as exc:
+                    report.usage_error = exc
+                    return
+                await self._plan(usage_conn, batches, report)
+
+        # All three run to their end (no part is cancelled mid-statement); then the first
+        # failure is raised.
+        outcomes = await asyncio.gather(
+            self._intake(conn, report), settle(), usage(), return_exceptions=True
+        )
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
+        self._count_urgent_usage(report, base_fee)
+        return report
+
+    async def _intake(self, conn: Conn, report: PassReport) -> None:
+        """Validate the usage inbox in a transaction of its own; an unexpected error is kept
+        in `report.usage_error`, an outage raised."""
+        if self.usage is None:
+            return
+        try:
+            async with conn.transaction():
+                report.intake = await self.usage.intake(conn)
+        except OUTAGES:
+            raise
+        except Exception as exc:
+            report.usage_error = exc
+
+    async def _settle_due(
+        self, conn: Conn, report: PassReport, base_fee: int | None
+    ) -> tuple[int | None, list[Batch]]:
+        """The indexed block (None: nothing indexed yet) and the batches of the due
+        settlements and refunds (not created yet); counts them into `report`."""
+        block, settle, refund = await self.due(conn)
+        report.block = block
+        report.due.update({"settle": len(settle), "refund": len(refund)})
+        if block is None:
+            return None, []
+        batches, held = self.batches(block, settle, refund, base_fee)
+        report.held_by_base_fee += held
+        return block, batches
+
+    async def _plan(self, conn: Conn, batches: list[Batch], report: PassReport) -> None:
+        """Create the intents of `batches`; count those planned before."""
+        outcomes = await self.outbox.plan_all(conn, [self.request(b) for b in batches])
+        for batch, outcome in zip(batches, outcomes, strict=True):
+            if isinstance(outcome, AlreadyPlanned):
+                report.already_planned += 1
+            else:
+                assert isinstance(outcome, Planned)
+                report.planned.append(batch)
 
     def _count_urgent_usage(self, report: PassReport, base_fee: int | None) -> None:
         """Count and log the urgent usage reports a pass planned (after its commit)."""

@@ -20,7 +20,7 @@ from __future__ import annotations
 import signal
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
-from contextlib import contextmanager
+from contextlib import AsyncExitStack, contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, TypeVar
@@ -56,6 +56,9 @@ log = structlog.get_logger(__name__)
 T = TypeVar("T")
 USAGE_DISABLED_REASON = "signers without ORACLE_ROLE on StreamManager"
 USAGE_DISABLED_HELP = "grant every signer ORACLE_ROLE, or set plan.usage = false"
+# How long a planning pass waits for a spare connection the pool said it had before it runs
+# on one (another loop may have taken it in between).
+SPARE_WAIT = 0.5
 # What the start-up's chain checks wait out (a node answering them with an error included).
 _WAITED_OUT_AT_START: tuple[type[Exception], ...] = (*OUTAGES, RpcResponseError)
 
@@ -264,7 +267,13 @@ async def _plan_loop(planner: Planner, client: ChainClient, pool: asyncpg.Pool, 
                     if await planner.backfill_done(conn):
                         head = await client.head()
                         started = time.perf_counter()
-                        report = await planner.plan_pass(conn, base_fee=head.base_fee)
+                        async with AsyncExitStack() as spares:
+                            spare = await _spare_connections(
+                                pool, spares, run.config.plan.pass_connections - 1
+                            )
+                            report = await planner.plan_pass(
+                                conn, base_fee=head.base_fee, spare=spare
+                            )
                         PLAN_PASS_SECONDS.observe(time.perf_counter() - started)
                         _report_pass(report)
                         if report.usage_error is not None:
@@ -276,6 +285,20 @@ async def _plan_loop(planner: Planner, client: ChainClient, pool: asyncpg.Pool, 
             continue
         guard.succeeded()
         await _pause(shutdown, interval)
+
+
+async def _spare_connections(pool: asyncpg.Pool, stack: AsyncExitStack, n: int) -> list[Any]:
+    """Up to `n` more connections for a planning pass, only if the pool has them idle or can
+    open them (a pass never waits for another loop's connection: it then runs on one)."""
+    if n <= 0 or pool.get_idle_size() + pool.get_max_size() - pool.get_size() < n:
+        return []
+    spare = []
+    for _ in range(n):
+        try:
+            spare.append(await stack.enter_async_context(pool.acquire(timeout=SPARE_WAIT)))
+        except TimeoutError:
+            break
+    return spare if len(spare) == n else []
 
 
 def _status_line(state: HealthState) -> str:

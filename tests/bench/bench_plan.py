@@ -83,6 +83,7 @@ import time
 import urllib.request
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -121,6 +122,8 @@ SETTLE_PAYEES = 100
 SETTLE_AGE_S = 3_600  # chain time moved on after opening: 3.6M accrued per stream
 OPEN_CHUNK = 500  # openStream calls per block while setting up (about 58M gas)
 RSS_PASSES = 2  # passes of the planner RSS child (its peak is reached in the first)
+# The connections a pass uses, as the daemon's with the default `[plan] pass_connections`.
+PASS_CONNECTIONS = PlanConfig().pass_connections
 SETTLE_DEADLINE_S = 300.0  # from the daemon's start to the last settlement
 
 
@@ -691,18 +694,23 @@ def query_names(planner: Planner) -> dict[str, str]:
 
 
 async def rolled_back_pass(
-    planner: Planner, conn: Conn, via: Conn | None = None
+    planner: Planner, conns: Sequence[Conn], via: Sequence[Conn] | None = None
 ) -> tuple[float, PassReport]:
-    """One pass in a transaction of `conn` that is rolled back afterwards (the pass itself
-    runs through `via`, a proxy of `conn`, when given); (seconds, report)."""
-    tr = conn.transaction()
-    await tr.start()
-    try:
+    """One pass as the daemon runs it, on `conns[0]` with the others spare (`[plan]
+    pass_connections`), each connection in a transaction that is rolled back afterwards (the
+    pass itself runs through `via`, proxies of `conns`, when given); (seconds, report). With
+    nothing committed, the usage planning never sees the reports the intake accepts beside it:
+    a pass plans the reports that were pending, as the daemon's does when its intake finishes
+    last."""
+    async with AsyncExitStack() as stack:
+        for conn in conns:
+            tr = conn.transaction()
+            await tr.start()
+            stack.push_async_callback(tr.rollback)
+        first, *spare = via or conns
         t0 = time.perf_counter()
-        report = await planner.plan_pass(via or conn)
+        report = await planner.plan_pass(first, spare=spare)
         return time.perf_counter() - t0, report
-    finally:
-        await tr.rollback()
 
 
 @dataclass
@@ -747,11 +755,14 @@ async def time_passes(dsn: str, passes: int, budget: float) -> PassResult:
     phases, queries = Timings(), Timings()
     planner = timed_planner(DEV_CHAIN_ID, phases)
     names = query_names(planner)
-    pool = await db.create_pool(dsn, min_size=1, max_size=2)
+    pool = await db.create_pool(dsn, min_size=PASS_CONNECTIONS, max_size=PASS_CONNECTIONS)
     try:
-        async with pool.acquire() as raw:
-            conn = cast(Conn, raw)
-            first_s, report = await rolled_back_pass(planner, conn)
+        async with AsyncExitStack() as stack:
+            raws = [
+                await stack.enter_async_context(pool.acquire()) for _ in range(PASS_CONNECTIONS)
+            ]
+            conns = [cast(Conn, raw) for raw in raws]
+            first_s, report = await rolled_back_pass(planner, conns)
             say(f"  warm-up pass: {first_s:.3f} s, {describe_report(report)}")
             seconds: list[float] = []
             phases.seconds.clear()
@@ -760,9 +771,9 @@ async def time_passes(dsn: str, passes: int, budget: float) -> PassResult:
                 if i and sum(seconds) > budget:
                     say(f"  pass budget of {budget:.0f} s used up after {i} passes")
                     break
-                await raw.execute("VACUUM usage_inbox, usage_reports, intents")
-                timed = cast(Conn, TimedConn(raw, queries, names))
-                s, report = await rolled_back_pass(planner, conn, timed)
+                await raws[0].execute("VACUUM usage_inbox, usage_reports, intents")
+                timed = [cast(Conn, TimedConn(raw, queries, names)) for raw in raws]
+                s, report = await rolled_back_pass(planner, conns, timed)
                 seconds.append(s)
                 say(f"  pass {i + 1}/{passes}: {s:.3f} s")
     finally:
@@ -845,9 +856,13 @@ def rss_child(dsn: str, passes: int) -> int:
         planner = build_planner(DEV_CHAIN_ID)
         seconds = []
         try:
-            async with pool.acquire() as conn:
+            async with AsyncExitStack() as stack:
+                conns = [
+                    cast(Conn, await stack.enter_async_context(pool.acquire()))
+                    for _ in range(PASS_CONNECTIONS)
+                ]
                 for _ in range(passes):
-                    s, _report = await rolled_back_pass(planner, cast(Conn, conn))
+                    s, _report = await rolled_back_pass(planner, conns)
                     seconds.append(round(s, 3))
         finally:
             await pool.close()
