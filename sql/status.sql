@@ -92,9 +92,10 @@ ORDER BY updated_at DESC, intent_id DESC
 LIMIT 1;
 
 -- name: last_send_error
-SELECT intent_id, kind, key, latest_send_error AS message, updated_at AS at
-FROM keeper.tx_pipeline
-WHERE chain_id = $1 AND latest_send_error IS NOT NULL
+-- keeper.send_errors, not tx_pipeline: only the intents with a refused attempt are read.
+SELECT intent_id, kind, key, message, updated_at AS at
+FROM keeper.send_errors
+WHERE chain_id = $1
 ORDER BY updated_at DESC, intent_id DESC
 LIMIT 1;
 
