@@ -2232,3 +2232,12 @@ CROSS JOIN LATERAL (
     WHERE a.intent_id = i.id ORDER BY a.id DESC LIMIT 1
 ) la
 WHERE la.last_error IS NOT NULL;
+
+-- ================================================================ usage reorg check (0020)
+
+-- Per chain, the newest reorg whose effect on reconciled usage reports the planner has undone
+-- (keeper.plan.usage: a pass looks for stale reconciliations only after a newer reorg).
+CREATE TABLE usage_reorgs_checked (
+    chain_id bigint PRIMARY KEY,
+    reorg_id bigint NOT NULL
+);

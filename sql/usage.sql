@@ -59,6 +59,16 @@ SET verdict = v.verdict, reason = v.reason, detail = v.detail, validated_at = no
 FROM unnest($2::bigint[], $3::text[], $4::text[], $5::text[]) AS v (id, verdict, reason, detail)
 WHERE u.id = v.id AND u.verdict IS NULL;
 
+-- name: reorgs_unchecked
+-- The newest reorg of the chain (0: none), and the newest whose effect on usage was undone
+-- (NULL: never looked).
+SELECT (SELECT COALESCE(max(g.id), 0) FROM reorgs g WHERE g.chain_id = $1) AS latest,
+       (SELECT c.reorg_id FROM usage_reorgs_checked c WHERE c.chain_id = $1) AS checked;
+
+-- name: mark_reorgs_checked
+INSERT INTO usage_reorgs_checked (chain_id, reorg_id) VALUES ($1, $2)
+ON CONFLICT (chain_id) DO UPDATE SET reorg_id = EXCLUDED.reorg_id;
+
 -- name: unreconcile_reorged
 -- Reconciliations whose deciding event is no longer indexed (its block was reorged away): the
 -- report is pending again. Only blocks above the finalized one ($2, read first: as a constant

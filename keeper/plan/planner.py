@@ -23,6 +23,11 @@ after it reverted or had no effect, is not in the views, so it is never planned 
 Each batch becomes an intent whose idempotency key is derived from its kind, block and items:
 re-running a pass (after a crash between two intents, say) reports the batches it already
 planned as `AlreadyPlanned`.
+
+The daemon runs a pass on three connections at once (`[plan] pass_connections`): the usage
+intake, the settle and refund planning and the usage planning are independent transactions
+over different rows, so Python and PostgreSQL work side by side (at 1,000,000 streams the worst
+case takes about 0.6 s instead of 1.2 s one after the other).
 """
 
 from __future__ import annotations

@@ -412,20 +412,36 @@ class UsageOracle:
     async def reconcile(self, conn: Conn) -> dict[str, int]:
         """Bring pending reports up to date with the indexed events; run inside a
         transaction. Returns counts: `undone` (reorged away), `recorded`, `rejected`."""
-        finalized = await conn.fetchval(self.q["finalized_block"], self.chain_id)
-        undone = await conn.execute(
-            self.q["unreconcile_reorged"], self.chain_id, -1 if finalized is None else finalized
-        )
+        undone = await self._undo_reorged(conn)
         states = [r["state"] for r in await conn.fetch(self.q["reconcile_recorded"], self.chain_id)]
         closed = await conn.execute(self.q["reconcile_closed"], self.chain_id)
         closing = await conn.execute(self.q["reconcile_closing"], self.chain_id)
         return {
-            "undone": int(undone.split()[-1]),
+            "undone": undone,
             "recorded": states.count("recorded"),
             "rejected": states.count("rejected")
             + int(closed.split()[-1])
             + int(closing.split()[-1]),
         }
+
+    async def _undo_reorged(self, conn: Conn) -> int:
+        """Make pending again the reports reconciled from events a reorg took away; how many.
+        Only a reorg deletes indexed events, and it records itself in `reorgs` in the same
+        transaction: the reports above the finalized block are searched only when a reorg
+        newer than the last one handled is there (`usage_reorgs_checked`, written in this
+        transaction, so a rolled-back pass looks again). A reorg committed after the check
+        is newer than what is marked: the next pass handles it."""
+        row = await conn.fetchrow(self.q["reorgs_unchecked"], self.chain_id)
+        assert row is not None  # a SELECT without FROM: always one row
+        latest, checked = row
+        if checked is not None and latest <= checked:
+            return 0
+        finalized = await conn.fetchval(self.q["finalized_block"], self.chain_id)
+        undone = await conn.execute(
+            self.q["unreconcile_reorged"], self.chain_id, -1 if finalized is None else finalized
+        )
+        await conn.execute(self.q["mark_reorgs_checked"], self.chain_id, latest)
+        return int(undone.split()[-1])
 
     async def due(self, conn: Conn, per_stream: int) -> list[list[UsageItem]]:
         """Per stream, the pending reports that can go out now (at most `per_stream` each)."""

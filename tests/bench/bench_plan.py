@@ -12,15 +12,15 @@ is set and the local server does not answer, an embedded pgserver is started):
    written, see `synthesize`):
    - N `streams` (plus `ingest_cursor` with the backfill done, `contract_params`, the `[plan]`
      defaults in `planner_settings` as the daemon writes them, which computes every stream's
-     due time). Every (N / 10,000)-th stream is one of 10,000 that will be due (4 % depleting
-     within the horizon, 60 % by the accrued minimum, 36 % by the maximum interval; 450 of them
-     in 3 settle intents in flight and 50 backed off, so a pass settles 9,500); of the rest, 3 %
-     closed, 5 % emptied, the others accruing below every threshold. 1,009 payees, 25,013
-     payers;
+     due time, and `usage_reorgs_checked` as a first pass leaves it). Every (N / 10,000)-th
+     stream is one of 10,000 that will be due (4 % depleting within the horizon, 60 % by the
+     accrued minimum, 36 % by the maximum interval; 450 of them in 3 settle intents in flight
+     and 50 backed off, so a pass settles 9,500); of the rest, 3 % closed, 5 % emptied, the
+     others accruing below every threshold. 1,009 payees, 25,013 payers;
    - 10 x N usage rows: 20 per even stream, each a `usage_inbox` row (accepted), its
      `usage_reports` row (recorded), its `UsageRecorded` event and its item in one of N x 10 / 132
-     final usage intents (the last 20 batches above the finalized block, so the reorg check
-     has rows to look at);
+     final usage intents (the last 20 batches above the finalized block, what the search for
+     stale reconciliations reads after a reorg);
    - 2 x N more past intents (settle batches of one item: the outbox's indexes see their
      number, not their size): with the usage batches, about 2,075,000 intents and 12,000,000
      batch items at N = 1,000,000;
@@ -189,6 +189,8 @@ SELECT chain_id, 1, head, sha256('head'::bytea), now_ts - 86400, head, now_ts - 
 FROM bench_params;
 INSERT INTO contract_params (chain_id, fee_bps, fee_recipient, updated_block)
 SELECT chain_id, 250, decode('dd' || repeat('00', 19), 'hex'), 1 FROM bench_params;
+-- A keeper that has run has looked for stale usage reconciliations once (no reorg since).
+INSERT INTO usage_reorgs_checked (chain_id, reorg_id) SELECT chain_id, 0 FROM bench_params;
 """,
     ),
     (

@@ -283,6 +283,44 @@ async def test_a_reorged_recording_is_undone_and_recorded_again_once(
         assert await conn.fetchval("SELECT count(*) FROM usage_recorded") == 1
 
 
+async def test_stale_reconciliations_are_searched_for_only_after_a_new_reorg(
+    env: Env, database_url: str
+) -> None:
+    """Only a reorg deletes indexed events (and records itself in `reorgs` as it does): the
+    reports above the finalized block are searched only when a reorg newer than the last one
+    handled is recorded. Here the event is deleted by hand, without a reorg row, to show the
+    search is not made; a reorg row then brings it back."""
+    world(env)
+    await index(env, database_url)
+    await inbox(env, (1, 5, "a"))
+    p = planner(env)
+    await run_until_idle(env, database_url, p, passes=1)
+    assert (await statuses(env))["a"][0] == "recorded"
+    async with env.pool.acquire() as conn:
+        assert await conn.fetchval("SELECT reorg_id FROM usage_reorgs_checked") == 0
+        await conn.execute("DELETE FROM usage_recorded")
+        async with conn.transaction():
+            assert (await p.usage.reconcile(conn))["undone"] == 0  # type: ignore[union-attr]
+    assert (await statuses(env))["a"][0] == "recorded"
+    async with env.pool.acquire() as conn:
+        reorg = await conn.fetchval(
+            "INSERT INTO reorgs (chain_id, depth, ancestor_block, old_head_block, old_head_hash) "
+            "VALUES ($1, 1, 1, 2, '\\x00') RETURNING id",
+            env.deployment.chain_id,
+        )
+        # Rolled back: the mark goes with the undone reconciliation, and the next pass looks.
+        tr = conn.transaction()
+        await tr.start()
+        assert (await p.usage.reconcile(conn))["undone"] == 1  # type: ignore[union-attr]
+        await tr.rollback()
+        async with conn.transaction():
+            assert (await p.usage.reconcile(conn))["undone"] == 1  # type: ignore[union-attr]
+        assert await conn.fetchval("SELECT reorg_id FROM usage_reorgs_checked") == reorg
+        async with conn.transaction():
+            assert (await p.usage.reconcile(conn))["undone"] == 0  # type: ignore[union-attr]
+    assert (await statuses(env))["a"][0] in ("pending", "sending")
+
+
 async def test_usage_needs_the_oracle_role_of_every_signer(env: Env) -> None:
     manager = world(env, grant=False)
     addresses = [s.address for s in env.signers]
