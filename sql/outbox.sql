@@ -22,7 +22,7 @@ RETURNING id, key;
 -- name: insert_items
 -- New batch intents' items, one array per column: the intent, the item's position in its
 -- calldata, the kind, then keeper.kinds.item_columns; each array an array literal in one text
--- parameter (keeper.db.outbox_rows.array_literal).
+-- parameter (keeper.db.array_literal).
 INSERT INTO batch_items (intent_id, position, chain_id, kind, entity, seq, units, endpoint)
 SELECT r.intent_id, r.position, $1, r.kind, r.entity, r.seq, r.units, r.endpoint
 FROM unnest($2::text::bigint[], $3::text::integer[], $4::text::text[], $5::text::numeric[],

@@ -26,7 +26,7 @@ SELECT s.stream_id, s.status, s.close_at, s.payee, s.price_list, s.usage_seq,
        (SELECT max(r.seq) FROM usage_reports r
         WHERE r.chain_id = s.chain_id AND r.stream_id = s.stream_id) AS assigned_seq
 FROM streams s
-WHERE s.chain_id = $1 AND s.stream_id = ANY($2::numeric[]);
+WHERE s.chain_id = $1 AND s.stream_id = ANY($2::text::numeric[]);
 
 -- name: endpoints_named
 -- The ids of the endpoints a batch of inbox rows names, by (payee, name).
@@ -36,12 +36,12 @@ JOIN unnest($2::bytea[], $3::text[]) AS w (payee, name)
   ON e.payee = w.payee AND e.name = w.name
 WHERE e.chain_id = $1;
 
--- name: chain_time
--- The indexed head's timestamp: chain time as far as the index goes.
-SELECT indexed_timestamp FROM ingest_cursor WHERE chain_id = $1;
-
--- name: highest_stream
-SELECT max(stream_id) FROM streams WHERE chain_id = $1;
+-- name: intake_context
+-- In one round trip: the transaction's time, the indexed head's timestamp (chain time as far
+-- as the index goes) and the highest indexed stream id.
+SELECT now() AS now,
+       (SELECT c.indexed_timestamp FROM ingest_cursor c WHERE c.chain_id = $1) AS chain_time,
+       (SELECT max(s.stream_id) FROM streams s WHERE s.chain_id = $1) AS highest;
 
 -- name: accepted_keys
 -- The keys of accepted rows: in usage_reports, or in usage_retired_keys once retention took
@@ -53,10 +53,13 @@ SELECT producer_key, inbox_id FROM usage_retired_keys
 WHERE chain_id = $1 AND producer_key = ANY($2::text[]);
 
 -- name: set_verdicts
+-- ids, verdicts and reason codes as array literals (keeper.db.array_literal);
+-- the details, free text, as a text array.
 UPDATE usage_inbox u
 SET verdict = v.verdict, reason = v.reason, detail = v.detail, validated_at = now(),
     chain_id = COALESCE(u.chain_id, $1)
-FROM unnest($2::bigint[], $3::text[], $4::text[], $5::text[]) AS v (id, verdict, reason, detail)
+FROM unnest($2::text::bigint[], $3::text::text[], $4::text::text[], $5::text[])
+     AS v (id, verdict, reason, detail)
 WHERE u.id = v.id AND u.verdict IS NULL;
 
 -- name: reorgs_unchecked
@@ -92,17 +95,22 @@ WHERE r.chain_id = $1 AND r.block_number > $2
 -- UsageRecorded event is indexed: recorded (with the price charged), or rejected when the
 -- contract recorded different units or another endpoint at that sequence number (another
 -- oracle used it).
--- The pending reports at or below their stream's sequence are found first, each stream by its
--- primary key (OFFSET 0: a lookup per report, never a pass over every stream).
-WITH passed AS MATERIALIZED (
-    SELECT r.inbox_id
-    FROM usage_reports r
+-- The pending reports at or below their stream's sequence are found first: the pending reports
+-- by their partial index, then each of their streams once by its primary key (OFFSET 0: a
+-- lookup per stream, never a pass over every stream; a stream has many pending reports).
+WITH pending AS MATERIALIZED (
+    SELECT r.inbox_id, r.stream_id, r.seq FROM usage_reports r
+    WHERE r.chain_id = $1 AND r.state = 'pending'
+),
+passed AS MATERIALIZED (
+    SELECT p.inbox_id
+    FROM (SELECT DISTINCT d.stream_id FROM pending d) d
     CROSS JOIN LATERAL (
         SELECT x.usage_seq FROM streams x
-        WHERE x.chain_id = r.chain_id AND x.stream_id = r.stream_id
+        WHERE x.chain_id = $1 AND x.stream_id = d.stream_id
         OFFSET 0
     ) s
-    WHERE r.chain_id = $1 AND r.state = 'pending' AND r.seq <= s.usage_seq
+    JOIN pending p ON p.stream_id = d.stream_id AND p.seq <= s.usage_seq
 )
 UPDATE usage_reports r
 SET state = CASE WHEN e.units = r.units AND e.endpoint = r.endpoint
@@ -170,15 +178,20 @@ WHERE r.chain_id = $1 AND r.state = 'pending'
 -- Pending reports the contract has not passed, of streams that take usage (open, or closing
 -- before their close_at in chain time: the indexed head's timestamp) with no usage on its way
 -- and not backed off (their last usage intent failed within the backoff window), in stream
--- and sequence order (the pending index's order: no sort). The streams held back are one set
--- (`held`), computed once (MATERIALIZED) from the live or recently failed usage intents (the
--- failed ones by intents_failed_idx, a range of updated_at) to their items, then anti-joined: a lookup per pending report lets a planner with stale
--- statistics search each stream's whole report history for every report.
+-- and sequence order, at most $2. The streams held back are one set (`held`), computed once
+-- (MATERIALIZED) from the live or recently failed usage intents (the failed ones by
+-- intents_failed_idx, a range of updated_at) to their items. The first $2 pending reports of
+-- the streams not held are read in the pending index's order (`due`), then each of their
+-- streams once by its primary key (OFFSET 0: a lookup per stream, never a pass over every
+-- stream; a stream has many reports). The conditions on the stream come after that limit:
+-- the reports they leave out are few and brief (reconciled earlier in the same transaction;
+-- a closing stream's until the finalized block passes its close_at), so they never hold the
+-- others back for long.
+-- Numbers come as text (a Python int from it is exact and far cheaper than from a Decimal; a
+-- value with a fraction would not parse): the pass reads up to 20,000 rows.
 -- price: what the report costs per unit at the head, as the contract's priceInForce: an
 -- own-price stream's own price whatever the endpoint, a price-list stream's endpoint price (a
 -- pending price whose effective time has come is in force).
--- Numbers come as text (a Python int from it is exact and far cheaper than from a Decimal; a
--- value with a fraction would not parse): the pass reads up to 20,000 rows.
 -- urgent_reason: the deadline the report must beat, if any: its stream stops taking usage at
 -- close_at (`stream_closing`), or the price it is charged changes: the stream's own price
 -- (`price_change`) or, on a price list, its endpoint's (`endpoint_price_change`).
@@ -194,6 +207,25 @@ held AS MATERIALIZED (
     JOIN batch_items b ON b.intent_id = i.id
     WHERE i.chain_id = $1 AND i.kind = 'usage' AND i.state = 'failed'
       AND i.updated_at > now() - make_interval(secs => ps.backoff_seconds)
+),
+due AS MATERIALIZED (
+    SELECT r.stream_id, r.seq, r.units, r.endpoint
+    FROM usage_reports r
+    WHERE r.chain_id = $1 AND r.state = 'pending'
+      AND NOT EXISTS (SELECT 1 FROM held h WHERE h.stream_id = r.stream_id)
+    ORDER BY r.chain_id, r.stream_id, r.seq
+    LIMIT $2
+),
+stream AS MATERIALIZED (
+    SELECT d.stream_id, s.*
+    FROM (SELECT DISTINCT x.stream_id FROM due x) d
+    CROSS JOIN LATERAL (
+        SELECT x.usage_seq, x.payee, x.price_list, x.price, x.price_pending,
+               x.price_effective_at, x.status, x.close_at
+        FROM streams x
+        WHERE x.chain_id = $1 AND x.stream_id = d.stream_id
+        OFFSET 0
+    ) s
 )
 SELECT r.stream_id::text, r.seq::text, r.units::text, s.usage_seq::text, s.payee,
        r.endpoint::text,
@@ -207,28 +239,15 @@ SELECT r.stream_id::text, r.seq::text, r.units::text, s.usage_seq::text, s.payee
             WHEN NOT s.price_list AND s.price_effective_at > head.t THEN 'price_change'
             WHEN s.price_list AND e.price_effective_at > head.t THEN 'endpoint_price_change'
        END AS urgent_reason
-FROM usage_reports r
+FROM due r
 CROSS JOIN head
--- Each report's stream by its primary key (OFFSET 0 keeps it a lookup per report: joined
--- freely, a planner that costs 20,000 lookups above one pass over the table reads every
--- stream, a million of them).
-CROSS JOIN LATERAL (
-    SELECT x.usage_seq, x.payee, x.price_list, x.price, x.price_pending, x.price_effective_at,
-           x.status, x.close_at
-    FROM streams x
-    WHERE x.chain_id = r.chain_id AND x.stream_id = r.stream_id
-    OFFSET 0
-) s
+JOIN stream s ON s.stream_id = r.stream_id
 LEFT JOIN endpoints e
-       ON e.chain_id = r.chain_id AND e.payee = s.payee AND e.endpoint = r.endpoint
-WHERE r.chain_id = $1 AND r.state = 'pending' AND r.seq > s.usage_seq
+       ON e.chain_id = $1 AND e.payee = s.payee AND e.endpoint = r.endpoint
+WHERE r.seq > s.usage_seq
   AND (s.status = 'open' OR (s.status = 'closing' AND s.close_at > head.t))
-  AND NOT EXISTS (SELECT 1 FROM held h WHERE h.stream_id = r.stream_id)
-ORDER BY r.chain_id, r.stream_id, r.seq
-LIMIT $2;
+ORDER BY r.stream_id, r.seq;
 
 -- name: finalized_block
 SELECT COALESCE(finalized_block, -1) FROM ingest_cursor WHERE chain_id = $1;
 
--- name: transaction_time
-SELECT now();

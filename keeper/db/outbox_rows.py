@@ -11,6 +11,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from keeper.db import array_literal
 from keeper.kinds import INTENT_KINDS, USAGE, ItemRef, item_columns, usage_fields
 
 # An item's outcome as recorded in batch_items: (which item, detail or None).
@@ -247,13 +248,6 @@ def first_claims(keys: Sequence[str], inserted: Mapping[str, int]) -> list[bool]
         created.append(key in unclaimed)
         unclaimed.discard(key)
     return created
-
-
-def array_literal(values: Iterable[int | str | None]) -> str:
-    """A PostgreSQL array literal of whole numbers or bare words (NULL for None), passed as one
-    text parameter and cast on the server: asyncpg checks every element of an array parameter
-    (a pass writes 200,000 of them), PostgreSQL's array input parses the text in C."""
-    return "{" + ",".join("NULL" if v is None else str(v) for v in values) + "}"
 
 
 def item_arrays(

@@ -50,7 +50,7 @@ from typing import NamedTuple
 
 import structlog
 
-from keeper.db import Conn, to_int
+from keeper.db import Conn, array_literal, to_int
 from keeper.db.queries import Queries, load_queries
 from keeper.plan.batches import MAX_REPORT_ENDPOINT
 from keeper.plan.inbox import MAX_SEQ, ParsedRow, Rejection, _parse, _shown
@@ -310,7 +310,9 @@ class UsageOracle:
         raw = await conn.fetch(self.q["unvalidated"], self.chain_id, self.intake_per_pass)
         if not raw:
             return report
-        now = await conn.fetchval(self.q["transaction_time"])
+        context = await conn.fetchrow(self.q["intake_context"], self.chain_id)
+        assert context is not None  # a SELECT without FROM: always one row
+        now, chain_time, highest = context
         rows = [(int(r["id"]), _parse(r, now), r["received_at"] or now) for r in raw]
         named = sorted({p.stream_id for _, p, _ in rows if isinstance(p, ParsedRow)})
         streams = {
@@ -321,9 +323,7 @@ class UsageOracle:
                 price_list=bool(s["price_list"]),
                 close_at=None if s["close_at"] is None else int(s["close_at"]),
             )
-            for s in await conn.fetch(
-                self.q["stream_states"], self.chain_id, [Decimal(i) for i in named]
-            )
+            for s in await conn.fetch(self.q["stream_states"], self.chain_id, array_literal(named))
         }
         wanted = sorted(
             {
@@ -334,20 +334,22 @@ class UsageOracle:
         )
         endpoints = {
             (bytes(e["payee"]), e["name"]): to_int(e["endpoint"])
-            for e in await conn.fetch(
-                self.q["endpoints_named"],
-                self.chain_id,
-                [payee for payee, _ in wanted],
-                [name for _, name in wanted],
+            for e in (
+                await conn.fetch(
+                    self.q["endpoints_named"],
+                    self.chain_id,
+                    [payee for payee, _ in wanted],
+                    [name for _, name in wanted],
+                )
+                if wanted
+                else ()
             )
         }
-        chain_time = await conn.fetchval(self.q["chain_time"], self.chain_id)
         keys = sorted({p.producer_key for _, p, _ in rows if isinstance(p, ParsedRow)})
         accepted_keys = {
             k["producer_key"]: int(k["inbox_id"])
             for k in await conn.fetch(self.q["accepted_keys"], self.chain_id, keys)
         }
-        highest = await conn.fetchval(self.q["highest_stream"], self.chain_id)
         verdicts, report.waiting = judge(
             rows,
             streams,
@@ -394,9 +396,9 @@ class UsageOracle:
         status = await conn.execute(
             self.q["set_verdicts"],
             self.chain_id,
-            [v.inbox_id for v in verdicts],
-            ["rejected" if v.rejection else "accepted" for v in verdicts],
-            [v.rejection.reason if v.rejection else None for v in verdicts],
+            array_literal(v.inbox_id for v in verdicts),
+            array_literal("rejected" if v.rejection else "accepted" for v in verdicts),
+            array_literal(v.rejection.reason if v.rejection else None for v in verdicts),
             [v.rejection.detail if v.rejection else None for v in verdicts],
         )
         if int(status.split()[-1]) != len(verdicts):
