@@ -124,23 +124,22 @@ def to_int(value: Any) -> int:
 _BARE_WORD = re.compile(r"[a-z][a-z_]*")
 
 
-def array_literal(values: Iterable[int | str | None]) -> str:
-    """A PostgreSQL array literal of whole numbers or bare words (NULL for None), passed as one
-    text parameter and cast on the server: asyncpg checks every element of an array parameter
-    (a pass writes 200,000 of them), PostgreSQL's array input parses the text in C. A word is
-    the keeper's own (a kind, a verdict, a reason code): anything else is refused, so no value
-    can change the literal's shape."""
-    return "{" + ",".join(_element(v) for v in values) + "}"
+def array_literal(values: Iterable[int | None]) -> str:
+    """A PostgreSQL array literal of whole numbers (NULL for None), passed as one text
+    parameter and cast on the server: asyncpg checks every element of an array parameter (a
+    pass writes 200,000 of them), PostgreSQL's array input parses the text in C. Each value
+    goes through int(), so nothing but a number can change the literal's shape."""
+    return "{" + ",".join("NULL" if v is None else str(int(v)) for v in values) + "}"
 
 
-def _element(value: int | str | None) -> str:
-    if value is None:
-        return "NULL"
-    if isinstance(value, str):
-        if _BARE_WORD.fullmatch(value) is None or value == "null":
-            raise ValueError(f"{value!r} is not a bare word for an array literal")
-        return value
-    return str(int(value))
+def word_array_literal(values: Iterable[str | None]) -> str:
+    """`array_literal` of the keeper's own words (kinds, verdicts, reason codes: lowercase
+    letters and underscores); anything else, a producer's text say, is refused."""
+    items = list(values)
+    for word in set(items):
+        if word is not None and (_BARE_WORD.fullmatch(word) is None or word == "null"):
+            raise ValueError(f"{word!r} is not a bare word for an array literal")
+    return "{" + ",".join("NULL" if v is None else v for v in items) + "}"
 
 
 # What the keeper's queries run on: a plain connection or one borrowed from a pool.

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from keeper.db import array_literal
+from keeper.db import array_literal, word_array_literal
 from keeper.kinds import INTENT_KINDS, USAGE, ItemRef, item_columns, usage_fields
 
 # An item's outcome as recorded in batch_items: (which item, detail or None).
@@ -283,5 +283,9 @@ def item_arrays(
             seq += [None] * n
             units += [None] * n
             endpoint += [None] * n
-    columns = (ids, positions, kinds, entity, seq, units, endpoint)
-    return len(ids), [array_literal(column) for column in columns]
+    return len(ids), [
+        array_literal(ids),
+        array_literal(positions),
+        word_array_literal(kinds),
+        *(array_literal(column) for column in (entity, seq, units, endpoint)),
+    ]

@@ -50,7 +50,7 @@ from typing import NamedTuple
 
 import structlog
 
-from keeper.db import Conn, array_literal, to_int
+from keeper.db import Conn, array_literal, to_int, word_array_literal
 from keeper.db.queries import Queries, load_queries
 from keeper.plan.batches import MAX_REPORT_ENDPOINT
 from keeper.plan.inbox import MAX_SEQ, ParsedRow, Rejection, _parse, _shown
@@ -397,8 +397,8 @@ class UsageOracle:
             self.q["set_verdicts"],
             self.chain_id,
             array_literal(v.inbox_id for v in verdicts),
-            array_literal("rejected" if v.rejection else "accepted" for v in verdicts),
-            array_literal(v.rejection.reason if v.rejection else None for v in verdicts),
+            word_array_literal("rejected" if v.rejection else "accepted" for v in verdicts),
+            word_array_literal(v.rejection.reason if v.rejection else None for v in verdicts),
             [v.rejection.detail if v.rejection else None for v in verdicts],
         )
         if int(status.split()[-1]) != len(verdicts):

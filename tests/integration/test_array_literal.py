@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from keeper.db import array_literal
+from keeper.db import array_literal, word_array_literal
 
 pytestmark = pytest.mark.anyio
 
@@ -21,7 +21,7 @@ async def test_numbers_and_words_read_back_exactly(db: asyncpg.Connection) -> No
     ids = [7, None, 2**62]
     assert await db.fetchval("SELECT $1::text::bigint[]", array_literal(ids)) == ids
     words = ["settle", None, "duplicate_producer_key", "accepted"]
-    assert await db.fetchval("SELECT $1::text::text[]", array_literal(words)) == words
+    assert await db.fetchval("SELECT $1::text::text[]", word_array_literal(words)) == words
     assert await db.fetchval("SELECT $1::text::bigint[]", array_literal([])) == []
 
 
@@ -30,7 +30,10 @@ async def test_numbers_and_words_read_back_exactly(db: asyncpg.Connection) -> No
 )
 def test_anything_but_a_bare_word_is_refused(bad: str) -> None:
     with pytest.raises(ValueError, match="bare word"):
-        array_literal(["settle", bad])
+        word_array_literal(["settle", bad])
+    if bad != "1":  # a number's digits are a number
+        with pytest.raises(ValueError, match="invalid literal for int"):
+            array_literal([1, bad])  # type: ignore[list-item]
 
 
 @settings(max_examples=200, deadline=None)
