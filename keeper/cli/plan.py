@@ -50,7 +50,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 async def _dry_plan(config: Any) -> dict[str, Any]:
     from keeper import db
-    from keeper.plan.planner import Planner, dry_run
+    from keeper.plan.dry_run import dry_run
+    from keeper.plan.planner import Planner
 
     deployment = config.deployment()
     planner = Planner(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from contextlib import AsyncExitStack
 from typing import Any, TypeAlias
 
 import asyncpg
@@ -119,6 +120,26 @@ def to_int(value: Any) -> int:
     if result != value:
         raise ValueError(f"expected an integral numeric, got {value!r}")
     return result
+
+
+# How long a caller waits for a spare connection the pool said it had (another task may have
+# taken it in between) before it goes on without.
+SPARE_WAIT = 0.5
+
+
+async def spare_connections(pool: asyncpg.Pool, stack: AsyncExitStack, n: int) -> list[Any]:
+    """`n` more connections from `pool`, held until `stack` closes, only if the pool has them
+    idle or can open them; else none (a planning pass never waits for another loop's
+    connection: it runs on one)."""
+    if n <= 0 or pool.get_idle_size() + pool.get_max_size() - pool.get_size() < n:
+        return []
+    spare = []
+    for _ in range(n):
+        try:
+            spare.append(await stack.enter_async_context(pool.acquire(timeout=SPARE_WAIT)))
+        except TimeoutError:
+            break
+    return spare if len(spare) == n else []
 
 
 _BARE_WORD = re.compile(r"[a-z][a-z_]*")

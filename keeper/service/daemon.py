@@ -56,9 +56,6 @@ log = structlog.get_logger(__name__)
 T = TypeVar("T")
 USAGE_DISABLED_REASON = "signers without ORACLE_ROLE on StreamManager"
 USAGE_DISABLED_HELP = "grant every signer ORACLE_ROLE, or set plan.usage = false"
-# How long a planning pass waits for a spare connection the pool said it had before it runs
-# on one (another loop may have taken it in between).
-SPARE_WAIT = 0.5
 # What the start-up's chain checks wait out (a node answering them with an error included).
 _WAITED_OUT_AT_START: tuple[type[Exception], ...] = (*OUTAGES, RpcResponseError)
 
@@ -268,7 +265,7 @@ async def _plan_loop(planner: Planner, client: ChainClient, pool: asyncpg.Pool, 
                         head = await client.head()
                         started = time.perf_counter()
                         async with AsyncExitStack() as spares:
-                            spare = await _spare_connections(
+                            spare = await db.spare_connections(
                                 pool, spares, run.config.plan.pass_connections - 1
                             )
                             report = await planner.plan_pass(
@@ -285,20 +282,6 @@ async def _plan_loop(planner: Planner, client: ChainClient, pool: asyncpg.Pool, 
             continue
         guard.succeeded()
         await _pause(shutdown, interval)
-
-
-async def _spare_connections(pool: asyncpg.Pool, stack: AsyncExitStack, n: int) -> list[Any]:
-    """Up to `n` more connections for a planning pass, only if the pool has them idle or can
-    open them (a pass never waits for another loop's connection: it then runs on one)."""
-    if n <= 0 or pool.get_idle_size() + pool.get_max_size() - pool.get_size() < n:
-        return []
-    spare = []
-    for _ in range(n):
-        try:
-            spare.append(await stack.enter_async_context(pool.acquire(timeout=SPARE_WAIT)))
-        except TimeoutError:
-            break
-    return spare if len(spare) == n else []
 
 
 def _status_line(state: HealthState) -> str:

@@ -209,6 +209,9 @@ def generate(
         out.fire(m, "topUp", [ids[i % streams], 1_000_000], payer, 200_000)
         count("StreamToppedUp")
     if escrows:
+        # Read once the top-ups are mined: the node keeps no state but the head's
+        # (--prune-history), and a read racing a new block asks for a block it has dropped.
+        out.sync()
         first_escrow = int(v.functions.nextEscrowId().call())
         out.fire(v, "deposit", [10**9 * escrows], payer, 200_000)
         count("Deposited")

@@ -19,7 +19,6 @@ from keeper.db import DatabaseUnavailable
 from keeper.dev.anvil import rpc
 from keeper.ops.deploy import contract
 from keeper.plan.planner import PassReport, Planner
-from keeper.service.daemon import _spare_connections
 from tests.support.tx import Env
 from tests.support.usage import index, send, statuses
 
@@ -228,18 +227,20 @@ async def test_a_pass_takes_spare_connections_only_when_the_pool_has_them(
     small = await keeper_db.create_pool(database_url, min_size=1, max_size=1)
     try:
         async with small.acquire(), AsyncExitStack() as stack:
-            assert await _spare_connections(small, stack, 2) == []
+            assert await keeper_db.spare_connections(small, stack, 2) == []
     finally:
         await small.close()
     pool = await keeper_db.create_pool(database_url, min_size=1, max_size=3)
     try:
         async with pool.acquire():
             async with AsyncExitStack() as stack:
-                spare = await _spare_connections(pool, stack, 2)
+                spare = await keeper_db.spare_connections(pool, stack, 2)
                 assert len(spare) == 2
                 assert await spare[0].fetchval("SELECT 1") == 1
-                assert await _spare_connections(pool, stack, 1) == []  # the pool is used up
-                assert await _spare_connections(pool, stack, 0) == []
+                assert (
+                    await keeper_db.spare_connections(pool, stack, 1) == []
+                )  # the pool is used up
+                assert await keeper_db.spare_connections(pool, stack, 0) == []
             assert pool.get_idle_size() == 2  # given back when the pass is over
     finally:
         await pool.close()
