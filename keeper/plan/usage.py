@@ -1,7 +1,8 @@
 """The usage oracle: from the usage inbox to reports recorded on chain, exactly once.
 
 Producers put rows into `usage_inbox` (INSERT, COPY or `keeper usage import`). A planning pass
-then, in one database transaction:
+then, in two database transactions (step 1, then steps 2 and 3; on three connections the two
+run side by side, see `keeper.plan.planner`):
 
 1. **validates** unvalidated rows in id order (`intake`). A row that is malformed (the
    grammar is in the README, "Usage reports"), names an unknown or closed stream (or a closing
