@@ -9,7 +9,7 @@ setting. Environment overrides use `__` between levels: `KEEPER_DATABASE__URL`,
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -329,10 +329,8 @@ class PlanConfig(_Section):
         description="Seconds a usage row naming a stream above the highest indexed id waits "
         "(the indexer may not have reached it) before it is rejected as unknown.",
     )
-    pass_connections: int = Field(
+    pass_connections: Literal[1, 3] = Field(
         3,
-        ge=1,
-        le=3,
         description="Database connections one planning pass uses at once: 3 runs the usage "
         "intake, the settle and refund planning and the usage planning side by side when "
         "the pool has them idle; 1 runs them one after the other.",

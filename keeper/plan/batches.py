@@ -112,8 +112,13 @@ def item_key(kind: str, item: Any) -> str:
     (`keeper.kinds.ref_key` of its `item_ref`, without building the ref: a pass names tens of
     thousands of items)."""
     if kind == "usage":
-        return f"{int(item[0])}:{int(item[2])}"
+        return usage_key(int(item[0]), int(item[2]))
     return str(int(item))
+
+
+def usage_key(stream_id: int, seq: int) -> str:
+    """A usage report's `item_key`, from its stream id and sequence number."""
+    return f"{stream_id}:{seq}"
 
 
 @dataclass(frozen=True)

@@ -48,7 +48,7 @@ from keeper.db import Conn
 from keeper.db.outbox import AlreadyPlanned, IntentRequest, Outbox, Planned
 from keeper.db.queries import Queries, load_queries
 from keeper.loops import OUTAGES
-from keeper.plan.batches import batch_size, encode_batch, item_key
+from keeper.plan.batches import batch_size, encode_batch, item_key, usage_key
 from keeper.plan.usage import (
     URGENT_REASONS,
     IntakeReport,
@@ -267,8 +267,7 @@ class Planner:
                     kind="usage",
                     target=self.stream_manager,
                     items=[u.item for u in batch],
-                    # by item_key, written out: a pass names up to 20,000 reports
-                    reasons={f"{u.stream_id}:{u.seq}": u.urgent or "usage" for u in batch},
+                    reasons={usage_key(u.stream_id, u.seq): u.urgent or "usage" for u in batch},
                     urgent=urgent,
                     amount=sum(u.units * u.price for u in batch),
                     block=block,

@@ -105,6 +105,17 @@ def test_a_bad_plan_value_names_its_field(tmp_path: Path) -> None:
     assert "plan.settle_max_interval" in str(err.value) and "greater than 0" in str(err.value)
 
 
+@pytest.mark.parametrize("value", ["0", "2", "4"])
+def test_pass_connections_is_one_or_three(tmp_path: Path, value: str) -> None:
+    path = write(tmp_path, MINIMAL + f"[plan]\npass_connections = {value}\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert f"plan.pass_connections: Input should be 1 or 3 (got {value})" in str(err.value)
+    for good in (1, 3):
+        path = write(tmp_path, MINIMAL + f"[plan]\npass_connections = {good}\n")
+        assert load_config(path).plan.pass_connections == good
+
+
 @pytest.mark.parametrize(
     ("field", "value", "problem"),
     [
